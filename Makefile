@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: env demo test test-fast clean
+
+$(BIN)/featcache: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+env: $(BIN)/featcache
+	PYTHON=$(BIN)/python bash data/get_fashion_mnist.sh
+
+demo: env
+	$(BIN)/featcache extract fashion_mnist:test --backbone mobilenet_v2 --weights none --image-size 32 \
+		--limit 2000 --shard-size 512 --out out/demo/cache
+	$(BIN)/featcache info out/demo/cache
+
+test: env
+	$(BIN)/python -m pytest
+
+test-fast: env
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf out caches .pytest_cache

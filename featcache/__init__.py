@@ -1,0 +1,18 @@
+"""featcache: run a frozen CNN over your images once, then iterate classifier heads in seconds.
+
+Stage one (expensive): :func:`extract` turns images into features in resumable,
+keyed HDF5 shards. :func:`open_cache` reads them back. Importing featcache
+does not import Keras or TensorFlow; they load when a model is built.
+"""
+
+__version__ = "0.1.0"
+
+from .engine import DEFAULT_BACKBONE, ExtractOptions, extract  # noqa: E402
+from .errors import FeatcacheError  # noqa: E402
+from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: E402
+from .store import Cache, open_cache  # noqa: E402
+
+__all__ = [
+    "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
+    "__version__", "extract", "open_cache", "open_source",
+]

@@ -1,0 +1,124 @@
+"""The extractor graph: uint8 images in, named float32 feature arrays out.
+
+``uint8 -> ImagePreprocess (cast, resize, normalise) -> backbone (cut at the
+chosen layers) -> pooling -> float32``, all inside one Keras model, so it
+runs under any Keras 3 backend and on any accelerator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import numpy as np
+
+from ..errors import BackboneError
+from .registry import Backbone
+
+POOLINGS = ("avg", "max", "none")
+COMPUTE_DTYPES = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+_ONES = ("gamma", "moving_variance", "variance")
+_ZEROS = ("beta", "moving_mean", "bias", "mean")
+
+
+def seeded_init(model, seed: int = 0) -> None:
+    """Give a random-weights model the same weights under every backend.
+
+    Keras' initialisers draw from backend-specific generators, so
+    ``weights=None`` would differ between TensorFlow and JAX and between
+    runs. This overwrites kernels with He-uniform draws from NumPy's PCG64
+    and batch-norm statistics with their neutral values, in weight order.
+    """
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        shape = tuple(var.shape)
+        leaf = var.path.rsplit("/", 1)[-1]
+        if leaf in _ONES:
+            value = np.ones(shape, np.float32)
+        elif leaf in _ZEROS or leaf == "count":
+            value = np.zeros(shape, np.float32)
+        elif len(shape) >= 2:
+            if len(shape) == 4 and shape[-1] == 1 and shape[-2] > 1:  # depthwise (kh, kw, in, 1)
+                fan_in = int(np.prod(shape[:-2]))
+            else:
+                fan_in = int(np.prod(shape[:-1]))
+            limit = np.sqrt(6.0 / max(fan_in, 1))
+            value = rng.uniform(-limit, limit, size=shape).astype(np.float32)
+        else:
+            continue  # constants set by the layer itself (layer scale, etc.)
+        var.assign(value.astype(var.dtype))
+
+
+@contextlib.contextmanager
+def dtype_policy(compute_dtype: str):
+    """Build layers under a mixed-precision policy, then restore the old one."""
+    import keras
+
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise BackboneError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}")
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(COMPUTE_DTYPES[compute_dtype])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
+
+
+def output_name(text: str) -> str:
+    """An HDF5-safe dataset name for a layer or pooling output."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def _pick_layers(base, names):
+    tensors = []
+    for n in names:
+        try:
+            tensors.append(base.get_layer(n).output)
+        except ValueError:
+            sample = ", ".join(layer.name for layer in base.layers[-8:])
+            raise BackboneError(f"{base.name} has no layer named {n!r} (its last layers: {sample})") from None
+    return tensors
+
+
+def build_extractor(backbone: Backbone, *, input_size: tuple[int, int], image_size: tuple[int, int],
+                    pooling: str = "avg", outputs: list[str] | None = None, preprocess: str | None = None,
+                    compute_dtype: str = "float32"):
+    """Return ``(model, output_names)``; the model maps uint8 NHWC to a dict of float32 arrays."""
+    import keras
+
+    from .layers import ImagePreprocess
+
+    if pooling not in POOLINGS:
+        raise BackboneError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    with dtype_policy(compute_dtype):
+        base = backbone.build(image_size)
+        if outputs:
+            names = [output_name(n) for n in outputs]
+            feats = _pick_layers(base, outputs)
+        elif backbone.layer:
+            names = ["map" if pooling == "none" else pooling]
+            feats = _pick_layers(base, [backbone.layer])
+        else:
+            names = ["map" if pooling == "none" else pooling]
+            feats = [base.output]
+        if len(set(names)) != len(names):
+            raise BackboneError(f"output names must be unique, got {names}")
+        trunk = base if feats == [base.output] else keras.Model(base.inputs, feats, name=f"{base.name}_cut")
+        trunk.trainable = False
+        images = keras.Input((input_size[0], input_size[1], 3), dtype="uint8", name="images")
+        x = ImagePreprocess(size=image_size, mode=preprocess or backbone.spec.preprocess, name="preprocess")(images)
+        ys = trunk(x, training=False)
+        ys = ys if isinstance(ys, (list, tuple)) else [ys]
+        result = {}
+        for name, y in zip(names, ys):
+            if len(y.shape) == 4 and pooling == "avg":
+                y = keras.layers.GlobalAveragePooling2D(name=f"{name}_avgpool")(y)
+            elif len(y.shape) == 4 and pooling == "max":
+                y = keras.layers.GlobalMaxPooling2D(name=f"{name}_maxpool")(y)
+            elif len(y.shape) == 3 and pooling in ("avg", "max"):
+                pool = keras.layers.GlobalAveragePooling1D if pooling == "avg" else keras.layers.GlobalMaxPooling1D
+                y = pool(name=f"{name}_pool")(y)
+            result[name] = keras.layers.Activation("linear", dtype="float32", name=f"out_{name}")(y)
+    model = keras.Model(images, result, name=f"featcache_{output_name(backbone.name)}")
+    return model, names

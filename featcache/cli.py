@@ -1,0 +1,205 @@
+"""The ``featcache`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import sys
+from pathlib import Path
+
+from . import __version__
+from .console import console, human_bytes, key_value_table, stdout, table
+from .errors import FeatcacheError
+from rich.text import Text
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _default_out(source: str, backbone: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(source).name or source}-{Path(backbone).stem}").strip("-")
+    return os.path.join("caches", slug)
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes", type=_int_list, help="keep only these labels, e.g. 0,1,2")
+    p.add_argument("--limit", type=int, help="use only the first N images of the source")
+    p.add_argument("--data-dir", help="folder to look in first for named datasets (e.g. Fashion-MNIST)")
+    p.add_argument("--allow-outside", action="store_true", help="let a CSV manifest name files outside its folder")
+
+
+def cmd_extract(args) -> int:
+    from .engine import ExtractOptions, make_plan, run
+    from .sources import open_source
+
+    src = open_source(args.source, allow_outside=args.allow_outside, data_dir=args.data_dir)
+    if args.classes is not None or args.limit is not None:
+        src = src.subset(classes=args.classes, limit=args.limit)
+    opts = ExtractOptions(
+        image_size=args.image_size, pooling=args.pooling, outputs=_csv_list(args.outputs) if args.outputs else None,
+        preprocess=args.preprocess, dtype=args.dtype, compute_dtype=args.compute_dtype, batch_size=args.batch_size,
+        shard_size=args.shard_size, compression=None if args.compression == "none" else args.compression,
+        jit=args.jit, decode_workers=args.workers, prefetch=args.prefetch)
+    out = args.out or _default_out(args.source, args.backbone)
+    plan = make_plan(src, args.backbone, out, opts, weights=args.weights, layer=args.layer)
+    console.print(f"[bold]featcache extract[/] {src.describe()} ({len(src):,} images) -> {out}\n"
+                  f"  backbone {plan.backbone.name} · weights {plan.params['weights'].get('kind')} · "
+                  f"{plan.image_size[0]}x{plan.image_size[1]} · pooling {opts.pooling} · key {plan.key[:12]}")
+    cache, s = run(plan, overwrite=args.overwrite, repair=args.repair, progress=not args.quiet, wait=args.wait)
+    for note in s.notes:
+        console.print(f"[yellow]repaired:[/] {note}")
+    rows = [("cache", str(s.out)), ("key", s.key[:16]), ("rows", f"{s.rows:,}"), ("skipped", f"{s.skipped:,}"),
+            ("shards", f"{s.computed_shards} computed, {s.reused_shards} reused"),
+            ("seconds", f"{s.seconds:.2f}"),
+            ("images/s", f"{s.images_per_s:,.1f}" if s.images_per_s else "-"),
+            ("bytes written", human_bytes(s.bytes_written))]
+    title = "nothing to do: cache is complete and up to date" if s.noop else "extraction summary"
+    stdout.print(key_value_table(title, rows))
+    if cache.skipped:
+        shown = cache.skipped[:10]
+        stdout.print(table(f"skipped items ({len(cache.skipped)})", ["id", "reason"],
+                           [[x["id"], x["reason"]] for x in shown]))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .store import open_cache
+
+    cache = open_cache(args.dir, allow_partial=True)
+    m = cache.manifest
+    p = m["params"]
+    w = p["weights"]
+    weights = w.get("kind", "?") + (f" sha256 {w['sha256'][:12]}" if w.get("sha256") else "")
+    done = len(m.get("shards", []))
+    rows = [
+        ("directory", str(cache.path)), ("complete", "yes" if cache.complete else f"no ({done}/{m.get('n_shards')} shards)"),
+        ("key", cache.key), ("backbone", f"{p['backbone']} ({p['origin']})"), ("weights", weights),
+        ("layer", p.get("layer") or "-"), ("image size", "x".join(map(str, p["image_size"]))),
+        ("preprocess", p["preprocess"]), ("pooling", p["pooling"]),
+        ("outputs", ", ".join(f"{k} {v['shape']} {v['dtype']}" for k, v in m.get("outputs", {}).items()) or "-"),
+        ("compute dtype", p["compute_dtype"]), ("shard size", p["shard_size"]),
+        ("source", m["dataset"]["source"]), ("items", f"{m['dataset']['n_items']:,}"), ("rows", f"{len(cache):,}"),
+        ("skipped", f"{len(cache.skipped):,}"), ("size on disk", human_bytes(cache.disk_bytes())),
+    ]
+    if m.get("versions"):
+        v = m["versions"]
+        rows.append(("made with", f"featcache {v.get('featcache')}, keras {v.get('keras')} ({v.get('backend')})"))
+    stdout.print(key_value_table("featcache cache", rows))
+    labels = cache.labels()
+    splits = cache.splits() or ["-"] * len(labels)
+    names = cache.class_names
+    counts = collections.Counter(zip(splits, labels.tolist()))
+    split_names = sorted({s for s, _ in counts})
+    body = []
+    for lab in sorted({lab for _, lab in counts}):
+        name = names[lab] if 0 <= lab < len(names) else ("unlabeled" if lab < 0 else str(lab))
+        body.append([lab, name] + [counts.get((s, lab), 0) for s in split_names])
+    stdout.print(table("rows per class and split", ["label", "class"] + split_names, body))
+    if cache.skipped:
+        stdout.print(table(f"skipped items ({len(cache.skipped)})", ["id", "reason"],
+                           [[x["id"], x["reason"]] for x in cache.skipped[:50]]))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .store import open_cache
+
+    cache = open_cache(args.dir, allow_partial=True)
+    problems = cache.verify(deep=True)
+    if problems:
+        stdout.print(f"[red]{len(problems)} problem(s)[/] in {cache.path}:")
+        for p in problems:
+            stdout.print(f"  - {p}")
+        stdout.print("Re-run the same `featcache extract` command with --repair to recompute the damaged shards.")
+        return 1
+    state = "complete" if cache.complete else "incomplete"
+    stdout.print(f"[green]ok[/]: {len(cache.manifest['shards'])} shards, {len(cache):,} rows, {state}")
+    return 0
+
+
+def cmd_backbones(args) -> int:
+    from .backbones import list_specs
+
+    rows = []
+    for s in list_specs():
+        status = s.download_status()
+        rows.append([s.name, s.default_size, s.feature_dim, s.preprocess,
+                     {"offline": "no (offline)", "cached": "no (cached)", "download": "yes"}[status], s.description])
+    stdout.print(table("backbones (ImageNet weights)", ["name", "size", "dims", "preprocess", "needs download", "from"],
+                       rows))
+    stdout.print("Any .keras model file is a backbone too: --backbone model.keras --layer NAME")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featcache", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"featcache {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from .engine import DEFAULT_BACKBONE
+
+    p = sub.add_parser("extract", help="extract features of SOURCE into a cache directory")
+    p.add_argument("source", help="a folder, a CSV manifest, or a dataset name such as fashion_mnist:test")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registry name or .keras file (default {DEFAULT_BACKBONE})")
+    p.add_argument("--weights", default="imagenet", help="imagenet, none (random, for tests) or a weights file")
+    p.add_argument("--layer", help="cut the backbone at this layer")
+    p.add_argument("--image-size", type=int, help="model input size in pixels (default: the backbone's)")
+    p.add_argument("--pooling", default="avg", choices=["avg", "max", "none"])
+    p.add_argument("--outputs", help="comma-separated layer names to store, each pooled")
+    p.add_argument("--preprocess", choices=["tf", "torch", "caffe", "none", "unit", "lite"],
+                   help="override the backbone's input normalisation")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype")
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="compute precision (float16/bfloat16 = mixed precision)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=4096, help="rows per shard")
+    p.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"])
+    p.add_argument("--jit", default="auto", help="jit compilation: auto, true or false")
+    p.add_argument("--workers", type=int, help="decode threads")
+    p.add_argument("--prefetch", type=int, default=4, help="decoded batches queued ahead of the model")
+    p.add_argument("--out", help="cache directory (default caches/<source>-<backbone>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
+    p.add_argument("--repair", action="store_true", help="check every shard's sha256 and recompute damaged ones")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another writer's lock")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_source_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("info", help="describe a cache directory")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("verify", help="check every shard against the manifest")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("backbones", help="list the backbone registry")
+    p.set_defaults(func=cmd_backbones)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter quiet
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FeatcacheError as exc:
+        console.print(Text("error: ", style="bold red") + Text(str(exc)))
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]; finished shards are kept, re-run the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Decode one image file into a fixed-size uint8 RGB array, safely.
+
+Pillow only, no TensorFlow, so the input side works under every Keras
+backend. Every failure becomes a :class:`DecodeError` whose message is the
+reason recorded in the cache; the engine skips the item and carries on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import DecodeError
+
+#: Images with more pixels than this are refused as decompression bombs.
+#: 89.5 MP is Pillow's own warning threshold; a 16k x 5k panorama passes.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+#: File name endings that sources treat as images (lower case).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+# Truncated files must fail, not decode to half-grey pictures.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grey: scale by the bit depth, never clip at 255.
+        arr = np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16)
+        shift = 8 if im.mode != "I" else 24
+        if im.mode == "I":
+            arr = np.clip(arr, 0, None).astype(np.uint32)
+        arr8 = (arr >> shift).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        arr8 = np.clip(arr, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if im.mode == "P" or im.mode == "PA":
+        # Palette images with transparency go through RGBA, as Pillow advises.
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` into a ``(height, width, 3)`` uint8 array of ``size``.
+
+    JPEGs are decoded in draft mode (DCT scaling) when they are at least twice
+    the target size, EXIF orientation is applied, animated files give their
+    first frame, and any mode (palette, CMYK, 16-bit, grey) becomes RGB.
+    """
+    height, width = size
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    if st.st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise DecodeError(
+                        f"decompression bomb: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}"
+                    )
+                if im.format == "JPEG" and w >= 2 * width and h >= 2 * height:
+                    # Decode at a reduced DCT scale that still covers the target.
+                    im.draft("RGB", (width, height))
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                im = _to_rgb(im)
+                if im.size != (width, height):
+                    im = im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+                arr = np.asarray(im, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise DecodeError("not an image Pillow can identify") from None
+    except OSError as exc:
+        msg = str(exc) or exc.__class__.__name__
+        raise DecodeError(f"corrupt or truncated image: {msg}") from None
+    except Exception as exc:  # a hostile file must never stop a run
+        raise DecodeError(f"cannot decode: {exc.__class__.__name__}: {exc}") from None
+    if arr.shape != (height, width, 3):  # defensive: never ship a wrong shape
+        raise DecodeError(f"decoded to unexpected shape {arr.shape}")
+    return arr

@@ -1,0 +1,42 @@
+"""Exceptions raised by featcache.
+
+Every error a user can cause derives from :class:`FeatcacheError`, so the CLI
+can print its message and exit non-zero without a traceback.
+"""
+
+
+class FeatcacheError(Exception):
+    """Base class: a problem the user can fix, with a message that says how."""
+
+
+class SourceError(FeatcacheError):
+    """An image source (folder, CSV, array, named dataset) cannot be read."""
+
+
+class DecodeError(FeatcacheError):
+    """One image cannot be decoded. Extraction skips it and records the reason."""
+
+
+class BackboneError(FeatcacheError):
+    """A backbone name, weights file, layer or option is invalid."""
+
+
+class CacheError(FeatcacheError):
+    """A cache directory is missing, incomplete, corrupt or incompatible."""
+
+
+class KeyMismatchError(CacheError):
+    """The directory holds a cache made with different parameters."""
+
+    def __init__(self, directory, differences):
+        self.directory = directory
+        self.differences = differences
+        lines = [f"{directory} holds a cache made with different settings:"]
+        for name, (old, new) in differences.items():
+            lines.append(f"  {name}: cache has {old!r}, this run asks for {new!r}")
+        lines.append("Use another --out directory, or pass --overwrite to replace it.")
+        super().__init__("\n".join(lines))
+
+
+class LockedError(CacheError):
+    """Another live process holds the cache directory's write lock."""

@@ -1,0 +1,406 @@
+"""Image sources: folders, CSV manifests, in-memory arrays and named datasets.
+
+A source lists :class:`Item` s in a deterministic order (each with a stable
+id, an integer label, -1 when unlabeled, and a split name where the source
+has one), reads batches of them as uint8 RGB arrays, and fingerprints itself
+for the cache key. Sources know nothing about models or caches.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
+from .errors import DecodeError, SourceError
+
+SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a source: ``index`` is its position in the source."""
+
+    index: int
+    id: str
+    label: int
+    split: str | None = None
+
+
+@dataclass
+class Batch:
+    """What a source returns for a list of items: decoded rows and skips."""
+
+    images: np.ndarray  # (n_ok, H, W, 3) uint8
+    items: list[Item]  # the n_ok items, in order
+    skipped: list[tuple[Item, str]]  # (item, reason)
+
+
+class Source:
+    """Base class. Subclasses set ``items``, ``class_names`` and ``kind``."""
+
+    kind = "source"
+    items: list[Item]
+    class_names: list[str]
+    #: (height, width) of every image for array sources; None for files,
+    #: which are decoded straight to the model's input size.
+    native_size: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def has_splits(self) -> bool:
+        return any(it.split is not None for it in self.items)
+
+    def describe(self) -> str:
+        return self.kind
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def read(self, items: Sequence[Item], size: tuple[int, int], executor: Executor | None = None) -> Batch:
+        raise NotImplementedError
+
+    def subset(self, *, classes: Sequence[int] | None = None, limit: int | None = None) -> "Source":
+        """A view of this source restricted to some labels and/or the first ``limit`` items."""
+        return SubsetSource(self, classes=classes, limit=limit)
+
+
+def _hash_lines(lines) -> str:
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8", "surrogateescape"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class FileSource(Source):
+    """Items backed by image files on disk; decoded by Pillow in a thread pool."""
+
+    kind = "files"
+
+    def __init__(self, root: Path, paths: list[Path], items: list[Item], class_names: list[str],
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.root = root
+        self.paths = paths  # parallel to items
+        self.items = items
+        self.class_names = class_names
+        self.max_pixels = max_pixels
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.root}"
+
+    def fingerprint(self) -> str:
+        def lines():
+            yield f"{self.kind}|{len(self.items)}"
+            for it, p in zip(self.items, self.paths):
+                try:
+                    st = os.stat(p)
+                    sig = f"{st.st_size}|{st.st_mtime_ns}"
+                except OSError as exc:
+                    sig = f"unreadable:{exc.errno}"
+                yield f"{it.id}|{it.label}|{it.split}|{sig}"
+        return _hash_lines(lines())
+
+    def _decode(self, item: Item, size):
+        try:
+            return decode_image(self.paths[item.index], size, max_pixels=self.max_pixels), None
+        except DecodeError as exc:
+            return None, str(exc)
+
+    def read(self, items, size, executor=None) -> Batch:
+        mapper = executor.map if executor is not None else map
+        results = list(mapper(lambda it: self._decode(it, size), items))
+        ok_items, arrays, skipped = [], [], []
+        for it, (arr, reason) in zip(items, results):
+            if arr is None:
+                skipped.append((it, reason))
+            else:
+                ok_items.append(it)
+                arrays.append(arr)
+        images = np.stack(arrays) if arrays else np.zeros((0, size[0], size[1], 3), np.uint8)
+        return Batch(images, ok_items, skipped)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_images(directory: Path) -> list[Path]:
+    """Image files under ``directory``, sorted, not following directory symlinks."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+    return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
+
+
+class FolderSource(FileSource):
+    """A folder of class sub-folders, optionally under train/ val/ test/ folders.
+
+    ``root/<class>/<image>`` or ``root/<split>/<class>/<image>``; labels are
+    the index of the class folder name in the sorted union of class names.
+    Images directly in ``root`` (no class folder) are unlabeled (-1).
+    """
+
+    kind = "folder"
+
+    def __init__(self, root: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
+        root = Path(root)
+        if not root.is_dir():
+            raise SourceError(f"image folder {root} does not exist or is not a directory")
+        subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        split_mode = bool(subdirs) and all(d.lower() in SPLIT_DIRS for d in subdirs)
+        groups: list[tuple[str | None, Path]] = (
+            [(SPLIT_DIRS[d.lower()], root / d) for d in subdirs] if split_mode else [(None, root)]
+        )
+        entries = []  # (split, class or None, path)
+        for split, base in groups:
+            for path in _walk_images(base):
+                rel = path.relative_to(base).parts
+                cls = rel[0] if len(rel) > 1 else None
+                entries.append((split, cls, path))
+        if not entries:
+            raise SourceError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}")
+        class_names = sorted({c for _, c, _ in entries if c is not None})
+        index = {c: i for i, c in enumerate(class_names)}
+        items, paths = [], []
+        for i, (split, cls, path) in enumerate(entries):
+            items.append(Item(i, path.relative_to(root).as_posix(), index[cls] if cls else -1, split))
+            paths.append(path)
+        super().__init__(root, paths, items, class_names, max_pixels)
+
+
+class CsvSource(FileSource):
+    """A CSV manifest with columns ``path,label[,split]``; paths relative to the CSV.
+
+    Labels are integers, or class names mapped to integers in sorted order;
+    an empty label means unlabeled (-1). Paths that leave the CSV's folder are
+    refused unless ``allow_outside=True``.
+    """
+
+    kind = "csv"
+
+    def __init__(self, csv_path: str | os.PathLike, *, allow_outside: bool = False,
+                 class_names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+        csv_path = Path(csv_path)
+        try:
+            raw = csv_path.read_bytes()
+        except OSError as exc:
+            raise SourceError(f"cannot read CSV manifest {csv_path}: {exc.strerror or exc}") from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{csv_path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+        reader = csv.DictReader(io.StringIO(text))
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+        missing = [c for c in ("path", "label") if c not in fields]
+        if missing:
+            raise SourceError(f"{csv_path}: missing column(s) {', '.join(missing)}; "
+                              f"the header must be path,label[,split] (found: {', '.join(fields) or 'nothing'})")
+        reader.fieldnames = fields
+        root = csv_path.parent.resolve()
+        rows = []
+        for lineno, row in enumerate(reader, start=2):
+            rel = (row.get("path") or "").strip()
+            if not rel:
+                raise SourceError(f"{csv_path}, line {lineno}: empty path")
+            rows.append((lineno, rel, (row.get("label") or "").strip(), (row.get("split") or "").strip() or None))
+        if not rows:
+            raise SourceError(f"{csv_path} lists no images")
+        labels = [r[2] for r in rows if r[2] != ""]
+        numeric = all(_is_int(v) for v in labels)
+        if class_names is not None:
+            names = list(class_names)
+        elif numeric:
+            top = max((int(v) for v in labels), default=-1)
+            names = [str(i) for i in range(top + 1)]
+        else:
+            names = sorted(set(labels))
+        lookup = {n: i for i, n in enumerate(names)}
+        items, paths, seen = [], [], {}
+        for i, (lineno, rel, lab, split) in enumerate(rows):
+            path = (root / rel).resolve() if not os.path.isabs(rel) else Path(rel).resolve()
+            if not allow_outside and not path.is_relative_to(root):
+                raise SourceError(f"{csv_path}, line {lineno}: path {rel!r} points outside {root}; "
+                                  "pass allow_outside=True (--allow-outside) if that is intended")
+            if lab == "":
+                label = -1
+            elif numeric and class_names is None:
+                label = int(lab)
+                if label < 0:
+                    raise SourceError(f"{csv_path}, line {lineno}: negative label {label}")
+            elif lab in lookup:
+                label = lookup[lab]
+            else:
+                raise SourceError(f"{csv_path}, line {lineno}: unknown label {lab!r}; "
+                                  f"known labels: {', '.join(names)}")
+            if split is not None:
+                if split.lower() not in SPLIT_DIRS:
+                    raise SourceError(f"{csv_path}, line {lineno}: unknown split {split!r} (use train, val or test)")
+                split = SPLIT_DIRS[split.lower()]
+            item_id = Path(rel).as_posix()
+            if item_id in seen:
+                raise SourceError(f"{csv_path}, line {lineno}: duplicate path {rel!r} (first on line {seen[item_id]})")
+            seen[item_id] = lineno
+            items.append(Item(i, item_id, label, split))
+            paths.append(path)
+        super().__init__(root, paths, items, names, max_pixels)
+        self.csv_path = csv_path
+
+    def describe(self) -> str:
+        return f"csv:{self.csv_path}"
+
+
+def _is_int(v: str) -> bool:
+    try:
+        int(v)
+        return True
+    except ValueError:
+        return False
+
+
+class ArraySource(Source):
+    """In-memory uint8 images ``N x H x W [x C]`` (grey becomes RGB) with labels."""
+
+    kind = "array"
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int] | None = None, *,
+                 splits: Sequence[str] | None = None, ids: Sequence[str] | None = None,
+                 class_names: Sequence[str] | None = None, name: str = "array"):
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise SourceError(f"array images must be uint8, got {images.dtype}")
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise SourceError(f"array images must be N x H x W [x 1|3|4], got shape {images.shape}")
+        n = images.shape[0]
+        if n == 0:
+            raise SourceError("array source is empty")
+        labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+        if labels.shape[0] != n:
+            raise SourceError(f"{n} images but {labels.shape[0]} labels")
+        if splits is not None and len(splits) != n:
+            raise SourceError(f"{n} images but {len(splits)} split names")
+        if ids is not None and len(set(ids)) != n:
+            raise SourceError("array ids must be unique, one per image")
+        width = len(str(n - 1))
+        self.images = images
+        self.labels = labels
+        self.name = name
+        self.items = [
+            Item(i, ids[i] if ids is not None else f"{name}/{i:0{width}d}", int(labels[i]),
+                 splits[i] if splits is not None else None)
+            for i in range(n)
+        ]
+        top = int(labels.max()) if n else -1
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(top + 1)]
+        self.native_size = (images.shape[1], images.shape[2])
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(f"{self.kind}|{self.images.shape}".encode())
+        h.update(np.ascontiguousarray(self.images).data)
+        h.update(np.ascontiguousarray(self.labels).data)
+        h.update(_hash_lines(f"{it.id}|{it.split}" for it in self.items).encode())
+        return h.hexdigest()
+
+    def read(self, items, size=None, executor=None) -> Batch:
+        idx = np.fromiter((it.index for it in items), np.int64, len(items))
+        imgs = self.images[idx]
+        if imgs.shape[-1] == 1:
+            imgs = np.repeat(imgs, 3, axis=-1)
+        elif imgs.shape[-1] == 4:
+            imgs = imgs[..., :3]
+        return Batch(np.ascontiguousarray(imgs), list(items), [])
+
+
+class SubsetSource(Source):
+    """Items of ``parent`` whose label is in ``classes``, cut to the first ``limit``."""
+
+    def __init__(self, parent: Source, *, classes=None, limit=None):
+        if limit is not None and limit <= 0:
+            raise SourceError(f"limit must be positive, got {limit}")
+        keep = parent.items
+        if classes is not None:
+            wanted = {int(c) for c in classes}
+            unknown = wanted - set(range(len(parent.class_names)))
+            if unknown and parent.class_names:
+                raise SourceError(f"class filter names unknown label(s) {sorted(unknown)}; "
+                                  f"the source has labels 0..{len(parent.class_names) - 1}")
+            keep = [it for it in keep if it.label in wanted]
+        if limit is not None:
+            keep = keep[:limit]
+        if not keep:
+            raise SourceError("the class filter and limit leave no images")
+        self.parent = parent
+        self.classes = sorted({int(c) for c in classes}) if classes is not None else None
+        self.limit = limit
+        self.kind = parent.kind
+        self.items = [Item(i, it.id, it.label, it.split) for i, it in enumerate(keep)]
+        self._parent_items = keep
+        self.class_names = parent.class_names
+        self.native_size = parent.native_size
+
+    def describe(self) -> str:
+        extra = []
+        if self.classes is not None:
+            extra.append("classes=" + ",".join(map(str, self.classes)))
+        if self.limit is not None:
+            extra.append(f"limit={self.limit}")
+        return f"{self.parent.describe()}[{';'.join(extra)}]"
+
+    def fingerprint(self) -> str:
+        return _hash_lines([self.parent.fingerprint(), self.describe(),
+                            *(it.id for it in self.items)])
+
+    def read(self, items, size, executor=None) -> Batch:
+        parent_items = [self._parent_items[it.index] for it in items]
+        batch = self.parent.read(parent_items, size, executor)
+        back = {p.index: it for p, it in zip(parent_items, items)}
+        return Batch(batch.images, [back[p.index] for p in batch.items],
+                     [(back[p.index], r) for p, r in batch.skipped])
+
+
+def open_source(spec, *, allow_outside: bool = False, labels=None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                data_dir: str | os.PathLike | None = None) -> Source:
+    """Turn what a user passed into a :class:`Source`.
+
+    ``spec`` may be a Source, a folder path, a ``.csv`` path, a named dataset
+    such as ``"fashion_mnist:test"``, or a uint8 array (with ``labels``).
+    """
+    if isinstance(spec, Source):
+        return spec
+    if isinstance(spec, np.ndarray):
+        return ArraySource(spec, labels)
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        path = Path(text)
+        if path.is_dir():
+            return FolderSource(path, max_pixels=max_pixels)
+        if path.suffix.lower() == ".csv":
+            if not path.exists():
+                raise SourceError(f"CSV manifest {path} does not exist")
+            return CsvSource(path, allow_outside=allow_outside, max_pixels=max_pixels)
+        from . import datasets
+
+        if datasets.is_dataset_name(text):
+            return datasets.load(text, data_dir=data_dir)
+        raise SourceError(
+            f"{text!r} is not a folder, a .csv manifest or a dataset name "
+            f"(known datasets: {', '.join(datasets.names())}, each with :train or :test)"
+        )
+    raise SourceError(f"cannot use {type(spec).__name__} as an image source")

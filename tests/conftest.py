@@ -1,0 +1,82 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from featcache.datasets import DEBIAN_FASHION_MNIST  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The small extraction every stage-one test uses: random-but-seeded MobileNetV2 at 32 px.
+TINY = dict(backbone="mobilenet_v2", weights="none", image_size=32, batch_size=32)
+TINY_ARGS = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "--batch-size", "32"]
+
+
+def run_featcache(*args, env=None, timeout=300, check=True):
+    """Run the real console entry point in a fresh process."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "featcache", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"featcache {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_available():
+    if not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's dataset-fashion-mnist (.ci/run does)")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    return DEBIAN_FASHION_MNIST
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """The two real photos scikit-learn ships (427 x 640 RGB)."""
+    from sklearn.datasets import load_sample_images
+
+    return [np.asarray(img, dtype=np.uint8) for img in load_sample_images().images]
+
+
+def _crops(photo, n, size, seed):
+    rng = np.random.default_rng(seed)
+    h, w = photo.shape[:2]
+    out = []
+    for _ in range(n):
+        y, x = rng.integers(0, h - size), rng.integers(0, w - size)
+        out.append(photo[y:y + size, x:x + size])
+    return out
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory, photos):
+    """train/ and test/ split folders of two classes of real JPEG and PNG crops."""
+    root = tmp_path_factory.mktemp("photos")
+    for split, n in (("train", 8), ("test", 4)):
+        for k, (cls, photo) in enumerate(zip(("china", "flower"), photos)):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i, crop in enumerate(_crops(photo, n, 96, seed=10 * len(split) + k)):
+                ext = ".jpg" if i % 2 == 0 else ".png"
+                Image.fromarray(crop).save(d / f"{cls}_{i:02d}{ext}")
+    return root
+
+
+@pytest.fixture
+def copy_folder(tmp_path):
+    def _copy(src):
+        dst = tmp_path / "images"
+        shutil.copytree(src, dst)
+        return dst
+    return _copy

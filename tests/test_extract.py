@@ -1,0 +1,211 @@
+"""Stage one end to end: real images, real Keras models, real HDF5 on disk."""
+
+import json
+import shutil
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+import featcache
+from featcache import store
+from featcache.errors import CacheError, KeyMismatchError, LockedError
+
+from conftest import TINY, TINY_ARGS, run_featcache
+
+
+@pytest.fixture(scope="module")
+def fm_cache(tmp_path_factory, fashion_mnist_available):
+    """600 Fashion-MNIST test images through the CLI, in shards of 256."""
+    out = tmp_path_factory.mktemp("fm") / "cache"
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "600", "--shard-size", "256",
+                         "--out", out)
+    return out, proc
+
+
+def test_cli_extract_writes_a_complete_cache(fm_cache):
+    out, proc = fm_cache
+    assert "extraction summary" in proc.stdout and "600" in proc.stdout
+    assert "img/s" in proc.stderr  # the progress bar ran
+    cache = featcache.open_cache(out)
+    assert cache.complete and len(cache) == 600
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.h5", "00001.h5", "00002.h5"]
+    feats = cache.features()
+    assert feats.shape == (600, 1280) and feats.dtype == np.float16
+    assert np.isfinite(feats).all() and feats.astype(np.float32).std(axis=0).mean() > 1e-3
+    assert cache.labels()[:3].tolist() == [9, 2, 1]
+    assert cache.ids()[0] == "fashion_mnist/test/0000"
+    assert cache.splits()[:2] == ["test", "test"]
+    m = cache.manifest
+    assert m["format_version"] == 1 and m["counts"] == {"items": 600, "rows": 600, "skipped": 0}
+    assert [s["rows"] for s in m["shards"]] == [[0, 256], [256, 512], [512, 600]]
+    for s in m["shards"]:
+        assert store.sha256_path(out / s["file"]) == s["sha256"]
+    assert m["params"]["weights"]["kind"] == "random" and m["params"]["image_size"] == [32, 32]
+    assert m["versions"]["backend"] == "tensorflow" and m["timings"]["images_computed"] == 600
+
+
+def test_second_identical_run_is_a_noop(fm_cache):
+    out, _ = fm_cache
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    manifest_before = (out / "manifest.json").read_bytes()
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "600", "--shard-size", "256",
+                         "--out", out)
+    assert "nothing to do" in proc.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
+    assert (out / "manifest.json").read_bytes() == manifest_before
+
+
+def test_info_reports_parameters_counts_and_completeness(fm_cache):
+    out, _ = fm_cache
+    proc = run_featcache("info", out)
+    for text in ("complete", "yes", "mobilenet_v2", "random", "32x32", "Ankle boot", "size on disk"):
+        assert text in proc.stdout, text
+    # per-class counts add up to the rows
+    counts = featcache.open_cache(out).labels()
+    assert f"│ 9     │ Ankle boot  │ {int((counts == 9).sum())}" in proc.stdout
+
+
+def test_one_file_view_slices_across_shards(fm_cache):
+    out, _ = fm_cache
+    cache = featcache.open_cache(out)
+    with h5py.File(out / "features.h5", "r") as f:
+        assert f["features/avg"].is_virtual
+        np.testing.assert_array_equal(f["features/avg"][250:260], cache.features()[250:260])
+        np.testing.assert_array_equal(f["labels"][:], cache.labels())
+        assert [x.decode() for x in f["ids"][255:257]] == cache.ids()[255:257]
+
+
+def test_stock_hdf5_tools_read_the_shards(fm_cache):
+    out, _ = fm_cache
+    h5dump = shutil.which("h5dump")
+    if h5dump is None:
+        import os
+        if os.environ.get("CI"):
+            pytest.fail("CI must install hdf5-tools (.ci/run does)")
+        pytest.skip("h5dump not installed")
+    header = subprocess.run([h5dump, "-H", out / "shards" / "00000.h5"], capture_output=True, text=True, check=True)
+    assert 'DATASET "avg"' in header.stdout and "( 256, 1280 )" in header.stdout
+    labels = subprocess.run([h5dump, "-d", "/labels", "-s", "0", "-c", "3", out / "features.h5"],
+                            capture_output=True, text=True, check=True)
+    assert "9, 2, 1" in labels.stdout
+
+
+def test_iter_batches_streams_the_same_rows(fm_cache):
+    out, _ = fm_cache
+    cache = featcache.open_cache(out)
+    batches = list(cache.iter_batches(100))
+    assert [len(b.ids) for b in batches] == [100] * 6
+    np.testing.assert_array_equal(np.concatenate([b.features for b in batches]), cache.features())
+    assert [i for b in batches for i in b.ids] == cache.ids()
+
+
+def test_changed_parameter_is_a_clear_error_and_overwrite_replaces(fm_cache, tmp_path):
+    out, _ = fm_cache
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "600", "--shard-size", "256",
+                         "--pooling", "max", "--out", out, check=False)
+    assert proc.returncode == 2
+    assert "pooling: cache has 'avg', this run asks for 'max'" in proc.stderr
+    assert "--overwrite" in proc.stderr
+    assert featcache.open_cache(out).params["pooling"] == "avg"  # nothing was touched
+    # a different dataset is named too
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "300", "--shard-size", "256",
+                         "--out", out, check=False)
+    assert proc.returncode == 2 and "dataset" in proc.stderr
+    # --overwrite on a copy replaces the cache
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "600", "--shard-size", "256",
+                  "--pooling", "max", "--out", copy, "--overwrite")
+    assert featcache.open_cache(copy).params["pooling"] == "max"
+
+
+def test_corrupt_image_in_folder_is_skipped_and_reported(photo_folder, copy_folder, tmp_path):
+    root = copy_folder(photo_folder)
+    (root / "train" / "china" / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "train" / "flower" / "zz_empty.png").write_bytes(b"")
+    cache, summary = featcache.extract(root, out=tmp_path / "c", return_summary=True, **TINY)
+    assert summary.skipped == 2 and len(cache) == 24
+    reasons = {s["id"]: s["reason"] for s in cache.skipped}
+    assert set(reasons) == {"train/china/zz_broken.jpg", "train/flower/zz_empty.png"}
+    assert "empty file" in reasons["train/flower/zz_empty.png"]
+    assert cache.manifest["counts"]["skipped"] == 2
+    assert "train/china/zz_broken.jpg" not in cache.ids()
+    assert sorted(set(cache.splits())) == ["test", "train"]
+    info = run_featcache("info", tmp_path / "c")
+    assert "zz_broken.jpg" in info.stdout and "skipped items (2)" in info.stdout
+
+
+def test_array_source_resize_in_graph_and_outputs(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 255, (40, 20, 24, 3), dtype=np.uint8)
+    cache = featcache.extract(imgs, labels=np.arange(40) % 4, out=tmp_path / "a", pooling="none",
+                              shard_size=16, **TINY)
+    assert cache.params["input_size"] == [20, 24] and cache.params["image_size"] == [32, 32]
+    assert cache.features("map").shape == (40, 1, 1, 1280)
+    multi = featcache.extract(imgs, labels=np.arange(40) % 4, out=tmp_path / "b",
+                              outputs=["block_3_expand_relu", "out_relu"], **TINY)
+    assert multi.outputs == ["block_3_expand_relu", "out_relu"]
+    assert multi.features("block_3_expand_relu").shape == (40, 144)
+    with pytest.raises(CacheError, match="no output 'avg'"):
+        multi.features("avg")
+
+
+def test_user_keras_model_cut_at_a_layer(tmp_path):
+    import keras
+
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(x)
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="conv_b")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="head")(x)
+    path = tmp_path / "source_cnn.keras"
+    keras.Model(inputs, outputs).save(path)
+    imgs = np.random.default_rng(2).integers(0, 255, (10, 24, 24, 3), dtype=np.uint8)
+    cache = featcache.extract(imgs, backbone=str(path), layer="conv_a", out=tmp_path / "c")
+    assert cache.features().shape == (10, 8)
+    assert cache.params["weights"]["kind"] == "keras_file" and len(cache.params["weights"]["sha256"]) == 64
+    # the features are the user's layer, pooled: check against Keras directly
+    model = keras.saving.load_model(path)
+    cut = keras.Model(model.input, model.get_layer("conv_a").output)
+    expected = cut.predict(imgs.astype("float32"), verbose=0).mean(axis=(1, 2))
+    np.testing.assert_allclose(cache.features().astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_lock_blocks_a_second_writer_and_a_stale_lock_is_taken_over(tmp_path):
+    imgs = np.zeros((4, 8, 8, 3), np.uint8)
+    out = tmp_path / "locked"
+    with store.DirectoryLock(out):
+        with pytest.raises(LockedError, match="another featcache process"):
+            featcache.extract(imgs, out=out, **TINY)
+    # a lock file left behind by a dead process is not a lock
+    (out / ".lock").write_text("pid 999999 on elsewhere\n")
+    assert len(featcache.extract(imgs, out=out, **TINY)) == 4
+
+
+def test_refuses_a_foreign_non_empty_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(CacheError, match="not empty"):
+        featcache.extract(np.zeros((2, 8, 8, 3), np.uint8), out=tmp_path, **TINY)
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+def test_partial_cache_refuses_plain_open_and_manifest_is_json(tmp_path):
+    imgs = np.zeros((4, 8, 8, 3), np.uint8)
+    out = tmp_path / "p"
+    featcache.extract(imgs, out=out, **TINY)
+    m = json.loads((out / "manifest.json").read_text())
+    m["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CacheError, match="incomplete"):
+        featcache.open_cache(out)
+    assert len(featcache.open_cache(out, allow_partial=True)) == 4
+
+
+def test_backbones_lists_the_registry():
+    proc = run_featcache("backbones")
+    for name in ("mobilenet_v2", "resnet50", "efficientnet_b3", "convnext_tiny", "xception", "densenet121"):
+        assert name in proc.stdout

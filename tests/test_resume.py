@@ -1,0 +1,88 @@
+"""A SIGKILL at any moment, then the same command, gives an uninterrupted run's cache."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import featcache
+from featcache import store
+
+from conftest import REPO, TINY_ARGS, run_featcache
+
+ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "1500", "--shard-size", "128", "--quiet"]
+
+
+def _start(out):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-m", "featcache", "extract", *ARGS, "--out", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _assert_same_cache(a, b):
+    ca, cb = featcache.open_cache(a), featcache.open_cache(b)
+    assert ca.key == cb.key
+    np.testing.assert_array_equal(ca.features(), cb.features())
+    np.testing.assert_array_equal(ca.labels(), cb.labels())
+    assert ca.ids() == cb.ids()
+    assert ca.manifest["params"] == cb.manifest["params"]
+    assert [s["n_rows"] for s in ca.manifest["shards"]] == [s["n_rows"] for s in cb.manifest["shards"]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, fashion_mnist_available):
+    out = tmp_path_factory.mktemp("ref") / "cache"
+    run_featcache("extract", *ARGS, "--out", out)
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted(reference, tmp_path):
+    out = tmp_path / "killed"
+    proc = _start(out)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        shards = list((out / "shards").glob("*.h5")) if (out / "shards").is_dir() else []
+        if len(shards) >= 3:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"extract ended before it could be killed: {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = store.read_manifest(out)
+    assert partial is not None and not partial["complete"]
+    n_before = len(list((out / "shards").glob("*.h5")))
+    assert 3 <= n_before < 12
+    # no temporary file ever looks like a shard
+    assert all(p.name[0].isdigit() for p in (out / "shards").glob("*.h5"))
+
+    rerun = run_featcache("extract", *ARGS, "--out", out)
+    assert f"{12 - n_before} computed, {n_before} reused" in rerun.stdout
+    _assert_same_cache(reference, out)
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+def test_reader_during_a_write_sees_only_complete_shards(reference, tmp_path):
+    out = tmp_path / "live"
+    proc = _start(out)
+    seen = 0
+    try:
+        while proc.poll() is None:
+            m = store.read_manifest(out) if (out / "manifest.json").exists() else None
+            if m and m["shards"]:
+                cache = featcache.open_cache(out, allow_partial=True)
+                assert cache.verify(deep=False) == []
+                assert len(cache.labels()) == len(cache) == sum(s["n_rows"] for s in m["shards"])
+                seen = max(seen, len(m["shards"]))
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen >= 1
+    _assert_same_cache(reference, out)
