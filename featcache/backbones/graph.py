@@ -122,3 +122,29 @@ def build_extractor(backbone: Backbone, *, input_size: tuple[int, int], image_si
             result[name] = keras.layers.Activation("linear", dtype="float32", name=f"out_{name}")(y)
     model = keras.Model(images, result, name=f"featcache_{output_name(backbone.name)}")
     return model, names
+
+
+def build_classifier(backbone: Backbone, image_size: tuple[int, int] | None = None):
+    """The backbone's 1000-class ImageNet classifier, uint8 images in, probabilities out.
+
+    For checks and for users who want ImageNet labels; class names come from
+    :func:`featcache.backbones.torch_port.imagenet_classes`.
+    """
+    import keras
+
+    from .layers import ImagePreprocess
+
+    spec = backbone.spec
+    if spec.top_builder is None:
+        raise BackboneError(f"{spec.name} offers no ImageNet classifier top")
+    size = image_size or (spec.default_size, spec.default_size)
+    if backbone.weights is None:
+        raise BackboneError("an ImageNet classifier needs weights (imagenet or a file), not none")
+    if spec.origin == "keras.applications":
+        top = spec.top_builder(backbone.weights)
+        size = tuple(top.input_shape[1:3])
+    else:
+        top = spec.top_builder((size[0], size[1], 3), backbone.weights)
+    images = keras.Input((size[0], size[1], 3), dtype="uint8", name="images")
+    x = ImagePreprocess(size=size, mode=spec.preprocess, name="preprocess")(images)
+    return keras.Model(images, top(x), name=f"{spec.name}_imagenet")

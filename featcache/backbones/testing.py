@@ -45,3 +45,26 @@ def check_preprocess_matches(mode: str, keras_preprocess) -> None:
     ours = np.asarray(ops.convert_to_numpy(normalize(ops.convert_to_tensor(x), mode)))
     theirs = np.asarray(keras_preprocess(x.copy()))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+def check_matches_reference(name: str, images: np.ndarray, pooled: np.ndarray, min_cosine: float = 0.999) -> np.ndarray:
+    """Pooled ImageNet features equal a reference implementation's (cosine per image)."""
+    model, _ = build_extractor(resolve(name, weights="imagenet"), input_size=images.shape[1:3],
+                               image_size=images.shape[1:3])
+    feats = np.asarray(model.predict_on_batch(images)["avg"])
+    cos = (feats * pooled).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(pooled, axis=1))
+    assert cos.min() >= min_cosine, f"{name}: cosine similarity {cos.round(5).tolist()}"
+    return feats
+
+
+def imagenet_top1(name: str, images: np.ndarray) -> list[str]:
+    """Top-1 ImageNet class names of the backbone's own classifier."""
+    from .graph import build_classifier
+    from .torch_port import imagenet_classes
+
+    model = build_classifier(resolve(name, weights="imagenet"), image_size=images.shape[1:3])
+    probs = np.asarray(model.predict_on_batch(images))
+    assert probs.shape == (len(images), 1000)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-4)
+    classes = imagenet_classes()
+    return [classes[i] for i in probs.argmax(1)]
