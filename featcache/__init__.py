@@ -11,8 +11,10 @@ from .engine import DEFAULT_BACKBONE, ExtractOptions, extract  # noqa: E402
 from .errors import FeatcacheError  # noqa: E402
 from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: E402
 from .store import Cache, open_cache  # noqa: E402
+from .train import TrainResult, train  # noqa: E402
+from .predict import export, predict  # noqa: E402
 
 __all__ = [
     "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
-    "__version__", "extract", "open_cache", "open_source",
+    "TrainResult", "__version__", "export", "extract", "open_cache", "open_source", "predict", "train",
 ]

@@ -127,6 +127,68 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _parse_params(pairs) -> dict:
+    from .heads import parse_value
+
+    params = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FeatcacheError(f"--param takes key=value, got {pair!r}")
+        params[key.strip()] = parse_value(value.strip())
+    return params
+
+
+def _fmt(v, pct=True):
+    return "-" if v is None else (f"{100 * v:.2f}%" if pct else f"{v:.4f}")
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    out = args.out or os.path.join("models", f"{Path(args.cache).name}-{args.head}")
+    res = train(args.cache, args.head, params=_parse_params(args.param), preprocess=args.preprocess, out=out,
+                output=args.output, stream=args.stream, val_fraction=args.val_fraction,
+                test_fraction=args.test_fraction)
+    rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("balanced_accuracy")), _fmt(m.get("macro_f1")),
+             _fmt(m.get("log_loss"), pct=False)] for split, m in res.metrics.items()]
+    stdout.print(table(f"{args.head} on {args.cache} (fit {res.fit_seconds:.2f} s)",
+                       ["split", "rows", "accuracy", "balanced acc.", "macro-F1", "log-loss"], rows))
+    stdout.print(f"model saved to {res.model_dir}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict
+
+    rows = predict(args.model, args.images, out=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+    if args.out:
+        stdout.print(f"{len(rows)} predictions written to {args.out}")
+    else:
+        stdout.print(table("predictions", ["id", "class", "probability"],
+                           [[r["id"], r["class"] if r["class"] is not None else f"skipped: {r['error']}",
+                             "-" if r["probability"] is None else f"{r['probability']:.4f}"] for r in rows]))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .predict import export
+
+    path = export(args.model, args.out)
+    stdout.print(f"exported {path}: uint8 images in, class probabilities out "
+                 "(load with keras.models.load_model; nothing else needed)")
+    return 0
+
+
+def cmd_heads(args) -> int:
+    from .heads import list_heads
+
+    stdout.print(table("heads", ["name", "kind", "default preprocess", "streams", "what"],
+                       [[h.name, h.kind, h.preprocess, "yes" if h.streams else "no", h.description]
+                        for h in list_heads()]))
+    return 0
+
+
 def cmd_backbones(args) -> int:
     from .backbones import list_specs
 
@@ -182,6 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every shard against the manifest")
     p.add_argument("dir")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("train", help="train a head on a cache and save it")
+    p.add_argument("cache", help="cache directory")
+    p.add_argument("--head", default="logreg", help="head name (featcache heads lists them)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="head parameter, repeatable (e.g. C=0.5)")
+    p.add_argument("--preprocess", help="none, standard, pca[:N] or standard+pca[:N] (default: the head's)")
+    p.add_argument("--output", help="which stored output to train on (default: the first)")
+    p.add_argument("--stream", action="store_true", help="stream features shard by shard instead of loading them")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--out", help="model directory (default models/<cache>-<head>)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="classify raw images (files, folders, a CSV, or a cache) with a saved head")
+    p.add_argument("model", help="model directory written by featcache train")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", help="write predictions to a .csv or .json file")
+    p.add_argument("--cache-dir", help="where prediction feature caches go (default ~/.cache/featcache/predictions)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write one end-to-end .keras model (Keras heads)")
+    p.add_argument("model")
+    p.add_argument("out", help="output .keras file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("heads", help="list the classifier heads")
+    p.set_defaults(func=cmd_heads)
 
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.set_defaults(func=cmd_backbones)

@@ -84,6 +84,8 @@ class Plan:
     params: dict
     fingerprint: str
     key: str
+    #: how to rebuild the backbone later (predict, export): not part of the key
+    backbone_ref: dict = field(default_factory=dict)
     n_shards: int = field(init=False)
 
     def __post_init__(self):
@@ -111,7 +113,13 @@ def _size_pair(value, default: int) -> tuple[int, int]:
 def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *, weights="imagenet",
               layer: str | None = None) -> Plan:
     options.check()
+    ref = {"backbone": os.fspath(backbone) if not isinstance(backbone, Backbone) else backbone.name,
+           "weights": None if weights is None else os.fspath(weights), "layer": layer}
     if not isinstance(backbone, Backbone):
+        if ref["backbone"].endswith((".keras", ".h5")):
+            ref["backbone"] = str(Path(ref["backbone"]).resolve())
+        if ref["weights"] not in (None, "imagenet", "none"):
+            ref["weights"] = str(Path(ref["weights"]).resolve())
         backbone = resolve(backbone, weights=weights, layer=layer)
     spec = backbone.spec
     if options.image_size is None and not spec.default_size:
@@ -136,7 +144,7 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
     }
     fingerprint = source.fingerprint()
     return Plan(source, backbone, options, Path(out), image_size, input_size, params, fingerprint,
-                store.cache_key(params, fingerprint))
+                store.cache_key(params, fingerprint), ref)
 
 
 # --------------------------------------------------------------------------- per-shard path
@@ -364,6 +372,7 @@ def _new_manifest(plan: Plan, shards: list[dict], old: dict | None) -> dict:
             "class_names": list(src.class_names), "has_splits": src.has_splits,
         },
         "outputs": (old or {}).get("outputs") or {},
+        "backbone_ref": plan.backbone_ref,
         "n_shards": plan.n_shards,
         "shards": sorted(shards, key=lambda s: s["index"]),
         "created": (old or {}).get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -375,6 +375,28 @@ class SubsetSource(Source):
                      [(back[p.index], r) for p, r in batch.skipped])
 
 
+class FileListSource(FileSource):
+    """Image files named one by one (unlabeled); ids are the paths as given."""
+
+    kind = "files"
+
+    def __init__(self, paths, max_pixels: int = DEFAULT_MAX_PIXELS):
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise SourceError("no image files given")
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise SourceError(f"no such file(s): {', '.join(missing[:5])}")
+        ids = [p.as_posix() for p in paths]
+        if len(set(ids)) != len(ids):
+            raise SourceError("the same image file is named twice")
+        items = [Item(i, ids[i], -1, None) for i in range(len(paths))]
+        super().__init__(Path("."), [p.resolve() for p in paths], items, [], max_pixels)
+
+    def describe(self) -> str:
+        return f"files:{len(self.items)}"
+
+
 def open_source(spec, *, allow_outside: bool = False, labels=None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 data_dir: str | os.PathLike | None = None) -> Source:
     """Turn what a user passed into a :class:`Source`.

@@ -404,8 +404,9 @@ class Cache:
     the manifest are read, so a reader never sees a half-written shard.
     """
 
-    def __init__(self, path: str | os.PathLike, *, allow_partial: bool = False):
+    def __init__(self, path: str | os.PathLike, *, allow_partial: bool = False, max_load_bytes: int | None = None):
         self.path = Path(path)
+        self.max_load_bytes = max_load_bytes
         manifest = read_manifest(self.path)
         if manifest is None:
             raise CacheError(f"{self.path} is not a featcache cache (no {MANIFEST}); create one with `featcache extract`")
@@ -468,6 +469,10 @@ class Cache:
         """All rows of one output as one numpy array (in the storage dtype)."""
         name = self._output(output)
         info = self.manifest["outputs"][name]
+        size = len(self) * int(np.prod(info["shape"])) * np.dtype(info["dtype"]).itemsize
+        if self.max_load_bytes is not None and size > self.max_load_bytes:
+            raise CacheError(f"loading {name} would take {size:,} bytes, over this cache's limit of "
+                             f"{self.max_load_bytes:,}; stream it with iter_batches() (train --stream)")
         out = np.empty((len(self),) + tuple(info["shape"]), dtype=info["dtype"])
         row = 0
         for shard in self._shards:
@@ -557,6 +562,10 @@ def _slice(b: FeatureBatch, a: int, z: int) -> FeatureBatch:
     return FeatureBatch(b.features[a:z], b.labels[a:z], b.ids[a:z], None if b.splits is None else b.splits[a:z])
 
 
-def open_cache(path: str | os.PathLike, *, allow_partial: bool = False) -> Cache:
-    """Open a cache directory written by :func:`featcache.extract`."""
-    return Cache(path, allow_partial=allow_partial)
+def open_cache(path: str | os.PathLike, *, allow_partial: bool = False, max_load_bytes: int | None = None) -> Cache:
+    """Open a cache directory written by :func:`featcache.extract`.
+
+    ``max_load_bytes`` makes :meth:`Cache.features` refuse to load more than
+    that into memory (a guard for caches larger than RAM).
+    """
+    return Cache(path, allow_partial=allow_partial, max_load_bytes=max_load_bytes)

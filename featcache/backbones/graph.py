@@ -87,7 +87,7 @@ def build_extractor(backbone: Backbone, *, input_size: tuple[int, int], image_si
     """Return ``(model, output_names)``; the model maps uint8 NHWC to a dict of float32 arrays."""
     import keras
 
-    from .layers import ImagePreprocess
+    from .layers import preprocess as preprocess_layers
 
     if pooling not in POOLINGS:
         raise BackboneError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -107,7 +107,7 @@ def build_extractor(backbone: Backbone, *, input_size: tuple[int, int], image_si
         trunk = base if feats == [base.output] else keras.Model(base.inputs, feats, name=f"{base.name}_cut")
         trunk.trainable = False
         images = keras.Input((input_size[0], input_size[1], 3), dtype="uint8", name="images")
-        x = ImagePreprocess(size=image_size, mode=preprocess or backbone.spec.preprocess, name="preprocess")(images)
+        x = preprocess_layers(images, preprocess or backbone.spec.preprocess, image_size)
         ys = trunk(x, training=False)
         ys = ys if isinstance(ys, (list, tuple)) else [ys]
         result = {}
@@ -132,7 +132,7 @@ def build_classifier(backbone: Backbone, image_size: tuple[int, int] | None = No
     """
     import keras
 
-    from .layers import ImagePreprocess
+    from .layers import preprocess as preprocess_layers
 
     spec = backbone.spec
     if spec.top_builder is None:
@@ -146,5 +146,5 @@ def build_classifier(backbone: Backbone, image_size: tuple[int, int] | None = No
     else:
         top = spec.top_builder((size[0], size[1], 3), backbone.weights)
     images = keras.Input((size[0], size[1], 3), dtype="uint8", name="images")
-    x = ImagePreprocess(size=size, mode=spec.preprocess, name="preprocess")(images)
+    x = preprocess_layers(images, spec.preprocess, size)
     return keras.Model(images, top(x), name=f"{spec.name}_imagenet")

@@ -36,15 +36,20 @@ def check_backbone(name: str, size: int | None = None, weights: str = "none", ba
 
 
 def check_preprocess_matches(mode: str, keras_preprocess) -> None:
-    """Our in-graph normalisation equals Keras' own ``preprocess_input`` on random pixels."""
+    """The in-graph layers and the reference normalisation equal Keras' own ``preprocess_input``."""
+    import keras
     from keras import ops
 
-    from .layers import normalize
+    from .layers import normalize, preprocess
 
-    x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
-    ours = np.asarray(ops.convert_to_numpy(normalize(ops.convert_to_tensor(x), mode)))
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    x = pixels.astype(np.float32)
     theirs = np.asarray(keras_preprocess(x.copy()))
+    ours = np.asarray(ops.convert_to_numpy(normalize(ops.convert_to_tensor(x), mode)))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    images = keras.Input((8, 8, 3), dtype="uint8")
+    graph = keras.Model(images, preprocess(images, mode, (8, 8)))
+    np.testing.assert_allclose(np.asarray(graph.predict_on_batch(pixels)), theirs, rtol=1e-5, atol=1e-4)
 
 
 def check_matches_reference(name: str, images: np.ndarray, pooled: np.ndarray, min_cosine: float = 0.999) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""Training batches for Keras heads: from arrays in memory, or streamed from a cache.
+
+Both sources share one batch order (:func:`epoch_order`): each epoch permutes
+the blocks (shards), then the rows within each block, then cuts batches from
+that stream. A streamed run (:class:`CacheRows`) therefore sees exactly the
+batches an in-memory run sees, while holding only one shard in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def epoch_order(block_sizes: Sequence[int], seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """Global row order for one epoch: blocks permuted, rows permuted within each block."""
+    offsets = np.concatenate([[0], np.cumsum(block_sizes)]).astype(np.int64)
+    if not shuffle:
+        return np.arange(offsets[-1])
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    parts = []
+    for b in rng.permutation(len(block_sizes)):
+        parts.append(offsets[b] + rng.permutation(int(block_sizes[b])))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def iter_batches(take, y, order: np.ndarray, batch_size: int, sample_weight=None):
+    """Yield ``(X, y, sample_weight)`` batches in ``order``; ``take(idx)`` returns feature rows."""
+    for a in range(0, len(order), batch_size):
+        idx = order[a:a + batch_size]
+        yield take(idx), y[idx], None if sample_weight is None else sample_weight[idx]
+
+
+class CacheRows:
+    """Rows of a cache selected per shard (e.g. the train split), read one shard at a time."""
+
+    def __init__(self, cache, mask: np.ndarray, output: str | None = None):
+        self.cache = cache
+        self.output = cache._output(output)
+        self.shards = [s for s in cache.manifest["shards"]]
+        self.shards.sort(key=lambda s: s["index"])
+        self.local: list[np.ndarray] = []
+        start = 0
+        for s in self.shards:
+            n = s["n_rows"]
+            self.local.append(np.flatnonzero(mask[start:start + n]))
+            start += n
+        self.block_sizes = [len(ix) for ix in self.local]
+        self.global_rows = np.concatenate([np.flatnonzero(mask)]) if len(mask) else np.zeros(0, np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.block_sizes)]).astype(np.int64)
+        self._loaded: tuple[int, np.ndarray] | None = None
+
+    def block(self, b: int) -> np.ndarray:
+        """The selected rows of shard ``b`` as float32 (2-D), keeping one shard in memory."""
+        if self._loaded is None or self._loaded[0] != b:
+            with self.cache._open(self.shards[b]) as f:
+                data = f["features"][self.output][:]
+            data = data[self.local[b]].reshape(len(self.local[b]), -1).astype(np.float32)
+            self._loaded = (b, data)
+        return self._loaded[1]
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at selection positions (sorted by block as batches from epoch_order are)."""
+        blocks = np.searchsorted(self.offsets, positions, side="right") - 1
+        out = None
+        for b in dict.fromkeys(blocks.tolist()):
+            sel = blocks == b
+            rows = self.block(b)[positions[sel] - self.offsets[b]]
+            if out is None:
+                out = np.empty((len(positions), rows.shape[1]), np.float32)
+            out[sel] = rows
+        return out if out is not None else np.zeros((0, 0), np.float32)
+
+    def iter_blocks(self):
+        for b in range(len(self.shards)):
+            if self.block_sizes[b]:
+                yield b, self.block(b)

@@ -1,0 +1,285 @@
+"""Small Keras dense heads as a scikit-learn classifier.
+
+``KerasHeadClassifier`` follows scikit-learn's conventions (``__init__`` only
+stores parameters, learned attributes end in ``_``) and passes its estimator
+checks, so it composes with Pipeline, GridSearchCV and joblib. It trains with
+Adam and early stopping on a validation split, optionally with class weights,
+standardisation inside the model (so an exported model needs nothing else),
+and can stream its training rows from a cache larger than RAM.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import batches as _batches
+
+
+class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
+    """Dense softmax head: ``[Normalization] -> (Dense -> [BatchNorm] -> ReLU -> [Dropout])* -> Dense(softmax)``.
+
+    Parameters
+    ----------
+    hidden : tuple of int
+        Sizes of the hidden layers; ``()`` is a linear (softmax regression) head.
+    dropout : float
+        Dropout after each hidden layer.
+    batch_norm : bool
+        Batch normalisation after each hidden Dense layer.
+    standardize : bool
+        Standardise inputs with the training mean and variance, inside the model.
+    epochs, batch_size, learning_rate : training schedule (Adam).
+    validation_fraction : float
+        Share of the training rows held out for early stopping when no
+        ``validation_data`` is given (none below 20 rows).
+    patience : int
+        Early-stopping patience in epochs, on validation loss; best weights are restored.
+    class_weight : None or "balanced"
+    random_state : int
+        Seeds weight initialisation, dropout and batch order.
+    verbose : int
+        Keras' fit verbosity.
+    """
+
+    def __init__(self, hidden=(), dropout=0.0, batch_norm=False, standardize=True, epochs=100, batch_size=64,
+                 learning_rate=1e-3, validation_fraction=0.1, patience=5, class_weight=None, random_state=0,
+                 verbose=0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.standardize = standardize
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ model
+
+    def _build(self, n_features, n_classes, mean, var):
+        import keras
+        from keras import layers
+
+        inputs = keras.Input((n_features,), name="features")
+        x = inputs
+        if self.standardize:
+            x = layers.Normalization(mean=mean, variance=np.maximum(var, 1e-12), name="standardize")(x)
+        for i, units in enumerate(tuple(self.hidden or ())):
+            x = layers.Dense(int(units), use_bias=not self.batch_norm, name=f"dense_{i}")(x)
+            if self.batch_norm:
+                x = layers.BatchNormalization(name=f"bn_{i}")(x)
+            x = layers.ReLU(name=f"relu_{i}")(x)
+            if self.dropout:
+                x = layers.Dropout(float(self.dropout), seed=int(self.random_state) + i, name=f"dropout_{i}")(x)
+        outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+        return keras.Model(inputs, outputs, name="featcache_head")
+
+    def _check_params(self):
+        if not 0 <= float(self.dropout) < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if int(self.epochs) < 1 or int(self.batch_size) < 1:
+            raise ValueError("epochs and batch_size must be positive integers")
+        if not 0 <= float(self.validation_fraction) < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.class_weight not in (None, "balanced") and not isinstance(self.class_weight, dict):
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {self.class_weight!r}")
+        if any(int(h) < 1 for h in tuple(self.hidden or ())):
+            raise ValueError(f"hidden sizes must be positive, got {self.hidden!r}")
+
+    def _class_weights(self, y_enc, n_classes):
+        if self.class_weight is None:
+            return None
+        if self.class_weight == "balanced":
+            present = np.unique(y_enc)
+            w = compute_class_weight("balanced", classes=present, y=y_enc)
+            out = {int(c): 1.0 for c in range(n_classes)}
+            out.update({int(c): float(v) for c, v in zip(present, w)})
+            return out
+        return {int(np.searchsorted(self.classes_, k)): float(v) for k, v in self.class_weight.items()}
+
+    def _train(self, n_features, mean, var, take, y_enc, block_sizes, val):
+        """The training loop: Adam on fixed-order batches, early stopping on validation loss.
+
+        ``take(idx)`` returns training feature rows; ``val`` is None or
+        ``(take_val, y_val, weights_val)``. A hand loop over ``train_on_batch``
+        keeps per-epoch overhead near zero on small caches and gives the
+        in-memory and streamed paths the very same batches.
+        """
+        import keras
+
+        keras.utils.set_random_seed(int(self.random_state))
+        n_classes = len(self.classes_)
+        model = self._build(n_features, n_classes, mean, var)
+        model.compile(optimizer=keras.optimizers.Adam(float(self.learning_rate)),
+                      loss="sparse_categorical_crossentropy")
+        cw = self._class_weights(y_enc, n_classes)
+        sw = None if cw is None else np.array([cw[int(c)] for c in y_enc], np.float32)
+        history = {"loss": []} if val is None else {"loss": [], "val_loss": []}
+        best, best_weights, wait = np.inf, None, 0
+        bs = int(self.batch_size)
+        for epoch in range(int(self.epochs)):
+            order = _batches.epoch_order(block_sizes, int(self.random_state), epoch)
+            total = 0.0
+            for Xb, yb, wb in _batches.iter_batches(take, y_enc, order, bs, sw):
+                loss = model.train_on_batch(Xb, yb, sample_weight=wb)
+                total += float(np.asarray(loss).reshape(-1)[0]) * len(yb)
+            history["loss"].append(total / max(len(order), 1))
+            if val is not None:
+                history["val_loss"].append(self._loss(model, *val))
+            current = history["val_loss" if val is not None else "loss"][-1]
+            if current < best - 1e-6:
+                best, wait = current, 0
+                best_weights = model.get_weights()
+            else:
+                wait += 1
+                if wait >= int(self.patience):
+                    break
+        if best_weights is not None:
+            model.set_weights(best_weights)
+        self.model_ = model
+        self.history_ = history
+        self.n_iter_ = len(history["loss"])
+        return self
+
+    @staticmethod
+    def _loss(model, take, y, weights):
+        total, norm = 0.0, 0.0
+        for a in range(0, len(y), 8192):
+            idx = np.arange(a, min(a + 8192, len(y)))
+            p = np.asarray(model.predict_on_batch(take(idx)), np.float64)
+            nll = -np.log(np.clip(p[np.arange(len(idx)), y[idx]], 1e-12, None))
+            w = np.ones(len(idx)) if weights is None else weights[idx]
+            total += float((nll * w).sum())
+            norm += float(w.sum())
+        return total / max(norm, 1e-12)
+
+    # ------------------------------------------------------------------ sklearn API
+
+    def fit(self, X, y, validation_data=None, block_sizes=None):
+        """Fit on arrays. ``validation_data=(X_val, y_val)`` drives early stopping when given."""
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=1)
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        y_enc = y_enc.astype(np.int64)
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        val = None
+        if validation_data is not None:
+            Xv = validate_data(self, validation_data[0], dtype=np.float32, reset=False)
+            yv = np.asarray(validation_data[1])
+            known = np.isin(yv, self.classes_)
+            if known.any():
+                val = (np.ascontiguousarray(Xv[known]), np.searchsorted(self.classes_, yv[known]).astype(np.int64))
+        elif self.validation_fraction and len(X) >= 20:
+            rng = np.random.default_rng(int(self.random_state))
+            perm = rng.permutation(len(X))
+            n_val = max(1, int(round(len(X) * float(self.validation_fraction))))
+            vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+            val = (X[vi], y_enc[vi])
+            X, y_enc = X[ti], y_enc[ti]
+            block_sizes = None  # the split breaks block boundaries
+        mean, var = X.mean(0), X.var(0)
+        sizes = list(block_sizes) if block_sizes is not None else [len(X)]
+        if sum(sizes) != len(X):
+            raise ValueError(f"block_sizes add up to {sum(sizes)}, X has {len(X)} rows")
+        val_spec = None if val is None else ((lambda idx, Xv=val[0]: Xv[idx]), val[1], None)
+        return self._train(X.shape[1], mean, var, lambda idx: X[idx], y_enc, sizes, val_spec)
+
+    def fit_cache(self, cache, train_mask, val_mask=None, output=None):
+        """Fit on the rows of ``cache`` selected by ``train_mask``, streaming shard by shard.
+
+        Uses the same batches as :meth:`fit` on those rows with
+        ``block_sizes`` = rows per shard, so both give the same model.
+        """
+        self._check_params()
+        labels = cache.labels()
+        rows = _batches.CacheRows(cache, np.asarray(train_mask, bool), output)
+        y = labels[rows.global_rows]
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        y_enc = y_enc.astype(np.int64)
+        n_features = int(np.prod(cache.manifest["outputs"][rows.output]["shape"]))
+        self.n_features_in_ = n_features
+        total, total_sq, n = np.zeros(n_features), np.zeros(n_features), 0
+        for _b, block in rows.iter_blocks():  # one pass for the standardisation statistics
+            total += block.sum(0, dtype=np.float64)
+            total_sq += np.square(block, dtype=np.float64).sum(0)
+            n += len(block)
+        mean = (total / max(n, 1)).astype(np.float32)
+        var = np.maximum(total_sq / max(n, 1) - np.square(mean, dtype=np.float64), 0).astype(np.float32)
+        val = None
+        if val_mask is not None and np.asarray(val_mask).any():
+            vrows = _batches.CacheRows(cache, np.asarray(val_mask, bool), output)
+            yv = labels[vrows.global_rows]
+            known = np.isin(yv, self.classes_)
+            yv_enc = np.searchsorted(self.classes_, np.where(known, yv, self.classes_[0])).astype(np.int64)
+            val = (vrows.take, yv_enc, None if known.all() else known.astype(np.float64))
+        return self._train(n_features, mean, var, rows.take, y_enc, rows.block_sizes, val)
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        out = []
+        for a in range(0, len(X), 8192):
+            out.append(np.asarray(self.model_.predict_on_batch(np.ascontiguousarray(X[a:a + 8192]))))
+        proba = np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(self.classes_)))
+        return proba / np.maximum(proba.sum(axis=1, keepdims=True), 1e-300)  # float32 softmax, renormalised
+
+    def predict(self, X):
+        check_is_fitted(self, "model_")
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        tags.input_tags.allow_nan = False
+        return tags
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        model = state.pop("model_", None)
+        if model is not None:
+            state["_model_bytes"] = model_to_bytes(model)
+        return state
+
+    def __setstate__(self, state):
+        data = state.pop("_model_bytes", None)
+        self.__dict__.update(state)
+        if data is not None:
+            self.model_ = model_from_bytes(data)
+
+
+def model_to_bytes(model) -> bytes:
+    fd, path = tempfile.mkstemp(suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def model_from_bytes(data: bytes):
+    import keras
+
+    fd, path = tempfile.mkstemp(suffix=".keras")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(io.BytesIO(data).getbuffer())
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    finally:
+        os.unlink(path)

@@ -1,0 +1,157 @@
+"""Predict with a saved head on raw images, and export end-to-end Keras models.
+
+Sits above the engine and the heads: it rebuilds the exact backbone and
+preprocessing recorded in a model card, extracts features through the cache
+machinery (so predicting the same images twice costs nothing the second
+time), checks the features match what the head was trained on, and applies
+the head.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .engine import ExtractOptions, make_plan, run
+from .errors import FeatcacheError
+from .model_dir import feature_mismatch, load_model_dir, read_card
+from .sources import CsvSource, FileListSource, FolderSource, Source
+from .store import MANIFEST, Cache, open_cache
+
+
+def predictions_home() -> Path:
+    from .backbones.torch_port import featcache_home
+
+    return featcache_home() / "predictions"
+
+
+def _mismatch_error(card, params, what):
+    diffs = feature_mismatch(card, params)
+    if diffs:
+        lines = [f"the head in this model was trained on other features than {what}:"]
+        lines += [f"  {k}: head expects {a!r}, got {b!r}" for k, (a, b) in diffs.items()]
+        raise FeatcacheError("\n".join(lines))
+
+
+def source_for(inputs) -> Source | Cache:
+    """Files, a folder, a CSV manifest, or an existing cache directory."""
+    if isinstance(inputs, (Source, Cache)):
+        return inputs
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if len(items) == 1:
+        p = Path(items[0])
+        if p.is_dir() and (p / MANIFEST).is_file():
+            return open_cache(p)
+        if p.is_dir():
+            return FolderSource(p)
+        if p.suffix.lower() == ".csv":
+            return CsvSource(p)
+    return FileListSource(items)
+
+
+def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) -> Cache:
+    """A cache of ``inputs`` with exactly the features the card's head expects."""
+    target = source_for(inputs)
+    if isinstance(target, Cache):
+        _mismatch_error(card, target.params, str(target.path))
+        return target
+    feats = card["features"]
+    params, ref = feats["params"], feats.get("backbone_ref") or {}
+    opts = ExtractOptions(image_size=tuple(params["image_size"]), pooling=params["pooling"],
+                          outputs=params.get("outputs"), preprocess=params["preprocess"],
+                          dtype=feats.get("dtype") or "float16", compute_dtype=params["compute_dtype"])
+    base = Path(cache_dir) if cache_dir else predictions_home()
+    plan = make_plan(target, ref.get("backbone", params["backbone"]), base / "pending", opts,
+                     weights=ref.get("weights", "imagenet"), layer=ref.get("layer", params.get("layer")))
+    _mismatch_error(card, plan.params, "the backbone as it is now (did its weights file change?)")
+    plan.out = base / plan.key[:24]
+    cache, _summary = run(plan, progress=progress)
+    return cache
+
+
+def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = False) -> list[dict]:
+    """Class and probabilities per image; skipped images come back with their reason."""
+    pipe, card = load_model_dir(model_dir)
+    cache = features_for(card, inputs, cache_dir=cache_dir, progress=progress)
+    output = card["features"]["output"]
+    X = cache.features(output)
+    X = X.reshape(len(X), -1).astype(np.float32)
+    proba = pipe.predict_proba(X) if len(X) else np.zeros((0, len(card["classes"])))
+    names = card["class_names"]
+    rows = []
+    for rid, p in zip(cache.ids(), proba):
+        k = int(np.argmax(p))
+        rows.append({"id": rid, "label": card["classes"][k], "class": names[k], "probability": float(p[k]),
+                     "probabilities": {n: float(v) for n, v in zip(names, p)}})
+    for s in cache.skipped:
+        rows.append({"id": s["id"], "label": None, "class": None, "probability": None, "error": s["reason"]})
+    if out is not None:
+        write_predictions(rows, out, names)
+    return rows
+
+
+def write_predictions(rows: list[dict], out, class_names) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(rows, indent=2) + "\n")
+        return
+    if out.suffix.lower() != ".csv":
+        raise FeatcacheError(f"predictions go to a .csv or .json file, not {out.name}")
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "class", "probability", "error"] + [f"p_{n}" for n in class_names])
+        for r in rows:
+            probs = r.get("probabilities") or {}
+            w.writerow([r["id"], r["label"], r["class"], r["probability"], r.get("error", "")]
+                       + [probs.get(n, "") for n in class_names])
+
+
+def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path:
+    """Write one end-to-end Keras model: uint8 images in, class probabilities out.
+
+    Preprocessing, the frozen backbone and the head in one graph of Keras'
+    own layers, so ``keras.models.load_model`` reads it with nothing else
+    installed. Only Keras heads can be exported.
+    """
+    import keras
+
+    from .backbones import resolve
+    from .backbones.graph import build_extractor
+
+    card = read_card(model_dir)
+    if card.get("kind") != "keras":
+        raise FeatcacheError(f"{model_dir} holds a scikit-learn head ({card['head']}); only Keras heads "
+                             "(keras_linear, keras_mlp, classic) export to one Keras model")
+    pipe, card = load_model_dir(model_dir)
+    head = pipe.steps[-1][1]
+    feats = card["features"]
+    params, ref = feats["params"], feats.get("backbone_ref") or {}
+    backbone = resolve(ref.get("backbone", params["backbone"]), weights=ref.get("weights", "imagenet"),
+                       layer=ref.get("layer", params.get("layer")))
+    if backbone.identity() != params["weights"]:
+        raise FeatcacheError("the backbone's weights changed since the head was trained; cannot export")
+    size = tuple(input_size or feats.get("input_size") or params["image_size"])
+    extractor, _names = build_extractor(backbone, input_size=size, image_size=tuple(params["image_size"]),
+                                        pooling=params["pooling"], outputs=params.get("outputs"),
+                                        preprocess=params["preprocess"], compute_dtype=params["compute_dtype"])
+    x = extractor.output[feats["output"]]
+    if len(x.shape) > 2:
+        x = keras.layers.Flatten(name="flatten_features")(x)
+    if feats.get("dtype") == "float16":  # the head learned on features stored as float16
+        x = keras.layers.Activation("linear", dtype="float16", name="as_stored_float16")(x)
+        x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
+    probs = head.model_(x)
+    model = keras.Model(extractor.input, probs, name=f"featcache_{card['head']}")
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise FeatcacheError(f"export writes a .keras file, not {out.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, out)
+    return out

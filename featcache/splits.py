@@ -1,0 +1,48 @@
+"""Train/val/test splits of a cache's rows.
+
+The source's own splits are used where the cache has a train split; rows
+without one (and a missing val or test split, carved out of train) are
+assigned by a hash of the item id, so an item
+never moves between train, val and test when the dataset grows. The hash is
+independent of the label, so each class is split in the same proportions in
+expectation (stratified by construction, with no dependence on the others).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from .errors import FeatcacheError
+
+SALT = "featcache-split-v1"
+
+
+def hash_unit(item_id: str, salt: str = SALT) -> float:
+    """A stable number in [0, 1) for an id."""
+    digest = hashlib.sha256(f"{salt}:{item_id}".encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def assign_splits(ids, source_splits=None, *, val_fraction: float = 0.1, test_fraction: float = 0.2) -> np.ndarray:
+    """Split name ("train", "val" or "test") per row."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise FeatcacheError(f"val and test fractions must be in [0, 1) and sum below 1, got {val_fraction}, {test_fraction}")
+    u = np.array([hash_unit(i) for i in ids])
+    out = np.where(u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train")).astype(object)
+    if source_splits is None:
+        return out
+    given = np.array([s or "" for s in source_splits], dtype=object)
+    has = set(given.tolist()) - {""}
+    if "train" not in has:
+        # a source that is all one split (e.g. fashion_mnist:test) is split by the hash
+        return out
+    result = np.where(given != "", given, out).astype(object)
+    if "val" not in has and "train" in has:
+        # carve validation rows out of the source's train split, by the same hash
+        v = u < val_fraction / max(1e-9, 1 - (0 if "test" in has else test_fraction))
+        result = np.where((given == "train") & v, "val", result)
+    if "test" not in has and "train" in has:
+        result = np.where((given == "train") & (u >= 1 - test_fraction), "test", result)
+    return result

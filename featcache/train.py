@@ -1,0 +1,168 @@
+"""Stage two: train a head on a cache, measure it on each split, save it.
+
+Reads features through the store (in memory, or streamed shard by shard),
+fits a head from :mod:`featcache.heads`, and writes a model directory with
+:mod:`featcache.model_dir`. Never touches images or backbones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeatcacheError
+from .heads import get_head_spec, is_keras, list_heads, make_head
+from .heads.batches import CacheRows
+from .model_dir import feature_params, save_model_dir
+from .splits import assign_splits
+from .store import Cache, open_cache
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TrainResult:
+    """A fitted head, its metrics per split, and where it was saved."""
+
+    estimator: object
+    head: str
+    metrics: dict
+    fit_seconds: float
+    classes: list
+    class_names: list
+    model_dir: Path | None
+    card: dict
+
+
+def split_masks(cache: Cache, *, val_fraction=0.1, test_fraction=0.2) -> dict[str, np.ndarray]:
+    """Boolean row masks for train/val/test over the labelled rows."""
+    labels = cache.labels()
+    splits = assign_splits(cache.ids(), cache.splits(), val_fraction=val_fraction, test_fraction=test_fraction)
+    labelled = labels >= 0
+    return {s: (splits == s) & labelled for s in SPLITS}
+
+
+def metrics(y_true, proba, classes) -> dict:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+
+    if len(y_true) == 0:
+        return {"n": 0}
+    pred = np.asarray(classes)[np.argmax(proba, axis=1)]
+    out = {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, pred)),
+           "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+           "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0))}
+    known = np.isin(y_true, classes)
+    if known.all() and len(classes) > 1:
+        out["log_loss"] = float(log_loss(y_true, np.clip(proba, 1e-15, 1), labels=list(classes)))
+    return out
+
+
+def _shard_blocks(cache: Cache, mask: np.ndarray) -> list[int]:
+    sizes, start = [], 0
+    for s in sorted(cache.manifest["shards"], key=lambda s: s["index"]):
+        sizes.append(int(mask[start:start + s["n_rows"]].sum()))
+        start += s["n_rows"]
+    return sizes
+
+
+def _predict_stream(pipe, cache: Cache, mask: np.ndarray, output) -> np.ndarray:
+    rows = CacheRows(cache, mask, output)
+    parts = [pipe.predict_proba(block) for _b, block in rows.iter_blocks()]
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+def _partial_fit_stream(pipe, cache: Cache, mask, y, classes, output, epochs: int) -> None:
+    rows = CacheRows(cache, mask, output)
+    pre = pipe.steps[:-1]
+    clf = pipe.steps[-1][1]
+    for name, step in pre:
+        if not hasattr(step, "partial_fit"):
+            raise FeatcacheError(f"step {name!r} cannot be fitted by streaming; use preprocess='standard' or 'none'")
+    for i, (_name, step) in enumerate(pre):  # one pass per preprocessing step
+        for _b, block in rows.iter_blocks():
+            for _n, prev in pre[:i]:
+                block = prev.transform(block)
+            step.partial_fit(block)
+    yrows = y[rows.global_rows]
+    rng = np.random.default_rng(0)
+    for _epoch in range(epochs):
+        for b in rng.permutation(len(rows.block_sizes)):
+            if not rows.block_sizes[b]:
+                continue
+            block = rows.block(b)
+            yb = yrows[rows.offsets[b]:rows.offsets[b + 1]]
+            for _n, step in pre:
+                block = step.transform(block)
+            clf.partial_fit(block, yb, classes=classes)
+
+
+def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
+          output: str | None = None, stream: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
+          stream_epochs: int = 5) -> TrainResult:
+    """Fit ``head`` on the train split of ``cache`` and report every split.
+
+    ``stream=True`` never loads the whole feature matrix: Keras heads read
+    shard by shard (same batches as in memory), and heads with ``partial_fit``
+    (sgd, gaussian_nb, mlp) stream too.
+    """
+    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    spec = get_head_spec(head)
+    params = dict(params or {})
+    pipe = make_head(head, preprocess, **params)
+    output = cache._output(output)
+    labels = cache.labels()
+    masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
+    if not masks["train"].any():
+        raise FeatcacheError(f"{cache.path} has no labelled rows in its train split")
+    classes = np.unique(labels[masks["train"]])
+    t0 = time.perf_counter()
+    X = None
+    if stream:
+        if is_keras(pipe):
+            pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output)
+        elif spec.streams:
+            _partial_fit_stream(pipe, cache, masks["train"], labels, classes, output, stream_epochs)
+        else:
+            streaming = ", ".join(s.name for s in list_heads() if s.streams)
+            raise FeatcacheError(f"head {head!r} cannot stream from the cache; heads that can: {streaming}")
+    else:
+        X = cache.features(output)
+        X = X.reshape(len(X), -1).astype(np.float32)
+        tr, va = masks["train"], masks["val"]
+        if is_keras(pipe):
+            pipe.fit(X[tr], labels[tr], clf__validation_data=(X[va], labels[va]) if va.any() else None,
+                     clf__block_sizes=_shard_blocks(cache, tr))
+        else:
+            pipe.fit(X[tr], labels[tr])
+    fit_seconds = time.perf_counter() - t0
+    results = {}
+    for split in SPLITS:
+        m = masks[split]
+        if not m.any():
+            continue
+        t1 = time.perf_counter()
+        proba = pipe.predict_proba(X[m]) if X is not None else _predict_stream(pipe, cache, m, output)
+        res = metrics(labels[m], proba, pipe.classes_)
+        res["predict_seconds_per_1000"] = (time.perf_counter() - t1) / max(int(m.sum()), 1) * 1000
+        results[split] = res
+    names = cache.class_names
+    class_names = [names[c] if 0 <= c < len(names) else str(c) for c in pipe.classes_.tolist()]
+    info = cache.manifest["outputs"][output]
+    card = {
+        "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess or spec.preprocess,
+        "features": {"cache_key": cache.key, "cache_path": os.fspath(cache.path), "output": output,
+                     "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
+                     "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
+                     "dtype": cache.params.get("dtype"),
+                     "backbone_ref": cache.manifest.get("backbone_ref", {})},
+        "classes": pipe.classes_.tolist(), "class_names": class_names, "metrics": results,
+        "fit_seconds": round(fit_seconds, 4), "streamed": bool(stream),
+        "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
+                   "from_source": cache.splits() is not None, "rows": {s: int(m.sum()) for s, m in masks.items()}},
+    }
+    model_dir = save_model_dir(out, pipe, card) if out is not None else None
+    return TrainResult(pipe, head, results, fit_seconds, pipe.classes_.tolist(), class_names, model_dir, card)
