@@ -180,6 +180,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench
+    from .heads import HEADS, parse_value
+
+    heads = list(HEADS) if args.all or not args.heads else _csv_list(args.heads)
+    params: dict = {}
+    for pair in args.param or []:
+        head, sep, kv = pair.partition(":")
+        key, sep2, value = kv.partition("=")
+        if not sep or not sep2 or not key:
+            raise FeatcacheError(f"bench --param takes HEAD:key=value, got {pair!r}")
+        params.setdefault(head, {})[key] = parse_value(value)
+    rows = bench(args.caches, heads, params=params, cv=args.cv, timeout=args.timeout, n_jobs=args.n_jobs,
+                 out=args.out, baseline_heads=_csv_list(args.baseline_heads) if args.baseline_heads else (),
+                 pixel_size=args.pixel_size, progress=not args.quiet)
+    body = [[r["features"], r["head"], r.get("status"), _fmt(r.get("accuracy")), _fmt(r.get("macro_f1")),
+             "-" if r.get("fit_seconds") is None else f"{r['fit_seconds']:.2f}",
+             (r.get("note") or r.get("error") or "")[:70]] for r in rows]
+    stdout.print(table("benchmark", ["features", "head", "status", "test acc.", "macro-F1", "fit s", "note"], body))
+    stdout.print(f"report: {os.path.join(args.out, 'report.html')}")
+    return 0
+
+
 def cmd_heads(args) -> int:
     from .heads import list_heads
 
@@ -269,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("out", help="output .keras file")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="benchmark heads on one or more caches, with a report")
+    p.add_argument("caches", nargs="+", help="cache directories (several: compare backbones)")
+    p.add_argument("--heads", help="comma-separated head names (default: all)")
+    p.add_argument("--all", action="store_true", help="every head (the default)")
+    p.add_argument("--param", action="append", metavar="HEAD:KEY=VALUE", help="fix a head parameter, repeatable")
+    p.add_argument("--cv", type=int, help="choose hyper-parameters by K-fold CV inside train instead of on val")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per head before it is reported timed out")
+    p.add_argument("--n-jobs", type=int, default=1, help="heads run in parallel")
+    p.add_argument("--baseline-heads", default="logreg", help="heads also run on raw pixels ('' for none)")
+    p.add_argument("--pixel-size", type=int, default=16, help="side of the downsampled raw-pixel baseline")
+    p.add_argument("--out", default="report", help="report directory")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("heads", help="list the classifier heads")
     p.set_defaults(func=cmd_heads)

@@ -122,5 +122,7 @@ def load(spec: str, data_dir=None) -> ArraySource:
     classes = {"fashion_mnist": FASHION_MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}.get(name)
     if classes is None:
         classes = [str(i) for i in range(100)]
-    return ArraySource(np.concatenate(images), np.concatenate(labels), splits=splits, ids=ids,
-                       class_names=classes, name=spec)
+    src = ArraySource(np.concatenate(images), np.concatenate(labels), splits=splits, ids=ids,
+                      class_names=classes, name=spec)
+    src.spec = {"dataset": spec, "data_dir": None if data_dir is None else str(data_dir)}
+    return src

@@ -369,7 +369,7 @@ def _new_manifest(plan: Plan, shards: list[dict], old: dict | None) -> dict:
         "params": plan.params,
         "dataset": {
             "fingerprint": plan.fingerprint, "source": src.describe(), "n_items": len(src),
-            "class_names": list(src.class_names), "has_splits": src.has_splits,
+            "class_names": list(src.class_names), "has_splits": src.has_splits, "reopen": src.spec,
         },
         "outputs": (old or {}).get("outputs") or {},
         "backbone_ref": plan.backbone_ref,

@@ -53,6 +53,8 @@ class Source:
     #: (height, width) of every image for array sources; None for files,
     #: which are decoded straight to the model's input size.
     native_size: tuple[int, int] | None = None
+    #: how to open this source again (recorded in the manifest; None for in-memory arrays)
+    spec: dict | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -178,6 +180,7 @@ class FolderSource(FileSource):
             items.append(Item(i, path.relative_to(root).as_posix(), index[cls] if cls else -1, split))
             paths.append(path)
         super().__init__(root, paths, items, class_names, max_pixels)
+        self.spec = {"folder": str(root.resolve())}
 
 
 class CsvSource(FileSource):
@@ -256,6 +259,8 @@ class CsvSource(FileSource):
             paths.append(path)
         super().__init__(root, paths, items, names, max_pixels)
         self.csv_path = csv_path
+        self.spec = {"csv": str(csv_path.resolve()), "allow_outside": allow_outside,
+                     "class_names": list(class_names) if class_names is not None else None}
 
     def describe(self) -> str:
         return f"csv:{self.csv_path}"
@@ -354,6 +359,7 @@ class SubsetSource(Source):
         self._parent_items = keep
         self.class_names = parent.class_names
         self.native_size = parent.native_size
+        self.spec = None if parent.spec is None else {"subset": parent.spec, "classes": self.classes, "limit": limit}
 
     def describe(self) -> str:
         extra = []
@@ -395,6 +401,23 @@ class FileListSource(FileSource):
 
     def describe(self) -> str:
         return f"files:{len(self.items)}"
+
+
+def reopen(spec: dict | None) -> Source:
+    """Open a source again from the ``spec`` recorded in a cache's manifest."""
+    if not spec:
+        raise SourceError("this cache was made from in-memory arrays; its source cannot be reopened")
+    if "folder" in spec:
+        return FolderSource(spec["folder"])
+    if "csv" in spec:
+        return CsvSource(spec["csv"], allow_outside=spec.get("allow_outside", False), class_names=spec.get("class_names"))
+    if "dataset" in spec:
+        from . import datasets
+
+        return datasets.load(spec["dataset"], data_dir=spec.get("data_dir"))
+    if "subset" in spec:
+        return reopen(spec["subset"]).subset(classes=spec.get("classes"), limit=spec.get("limit"))
+    raise SourceError(f"unknown source spec {spec!r}")
 
 
 def open_source(spec, *, allow_outside: bool = False, labels=None, max_pixels: int = DEFAULT_MAX_PIXELS,

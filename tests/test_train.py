@@ -20,20 +20,6 @@ from conftest import REPO, run_featcache
 
 
 @pytest.fixture(scope="module")
-def fm_lite(tmp_path_factory, fashion_mnist_available):
-    """2,000 Fashion-MNIST images through the offline ImageNet EfficientNet-Lite0 (96 px), shards of 512.
-
-    Stores the mid-level block10 features first and the final ones second:
-    for grey clothing thumbnails, far from ImageNet, the mid-level features
-    transfer better (measured: +2-4 points over the final layer's).
-    """
-    out = tmp_path_factory.mktemp("fmlite") / "cache"
-    run_featcache("extract", "fashion_mnist:test", "--limit", "2000", "--image-size", "96", "--shard-size", "512",
-                  "--outputs", "block10_add,head_relu", "--out", out, "--quiet")
-    return featcache.open_cache(out)
-
-
-@pytest.fixture(scope="module")
 def photo_cache(tmp_path_factory, photo_folder):
     return featcache.extract(photo_folder, out=tmp_path_factory.mktemp("pc") / "cache")
 

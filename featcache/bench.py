@@ -1,0 +1,318 @@
+"""Benchmark many heads on one or more caches with an honest protocol.
+
+Protocol: hyper-parameters are chosen on the validation split (or by K-fold
+cross-validation inside the training split with ``cv=K``); the chosen
+setting is refit on train+val and the test split is touched once. Linear
+heads sweep their regularisation on a log grid, as linear probes do. Keras
+heads early-stop on the validation split and are evaluated once.
+
+Each (cache, head) runs in its own process (spawned, so a crash or a
+runaway head cannot take the run down), at most ``n_jobs`` at a time through
+joblib, with a per-head time budget after which the process is killed and the
+row says "timed out". Rows are appended to ``results.jsonl`` as they finish,
+so an interrupted run keeps what it did and a re-run skips finished rows for
+the same cache key and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import resource
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeatcacheError
+from .store import canonical_json, open_cache
+
+#: the regularisation sweeps and small grids, chosen on the validation split
+GRIDS = {
+    "logreg": {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]},
+    "linear_svm": {"C": [1e-3, 1e-2, 1e-1, 1.0]},
+    "ridge": {"alpha": [1e-1, 1.0, 10.0, 100.0]},
+    "sgd": {"alpha": [1e-5, 1e-4, 1e-3]},
+    "knn": {"n_neighbors": [5, 10, 20]},
+}
+#: memory-aware fallback: heads whose cost grows badly with rows are fitted on a stratified subsample
+SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000}
+DEFAULT_TIMEOUT = 600.0
+RESULTS = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Task:
+    cache: str
+    cache_key: str
+    head: str
+    params: dict
+    cv: int | None
+    baseline: bool  # raw pixels instead of the cache's features
+    pixel_size: int = 16
+
+    @property
+    def settings(self) -> str:
+        """A hash of what makes this row: a re-run with the same settings skips it."""
+        body = {"key": self.cache_key, "head": self.head, "params": self.params, "cv": self.cv,
+                "baseline": self.baseline, "pixels": self.pixel_size if self.baseline else None,
+                "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v1"}
+        return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the child process
+
+
+def pixel_features(cache, size: int = 16) -> np.ndarray:
+    """Raw pixels of the cached images, downsampled to ``size`` x ``size`` RGB, in row order."""
+    from PIL import Image
+
+    from .sources import reopen
+
+    src = reopen(cache.manifest["dataset"].get("reopen"))
+    by_id = {it.id: it for it in src.items}
+    ids = cache.ids()
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise FeatcacheError(f"the source has changed since the cache was made (e.g. {missing[0]!r} is gone)")
+    out = np.empty((len(ids), size * size * 3), np.float32)
+    for a in range(0, len(ids), 512):
+        items = [by_id[i] for i in ids[a:a + 512]]
+        batch = src.read(items, (size, size))
+        if len(batch.items) != len(items):
+            raise FeatcacheError("an image that was cached can no longer be decoded")
+        imgs = batch.images
+        if imgs.shape[1:3] != (size, size):
+            imgs = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BOX)) for im in imgs])
+        out[a:a + len(items)] = imgs.reshape(len(items), -1) / 255.0
+    return out
+
+
+def _subsample(idx: np.ndarray, y: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    if len(idx) <= limit:
+        return idx
+    keep, _ = train_test_split(idx, train_size=limit, stratify=y[idx], random_state=seed)
+    return np.sort(keep)
+
+
+def _candidates(head: str, fixed: dict) -> list[dict]:
+    grid = {k: v for k, v in GRIDS.get(head, {}).items() if k not in fixed}
+    if not grid:
+        return [dict(fixed)]
+    from sklearn.model_selection import ParameterGrid
+
+    return [{**fixed, **g} for g in ParameterGrid(grid)]
+
+
+def evaluate(task: Task) -> dict:
+    """Select on val (or CV in train), refit on train+val, test once. Runs in the child."""
+    from sklearn.metrics import confusion_matrix
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from .heads import get_head_spec, make_head
+    from .train import metrics, split_masks
+
+    cache = open_cache(task.cache)
+    spec = get_head_spec(task.head)
+    X = pixel_features(cache, task.pixel_size) if task.baseline else cache.features().reshape(len(cache), -1)
+    X = np.asarray(X, np.float32)
+    y = cache.labels()
+    masks = split_masks(cache)
+    tr, va, te = (np.flatnonzero(masks[s]) for s in ("train", "val", "test"))
+    if not len(tr) or not len(te):
+        raise FeatcacheError("the cache needs labelled train and test rows")
+    note = ""
+    limit = SUBSAMPLE.get(task.head)
+    if limit and len(tr) > limit:
+        tr = _subsample(tr, y, limit)
+        note = f"train subsampled to {limit:,} rows"
+    t0 = time.perf_counter()
+    best, val_acc = dict(task.params), None
+    if spec.kind == "keras":
+        est = make_head(task.head, **best)
+        est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None)
+        val_acc = float(est.score(X[va], y[va])) if len(va) else None
+        fit_idx = tr
+    else:
+        cands = _candidates(task.head, task.params)
+        if task.cv:
+            grid = {k: v for k, v in GRIDS.get(task.head, {}).items() if k not in task.params}
+            folds = StratifiedKFold(task.cv, shuffle=True, random_state=0)
+            prefixed = {spec.param_prefix + k: v for k, v in grid.items()}
+            search = GridSearchCV(make_head(task.head, **task.params), prefixed or {}, cv=folds, n_jobs=1)
+            search.fit(X[tr], y[tr])
+            best = {**task.params, **{k[len(spec.param_prefix):]: v for k, v in search.best_params_.items()}}
+            val_acc = float(search.best_score_)
+            fit_idx = tr
+        elif len(cands) > 1 and len(va):
+            scores = []
+            for c in cands:
+                scores.append(make_head(task.head, **c).fit(X[tr], y[tr]).score(X[va], y[va]))
+            best = cands[int(np.argmax(scores))]
+            val_acc = float(max(scores))
+            fit_idx = np.concatenate([tr, va])  # refit on train+val with the chosen setting
+        else:
+            est = make_head(task.head, **best).fit(X[tr], y[tr])
+            val_acc = float(est.score(X[va], y[va])) if len(va) else None
+            fit_idx = np.concatenate([tr, va])
+    select_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    est = make_head(task.head, **best)
+    if spec.kind == "keras":
+        est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None)
+    else:
+        est.fit(X[fit_idx], y[fit_idx])
+    fit_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    proba = est.predict_proba(X[te])  # the test split, touched once
+    predict_s = time.perf_counter() - t2
+    m = metrics(y[te], proba, est.classes_)
+    pred = est.classes_[proba.argmax(1)]
+    labels = sorted(set(y[te].tolist()) | set(est.classes_.tolist()))
+    return {
+        **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")},
+        "val_accuracy": val_acc, "best_params": best, "fit_seconds": fit_s, "select_seconds": select_s,
+        "predict_seconds_per_1000": predict_s / max(len(te), 1) * 1000, "n_train": int(len(fit_idx)),
+        "n_test": int(len(te)), "note": note, "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
+        "confusion_labels": labels,
+    }
+
+
+def _child(task: Task, conn) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        result = {"status": "ok", **evaluate(task)}
+    except BaseException as exc:  # noqa: BLE001 - reported in the row
+        msg = str(exc) or exc.__class__.__name__
+        result = {"status": "failed", "error": f"{exc.__class__.__name__}: {msg}",
+                  "traceback": traceback.format_exc(limit=4)}
+    result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    conn.send(result)
+    conn.close()
+
+
+def run_task(task: Task, timeout: float | None) -> dict:
+    """Run one task in a spawned process; kill it past ``timeout`` seconds."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(task, child), daemon=True)
+    t0 = time.perf_counter()
+    proc.start()
+    child.close()
+    result = None
+    if parent.poll(timeout):
+        try:
+            result = parent.recv()
+        except EOFError:
+            result = None
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    wall = time.perf_counter() - t0
+    if result is None:
+        if timeout is not None and wall >= timeout:
+            result = {"status": "timed out", "error": f"no result within the {timeout:g} s budget"}
+        else:
+            result = {"status": "failed", "error": f"the head's process died (exit code {proc.exitcode})"}
+    result["wall_seconds"] = wall
+    return result
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _row(task: Task, cache, result: dict) -> dict:
+    p = cache.params
+    return {
+        "cache": task.cache, "cache_key": task.cache_key, "backbone": "raw pixels" if task.baseline else p["backbone"],
+        "features": (f"pixels {task.pixel_size}x{task.pixel_size}" if task.baseline
+                     else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"),
+        "head": task.head, "baseline": task.baseline, "params": task.params, "settings": task.settings,
+        **{k: v for k, v in result.items() if k != "traceback"},
+    }
+
+
+def _load_rows(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text("utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a kill mid-write
+    return rows
+
+
+def _append_row(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
+          timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = 1, out="report", baseline_heads=("logreg",),
+          pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True) -> list[dict]:
+    """Run ``heads`` (default: all) on each cache; write the report into ``out``; return the rows."""
+    from joblib import Parallel, delayed
+
+    from .heads import HEADS, get_head_spec
+    from .report import LiveTable, write_report
+
+    caches = [caches] if isinstance(caches, (str, os.PathLike)) else list(caches)
+    if not caches:
+        raise FeatcacheError("bench needs at least one cache directory")
+    heads = list(heads) if heads else list(HEADS)
+    for h in heads:
+        get_head_spec(h)
+    params = params or {}
+    unknown = set(params) - set(heads)
+    if unknown:
+        raise FeatcacheError(f"parameters given for heads that are not benchmarked: {', '.join(sorted(unknown))}")
+    if cv is not None and cv < 2:
+        raise FeatcacheError(f"cv must be at least 2, got {cv}")
+    opened = {str(c): open_cache(c) for c in caches}
+    tasks = []
+    for path, cache in opened.items():
+        for h in heads:
+            tasks.append(Task(path, cache.key, h, dict(params.get(h, {})), cv, False, pixel_size))
+    first = opened[str(caches[0])]
+    for h in baseline_heads or ():
+        if h in heads:
+            tasks.append(Task(str(caches[0]), first.key, h, dict(params.get(h, {})), cv, True, pixel_size))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / RESULTS
+    done = {r["settings"]: r for r in _load_rows(results_path)}
+    rows = [done[t.settings] for t in tasks if t.settings in done]
+    todo = [t for t in tasks if t.settings not in done]
+    live = LiveTable(tasks, rows, enabled=progress)
+    with live:
+        for task in todo:
+            live.running(task)
+        jobs = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")(
+            delayed(lambda t: (t, run_task(t, timeout)))(t) for t in todo)
+        for task, result in jobs:
+            row = _row(task, opened[task.cache], result)
+            _append_row(results_path, row)
+            rows.append(row)
+            live.finished(row)
+    order = {t.settings: i for i, t in enumerate(tasks)}
+    rows.sort(key=lambda r: order.get(r["settings"], 1 << 30))
+    best_dir = None
+    ok = [r for r in rows if r.get("status") == "ok" and not r["baseline"]]
+    if save_best and ok:
+        best = max(ok, key=lambda r: (r.get("val_accuracy") or 0.0, r.get("accuracy") or 0.0))
+        from .train import train
+
+        best_dir = out / "best_model"
+        train(best["cache"], best["head"], params=best.get("best_params") or {}, out=best_dir)
+    write_report(out, rows, best_dir=best_dir)
+    return rows

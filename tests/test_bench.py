@@ -1,0 +1,125 @@
+"""The benchmark: every head, honest protocol, failures and time-outs kept, resumable, a real report."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import featcache
+from featcache.heads import HEADS
+
+from conftest import REPO, run_featcache
+
+
+def _embedded_images(html_text):
+    return [Image.open(io.BytesIO(base64.b64decode(m))) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', html_text)]
+
+
+@pytest.mark.slow
+def test_bench_all_heads_writes_a_report_with_plots(fm_lite, tmp_path):
+    out = tmp_path / "report"
+    proc = run_featcache("bench", fm_lite.path, "--n-jobs", "2", "--timeout", "90", "--out", out, "--quiet",
+                         timeout=900)
+    rows = json.loads((out / "results.json").read_text())
+    heads = {r["head"] for r in rows if not r["baseline"]}
+    assert heads == set(HEADS)
+    assert all(r["status"] in ("ok", "timed out") for r in rows), [(r["head"], r.get("error")) for r in rows]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) >= 10
+    for r in ok:
+        assert 0 <= r["accuracy"] <= 1 and r["fit_seconds"] >= 0 and r["cache_key"] == fm_lite.key
+    baseline = [r for r in rows if r["baseline"]]
+    assert baseline and baseline[0]["features"] == "pixels 16x16" and baseline[0]["status"] == "ok"
+    # linear probe: C chosen on validation from the log grid
+    logreg = next(r for r in ok if r["head"] == "logreg" and not r["baseline"])
+    assert logreg["best_params"]["C"] in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0) and logreg["val_accuracy"] > 0.5
+    csv_text = (out / "results.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("cache,backbone,features,head")
+    assert len(csv_text.splitlines()) == len(rows) + 1
+    html_text = (out / "report.html").read_text()
+    images = _embedded_images(html_text)
+    assert len(images) >= 3  # accuracy vs time, confusion matrix, accuracy per backbone (pixels vs features)
+    for im in images:
+        arr = np.asarray(im.convert("L"))
+        assert im.width > 300 and im.height > 200
+        assert arr.std() > 10  # a drawn plot, not a blank canvas
+    assert (out / "report.md").read_text().count("| ") > len(rows)
+    best = featcache.predict(out / "best_model", fm_lite.path)
+    assert len(best) == len(fm_lite)
+    assert "benchmark" in proc.stdout
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser(fm_lite, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium (.ci/run does)")
+        pytest.skip("no chromium to render the report")
+    out = tmp_path / "r"
+    featcache.bench(fm_lite.path, ["gaussian_nb", "lda"], out=out, baseline_heads=(), save_best=False)
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,1400",
+                    f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    page = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # the plots are there: many pixels of matplotlib's default blue (#1f77b4) and of the Blues colormap
+    blue = (np.abs(page - [31, 119, 180]).sum(-1) < 40).sum()
+    assert blue > 500, blue
+
+
+def test_a_failing_head_is_a_row_and_the_rest_survive(fm_lite, tmp_path):
+    rows = featcache.bench(fm_lite.path, ["logreg", "knn"], params={"knn": {"n_neighbors": -3}}, out=tmp_path,
+                           baseline_heads=(), save_best=False)
+    by_head = {r["head"]: r for r in rows}
+    assert by_head["knn"]["status"] == "failed" and "n_neighbors" in by_head["knn"]["error"]
+    assert by_head["logreg"]["status"] == "ok"
+    assert "failed" in (tmp_path / "report.html").read_text()
+
+
+def test_a_head_over_its_budget_is_timed_out(fm_lite, tmp_path):
+    rows = featcache.bench(fm_lite.path, ["random_forest"], timeout=1.0, out=tmp_path, baseline_heads=(),
+                           save_best=False)
+    assert rows[0]["status"] == "timed out" and "1 s budget" in rows[0]["error"]
+
+
+@pytest.mark.slow
+def test_killed_bench_keeps_finished_rows_and_completes(fm_lite, tmp_path):
+    heads = "gaussian_nb,lda,sgd,ridge,knn,logreg"
+    args = [sys.executable, "-m", "featcache", "bench", str(fm_lite.path), "--heads", heads, "--out",
+            str(tmp_path), "--quiet", "--baseline-heads", ""]
+    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    results = tmp_path / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its head processes
+    proc.wait()
+    before = [json.loads(line) for line in results.read_text().splitlines()]
+    assert 2 <= len(before) < 6
+    run_featcache("bench", fm_lite.path, "--heads", heads, "--out", tmp_path, "--quiet", "--baseline-heads", "")
+    after = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["head"] for r in after) == sorted(heads.split(","))
+    kept = {r["settings"]: r for r in after}
+    for r in before:  # finished rows were kept as they were, not recomputed
+        assert kept[r["settings"]]["fit_seconds"] == r["fit_seconds"]
+    assert len(results.read_text().splitlines()) == 6
