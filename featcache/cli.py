@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FeatcacheError as exc:
-        console.print(Text("error: ", style="bold red") + Text(str(exc)))
+        console.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]; finished shards are kept, re-run the same command to resume")

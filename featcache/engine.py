@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import queue
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -309,7 +310,7 @@ class ShardWriter:
                 record = _write_shard_checked(self.plan, shard)
                 self.manifest["shards"].append(record)
                 self.manifest["shards"].sort(key=lambda s: s["index"])
-                store.write_manifest(self.plan.out, self.manifest)
+                _disk_full_guard(self.plan, shard, lambda: store.write_manifest(self.plan.out, self.manifest))
                 self.bytes += record["bytes"]
                 self.on_written(record)
             except BaseException as exc:
@@ -328,16 +329,31 @@ class ShardWriter:
 
 
 def _write_shard_checked(plan: Plan, shard: store.ShardData) -> dict:
+    return _disk_full_guard(plan, shard, lambda: store.write_shard(
+        plan.out, shard, key=plan.key, dtype=plan.options.dtype, compression=plan.options.compression))
+
+
+def _disk_full_guard(plan: Plan, shard: store.ShardData, write):
+    """Run ``write``; a full disk becomes a clear error naming the directory and the bytes needed.
+
+    HDF5 does not always report ENOSPC as such, so a failed write on a
+    file system with less free space than the rest of the cache needs is
+    treated as a full disk too.
+    """
     try:
-        return store.write_shard(plan.out, shard, key=plan.key, dtype=plan.options.dtype,
-                                 compression=plan.options.compression)
+        return write()
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            row = sum(int(np.prod(v.shape[1:])) for v in shard.features.values()) * np.dtype(plan.options.dtype).itemsize
-            remaining = (len(plan.source) - shard.item_range[0]) * (row + 64)
-            raise CacheError(f"disk full while writing {plan.out}: about {remaining:,} more bytes are needed "
-                             f"for the remaining shards. Shards already written are kept; free space and run "
-                             f"the same command again to finish.") from None
+        row = sum(int(np.prod(v.shape[1:])) for v in shard.features.values()) * np.dtype(plan.options.dtype).itemsize
+        remaining = (len(plan.source) - shard.item_range[0]) * (row + 64) + 64 * 1024
+        try:
+            free = shutil.disk_usage(plan.out).free
+        except OSError:
+            free = None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < remaining):
+            free_text = "unknown" if free is None else f"{free:,}"
+            raise CacheError(f"disk full while writing {plan.out}: about {remaining:,} more bytes are needed for "
+                             f"the remaining shards ({free_text} free). Shards already written are kept; free "
+                             "space and run the same command again to finish.") from None
         raise
 
 

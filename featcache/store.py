@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -73,6 +74,21 @@ def key_differences(old_manifest: dict, params: dict, fingerprint: str) -> dict:
 # --------------------------------------------------------------------------- atomic files
 
 
+def pause_point(name: str) -> None:
+    """Fault-injection point for the kill tests: with ``FEATCACHE_PAUSE_AT=name`` the
+    process announces itself (``FEATCACHE_PAUSE_FILE``) and waits here to be killed.
+
+    Lets a test SIGKILL a run at an exact moment (a shard's temporary file written
+    but not renamed, a manifest half way); a no-op otherwise.
+    """
+    if os.environ.get("FEATCACHE_PAUSE_AT") != name:
+        return
+    marker = os.environ.get("FEATCACHE_PAUSE_FILE")
+    if marker:
+        Path(marker).write_text(f"{name} {os.getpid()}\n")
+    time.sleep(float(os.environ.get("FEATCACHE_PAUSE_SECONDS", "60")))
+
+
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -101,6 +117,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        pause_point(f"before-rename:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -227,41 +244,50 @@ def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "fl
     final = shard_dir / shard_name(shard.index)
     tmp = shard_dir / f".{final.name}.tmp-{os.getpid()}"
     n = len(shard.ids)
+    # The HDF5 file is built in memory and written with plain file I/O: a full
+    # disk is then an ordinary OSError (HDF5 itself can crash on ENOSPC), and
+    # the sha256 comes from the same bytes that are written.
+    image = io.BytesIO()
+    with h5py.File(image, "w", libver=("earliest", "v110")) as f:
+        f.attrs["featcache_format"] = FORMAT_VERSION
+        f.attrs["cache_key"] = key
+        f.attrs["shard_index"] = shard.index
+        f.attrs["item_start"], f.attrs["item_stop"] = shard.item_range
+        f.attrs["n_rows"] = n
+        grp = f.create_group("features")
+        for name, arr in shard.features.items():
+            if arr.shape[0] != n:
+                raise CacheError(f"output {name} has {arr.shape[0]} rows for {n} ids")
+            values = arr.astype(dtype, copy=False)
+            if dtype == "float16" and not np.isfinite(values).all() and np.isfinite(arr).all():
+                raise CacheError(f"features of output {name!r} overflow float16 (max |x| = "
+                                 f"{float(np.abs(arr).max()):.4g}); extract with --dtype float32")
+            kwargs = {}
+            if n > 0:
+                row_bytes = int(np.prod(arr.shape[1:])) * np.dtype(dtype).itemsize
+                kwargs["chunks"] = (_chunk_rows(n, row_bytes),) + tuple(arr.shape[1:])
+                if compression:
+                    kwargs["compression"] = compression
+            grp.create_dataset(name, data=values, **kwargs)
+        f.create_dataset("labels", data=np.asarray(shard.labels, np.int64).reshape(n))
+        f.create_dataset("ids", data=np.array(shard.ids, dtype=object), dtype=_STR, shape=(n,))
+        if shard.splits is not None:
+            f.create_dataset("split", data=np.array(shard.splits, dtype=object), dtype=_STR, shape=(n,))
+        sk = f.create_group("skipped")
+        m = len(shard.skipped)
+        sk.create_dataset("ids", data=np.array([s[0] for s in shard.skipped], dtype=object), dtype=_STR, shape=(m,))
+        sk.create_dataset("reasons", data=np.array([s[1] for s in shard.skipped], dtype=object), dtype=_STR,
+                          shape=(m,))
+        f.flush()
+    data = image.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
     try:
-        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
-            f.attrs["featcache_format"] = FORMAT_VERSION
-            f.attrs["cache_key"] = key
-            f.attrs["shard_index"] = shard.index
-            f.attrs["item_start"], f.attrs["item_stop"] = shard.item_range
-            f.attrs["n_rows"] = n
-            grp = f.create_group("features")
-            for name, arr in shard.features.items():
-                if arr.shape[0] != n:
-                    raise CacheError(f"output {name} has {arr.shape[0]} rows for {n} ids")
-                data = arr.astype(dtype, copy=False)
-                if dtype == "float16" and not np.isfinite(data).all() and np.isfinite(arr).all():
-                    raise CacheError(f"features of output {name!r} overflow float16 (max |x| = "
-                                     f"{float(np.abs(arr).max()):.4g}); extract with --dtype float32")
-                kwargs = {}
-                if n > 0:
-                    row_bytes = int(np.prod(arr.shape[1:])) * np.dtype(dtype).itemsize
-                    kwargs["chunks"] = (_chunk_rows(n, row_bytes),) + tuple(arr.shape[1:])
-                    if compression:
-                        kwargs["compression"] = compression
-                grp.create_dataset(name, data=data, **kwargs)
-            f.create_dataset("labels", data=np.asarray(shard.labels, np.int64).reshape(n))
-            f.create_dataset("ids", data=np.array(shard.ids, dtype=object), dtype=_STR, shape=(n,))
-            if shard.splits is not None:
-                f.create_dataset("split", data=np.array(shard.splits, dtype=object), dtype=_STR, shape=(n,))
-            sk = f.create_group("skipped")
-            m = len(shard.skipped)
-            sk.create_dataset("ids", data=np.array([s[0] for s in shard.skipped], dtype=object), dtype=_STR, shape=(m,))
-            sk.create_dataset("reasons", data=np.array([s[1] for s in shard.skipped], dtype=object), dtype=_STR,
-                              shape=(m,))
-            f.flush()
-        fsync_file(tmp)
-        digest = sha256_path(tmp)
-        size = tmp.stat().st_size
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        size = len(data)
+        pause_point("before-rename:shard")
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -329,35 +355,29 @@ def write_view(directory: Path, manifest: dict) -> None:
     directory = Path(directory)
     shards = sorted(manifest["shards"], key=lambda s: s["index"])
     total = sum(s["n_rows"] for s in shards)
-    tmp = directory / f".{VIEW}.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w", libver=("earliest", "v110")) as out:
-            out.attrs["featcache_format"] = FORMAT_VERSION
-            out.attrs["cache_key"] = manifest["key"]
-            out.attrs["n_rows"] = total
-            names = [f"features/{n}" for n in manifest["outputs"]] + ["labels", "ids"]
-            if manifest["dataset"].get("has_splits"):
-                names.append("split")
-            for name in names:
-                if name.startswith("features/"):
-                    info = manifest["outputs"][name.split("/", 1)[1]]
-                    shape, dtype = tuple(info["shape"]), info["dtype"]
-                else:
-                    shape, dtype = (), (np.int64 if name == "labels" else _STR)
-                layout = h5py.VirtualLayout(shape=(total,) + shape, dtype=dtype)
-                row = 0
-                for s in shards:
-                    n = s["n_rows"]
-                    if n:
-                        layout[row:row + n] = h5py.VirtualSource(s["file"], name, shape=(n,) + shape)
-                    row += n
-                out.create_virtual_dataset(name, layout)
-        fsync_file(tmp)
-        os.replace(tmp, directory / VIEW)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)
+    image = io.BytesIO()  # built in memory, written atomically like the manifest
+    with h5py.File(image, "w", libver=("earliest", "v110")) as out:
+        out.attrs["featcache_format"] = FORMAT_VERSION
+        out.attrs["cache_key"] = manifest["key"]
+        out.attrs["n_rows"] = total
+        names = [f"features/{n}" for n in manifest["outputs"]] + ["labels", "ids"]
+        if manifest["dataset"].get("has_splits"):
+            names.append("split")
+        for name in names:
+            if name.startswith("features/"):
+                info = manifest["outputs"][name.split("/", 1)[1]]
+                shape, dtype = tuple(info["shape"]), info["dtype"]
+            else:
+                shape, dtype = (), (np.int64 if name == "labels" else _STR)
+            layout = h5py.VirtualLayout(shape=(total,) + shape, dtype=dtype)
+            row = 0
+            for s in shards:
+                n = s["n_rows"]
+                if n:
+                    layout[row:row + n] = h5py.VirtualSource(s["file"], name, shape=(n,) + shape)
+                row += n
+            out.create_virtual_dataset(name, layout)
+    atomic_write_bytes(directory / VIEW, image.getvalue())
 
 
 def clear_cache_files(directory: Path) -> None:

@@ -21,6 +21,11 @@ TINY = dict(backbone="mobilenet_v2", weights="none", image_size=32, batch_size=3
 TINY_ARGS = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "--batch-size", "32"]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--kill-count", type=int, default=int(os.environ.get("FEATCACHE_KILL_COUNT", "3")),
+                     help="SIGKILLs in the random kill loop (the full reliability run uses 20)")
+
+
 def run_featcache(*args, env=None, timeout=300, check=True):
     """Run the real console entry point in a fresh process."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
