@@ -22,11 +22,12 @@ demo: env
 		--out out/demo/cache
 	$(BIN)/featcache info out/demo/cache
 
+# Two workers: much of the suite waits on subprocesses and imports, not on the CPU.
 test: env
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: env
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 clean:
 	rm -rf out caches .pytest_cache
