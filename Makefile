@@ -18,9 +18,7 @@ env: $(BIN)/featcache
 	PYTHON=$(BIN)/python bash data/get_fashion_mnist.sh
 
 demo: env
-	$(BIN)/featcache extract fashion_mnist:test --backbone efficientnet_lite0 --limit 1000 --shard-size 256 \
-		--out out/demo/cache
-	$(BIN)/featcache info out/demo/cache
+	$(BIN)/featcache run pipelines/quickstart.toml
 
 # Two workers: much of the suite waits on subprocesses and imports, not on the CPU.
 test: env

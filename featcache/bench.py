@@ -313,6 +313,11 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         from .train import train
 
         best_dir = out / "best_model"
-        train(best["cache"], best["head"], params=best.get("best_params") or {}, out=best_dir)
+        card_path = best_dir / "card.json"
+        params = best.get("best_params") or {}
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        if not (card.get("head") == best["head"] and card.get("features", {}).get("cache_key") == best["cache_key"]
+                and card.get("head_params") == json.loads(json.dumps(params))):
+            train(best["cache"], best["head"], params=params, out=best_dir)
     write_report(out, rows, best_dir=best_dir)
     return rows

@@ -203,6 +203,31 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .pipeline import run
+
+    result = run(args.pipeline, progress=not args.quiet)
+    rows = [("pipeline", result["pipeline"]), ("output folder", result["out"])]
+    rows += [(f"cache {k}", v) for k, v in result["caches"].items()]
+    rows += [(f"model {k}", v) for k, v in result["models"].items()]
+    for key in ("pretrained", "exported", "report"):
+        if key in result:
+            rows.append((key, result[key]))
+    stdout.print(key_value_table("where everything went", rows))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .pretrain import pretrain
+
+    s = pretrain(args.source, arch=args.arch, epochs=args.epochs, out=args.out, classes=args.classes,
+                 limit=args.limit, data_dir=args.data_dir)
+    state = "unchanged, kept" if s.get("skipped") else f"trained in {s['seconds']} s"
+    stdout.print(f"{s['model']}: {state}; val accuracy {100 * s['val_accuracy']:.1f}%. Use it as a backbone: "
+                 f"--backbone {s['model']} --layer {s['feature_layer']}")
+    return 0
+
+
 def cmd_heads(args) -> int:
     from .heads import list_heads
 
@@ -306,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="report directory")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="run a pipeline file: whatever is stale, and nothing else")
+    p.add_argument("pipeline", help="a TOML file, e.g. pipelines/quickstart.toml")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pretrain", help="train a small CNN on a source domain, for use as a backbone")
+    p.add_argument("source", help="a folder, a CSV manifest or a dataset name")
+    p.add_argument("--arch", default="small_cnn", choices=["small_cnn", "wide_cnn"])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--out", required=True, help="the .keras file to write")
+    _add_source_args(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("heads", help="list the classifier heads")
     p.set_defaults(func=cmd_heads)

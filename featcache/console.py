@@ -11,8 +11,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-# Not a terminal (pipes, CI logs): wide enough that tables never wrap names.
-_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 140))
+# Not a terminal (pipes, CI logs): wide enough that tables never wrap names,
+# whatever COLUMNS a parent shell exported.
+_WIDTH = None if sys.stdout.isatty() else max(160, int(os.environ.get("COLUMNS") or 0))
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _WIDTH)
 stdout = Console(highlight=False, width=_WIDTH)
 

@@ -76,10 +76,10 @@ def test_reader_during_a_write_sees_only_complete_shards(reference, tmp_path):
         while proc.poll() is None:
             m = store.read_manifest(out) if (out / "manifest.json").exists() else None
             if m and m["shards"]:
-                cache = featcache.open_cache(out, allow_partial=True)
+                cache = featcache.open_cache(out, allow_partial=True)  # one consistent manifest snapshot
                 assert cache.verify(deep=False) == []
-                assert len(cache.labels()) == len(cache) == sum(s["n_rows"] for s in m["shards"])
-                seen = max(seen, len(m["shards"]))
+                assert len(cache.labels()) == len(cache) == sum(s["n_rows"] for s in cache.manifest["shards"])
+                seen = max(seen, len(cache.manifest["shards"]))
             time.sleep(0.1)
     finally:
         proc.kill()

@@ -1,0 +1,246 @@
+"""Pipelines: a TOML file names the data, the backbones, the caches and the heads; run what is stale.
+
+``featcache run pipelines/NAME.toml`` validates the whole file first (an
+unknown key, a wrong type or a missing file is an error naming the key and
+the file, before any work), then runs, in order: source-domain pre-training
+(skipped when its settings and data are unchanged), extraction for each
+``[[extract]]`` entry (a no-op when the cache key matches), training of the
+``[train]`` heads (skipped when a model directory already holds the same head
+on the same cache), the ``[bench]`` report (resumable by row) and the export
+of one Keras head. A thin layer over the Python API.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from pathlib import Path
+
+from .errors import FeatcacheError
+
+_STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
+_LIST_STR, _LIST_INT = ("list", str), ("list", int)
+_TABLE = ("table",)
+
+SCHEMA = {
+    "pipeline": {"name": _STR, "description": _STR, "out": _STR},
+    "data": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "data_dir": _STR, "allow_outside": _BOOL},
+    "pretrain": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "arch": _STR, "epochs": _INT,
+                 "batch_size": _INT, "learning_rate": _FLOAT, "out": _STR},
+    "extract": {"name": _STR, "backbone": _STR, "weights": _STR, "layer": _STR, "image_size": _INT,
+                "pooling": _STR, "outputs": _LIST_STR, "dtype": _STR, "compute_dtype": _STR, "batch_size": _INT,
+                "shard_size": _INT, "cache": _STR},
+    "train": {"heads": _LIST_STR, "cache": _STR, "params": _TABLE, "export": _STR},
+    "bench": {"heads": _LIST_STR, "caches": _LIST_STR, "n_jobs": _INT, "timeout": _FLOAT, "cv": _INT,
+              "baseline_heads": _LIST_STR, "out": _STR},
+}
+REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"]}
+
+
+def _type_name(spec) -> str:
+    if spec == _TABLE:
+        return "a table"
+    if isinstance(spec[0], str):
+        return f"a list of {spec[1].__name__}"
+    return " or ".join(t.__name__ for t in spec)
+
+
+def _check_type(value, spec) -> bool:
+    if spec == _TABLE:
+        return isinstance(value, dict)
+    if isinstance(spec[0], str):
+        return isinstance(value, list) and all(isinstance(v, spec[1]) and not isinstance(v, bool) for v in value)
+    if bool not in spec and isinstance(value, bool):
+        return False
+    return isinstance(value, spec)
+
+
+def _unknown(path: Path, where: str, key: str, known) -> FeatcacheError:
+    near = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(known)})"
+    return FeatcacheError(f"{path}: unknown key {where + key!r}{hint}")
+
+
+def load(path) -> dict:
+    """Read and validate a pipeline file; returns the config with paths resolved."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise FeatcacheError(f"pipeline file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FeatcacheError(f"{path} is not valid TOML: {exc}") from None
+    for section, value in raw.items():
+        if section not in SCHEMA:
+            raise _unknown(path, "", section, SCHEMA)
+        entries = value if section == "extract" else [value]
+        if section == "extract" and not isinstance(value, list):
+            raise FeatcacheError(f"{path}: 'extract' must be a list of tables: write [[extract]]")
+        for i, entry in enumerate(entries):
+            where = f"{section}[{i}]." if section == "extract" else f"{section}."
+            if not isinstance(entry, dict):
+                raise FeatcacheError(f"{path}: '{section}' must be a table")
+            for key, val in entry.items():
+                if key not in SCHEMA[section]:
+                    raise _unknown(path, where, key, SCHEMA[section])
+                if not _check_type(val, SCHEMA[section][key]):
+                    raise FeatcacheError(f"{path}: {where + key!r} must be {_type_name(SCHEMA[section][key])}, "
+                                         f"got {type(val).__name__} {val!r}")
+            for key in REQUIRED.get(section, []):
+                if key not in entry:
+                    raise FeatcacheError(f"{path}: {where + key!r} is required")
+    for section in ("pipeline", "data"):
+        if section not in raw:
+            raise FeatcacheError(f"{path}: the [{section}] table is required")
+    if not raw.get("extract"):
+        raise FeatcacheError(f"{path}: at least one [[extract]] table is required")
+    return _resolve(path, raw)
+
+
+def _resolve(path: Path, cfg: dict) -> dict:
+    from .datasets import is_dataset_name
+    from .heads import HEADS
+
+    path = path.resolve()
+    base = path.parent.parent if path.parent.name == "pipelines" else path.parent  # paths are relative to the repo
+    out = Path(cfg["pipeline"].get("out", f"out/{cfg['pipeline']['name']}"))
+    out = out if out.is_absolute() else base / out
+    cfg["pipeline"]["out"] = out
+
+    def source_path(text, key):
+        if is_dataset_name(text):
+            return text
+        p = Path(text)
+        p = p if p.is_absolute() else base / p
+        if not p.exists():
+            raise FeatcacheError(f"{path}: {key} = {text!r}: no such folder or file ({p})")
+        return str(p)
+
+    cfg["data"]["source"] = source_path(cfg["data"]["source"], "data.source")
+    if "pretrain" in cfg:
+        pre = cfg["pretrain"]
+        pre["source"] = source_path(pre.get("source", cfg["data"]["source"]), "pretrain.source")
+        pre["out"] = str(out / pre.get("out", "pretrained.keras"))
+    names = []
+    for i, ex in enumerate(cfg["extract"]):
+        if ex["name"] in names:
+            raise FeatcacheError(f"{path}: two [[extract]] tables are named {ex['name']!r}")
+        names.append(ex["name"])
+        backbone = ex.get("backbone", "efficientnet_lite0")
+        if backbone == "pretrained":
+            if "pretrain" not in cfg:
+                raise FeatcacheError(f"{path}: extract[{i}].backbone = 'pretrained' needs a [pretrain] table")
+        elif backbone.endswith(".keras"):
+            ex["backbone"] = source_path(backbone, f"extract[{i}].backbone")
+        else:
+            from .backbones import get_spec
+
+            try:
+                get_spec(backbone)
+            except FeatcacheError as exc:
+                raise FeatcacheError(f"{path}: extract[{i}].backbone: {exc}") from None
+        ex["cache"] = str(out / ex.get("cache", f"cache-{ex['name']}"))
+    for section in ("train", "bench"):
+        for h in cfg.get(section, {}).get("heads", []) + cfg.get(section, {}).get("baseline_heads", []):
+            if h not in HEADS:
+                raise FeatcacheError(f"{path}: {section}.heads: unknown head {h!r}; known: {', '.join(HEADS)}")
+    train = cfg.get("train", {})
+    for key in ("cache",):
+        if key in train and train[key] not in names:
+            raise FeatcacheError(f"{path}: train.cache = {train[key]!r} names no [[extract]] (have {names})")
+    for c in cfg.get("bench", {}).get("caches", []):
+        if c not in names:
+            raise FeatcacheError(f"{path}: bench.caches: {c!r} names no [[extract]] (have {names})")
+    if "export" in train and train["export"] not in train.get("heads", []):
+        raise FeatcacheError(f"{path}: train.export = {train['export']!r} is not one of train.heads")
+    for head, params in train.get("params", {}).items():
+        if head not in train.get("heads", []) or not isinstance(params, dict):
+            raise FeatcacheError(f"{path}: train.params.{head}: must be a table for one of train.heads")
+    return cfg
+
+
+def _say(msg: str) -> None:
+    from .console import console
+
+    console.print(msg, highlight=False)
+
+
+def run(path, *, progress: bool = True) -> dict:
+    """Run a pipeline file; returns where everything went."""
+    from .engine import extract
+    from .predict import export
+    from .store import open_cache
+
+    cfg = load(path)
+    out: Path = cfg["pipeline"]["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    data = cfg["data"]
+    result = {"pipeline": cfg["pipeline"]["name"], "out": str(out), "caches": {}, "models": {}}
+    if "pretrain" in cfg:
+        from .pretrain import FEATURE_LAYER, pretrain
+
+        pre = dict(cfg["pretrain"])
+        summary = pretrain(pre.pop("source"), out=pre.pop("out"), data_dir=data.get("data_dir"), **pre)
+        state = "unchanged, kept" if summary.get("skipped") else f"trained in {summary['seconds']} s"
+        _say(f"[bold]pretrain[/] {summary['model']}: {state} (source-domain val accuracy "
+             f"{100 * summary['val_accuracy']:.1f}%)")
+        result["pretrained"] = summary["model"]
+    for ex in cfg["extract"]:
+        opts = {k: ex[k] for k in ("image_size", "pooling", "outputs", "dtype", "compute_dtype", "batch_size",
+                                   "shard_size") if k in ex}
+        backbone, layer = ex.get("backbone", "efficientnet_lite0"), ex.get("layer")
+        if backbone == "pretrained":
+            backbone, layer = result["pretrained"], layer or FEATURE_LAYER
+        cache, summary = extract(data["source"], backbone, ex["cache"], weights=ex.get("weights", "imagenet"),
+                                 layer=layer, classes=data.get("classes"), limit=data.get("limit"),
+                                 data_dir=data.get("data_dir"), allow_outside=data.get("allow_outside", False),
+                                 progress=progress, return_summary=True, **opts)
+        state = "up to date, nothing extracted" if summary.noop else \
+            f"{summary.computed_shards} shards computed at {summary.images_per_s:.0f} img/s"
+        _say(f"[bold]extract[/] {ex['name']}: {cache.path} ({len(cache):,} rows; {state})")
+        result["caches"][ex["name"]] = str(cache.path)
+    train_cfg = cfg.get("train", {})
+    if train_cfg.get("heads"):
+        from .train import train
+
+        cache_name = train_cfg.get("cache", cfg["extract"][0]["name"])
+        cache = open_cache(result["caches"][cache_name])
+        for head in train_cfg["heads"]:
+            params = train_cfg.get("params", {}).get(head, {})
+            mdir = out / "models" / f"{cache_name}-{head}"
+            card_path = mdir / "card.json"
+            if card_path.is_file():
+                card = json.loads(card_path.read_text())
+                if card["features"]["cache_key"] == cache.key and card.get("head_params") == params:
+                    _say(f"[bold]train[/] {head}: up to date ({mdir}, test accuracy "
+                         f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
+                    result["models"][head] = str(mdir)
+                    continue
+            res = train(cache, head, params=params, out=mdir)
+            _say(f"[bold]train[/] {head}: test accuracy {100 * res.metrics['test']['accuracy']:.2f}% "
+                 f"(fit {res.fit_seconds:.2f} s) -> {mdir}")
+            result["models"][head] = str(mdir)
+        if train_cfg.get("export"):
+            target = out / f"{train_cfg['export']}.keras"
+            source = json.loads((Path(result["models"][train_cfg["export"]]) / "card.json").read_text())["sha256"]
+            stamp = target.with_name(target.name + ".json")
+            if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("head_sha256") == source:
+                _say(f"[bold]export[/] {target}: up to date")
+            else:
+                export(result["models"][train_cfg["export"]], target)
+                stamp.write_text(json.dumps({"head_sha256": source}) + "\n")
+                _say(f"[bold]export[/] {target}: one Keras model, uint8 images in, probabilities out")
+            result["exported"] = str(target)
+    bench_cfg = cfg.get("bench")
+    if bench_cfg is not None:
+        from .bench import bench
+
+        names = bench_cfg.get("caches") or list(result["caches"])
+        report = out / bench_cfg.get("out", "report")
+        bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
+              timeout=bench_cfg.get("timeout", 600.0), n_jobs=bench_cfg.get("n_jobs", 1), out=report,
+              baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress)
+        _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
+        result["report"] = str(report)
+    return result

@@ -1,0 +1,112 @@
+"""Source-domain pre-training: train a small CNN on one domain, then use it as a frozen extractor.
+
+``featcache pretrain SOURCE --arch small_cnn --epochs N --out model.keras``
+trains on any image source (a class filter makes a source domain out of part
+of a dataset) and saves a ``.keras`` model whose ``features`` layer is the
+representation; ``--backbone model.keras --layer features`` then extracts
+features for another domain. The model takes 0..255 float pixels (its own
+Rescaling layer normalises), the convention for user backbones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeatcacheError
+from .sources import Source, open_source
+
+ARCHS = {
+    "small_cnn": (32, 64, 128),
+    "wide_cnn": (64, 128, 256),
+}
+FEATURE_LAYER = "features"
+
+
+def build_cnn(arch: str, input_shape, n_classes: int):
+    import keras
+    from keras import layers
+
+    if arch not in ARCHS:
+        raise FeatcacheError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    inputs = keras.Input(input_shape, name="pixels")
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    for i, width in enumerate(ARCHS[arch]):
+        # no batch norm: with a few epochs its moving statistics lag and the frozen
+        # extractor (inference mode) would see other activations than training did
+        x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        if i < len(ARCHS[arch]) - 1:
+            x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
+    # a learned dense representation keeps the spatial layout that global pooling would average away
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, activation="relu", name=FEATURE_LAYER)(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name=f"featcache_{arch}")
+
+
+def _load_all(src: Source) -> tuple[np.ndarray, np.ndarray]:
+    size = src.native_size or (64, 64)
+    parts, labels = [], []
+    for a in range(0, len(src), 1024):
+        batch = src.read(src.items[a:a + 1024], size)
+        parts.append(batch.images)
+        labels += [it.label for it in batch.items]
+    return np.concatenate(parts), np.asarray(labels)
+
+
+def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=None, limit=None,
+             batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0, data_dir=None) -> dict:
+    """Train ``arch`` on ``source`` and save it to ``out`` (.keras); returns a summary dict.
+
+    A JSON sidecar (``out`` + ``.json``) records the settings and the source
+    fingerprint, so pipelines re-train only when something changed.
+    """
+    import keras
+
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise FeatcacheError(f"pretrain writes a .keras file, not {out.name}")
+    if int(epochs) < 1:
+        raise FeatcacheError(f"epochs must be at least 1, got {epochs}")
+    src = open_source(source, data_dir=data_dir)
+    if classes is not None or limit is not None:
+        src = src.subset(classes=classes, limit=limit)
+    settings = {"source": src.describe(), "fingerprint": src.fingerprint(), "arch": arch, "epochs": int(epochs),
+                "batch_size": int(batch_size), "learning_rate": float(learning_rate), "seed": int(seed)}
+    sidecar = out.with_name(out.name + ".json")
+    if out.is_file() and sidecar.is_file():
+        try:
+            if json.loads(sidecar.read_text()).get("settings") == settings:
+                return {**json.loads(sidecar.read_text()), "skipped": True}
+        except ValueError:
+            pass
+    X, y = _load_all(src)
+    keep = y >= 0
+    X, y = X[keep], y[keep]
+    if len(X) == 0:
+        raise FeatcacheError("the pre-training source has no labelled images")
+    classes_ = np.unique(y)
+    y_enc = np.searchsorted(classes_, y)
+    keras.utils.set_random_seed(int(seed))
+    model = build_cnn(arch, X.shape[1:], len(classes_))
+    model.compile(optimizer=keras.optimizers.Adam(float(learning_rate)), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    t0 = time.perf_counter()
+    hist = model.fit(X.astype(np.float32), y_enc, batch_size=int(batch_size), epochs=int(epochs),
+                     validation_split=0.1, verbose=0)
+    seconds = time.perf_counter() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, out)
+    summary = {"settings": settings, "model": str(out), "feature_layer": FEATURE_LAYER,
+               "classes": classes_.tolist(), "input_shape": list(X.shape[1:]), "seconds": round(seconds, 2),
+               "train_accuracy": float(hist.history["accuracy"][-1]),
+               "val_accuracy": float(hist.history["val_accuracy"][-1]), "skipped": False}
+    sidecar.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

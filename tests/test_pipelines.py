@@ -1,0 +1,107 @@
+"""Pipeline files: validated before any work; run only what is stale; the shipped ones work."""
+
+import json
+import shutil
+
+import pytest
+
+from featcache.errors import FeatcacheError
+from featcache.pipeline import load
+
+from conftest import REPO, run_featcache
+
+
+def _write(tmp_path, text, name="p.toml"):
+    d = tmp_path / "pipelines"
+    d.mkdir(exist_ok=True)
+    (d / name).write_text(text)
+    return d / name
+
+
+GOOD = """
+[pipeline]
+name = "t"
+[data]
+source = "fashion_mnist:test"
+limit = 100
+[[extract]]
+name = "a"
+backbone = "mobilenet_v2"
+weights = "none"
+image_size = 32
+"""
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("limit = 100", "limt = 100"), "unknown key 'data.limt' (did you mean 'limit'?)"),
+    (lambda t: t.replace("limit = 100", 'limit = "100"'), "'data.limit' must be int"),
+    (lambda t: t.replace('image_size = 32', 'imagesize = 32'), "unknown key 'extract[0].imagesize'"),
+    (lambda t: t.replace('"fashion_mnist:test"', '"no/such/folder"'), "data.source = 'no/such/folder': no such"),
+    (lambda t: t + '[train]\nheads = ["logreg", "xgboost"]\n', "unknown head 'xgboost'"),
+    (lambda t: t + "[trian]\n", "unknown key 'trian' (did you mean 'train'?)"),
+    (lambda t: t.replace('backbone = "mobilenet_v2"', 'backbone = "pretrained"'), "needs a [pretrain] table"),
+])
+def test_bad_pipeline_fails_before_any_work_naming_key_and_file(tmp_path, edit, message):
+    path = _write(tmp_path, edit(GOOD))
+    proc = run_featcache("run", path, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and str(path) in proc.stderr.replace("\n", "")
+    assert not (tmp_path / "out").exists()  # no partial work
+
+
+def test_shipped_pipelines_validate(tmp_path):
+    for name in ("quickstart", "source_to_target", "cifar10", "cifar10_to_cifar100"):
+        cfg = load(REPO / "pipelines" / f"{name}.toml")
+        assert cfg["pipeline"]["name"] == name
+    # the folder template validates once its folder exists
+    path = _write(tmp_path, (REPO / "pipelines" / "folder.toml").read_text(), "folder.toml")
+    with pytest.raises(FeatcacheError, match="data/fashion_folder"):
+        load(path)
+    (tmp_path / "data" / "fashion_folder" / "Bag").mkdir(parents=True)
+    assert load(path)["data"]["source"] == str(tmp_path / "data" / "fashion_folder")
+
+
+def _copy_pipeline(tmp_path, name):
+    return _write(tmp_path, (REPO / "pipelines" / f"{name}.toml").read_text(), f"{name}.toml")
+
+
+@pytest.mark.slow
+def test_quickstart_main_job_end_to_end_then_nothing_to_redo(tmp_path, fashion_mnist_available):
+    path = _copy_pipeline(tmp_path, "quickstart")
+    first = run_featcache("run", path, "--quiet", timeout=900)
+    out = tmp_path / "out" / "quickstart"
+    assert "3 shards computed" in first.stderr
+    rows = json.loads((out / "report" / "results.json").read_text())
+    feats = {r["head"]: r for r in rows if not r["baseline"]}
+    assert feats["logreg"]["status"] == "ok" and feats["logreg"]["accuracy"] > 0.75
+    assert (out / "keras_mlp.keras").is_file() and (out / "report" / "report.html").is_file()
+    pixels = next(r for r in rows if r["baseline"])
+    assert feats["logreg"]["accuracy"] > pixels["accuracy"]
+    second = run_featcache("run", path, "--quiet", timeout=600)
+    assert "up to date, nothing extracted" in second.stderr
+    assert "trained in" not in second.stderr and "test accuracy" in second.stderr
+    assert "keras_mlp.keras: up to date" in second.stderr
+
+
+@pytest.mark.slow
+def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mnist_available):
+    """Pre-trained-on-source features, ImageNet features and raw pixels, on the target test split.
+
+    Measured (see the issue notes): the source CNN's features reach about 92%
+    on the target classes, ImageNet's about 96%, 16x16 pixels about 92.7%;
+    the claim that source pre-training beats pixels does not hold yet, so it
+    is not asserted here.
+    """
+    path = _copy_pipeline(tmp_path, "source_to_target")
+    run_featcache("run", path, "--quiet", timeout=900)
+    out = tmp_path / "out" / "source_to_target"
+    rows = json.loads((out / "report" / "results.json").read_text())
+    acc = {(r["backbone"], r["head"]): r["accuracy"] for r in rows if r["status"] == "ok"}
+    for key in [("source_cnn.keras", "logreg"), ("efficientnet_lite0", "logreg"), ("raw pixels", "logreg")]:
+        assert key in acc, acc
+    assert acc[("source_cnn.keras", "logreg")] > 0.8  # five target classes: chance is 0.2
+    sidecar = json.loads((out / "source_cnn.keras.json").read_text())
+    assert sidecar["classes"] == [0, 1, 2, 3, 4] and sidecar["val_accuracy"] > 0.8  # learned the source domain
+    again = run_featcache("run", path, "--quiet", timeout=600)
+    assert "unchanged, kept" in again.stderr
+    shutil.rmtree(out)
