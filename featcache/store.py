@@ -25,7 +25,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from .errors import CacheError, KeyMismatchError, LockedError
+from .errors import CacheError, LockedError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -101,3 +101,15 @@ def fm_lite(tmp_path_factory, fashion_mnist_available):
     run_featcache("extract", "fashion_mnist:test", "--limit", "2000", "--image-size", "96", "--shard-size", "512",
                   "--outputs", "block10_add,head_relu", "--out", out, "--quiet")
     return featcache.open_cache(out)
+
+
+def assert_same_cache(a, b):
+    """Two cache directories hold the same features, labels, ids and parameters."""
+    import featcache
+
+    ca, cb = featcache.open_cache(a), featcache.open_cache(b)
+    assert ca.key == cb.key and ca.ids() == cb.ids()
+    np.testing.assert_array_equal(ca.features(), cb.features())
+    np.testing.assert_array_equal(ca.labels(), cb.labels())
+    assert ca.manifest["params"] == cb.manifest["params"]
+    assert [s["n_rows"] for s in ca.manifest["shards"]] == [s["n_rows"] for s in cb.manifest["shards"]]

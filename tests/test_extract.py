@@ -7,11 +7,10 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 import featcache
 from featcache import store
-from featcache.errors import CacheError, KeyMismatchError, LockedError
+from featcache.errors import CacheError, LockedError
 
 from conftest import TINY, TINY_ARGS, run_featcache
 

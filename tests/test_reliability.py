@@ -1,6 +1,5 @@
 """Reliability: each guarantee in docs/RELIABILITY.md, proven by trying to break it."""
 
-import json
 import os
 import random
 import shutil
@@ -18,7 +17,7 @@ import featcache
 from featcache import store
 from featcache.errors import BackboneError
 
-from conftest import REPO, TINY, TINY_ARGS, run_featcache
+from conftest import REPO, TINY, TINY_ARGS, assert_same_cache, run_featcache
 
 ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "900", "--shard-size", "128", "--quiet"]
 
@@ -27,14 +26,6 @@ def _popen(out, env=None):
     return subprocess.Popen([sys.executable, "-m", "featcache", "extract", *ARGS, "--out", str(out)], cwd=REPO,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _same(a, b):
-    ca, cb = featcache.open_cache(a), featcache.open_cache(b)
-    assert ca.key == cb.key and ca.ids() == cb.ids()
-    np.testing.assert_array_equal(ca.features(), cb.features())
-    np.testing.assert_array_equal(ca.labels(), cb.labels())
-    assert ca.manifest["params"] == cb.manifest["params"]
 
 
 def _no_temporary_shards(out):
@@ -67,7 +58,7 @@ def test_kill_at_each_commit_point_then_rerun(reference, tmp_path, point):
     assert [p for p in out.rglob("*") if ".tmp-" in p.name]  # killed with a temporary file on disk
     _no_temporary_shards(out)
     run_featcache("extract", *ARGS, "--out", out)
-    _same(reference, out)
+    assert_same_cache(reference, out)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
@@ -94,7 +85,7 @@ def test_kill_loop_at_random_moments(reference, tmp_path, request):
         if m is not None:  # a reader always sees a consistent manifest
             assert all((out / s["file"]).is_file() for s in m["shards"])
     run_featcache("extract", *ARGS, "--out", out)
-    _same(reference, out)
+    assert_same_cache(reference, out)
 
 
 def _has_tmpfs():
@@ -141,7 +132,7 @@ def test_verify_finds_flipped_and_truncated_shards_and_repair_recomputes_only_th
     changed = {p.name for p in (out / "shards").iterdir() if p.stat().st_mtime_ns != mtimes.get(p.name)}
     assert changed == {"00002.h5", "00005.h5"}
     assert run_featcache("verify", out).returncode == 0
-    _same(reference, out)
+    assert_same_cache(reference, out)
 
 
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, fashion_mnist_available):

@@ -6,13 +6,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 import featcache
 from featcache import store
 
-from conftest import REPO, TINY_ARGS, run_featcache
+from conftest import REPO, TINY_ARGS, assert_same_cache, run_featcache
 
 ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "1500", "--shard-size", "128", "--quiet"]
 
@@ -21,16 +20,6 @@ def _start(out):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen([sys.executable, "-m", "featcache", "extract", *ARGS, "--out", str(out)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _assert_same_cache(a, b):
-    ca, cb = featcache.open_cache(a), featcache.open_cache(b)
-    assert ca.key == cb.key
-    np.testing.assert_array_equal(ca.features(), cb.features())
-    np.testing.assert_array_equal(ca.labels(), cb.labels())
-    assert ca.ids() == cb.ids()
-    assert ca.manifest["params"] == cb.manifest["params"]
-    assert [s["n_rows"] for s in ca.manifest["shards"]] == [s["n_rows"] for s in cb.manifest["shards"]]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +52,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(reference, tmp_path):
 
     rerun = run_featcache("extract", *ARGS, "--out", out)
     assert f"{12 - n_before} computed, {n_before} reused" in rerun.stdout
-    _assert_same_cache(reference, out)
+    assert_same_cache(reference, out)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
@@ -85,4 +74,4 @@ def test_reader_during_a_write_sees_only_complete_shards(reference, tmp_path):
         proc.kill()
         proc.wait()
     assert seen >= 1
-    _assert_same_cache(reference, out)
+    assert_same_cache(reference, out)

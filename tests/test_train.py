@@ -16,7 +16,7 @@ from featcache.errors import CacheError, FeatcacheError
 from featcache.model_dir import load_model_dir
 from featcache.train import split_masks, train
 
-from conftest import REPO, run_featcache
+from conftest import run_featcache
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import BackboneError
 from .registry import BackboneSpec, register
-from .torch_port import check_sha, load_ported_weights, resolve_weights_arg
+from .torch_port import assign_inverted_residual, check_sha, head_and_top, inverted_residual, ported_builders
 
 NAME = "efficientnet_lite0"
 SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -53,25 +53,8 @@ def full_model(input_shape=(224, 224, 3)):
     x = layers.BatchNormalization(epsilon=EPS, name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     for b, k, stride, expand, cin, cout in _block_plan():
-        shortcut = x
-        if expand != 1:
-            x = layers.Conv2D(cin * expand, 1, use_bias=False, name=f"block{b}_expand_conv")(x)
-            x = layers.BatchNormalization(epsilon=EPS, name=f"block{b}_expand_bn")(x)
-            x = layers.ReLU(6.0, name=f"block{b}_expand_relu")(x)
-        x = layers.DepthwiseConv2D(k, strides=stride, padding="same", use_bias=False, name=f"block{b}_dwconv")(x)
-        x = layers.BatchNormalization(epsilon=EPS, name=f"block{b}_dw_bn")(x)
-        x = layers.ReLU(6.0, name=f"block{b}_dw_relu")(x)
-        x = layers.Conv2D(cout, 1, use_bias=False, name=f"block{b}_project_conv")(x)
-        x = layers.BatchNormalization(epsilon=EPS, name=f"block{b}_project_bn")(x)
-        if stride == 1 and cin == cout:
-            x = layers.Add(name=f"block{b}_add")([x, shortcut])
-    x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
-    x = layers.BatchNormalization(epsilon=EPS, name="head_bn")(x)
-    x = layers.ReLU(6.0, name="head_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dropout(0.2, name="dropout")(x)
-    x = layers.Dense(1000, activation="softmax", name="predictions")(x)
-    return keras.Model(inp, x, name=NAME)
+        x = inverted_residual(x, f"block{b}", cin, cout, expand, k, stride, EPS, symmetric_pad=False)
+    return keras.Model(inp, head_and_top(x, EPS), name=NAME)
 
 
 def _assign(a) -> None:
@@ -79,34 +62,14 @@ def _assign(a) -> None:
     a.bn("stem_bn", "_bn0")
     for b, _k, _s, expand, _cin, _cout in _block_plan():
         p = f"_blocks.{b}"
-        if expand != 1:
-            a.conv(f"block{b}_expand_conv", f"{p}._expand_conv")
-            a.bn(f"block{b}_expand_bn", f"{p}._bn0")
-        a.conv(f"block{b}_dwconv", f"{p}._depthwise_conv", depthwise=True)
-        a.bn(f"block{b}_dw_bn", f"{p}._bn1")
-        a.conv(f"block{b}_project_conv", f"{p}._project_conv")
-        a.bn(f"block{b}_project_bn", f"{p}._bn2")
+        assign_inverted_residual(a, f"block{b}", expand, f"{p}._expand_conv", f"{p}._depthwise_conv", f"{p}._bn1",
+                                 f"{p}._project_conv", f"{p}._bn2", expand_bn_key=f"{p}._bn0")
     a.conv("head_conv", "_conv_head")
     a.bn("head_bn", "_bn1")
     a.dense("predictions", "_fc")
 
 
-def classifier(input_shape=(224, 224, 3), weights="imagenet"):
-    model = full_model(input_shape)
-    path, kind = resolve_weights_arg(weights, default_pth)
-    if kind == "pth":
-        sha = check_sha(path, "57934424") if weights == "imagenet" else check_sha(path, "")
-        load_ported_weights(model, path, sha, _assign)
-    elif kind == "keras":
-        model.load_weights(path)
-    return model
-
-
-def build(input_shape, weights):
-    import keras
-
-    full = classifier(input_shape, weights)
-    return keras.Model(full.input, full.get_layer("head_relu").output, name=f"{NAME}_features")
+classifier, build = ported_builders(NAME, full_model, _assign, default_pth, "57934424")
 
 
 def identity() -> dict:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ..errors import BackboneError
 from .registry import BackboneSpec, register
-from .torch_port import check_sha, featcache_home, load_ported_weights, resolve_weights_arg
+from .torch_port import (assign_inverted_residual, check_sha, featcache_home, head_and_top, inverted_residual,
+                         ported_builders)
 
 NAME = "mobilenet_v2_torchvision"
 FILE = "mobilenet_v2-b0353104.pth"
@@ -74,26 +75,8 @@ def full_model(input_shape=(224, 224, 3)):
     x = layers.BatchNormalization(epsilon=EPS, name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     for i, t, cin, cout, stride in _block_plan():
-        shortcut = x
-        if t != 1:
-            x = layers.Conv2D(cin * t, 1, use_bias=False, name=f"block{i}_expand_conv")(x)
-            x = layers.BatchNormalization(epsilon=EPS, name=f"block{i}_expand_bn")(x)
-            x = layers.ReLU(6.0, name=f"block{i}_expand_relu")(x)
-        x = layers.ZeroPadding2D(1, name=f"block{i}_pad")(x)
-        x = layers.DepthwiseConv2D(3, strides=stride, use_bias=False, name=f"block{i}_dwconv")(x)
-        x = layers.BatchNormalization(epsilon=EPS, name=f"block{i}_dw_bn")(x)
-        x = layers.ReLU(6.0, name=f"block{i}_dw_relu")(x)
-        x = layers.Conv2D(cout, 1, use_bias=False, name=f"block{i}_project_conv")(x)
-        x = layers.BatchNormalization(epsilon=EPS, name=f"block{i}_project_bn")(x)
-        if stride == 1 and cin == cout:
-            x = layers.Add(name=f"block{i}_add")([x, shortcut])
-    x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
-    x = layers.BatchNormalization(epsilon=EPS, name="head_bn")(x)
-    x = layers.ReLU(6.0, name="head_relu")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dropout(0.2, name="dropout")(x)
-    x = layers.Dense(1000, activation="softmax", name="predictions")(x)
-    return keras.Model(inp, x, name=NAME)
+        x = inverted_residual(x, f"block{i}", cin, cout, t, 3, stride, EPS, symmetric_pad=True)
+    return keras.Model(inp, head_and_top(x, EPS), name=NAME)
 
 
 def _assign(a) -> None:
@@ -101,36 +84,15 @@ def _assign(a) -> None:
     a.bn("stem_bn", "features.0.1")
     for i, t, _cin, _cout, _s in _block_plan():
         p = f"features.{i}.conv"
-        j = 0
-        if t != 1:
-            a.conv(f"block{i}_expand_conv", f"{p}.0.0")
-            a.bn(f"block{i}_expand_bn", f"{p}.0.1")
-            j = 1
-        a.conv(f"block{i}_dwconv", f"{p}.{j}.0", depthwise=True)
-        a.bn(f"block{i}_dw_bn", f"{p}.{j}.1")
-        a.conv(f"block{i}_project_conv", f"{p}.{j + 1}")
-        a.bn(f"block{i}_project_bn", f"{p}.{j + 2}")
+        j = 1 if t != 1 else 0  # torchvision's Sequential index of the depthwise conv
+        assign_inverted_residual(a, f"block{i}", t, f"{p}.0.0", f"{p}.{j}.0", f"{p}.{j}.1", f"{p}.{j + 1}",
+                                 f"{p}.{j + 2}", expand_bn_key=f"{p}.0.1")
     a.conv("head_conv", "features.18.0")
     a.bn("head_bn", "features.18.1")
     a.dense("predictions", "classifier.1")
 
 
-def classifier(input_shape=(224, 224, 3), weights="imagenet"):
-    model = full_model(input_shape)
-    path, kind = resolve_weights_arg(weights, default_pth)
-    if kind == "pth":
-        sha = check_sha(path, PREFIX if weights == "imagenet" else "")
-        load_ported_weights(model, path, sha, _assign)
-    elif kind == "keras":
-        model.load_weights(path)
-    return model
-
-
-def build(input_shape, weights):
-    import keras
-
-    full = classifier(input_shape, weights)
-    return keras.Model(full.input, full.get_layer("head_relu").output, name=f"{NAME}_features")
+classifier, build = ported_builders(NAME, full_model, _assign, default_pth, PREFIX)
 
 
 def identity() -> dict:

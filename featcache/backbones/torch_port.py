@@ -125,3 +125,79 @@ def resolve_weights_arg(weights, default_path) -> tuple[str | None, str]:
     if str(weights).endswith((".pth", ".pt")):
         return str(weights), "pth"
     return str(weights), "keras"
+
+
+def inverted_residual(x, name: str, cin: int, cout: int, expand: int, kernel: int, stride: int, eps: float,
+                      symmetric_pad: bool):
+    """MobileNetV2-style block: [1x1 expand] -> depthwise -> 1x1 project [+ skip], ReLU6.
+
+    ``symmetric_pad`` pads explicitly then convolves 'valid' (PyTorch's
+    padding=k//2); otherwise 'same' padding, TensorFlow's asymmetric rule.
+    """
+    from keras import layers
+
+    shortcut = x
+    if expand != 1:
+        x = layers.Conv2D(cin * expand, 1, use_bias=False, name=f"{name}_expand_conv")(x)
+        x = layers.BatchNormalization(epsilon=eps, name=f"{name}_expand_bn")(x)
+        x = layers.ReLU(6.0, name=f"{name}_expand_relu")(x)
+    if symmetric_pad:
+        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="valid" if symmetric_pad else "same", use_bias=False,
+                               name=f"{name}_dwconv")(x)
+    x = layers.BatchNormalization(epsilon=eps, name=f"{name}_dw_bn")(x)
+    x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    x = layers.Conv2D(cout, 1, use_bias=False, name=f"{name}_project_conv")(x)
+    x = layers.BatchNormalization(epsilon=eps, name=f"{name}_project_bn")(x)
+    if stride == 1 and cin == cout:
+        x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return x
+
+
+def assign_inverted_residual(a, name: str, expand: int, expand_key, dw_key, dw_bn_key, project_key,
+                             project_bn_key, expand_bn_key=None) -> None:
+    if expand != 1:
+        a.conv(f"{name}_expand_conv", expand_key)
+        a.bn(f"{name}_expand_bn", expand_bn_key)
+    a.conv(f"{name}_dwconv", dw_key, depthwise=True)
+    a.bn(f"{name}_dw_bn", dw_bn_key)
+    a.conv(f"{name}_project_conv", project_key)
+    a.bn(f"{name}_project_bn", project_bn_key)
+
+
+def head_and_top(x, eps: float, features: int = 1280, classes: int = 1000, dropout: float = 0.2):
+    """1x1 conv to ``features`` (the feature map, ``head_relu``), then the ImageNet classifier."""
+    from keras import layers
+
+    x = layers.Conv2D(features, 1, use_bias=False, name="head_conv")(x)
+    x = layers.BatchNormalization(epsilon=eps, name="head_bn")(x)
+    x = layers.ReLU(6.0, name="head_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    return layers.Dense(classes, activation="softmax", name="predictions")(x)
+
+
+def ported_builders(name: str, full_model, assign, default_pth, sha_prefix: str):
+    """The registry's ``(classifier, build)`` pair for a ported model.
+
+    ``weights`` is None (random), "imagenet" (the shipped .pth, whose sha256
+    must start with ``sha_prefix``), another .pth, or a Keras weights file.
+    """
+
+    def classifier(input_shape=(224, 224, 3), weights="imagenet"):
+        model = full_model(input_shape)
+        path, kind = resolve_weights_arg(weights, default_pth)
+        if kind == "pth":
+            sha = check_sha(path, sha_prefix if weights == "imagenet" else "")
+            load_ported_weights(model, path, sha, assign)
+        elif kind == "keras":
+            model.load_weights(path)
+        return model
+
+    def build(input_shape, weights):
+        import keras
+
+        full = classifier(input_shape, weights)
+        return keras.Model(full.input, full.get_layer("head_relu").output, name=f"{name}_features")
+
+    return classifier, build
