@@ -436,6 +436,7 @@ class Cache:
                              "re-run the same `featcache extract` command to finish it")
         self.manifest = manifest
         self._shards = sorted(manifest.get("shards", []), key=lambda s: s["index"])
+        self._row_columns: dict | None = None
 
     # -- metadata
     @property
@@ -503,25 +504,34 @@ class Cache:
             row += n
         return out
 
-    def _column(self, name: str):
-        parts = []
-        for shard in self._shards:
-            with self._open(shard) as f:
-                parts.append(f[name][:])
-        return parts
+    def _columns(self) -> dict:
+        """Labels, ids and splits of every row, read in one pass over the shards and kept."""
+        if self._row_columns is None:
+            has_splits = bool(self.manifest["dataset"].get("has_splits"))
+            labels, ids, splits = [], [], []
+            for shard in self._shards:
+                with self._open(shard) as f:
+                    labels.append(f["labels"][:])
+                    ids.extend(_decode_strings(f["ids"][:]))
+                    if has_splits:
+                        splits.extend(_decode_strings(f["split"][:]))
+            self._row_columns = {
+                "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
+                "ids": ids,
+                "split": splits if has_splits else None,
+            }
+        return self._row_columns
 
     def labels(self) -> np.ndarray:
-        parts = self._column("labels")
-        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return self._columns()["labels"].copy()
 
     def ids(self) -> list[str]:
-        return [i for part in self._column("ids") for i in _decode_strings(part)]
+        return list(self._columns()["ids"])
 
     def splits(self) -> list[str] | None:
         """Split name per row, or None when the source had no splits."""
-        if not self.manifest["dataset"].get("has_splits"):
-            return None
-        return [s for part in self._column("split") for s in _decode_strings(part)]
+        split = self._columns()["split"]
+        return None if split is None else list(split)
 
     # -- streaming
     def iter_batches(self, batch_size: int = 1024, output: str | None = None) -> Iterator[FeatureBatch]:

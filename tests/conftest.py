@@ -37,6 +37,20 @@ def run_featcache(*args, env=None, timeout=300, check=True):
     return proc
 
 
+def start_featcache(*args, env=None):
+    """Start the real entry point without waiting: for tests that kill it mid-run."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "featcache", *map(str, args)], cwd=REPO, env=full_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def reference_cache(tmp_path_factory, args):
+    """An uninterrupted extraction with ``args``: what every interrupted run must end up equal to."""
+    out = tmp_path_factory.mktemp("ref") / "cache"
+    run_featcache("extract", *args, "--out", out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_available():
     if not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():

@@ -17,15 +17,13 @@ import featcache
 from featcache import store
 from featcache.errors import BackboneError
 
-from conftest import REPO, TINY, TINY_ARGS, assert_same_cache, run_featcache
+from conftest import REPO, TINY, TINY_ARGS, assert_same_cache, reference_cache, run_featcache, start_featcache
 
 ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "900", "--shard-size", "128", "--quiet"]
 
 
 def _popen(out, env=None):
-    return subprocess.Popen([sys.executable, "-m", "featcache", "extract", *ARGS, "--out", str(out)], cwd=REPO,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_featcache("extract", *ARGS, "--out", out, env=env)
 
 
 def _no_temporary_shards(out):
@@ -37,9 +35,7 @@ def _no_temporary_shards(out):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, fashion_mnist_available):
-    out = tmp_path_factory.mktemp("ref") / "cache"
-    run_featcache("extract", *ARGS, "--out", out)
-    return out
+    return reference_cache(tmp_path_factory, ARGS)
 
 
 @pytest.mark.slow
@@ -78,9 +74,7 @@ def test_kill_loop_at_random_moments(tmp_path, request, fashion_mnist_available)
     out = tmp_path / "c"
     kills = 0
     for _ in range(count):
-        proc = subprocess.Popen([sys.executable, "-m", "featcache", "extract", *args, "--out", str(out)], cwd=REPO,
-                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = start_featcache("extract", *args, "--out", out)
         n_before = len(list((out / "shards").glob("*.h5"))) if (out / "shards").exists() else 0
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:  # wait for real work to start

@@ -1,9 +1,6 @@
 """A SIGKILL at any moment, then the same command, gives an uninterrupted run's cache."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -11,22 +8,18 @@ import pytest
 import featcache
 from featcache import store
 
-from conftest import REPO, TINY_ARGS, assert_same_cache, run_featcache
+from conftest import TINY_ARGS, assert_same_cache, reference_cache, run_featcache, start_featcache
 
 ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "1500", "--shard-size", "128", "--quiet"]
 
 
 def _start(out):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, "-m", "featcache", "extract", *ARGS, "--out", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_featcache("extract", *ARGS, "--out", out)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, fashion_mnist_available):
-    out = tmp_path_factory.mktemp("ref") / "cache"
-    run_featcache("extract", *ARGS, "--out", out)
-    return out
+    return reference_cache(tmp_path_factory, ARGS)
 
 
 @pytest.mark.slow

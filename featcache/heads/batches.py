@@ -47,7 +47,7 @@ class CacheRows:
             self.local.append(np.flatnonzero(mask[start:start + n]))
             start += n
         self.block_sizes = [len(ix) for ix in self.local]
-        self.global_rows = np.concatenate([np.flatnonzero(mask)]) if len(mask) else np.zeros(0, np.int64)
+        self.global_rows = np.flatnonzero(mask) if len(mask) else np.zeros(0, np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.block_sizes)]).astype(np.int64)
         self._loaded: tuple[int, np.ndarray] | None = None
 
