@@ -224,7 +224,7 @@ def cmd_pretrain(args) -> int:
                  limit=args.limit, data_dir=args.data_dir)
     state = "unchanged, kept" if s.get("skipped") else f"trained in {s['seconds']} s"
     stdout.print(f"{s['model']}: {state}; val accuracy {100 * s['val_accuracy']:.1f}%. Use it as a backbone: "
-                 f"--backbone {s['model']} --layer {s['feature_layer']}")
+                 f"--backbone {s['model']} --layer {s['feature_layer']} --pooling none")
     return 0
 
 

@@ -178,7 +178,7 @@ def run(path, *, progress: bool = True) -> dict:
     data = cfg["data"]
     result = {"pipeline": cfg["pipeline"]["name"], "out": str(out), "caches": {}, "models": {}}
     if "pretrain" in cfg:
-        from .pretrain import FEATURE_LAYER, pretrain
+        from .pretrain import pretrain
 
         pre = dict(cfg["pretrain"])
         summary = pretrain(pre.pop("source"), out=pre.pop("out"), data_dir=data.get("data_dir"), **pre)
@@ -186,12 +186,16 @@ def run(path, *, progress: bool = True) -> dict:
         _say(f"[bold]pretrain[/] {summary['model']}: {state} (source-domain val accuracy "
              f"{100 * summary['val_accuracy']:.1f}%)")
         result["pretrained"] = summary["model"]
+        transfer = summary["feature_layer"]
     for ex in cfg["extract"]:
         opts = {k: ex[k] for k in ("image_size", "pooling", "outputs", "dtype", "compute_dtype", "batch_size",
                                    "shard_size") if k in ex}
         backbone, layer = ex.get("backbone", "efficientnet_lite0"), ex.get("layer")
-        if backbone == "pretrained":
-            backbone, layer = result["pretrained"], layer or FEATURE_LAYER
+        if backbone == "pretrained":  # default: the source CNN's last conv map, whole
+            if layer is None:
+                layer = transfer
+                opts.setdefault("pooling", "none")
+            backbone = result["pretrained"]
         cache, summary = extract(data["source"], backbone, ex["cache"], weights=ex.get("weights", "imagenet"),
                                  layer=layer, classes=data.get("classes"), limit=data.get("limit"),
                                  data_dir=data.get("data_dir"), allow_outside=data.get("allow_outside", False),

@@ -87,10 +87,8 @@ def test_quickstart_main_job_end_to_end_then_nothing_to_redo(tmp_path, fashion_m
 def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mnist_available):
     """Pre-trained-on-source features, ImageNet features and raw pixels, on the target test split.
 
-    Measured (see the issue notes): the source CNN's features reach about 92%
-    on the target classes, ImageNet's about 96%, 16x16 pixels about 92.7%;
-    the claim that source pre-training beats pixels does not hold yet, so it
-    is not asserted here.
+    Measured when written: the source CNN's conv3 map 94.9% (logreg and
+    keras_mlp), ImageNet Lite0 95.7-95.9%, 16x16 pixels 92.5-92.7%.
     """
     path = _copy_pipeline(tmp_path, "source_to_target")
     run_featcache("run", path, "--quiet", timeout=900)
@@ -99,7 +97,8 @@ def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mn
     acc = {(r["backbone"], r["head"]): r["accuracy"] for r in rows if r["status"] == "ok"}
     for key in [("source_cnn.keras", "logreg"), ("efficientnet_lite0", "logreg"), ("raw pixels", "logreg")]:
         assert key in acc, acc
-    assert acc[("source_cnn.keras", "logreg")] > 0.8  # five target classes: chance is 0.2
+    for head in ("logreg", "keras_mlp"):  # the promise: source pre-training beats raw pixels on the target
+        assert acc[("source_cnn.keras", head)] > acc[("raw pixels", head)], acc
     sidecar = json.loads((out / "source_cnn.keras.json").read_text())
     assert sidecar["classes"] == [0, 1, 2, 3, 4] and sidecar["val_accuracy"] > 0.8  # learned the source domain
     again = run_featcache("run", path, "--quiet", timeout=600)
