@@ -16,6 +16,7 @@ the same cache key and settings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -257,12 +258,62 @@ def _append_row(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
-          timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = 1, out="report", baseline_heads=("logreg",),
-          pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True) -> list[dict]:
-    """Run ``heads`` (default: all) on each cache; write the report into ``out``; return the rows."""
+BACKENDS = ("threading", "ray")
+
+
+@contextlib.contextmanager
+def _joblib_backend(backend: str, ray_address: str | None):
+    """Make joblib's ``ray`` backend available (joining or starting Ray) for the sweep's duration."""
+    if backend != "ray":
+        yield
+        return
+    from .ray_engine import connect, import_ray
+
+    ray = import_ray()
+    from ray.util.joblib import register_ray
+
+    register_ray()
+    started = connect(ray_address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_tasks(todo: list, timeout: float | None, n_jobs: int, backend: str):
+    """(task, result) pairs as they finish, so each row is saved as soon as it exists.
+
+    joblib's Ray backend cannot yield results one by one, so there the tasks
+    go in waves as wide as the parallelism and rows are saved after each wave.
+    """
     from joblib import Parallel, delayed
 
+    def job(t):
+        return t, run_task(t, timeout)
+
+    if backend != "ray":
+        yield from Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")(
+            delayed(job)(t) for t in todo)
+        return
+    import ray
+
+    width = n_jobs if n_jobs > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+    for a in range(0, len(todo), width):
+        yield from Parallel(n_jobs=n_jobs, backend="ray")(delayed(job)(t) for t in todo[a:a + width])
+
+
+def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
+          timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = 1, out="report", baseline_heads=("logreg",),
+          pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
+          ray_address: str | None = None) -> list[dict]:
+    """Run ``heads`` (default: all) on each cache; write the report into ``out``; return the rows.
+
+    ``backend`` is a joblib backend: ``threading`` (each head still runs in its
+    own spawned process) or ``ray``, which runs the heads as tasks on the Ray
+    cluster at ``ray_address`` (or a local instance); the caches and ``out``
+    must then be on storage every node sees.
+    """
     from .heads import HEADS, get_head_spec
     from .report import LiveTable, write_report
 
@@ -293,13 +344,13 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     done = {r["settings"]: r for r in _load_rows(results_path)}
     rows = [done[t.settings] for t in tasks if t.settings in done]
     todo = [t for t in tasks if t.settings not in done]
+    if backend not in BACKENDS:
+        raise FeatcacheError(f"unknown bench backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     live = LiveTable(tasks, rows, enabled=progress)
-    with live:
+    with live, _joblib_backend(backend, ray_address if todo else None):
         for task in todo:
             live.running(task)
-        jobs = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")(
-            delayed(lambda t: (t, run_task(t, timeout)))(t) for t in todo)
-        for task, result in jobs:
+        for task, result in _run_tasks(todo, timeout, n_jobs, backend):
             row = _row(task, opened[task.cache], result)
             _append_row(results_path, row)
             rows.append(row)

@@ -39,8 +39,11 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args) -> int:
-    from .engine import ExtractOptions, make_plan, run
+    from .engine import ExtractOptions, make_engine, make_plan, run
     from .sources import open_source
+
+    engine = make_engine(args.engine, address=args.ray_address, workers=args.workers,
+                         gpus_per_worker=args.gpus_per_worker)
 
     src = open_source(args.source, allow_outside=args.allow_outside, data_dir=args.data_dir)
     if args.classes is not None or args.limit is not None:
@@ -49,13 +52,14 @@ def cmd_extract(args) -> int:
         image_size=args.image_size, pooling=args.pooling, outputs=_csv_list(args.outputs) if args.outputs else None,
         preprocess=args.preprocess, dtype=args.dtype, compute_dtype=args.compute_dtype, batch_size=args.batch_size,
         shard_size=args.shard_size, compression=None if args.compression == "none" else args.compression,
-        jit=args.jit, decode_workers=args.workers, prefetch=args.prefetch)
+        jit=args.jit, decode_workers=args.decode_threads, prefetch=args.prefetch)
     out = args.out or _default_out(args.source, args.backbone)
     plan = make_plan(src, args.backbone, out, opts, weights=args.weights, layer=args.layer)
     console.print(f"[bold]featcache extract[/] {src.describe()} ({len(src):,} images) -> {out}\n"
                   f"  backbone {plan.backbone.name} · weights {plan.params['weights'].get('kind')} · "
                   f"{plan.image_size[0]}x{plan.image_size[1]} · pooling {opts.pooling} · key {plan.key[:12]}")
-    cache, s = run(plan, overwrite=args.overwrite, repair=args.repair, progress=not args.quiet, wait=args.wait)
+    cache, s = run(plan, overwrite=args.overwrite, repair=args.repair, progress=not args.quiet, wait=args.wait,
+                   engine=engine)
     for note in s.notes:
         console.print(f"[yellow]repaired:[/] {note}")
     rows = [("cache", str(s.out)), ("key", s.key[:16]), ("rows", f"{s.rows:,}"), ("skipped", f"{s.skipped:,}"),
@@ -194,7 +198,8 @@ def cmd_bench(args) -> int:
         params.setdefault(head, {})[key] = parse_value(value)
     rows = bench(args.caches, heads, params=params, cv=args.cv, timeout=args.timeout, n_jobs=args.n_jobs,
                  out=args.out, baseline_heads=_csv_list(args.baseline_heads) if args.baseline_heads else (),
-                 pixel_size=args.pixel_size, progress=not args.quiet)
+                 pixel_size=args.pixel_size, progress=not args.quiet, backend=args.backend,
+                 ray_address=args.ray_address)
     body = [[r["features"], r["head"], r.get("status"), _fmt(r.get("accuracy")), _fmt(r.get("macro_f1")),
              "-" if r.get("fit_seconds") is None else f"{r['fit_seconds']:.2f}",
              (r.get("note") or r.get("error") or "")[:70]] for r in rows]
@@ -275,13 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=4096, help="rows per shard")
     p.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"])
     p.add_argument("--jit", default="auto", help="jit compilation: auto, true or false")
-    p.add_argument("--workers", type=int, help="decode threads")
+    p.add_argument("--decode-threads", type=int, help="Pillow decode threads (default: cores + 2, at most 8)")
     p.add_argument("--prefetch", type=int, default=4, help="decoded batches queued ahead of the model")
     p.add_argument("--out", help="cache directory (default caches/<source>-<backbone>)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
     p.add_argument("--repair", action="store_true", help="check every shard's sha256 and recompute damaged ones")
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another writer's lock")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("engine", "where shards are computed (the cache is the same either way)")
+    g.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local (this process) or ray (actors on a Ray cluster; pip install 'featcache[ray]')")
+    g.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    g.add_argument("--workers", type=int, help="Ray workers (default: the cluster's CPUs, or GPUs / --gpus-per-worker)")
+    g.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker reserves (default 0)")
     _add_source_args(p)
     p.set_defaults(func=cmd_extract)
 
@@ -325,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="HEAD:KEY=VALUE", help="fix a head parameter, repeatable")
     p.add_argument("--cv", type=int, help="choose hyper-parameters by K-fold CV inside train instead of on val")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per head before it is reported timed out")
-    p.add_argument("--n-jobs", type=int, default=1, help="heads run in parallel")
+    p.add_argument("--n-jobs", type=int, default=1, help="heads run in parallel (-1: every CPU of the backend)")
+    p.add_argument("--backend", default="threading", choices=["threading", "ray"],
+                   help="joblib backend: threading (one process per head, this machine) or ray (a Ray cluster)")
+    p.add_argument("--ray-address", help="Ray cluster for --backend ray (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--baseline-heads", default="logreg", help="heads also run on raw pixels ('' for none)")
     p.add_argument("--pixel-size", type=int, default=16, help="side of the downsampled raw-pixel baseline")
     p.add_argument("--out", default="report", help="report directory")

@@ -307,10 +307,8 @@ class ShardWriter:
             if self.error is not None:
                 continue
             try:
-                record = _write_shard_checked(self.plan, shard)
-                self.manifest["shards"].append(record)
-                self.manifest["shards"].sort(key=lambda s: s["index"])
-                _disk_full_guard(self.plan, shard, lambda: store.write_manifest(self.plan.out, self.manifest))
+                record = write_shard_checked(self.plan, shard)
+                _disk_full_guard(self.plan, shard, lambda: record_shard(self.plan, self.manifest, record))
                 self.bytes += record["bytes"]
                 self.on_written(record)
             except BaseException as exc:
@@ -328,7 +326,15 @@ class ShardWriter:
             raise self.error
 
 
-def _write_shard_checked(plan: Plan, shard: store.ShardData) -> dict:
+def record_shard(plan: Plan, manifest: dict, record: dict) -> None:
+    """Add a written shard to the manifest and save it: only the process holding the lock calls this."""
+    manifest["shards"].append(record)
+    manifest["shards"].sort(key=lambda s: s["index"])
+    store.write_manifest(plan.out, manifest)
+
+
+def write_shard_checked(plan: Plan, shard: store.ShardData) -> dict:
+    """Write one finished shard atomically (any process may): returns its manifest record."""
     return _disk_full_guard(plan, shard, lambda: store.write_shard(
         plan.out, shard, key=plan.key, dtype=plan.options.dtype, compression=plan.options.compression))
 
@@ -487,9 +493,50 @@ class RunSummary:
     notes: list[str]
 
 
+class LocalEngine:
+    """This process computes the missing shards: reader thread, model here, writer thread."""
+
+    name = "local"
+
+    def compute(self, plan: Plan, todo: Sequence[int], manifest: dict, *,
+                on_items: Callable[[int], None] = lambda n: None) -> dict:
+        stats: dict = {"engine": self.name}
+        t0 = time.perf_counter()
+        extractor = Extractor(plan)
+        stats["build_s"] = time.perf_counter() - t0
+        manifest["outputs"] = extractor.output_info(plan.options.dtype)
+        writer = ShardWriter(plan, manifest).start()
+        try:
+            extract_shards(plan, todo, extractor, writer.put, on_batch=on_items, stats=stats)
+        finally:
+            writer.close()
+        stats["bytes"] = writer.bytes
+        return stats
+
+
+ENGINES = ("local", "ray")
+
+
+def make_engine(name: str = "local", **options):
+    """The engine that computes missing shards: ``local`` or ``ray`` (options: address, workers, gpus_per_worker)."""
+    if name == "local":
+        if any(v is not None for v in options.values()):
+            raise FeatcacheError(f"{', '.join(k for k, v in options.items() if v is not None)} only apply to --engine ray")
+        return LocalEngine()
+    if name == "ray":
+        from .ray_engine import RayEngine
+
+        return RayEngine(**{k: v for k, v in options.items() if v is not None})
+    raise FeatcacheError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+
+
 def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: bool = True,
-        wait: float = 0.0) -> tuple[store.Cache, RunSummary]:
-    """Execute a plan: reuse what is valid, compute what is missing, finalize."""
+        wait: float = 0.0, engine=None) -> tuple[store.Cache, RunSummary]:
+    """Execute a plan: reuse what is valid, compute what is missing (with ``engine``), finalize.
+
+    Whatever the engine, this process holds the lock and owns the manifest;
+    engines only write shard files and hand back their records.
+    """
     from .console import ProgressBar
 
     t_start = time.perf_counter()
@@ -525,31 +572,28 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         todo = [i for i in range(plan.n_shards) if i not in done]
         stats: dict = {}
         n_todo = sum(len(plan.shard_items(i)[1]) for i in todo)
-        writer = None
         t_compute = time.perf_counter()
         if todo:
-            extractor = Extractor(plan)
-            manifest["outputs"] = extractor.output_info(plan.options.dtype)
-            writer = ShardWriter(plan, manifest).start()
-            try:
-                with ProgressBar(n_todo, f"extract {plan.backbone.name}", enabled=progress) as bar:
-                    extract_shards(plan, todo, extractor, writer.put, on_batch=bar.advance, stats=stats)
-            finally:
-                writer.close()
+            engine = engine or LocalEngine()
+            with ProgressBar(n_todo, f"extract {plan.backbone.name}", enabled=progress) as bar:
+                stats = engine.compute(plan, todo, manifest, on_items=bar.advance)
         compute_s = time.perf_counter() - t_compute
         timings = {
             "seconds": round(time.perf_counter() - t_start, 3),
             "compute_seconds": round(compute_s, 3),
             "images_computed": n_todo,
             "images_per_s": round(n_todo / compute_s, 2) if n_todo and compute_s > 0 else None,
+            "build_seconds": round(stats.get("build_s", 0.0), 3),
             "model_seconds": round(stats.get("model_s", 0.0), 3),
             "input_wait_seconds": round(stats.get("wait_s", 0.0), 3),
+            "engine": stats.get("engine", "local"),
+            **{k: stats[k] for k in ("workers", "worker_restarts") if k in stats},
         }
         manifest = _finalize(plan, manifest, timings)
     cache = store.open_cache(out)
     summary = RunSummary(out, plan.key, len(plan.source), len(cache), len(cache.skipped), len(todo), len(done),
                          time.perf_counter() - t_start, timings["images_per_s"] or 0.0,
-                         writer.bytes if writer else 0, False, notes)
+                         int(stats.get("bytes", 0)), False, notes)
     return cache, summary
 
 
@@ -574,7 +618,8 @@ def _reject_foreign_shards(plan: Plan) -> None:
 def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, weights="imagenet",
             layer: str | None = None, overwrite: bool = False, repair: bool = False, progress: bool = False,
             wait: float = 0.0, classes=None, limit: int | None = None, labels=None, allow_outside: bool = False,
-            data_dir=None, return_summary: bool = False, **options) -> store.Cache:
+            data_dir=None, return_summary: bool = False, engine: str = "local", ray_address: str | None = None,
+            workers: int | None = None, gpus_per_worker: float | None = None, **options) -> store.Cache:
     """Extract features of ``source`` with a frozen ``backbone`` into the cache at ``out``.
 
     ``source`` is a folder, a CSV manifest, a dataset name such as
@@ -582,7 +627,9 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
     Options are those of :class:`ExtractOptions` (``image_size``, ``pooling``,
     ``outputs``, ``dtype``, ``compute_dtype``, ``batch_size``, ``shard_size``,
     ``compression``, ``jit``, ...). Re-running resumes; an identical finished
-    run is a no-op. Returns the opened :class:`~featcache.store.Cache`.
+    run is a no-op. ``engine="ray"`` computes the shards on a Ray cluster
+    (``ray_address``, ``workers``, ``gpus_per_worker``); the cache is the same.
+    Returns the opened :class:`~featcache.store.Cache`.
     """
     if out is None:
         raise FeatcacheError("extract needs an output directory (out=...)")
@@ -592,6 +639,7 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
     src = open_source(source, labels=labels, allow_outside=allow_outside, data_dir=data_dir)
     if classes is not None or limit is not None:
         src = src.subset(classes=classes, limit=limit)
+    runner = make_engine(engine, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
     plan = make_plan(src, backbone, out, ExtractOptions(**options), weights=weights, layer=layer)
-    cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait)
+    cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait, engine=runner)
     return (cache, summary) if return_summary else cache

@@ -26,11 +26,11 @@ def pytest_addoption(parser):
                      help="SIGKILLs in the random kill loop (the full reliability run uses 20)")
 
 
-def run_featcache(*args, env=None, timeout=300, check=True):
+def run_featcache(*args, env=None, timeout=300, check=True, cwd=REPO):
     """Run the real console entry point in a fresh process."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "featcache", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=REPO)
+                          env=full_env, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"featcache {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")
