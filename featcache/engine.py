@@ -330,6 +330,8 @@ def record_shard(plan: Plan, manifest: dict, record: dict) -> None:
     """Add a written shard to the manifest and save it: only the process holding the lock calls this."""
     manifest["shards"].append(record)
     manifest["shards"].sort(key=lambda s: s["index"])
+    if not manifest["outputs"] and record["n_rows"]:  # engines that never built the model here
+        manifest["outputs"] = _outputs_from_shards(plan, [record])
     store.write_manifest(plan.out, manifest)
 
 

@@ -263,11 +263,10 @@ def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "fl
                 raise CacheError(f"features of output {name!r} overflow float16 (max |x| = "
                                  f"{float(np.abs(arr).max()):.4g}); extract with --dtype float32")
             kwargs = {}
-            if n > 0:
+            if n > 0 and compression:  # uncompressed outputs stay contiguous: readers copy their bytes directly
                 row_bytes = int(np.prod(arr.shape[1:])) * np.dtype(dtype).itemsize
                 kwargs["chunks"] = (_chunk_rows(n, row_bytes),) + tuple(arr.shape[1:])
-                if compression:
-                    kwargs["compression"] = compression
+                kwargs["compression"] = compression
             grp.create_dataset(name, data=values, **kwargs)
         f.create_dataset("labels", data=np.asarray(shard.labels, np.int64).reshape(n))
         f.create_dataset("ids", data=np.array(shard.ids, dtype=object), dtype=_STR, shape=(n,))
@@ -500,7 +499,7 @@ class Cache:
             n = shard["n_rows"]
             if n:
                 with self._open(shard) as f:
-                    f["features"][name].read_direct(out, dest_sel=np.s_[row:row + n])
+                    _read_into(f["features"][name], self.path / shard["file"], out[row:row + n])
             row += n
         return out
 
@@ -578,6 +577,32 @@ class Cache:
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def _read_into(ds, path: Path, dest: np.ndarray) -> None:
+    """Copy dataset ``ds`` of the shard at ``path`` into ``dest``.
+
+    A contiguous dataset (how uncompressed outputs are written) in native byte
+    order is read as plain bytes at its file offset, straight into ``dest``,
+    with no HDF5 copy in between: as fast as ``np.load``. Anything else
+    (compressed, or chunked by an older featcache) goes through HDF5.
+    """
+    offset = ds.id.get_offset()
+    if offset is None or not hasattr(os, "preadv") or ds.dtype != dest.dtype or not ds.dtype.isnative or ds.shape != dest.shape \
+            or not dest.flags.c_contiguous:
+        ds.read_direct(dest)
+        return
+    view = memoryview(dest.reshape(-1).view(np.uint8))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise CacheError(f"shard {path} is shorter than its header says; run `featcache verify`")
+            done += got
+    finally:
+        os.close(fd)
 
 
 def _merge(parts: list[FeatureBatch]) -> FeatureBatch:

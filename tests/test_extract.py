@@ -77,6 +77,28 @@ def test_one_file_view_slices_across_shards(fm_cache):
         assert [x.decode() for x in f["ids"][255:257]] == cache.ids()[255:257]
 
 
+def test_direct_byte_reads_equal_hdf5_reads_for_plain_and_compressed_shards(fm_cache, tmp_path):
+    out, _ = fm_cache
+    cache = featcache.open_cache(out)
+    with h5py.File(out / "shards" / "00000.h5", "r") as f:
+        ds = f["features/avg"]
+        assert ds.chunks is None and ds.id.get_offset() is not None  # contiguous: the fast path applies
+        np.testing.assert_array_equal(ds[:], cache.features()[:256])  # HDF5's own read of the same rows
+    lzf = featcache.extract("fashion_mnist:test", out=tmp_path / "lzf", limit=600, shard_size=256, compression="lzf",
+                            **TINY)
+    with h5py.File(tmp_path / "lzf" / "shards" / "00000.h5", "r") as f:
+        assert f["features/avg"].compression == "lzf" and f["features/avg"].id.get_offset() is None
+    np.testing.assert_array_equal(lzf.features(), cache.features())
+    # a shard cut short behind HDF5's back is an error, never rows of zeros
+    shard = out / "shards" / "00001.h5"
+    data = shard.read_bytes()
+    copy = tmp_path / "cut"
+    shutil.copytree(out, copy)
+    (copy / "shards" / "00001.h5").write_bytes(data[:len(data) - 200_000])
+    with pytest.raises(CacheError):
+        featcache.open_cache(copy).features()
+
+
 def test_stock_hdf5_tools_read_the_shards(fm_cache):
     out, _ = fm_cache
     h5dump = shutil.which("h5dump")
