@@ -22,7 +22,7 @@ demo: env
 
 # Two workers: much of the suite waits on subprocesses and imports, not on the CPU.
 test: env
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: env
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"

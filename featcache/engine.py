@@ -271,7 +271,10 @@ def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, wri
                 acc = _Accumulator(index, item_range, plan.source.has_splits)
             t0 = time.perf_counter()
             feats = extractor(batch.images) if len(batch.items) else None
-            stats["model_s"] = stats.get("model_s", 0.0) + time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            stats["model_s"] = stats.get("model_s", 0.0) + took
+            if feats is not None and "first_batch_s" not in stats:  # includes tracing / XLA compilation
+                stats["first_batch_s"], stats["first_batch_items"] = took, len(batch.items)
             acc.add(feats, batch)
             on_batch(len(batch.items) + len(batch.skipped))
             if last:
@@ -586,11 +589,14 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
             "images_computed": n_todo,
             "images_per_s": round(n_todo / compute_s, 2) if n_todo and compute_s > 0 else None,
             "build_seconds": round(stats.get("build_s", 0.0), 3),
+            "first_batch_seconds": round(stats.get("first_batch_s", 0.0), 3),
+            "first_batch_items": stats.get("first_batch_items", 0),
             "model_seconds": round(stats.get("model_s", 0.0), 3),
             "input_wait_seconds": round(stats.get("wait_s", 0.0), 3),
             "engine": stats.get("engine", "local"),
             **{k: stats[k] for k in ("workers", "worker_restarts") if k in stats},
         }
+        store.remove_temporaries(out)  # a worker killed mid-write (Ray) leaves one; no writer is left now
         manifest = _finalize(plan, manifest, timings)
     cache = store.open_cache(out)
     summary = RunSummary(out, plan.key, len(plan.source), len(cache), len(cache.skipped), len(todo), len(done),
