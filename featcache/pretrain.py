@@ -2,12 +2,13 @@
 
 ``featcache pretrain SOURCE --arch small_cnn --epochs N --out model.keras``
 trains on any image source (a class filter makes a source domain out of part
-of a dataset) and saves a ``.keras`` model; ``--backbone model.keras --layer conv3 --pooling
-none`` then extracts features for another domain. The last convolutional map
-is the layer to transfer: the dense ``features`` layer on top of it is tuned
-to the source classes (on Fashion-MNIST 0-4 -> 5-9 it did no better than raw
-pixels, where the conv3 map beat them by two points). The model takes 0..255 float pixels (its own
-Rescaling layer normalises), the convention for user backbones.
+of a dataset) and saves a ``.keras`` model; ``--backbone model.keras
+--layer conv3 --pooling none`` then extracts features for another domain.
+The last convolutional map is the layer to transfer: the dense ``features``
+layer on top of it is tuned to the source classes (on Fashion-MNIST 0-4 ->
+5-9 it did no better than raw pixels, where the conv3 map beat them by two
+points). The model takes 0..255 float pixels (its own Rescaling layer
+normalises), the convention for user backbones.
 """
 
 from __future__ import annotations
