@@ -114,15 +114,15 @@ def test_ray_engine_resumes_a_killed_local_run(local, tmp_path):
 
 
 def test_bench_runs_its_heads_through_joblibs_ray_backend(local, tmp_path):
-    common = ["bench", local, "--heads", "logreg,lda", "--baseline-heads", "", "--quiet"]
+    common = ["bench", local, "--heads", "lda,gaussian_nb", "--baseline-heads", "", "--quiet"]
     run_featcache(*common, "--out", tmp_path / "threads")
     run_featcache(*common, "--out", tmp_path / "ray", "--backend", "ray", "--n-jobs", "2")
     rows = {}
     for name in ("threads", "ray"):
         lines = (tmp_path / name / "results.jsonl").read_text().splitlines()
         rows[name] = {r["head"]: r for r in map(json.loads, lines)}
-    assert set(rows["ray"]) == {"logreg", "lda"}
-    for head in ("logreg", "lda"):
+    assert set(rows["ray"]) == {"lda", "gaussian_nb"}
+    for head in ("lda", "gaussian_nb"):
         assert rows["ray"][head]["status"] == "ok"
         assert np.isclose(rows["ray"][head]["accuracy"], rows["threads"][head]["accuracy"])
 
