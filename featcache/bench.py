@@ -347,7 +347,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     if backend not in BACKENDS:
         raise FeatcacheError(f"unknown bench backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     live = LiveTable(tasks, rows, enabled=progress)
-    with live, _joblib_backend(backend, ray_address if todo else None):
+    with live, _joblib_backend(backend if todo else "threading", ray_address):  # no Ray when nothing is left
         for task in todo:
             live.running(task)
         for task, result in _run_tasks(todo, timeout, n_jobs, backend):

@@ -59,9 +59,6 @@ class ShardWorker:
         self.plan = plan
         self.extractor = Extractor(plan)
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def extract(self, index: int):
         """Compute and write shard ``index``; returns (record or None, items done, timings)."""
         shards: list = []
