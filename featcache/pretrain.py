@@ -67,6 +67,57 @@ def _load_all(src: Source) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(parts), np.asarray(labels)
 
 
+def validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified train/validation row indices (no validation below 10 rows).
+
+    Not Keras' ``validation_split``, which holds out the *last* rows: on a
+    folder source, sorted by class, those are the last class's, so validation
+    measures that class alone, and a class smaller than the held-out share is
+    never trained on at all.
+    """
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(y))
+    n_val = int(round(len(y) * fraction))
+    if len(y) < 10 or n_val < 1:
+        return rows, rows[:0]
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.min() >= 2 and n_val >= len(counts) else None
+    train, val = train_test_split(rows, test_size=n_val, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(val)
+
+
+def shuffled_batches(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    """A Keras ``PyDataset`` that draws a new seeded permutation every epoch.
+
+    Not ``model.fit(X, y, shuffle=True)``: with a seeded run on the TensorFlow
+    backend that replays one permutation in every epoch (its tf.data shuffle is
+    re-created per epoch from the same seed), which cost about two points of
+    accuracy in benchmarks/run.py's figure 3. Batches are cast to float32 one
+    at a time, so the uint8 images are never copied whole.
+    """
+    import keras
+
+    class _Shuffled(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.order = np.random.default_rng([seed, 0]).permutation(len(y))
+
+        def __len__(self):
+            return -(-len(y) // batch_size)
+
+        def __getitem__(self, i):
+            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
+            return X[idx].astype(np.float32), y[idx]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = np.random.default_rng([seed, self.epoch]).permutation(len(y))
+
+    return _Shuffled()
+
+
 def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=None, limit=None,
              batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0, data_dir=None) -> dict:
     """Train ``arch`` on ``source`` and save it to ``out`` (.keras); returns a summary dict.
@@ -100,13 +151,15 @@ def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=N
         raise FeatcacheError("the pre-training source has no labelled images")
     classes_ = np.unique(y)
     y_enc = np.searchsorted(classes_, y)
+    train_idx, val_idx = validation_split(y_enc, 0.1, int(seed))
     keras.utils.set_random_seed(int(seed))
     model = build_cnn(arch, X.shape[1:], len(classes_))
     model.compile(optimizer=keras.optimizers.Adam(float(learning_rate)), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     t0 = time.perf_counter()
-    hist = model.fit(X.astype(np.float32), y_enc, batch_size=int(batch_size), epochs=int(epochs),
-                     validation_split=0.1, verbose=0)
+    val = (X[val_idx].astype(np.float32), y_enc[val_idx]) if len(val_idx) else None
+    hist = model.fit(shuffled_batches(X[train_idx], y_enc[train_idx], int(batch_size), int(seed)),
+                     epochs=int(epochs), validation_data=val, verbose=0)
     seconds = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
@@ -115,6 +168,7 @@ def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=N
     summary = {"settings": settings, "model": str(out), "feature_layer": transfer_layer(arch),
                "classes": classes_.tolist(), "input_shape": list(X.shape[1:]), "seconds": round(seconds, 2),
                "train_accuracy": float(hist.history["accuracy"][-1]),
-               "val_accuracy": float(hist.history["val_accuracy"][-1]), "skipped": False}
+               "val_accuracy": float(hist.history["val_accuracy"][-1]) if val is not None else None,
+               "train_rows": int(len(train_idx)), "val_rows": int(len(val_idx)), "skipped": False}
     sidecar.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
