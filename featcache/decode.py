@@ -77,7 +77,7 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: 
                     # Decode at a reduced DCT scale that still covers the target.
                     im.draft("RGB", (width, height))
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing turns
                 im = _to_rgb(im)
                 if im.size != (width, height):
                     im = im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
