@@ -173,6 +173,9 @@ def fig_extraction(cfg, work: Path) -> list[dict]:
     args = ["extract", folder, "--image-size", cfg["size"], "--batch-size", cfg["batch"], "--quiet"]
     first = _featcache_cli(*args, "--out", work / "cli_cache")
     second = _featcache_cli(*args, "--out", work / "cli_cache")
+    # the recipe's steady rate is at least its rate from nothing (which also pays the build): a warm pass
+    # slower than that is this machine's noise, not the recipe's speed, and must not flatter featcache
+    recipe = max(max(recipe_warm), max(recipe_cold))
     return [
         {"figure": 1, "name": "extraction / CNN limit", "value": steady / limit, "target": ">= 0.85",
          "ok": steady / limit >= 0.85,
@@ -181,9 +184,10 @@ def fig_extraction(cfg, work: Path) -> list[dict]:
                    f"input wait {timings['input_wait_seconds']:.2f} s of {timings['compute_seconds']:.1f} s; "
                    f"features equal to the limit run within {same:.1e}; best of {cfg['repeats']}"},
         {"figure": 2, "name": "extraction / image_dataset_from_directory + predict (steady)",
-         "value": steady / max(recipe_warm), "target": ">= 1.0", "ok": steady / max(recipe_warm) >= 1.0,
-         "detail": f"featcache {steady:.1f} vs recipe {max(recipe_warm):.1f} img/s in steady state (same model, "
-                   f"batch {cfg['batch']}, photos; best of {cfg['repeats']}); from nothing, model build and "
+         "value": steady / recipe, "target": ">= 1.0", "ok": steady / recipe >= 1.0,
+         "detail": f"featcache {steady:.1f} vs recipe {recipe:.1f} img/s in steady state (same model, "
+                   f"batch {cfg['batch']}, photos; best of {cfg['repeats']}; the recipe's warm passes "
+                   f"{', '.join(f'{x:.1f}' for x in recipe_warm)}); from nothing, model build and "
                    f"compilation included: featcache {cold:.1f} vs recipe {max(recipe_cold):.1f} img/s "
                    f"(featcache also writes the cache)"},
         {"figure": 4, "name": "no-op re-run / first run (CLI)", "value": second / first, "target": "<= 0.02",
