@@ -7,8 +7,8 @@ of a dataset) and saves a ``.keras`` model; ``--backbone model.keras
 The last convolutional map is the layer to transfer: the dense ``features``
 layer on top of it is tuned to the source classes (on Fashion-MNIST 0-4 ->
 5-9, logistic regression on it scored 93.1% on the target test split, raw
-pixels 92.7%, the conv3 map 96.1%). The model takes 0..255 float pixels (its own Rescaling layer
-normalises), the convention for user backbones.
+pixels 92.7%, the conv3 map 96.1%). The model takes 0..255 float pixels (its
+own Rescaling layer normalises), the convention for user backbones.
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=N
     if classes is not None or limit is not None:
         src = src.subset(classes=classes, limit=limit)
     settings = {"source": src.describe(), "fingerprint": src.fingerprint(), "arch": arch, "epochs": int(epochs),
-                "batch_size": int(batch_size), "learning_rate": float(learning_rate), "seed": int(seed)}
+                "batch_size": int(batch_size), "learning_rate": float(learning_rate), "seed": int(seed),
+                # the training protocol: a model trained under an older one is stale (retrained)
+                "shuffle": "per epoch", "validation": "stratified 0.1"}
     sidecar = out.with_name(out.name + ".json")
     if out.is_file() and sidecar.is_file():
         try:

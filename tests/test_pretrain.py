@@ -1,5 +1,7 @@
 """Source-domain pre-training: the training loop's batches and validation rows."""
 
+import json
+
 import numpy as np
 from PIL import Image
 
@@ -68,3 +70,11 @@ def test_pretrain_on_a_class_sorted_folder_trains_on_every_class(tmp_path):
     again = pretrain(str(tmp_path / "images"), epochs=10, batch_size=8, learning_rate=3e-3,
                      out=tmp_path / "cnn.keras")
     assert again["skipped"] and again["val_accuracy"] == summary["val_accuracy"]
+    # a model trained under the old protocol (its sidecar predates "shuffle"/"validation") is retrained
+    sidecar = tmp_path / "cnn.keras.json"
+    old = json.loads(sidecar.read_text())
+    del old["settings"]["shuffle"], old["settings"]["validation"]
+    sidecar.write_text(json.dumps(old))
+    redone = pretrain(str(tmp_path / "images"), epochs=10, batch_size=8, learning_rate=3e-3,
+                      out=tmp_path / "cnn.keras")
+    assert not redone["skipped"] and json.loads(sidecar.read_text())["settings"]["shuffle"] == "per epoch"
