@@ -17,6 +17,7 @@ import json
 import tomllib
 from pathlib import Path
 
+from .engine import DEFAULT_BACKBONE
 from .errors import FeatcacheError
 
 _STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
@@ -127,7 +128,7 @@ def _resolve(path: Path, cfg: dict) -> dict:
         if ex["name"] in names:
             raise FeatcacheError(f"{path}: two [[extract]] tables are named {ex['name']!r}")
         names.append(ex["name"])
-        backbone = ex.get("backbone", "efficientnet_lite0")
+        backbone = ex.get("backbone", DEFAULT_BACKBONE)
         if backbone == "pretrained":
             if "pretrain" not in cfg:
                 raise FeatcacheError(f"{path}: extract[{i}].backbone = 'pretrained' needs a [pretrain] table")
@@ -146,9 +147,8 @@ def _resolve(path: Path, cfg: dict) -> dict:
             if h not in HEADS:
                 raise FeatcacheError(f"{path}: {section}.heads: unknown head {h!r}; known: {', '.join(HEADS)}")
     train = cfg.get("train", {})
-    for key in ("cache",):
-        if key in train and train[key] not in names:
-            raise FeatcacheError(f"{path}: train.cache = {train[key]!r} names no [[extract]] (have {names})")
+    if "cache" in train and train["cache"] not in names:
+        raise FeatcacheError(f"{path}: train.cache = {train['cache']!r} names no [[extract]] (have {names})")
     for c in cfg.get("bench", {}).get("caches", []):
         if c not in names:
             raise FeatcacheError(f"{path}: bench.caches: {c!r} names no [[extract]] (have {names})")
@@ -190,7 +190,7 @@ def run(path, *, progress: bool = True) -> dict:
     for ex in cfg["extract"]:
         opts = {k: ex[k] for k in ("image_size", "pooling", "outputs", "dtype", "compute_dtype", "batch_size",
                                    "shard_size") if k in ex}
-        backbone, layer = ex.get("backbone", "efficientnet_lite0"), ex.get("layer")
+        backbone, layer = ex.get("backbone", DEFAULT_BACKBONE), ex.get("layer")
         if backbone == "pretrained":  # default: the source CNN's last conv map, whole
             if layer is None:
                 layer = transfer
