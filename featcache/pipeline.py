@@ -4,10 +4,13 @@
 unknown key, a wrong type or a missing file is an error naming the key and
 the file, before any work), then runs, in order: source-domain pre-training
 (skipped when its settings and data are unchanged), extraction for each
-``[[extract]]`` entry (a no-op when the cache key matches), training of the
-``[train]`` heads (skipped when a model directory already holds the same head
-on the same cache), the ``[bench]`` report (resumable by row) and the export
-of one Keras head. A thin layer over the Python API.
+``[[extract]]`` entry (a no-op when the cache key matches; a cache the
+pipeline owns, under its ``out``, is rebuilt when the file or the pre-trained
+model changed, while one elsewhere is refused as ``extract`` refuses it),
+training of the ``[train]`` heads (skipped when a model directory already
+holds the same head on the same cache), the ``[bench]`` report (resumable by
+row, keyed by cache) and the export of one Keras head. A thin layer over the
+Python API.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import tomllib
 from pathlib import Path
 
 from .engine import DEFAULT_BACKBONE
-from .errors import FeatcacheError
+from .errors import FeatcacheError, KeyMismatchError
 
 _STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
 _LIST_STR, _LIST_INT = ("list", str), ("list", int)
@@ -196,10 +199,17 @@ def run(path, *, progress: bool = True) -> dict:
                 layer = transfer
                 opts.setdefault("pooling", "none")
             backbone = result["pretrained"]
-        cache, summary = extract(data["source"], backbone, ex["cache"], weights=ex.get("weights", "imagenet"),
-                                 layer=layer, classes=data.get("classes"), limit=data.get("limit"),
-                                 data_dir=data.get("data_dir"), allow_outside=data.get("allow_outside", False),
-                                 progress=progress, return_summary=True, **opts)
+        opts.update(weights=ex.get("weights", "imagenet"), layer=layer, classes=data.get("classes"),
+                    limit=data.get("limit"), data_dir=data.get("data_dir"), progress=progress,
+                    allow_outside=data.get("allow_outside", False), return_summary=True)
+        try:
+            cache, summary = extract(data["source"], backbone, ex["cache"], **opts)
+        except KeyMismatchError as exc:
+            if not Path(ex["cache"]).resolve().is_relative_to(out.resolve()):
+                raise  # not the pipeline's own cache: never replaced behind the user's back
+            _say(f"[bold]extract[/] {ex['name']}: settings changed ({', '.join(exc.differences)}); "
+                 f"rebuilding {ex['cache']}")
+            cache, summary = extract(data["source"], backbone, ex["cache"], overwrite=True, **opts)
         state = "up to date, nothing extracted" if summary.noop else \
             f"{summary.computed_shards} shards computed at {summary.images_per_s:.0f} img/s"
         _say(f"[bold]extract[/] {ex['name']}: {cache.path} ({len(cache):,} rows; {state})")

@@ -105,3 +105,34 @@ def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mn
     again = run_featcache("run", path, "--quiet", timeout=600)
     assert "unchanged, kept" in again.stderr
     shutil.rmtree(out)
+
+
+def test_an_edited_pipeline_rebuilds_its_own_cache_and_retrains_but_never_replaces_another(
+        tmp_path, fashion_mnist_available):
+    """Editing the file makes its cache stale: `run` rebuilds it (and what was trained on it)."""
+    from featcache import open_cache
+    from featcache.errors import KeyMismatchError
+    from featcache.pipeline import run
+
+    text = GOOD + '[train]\nheads = ["lda"]\n'
+    first = run(_write(tmp_path, text), progress=False)
+    cache = open_cache(first["caches"]["a"])
+    assert cache.manifest["params"]["image_size"] == [32, 32]
+    card = json.loads((tmp_path / "out" / "t" / "models" / "a-lda" / "card.json").read_text())
+    assert card["features"]["cache_key"] == cache.key
+
+    second = run(_write(tmp_path, text.replace("image_size = 32", "image_size = 40")), progress=False)
+    rebuilt = open_cache(second["caches"]["a"])
+    assert second["caches"]["a"] == first["caches"]["a"] and rebuilt.key != cache.key
+    assert rebuilt.manifest["params"]["image_size"] == [40, 40] and len(rebuilt) == 100
+    card = json.loads((tmp_path / "out" / "t" / "models" / "a-lda" / "card.json").read_text())
+    assert card["features"]["cache_key"] == rebuilt.key  # the head was retrained on the new features
+
+    # a cache outside the pipeline's out is the user's: refused, left as it was
+    shared = tmp_path / "shared"
+    outside = GOOD.replace('image_size = 32', f'image_size = 32\ncache = "{shared}"')
+    run(_write(tmp_path, outside), progress=False)
+    key = open_cache(shared).key
+    with pytest.raises(KeyMismatchError, match="image_size"):
+        run(_write(tmp_path, outside.replace("image_size = 32", "image_size = 40")), progress=False)
+    assert open_cache(shared).key == key
