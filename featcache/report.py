@@ -211,7 +211,6 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None) -> N
     images = plots(rows, class_names)
     for name, data in images.items():
         (out / name).write_bytes(data)
-    ok = [r for r in rows if r.get("status") == "ok"]
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "failed", "timed out")}
     protocol = ("Hyper-parameters chosen on the validation split (or by K-fold CV inside train); the chosen setting "
                 "refit on train+val; the test split touched once. Keras heads early-stop on the validation split. "
@@ -258,5 +257,3 @@ figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><b
 {body_rows}</table></body></html>
 """
     (out / "report.html").write_text(page)
-    if ok:
-        console.print(f"report: {out / 'report.html'}")
