@@ -316,6 +316,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     """
     from .heads import HEADS, get_head_spec
     from .report import LiveTable, write_report
+    from .train import split_masks, train_classes
 
     caches = [caches] if isinstance(caches, (str, os.PathLike)) else list(caches)
     if not caches:
@@ -330,6 +331,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     if cv is not None and cv < 2:
         raise FeatcacheError(f"cv must be at least 2, got {cv}")
     opened = {str(c): open_cache(c) for c in caches}
+    for cache in opened.values():  # before any work: a one-class cache would fail every head
+        train_classes(cache, split_masks(cache))
     tasks = []
     for path, cache in opened.items():
         for h in heads:

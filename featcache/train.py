@@ -38,6 +38,19 @@ class TrainResult:
     card: dict
 
 
+def train_classes(cache: Cache, masks: dict[str, np.ndarray]) -> np.ndarray:
+    """The classes of the train split; an error naming the cache unless there are two or more."""
+    classes = np.unique(cache.labels()[masks["train"]])
+    if len(classes) == 0:
+        raise FeatcacheError(f"{cache.path} has no labelled rows in its train split")
+    if len(classes) == 1:
+        names = cache.class_names
+        only = names[classes[0]] if 0 <= classes[0] < len(names) else str(classes[0])
+        raise FeatcacheError(f"{cache.path}: the train split holds one class ({only!r}); a classifier needs "
+                             "at least two (a folder source needs one sub-folder per class)")
+    return classes
+
+
 def split_masks(cache: Cache, *, val_fraction=0.1, test_fraction=0.2) -> dict[str, np.ndarray]:
     """Boolean row masks for train/val/test over the labelled rows."""
     labels = cache.labels()
@@ -116,9 +129,7 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
     output = cache._output(output)
     labels = cache.labels()
     masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
-    if not masks["train"].any():
-        raise FeatcacheError(f"{cache.path} has no labelled rows in its train split")
-    classes = np.unique(labels[masks["train"]])
+    classes = train_classes(cache, masks)
     t0 = time.perf_counter()
     X = None
     if stream:

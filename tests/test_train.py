@@ -16,7 +16,7 @@ from featcache.errors import CacheError, FeatcacheError
 from featcache.model_dir import load_model_dir
 from featcache.train import split_masks, train
 
-from conftest import run_featcache
+from conftest import TINY, run_featcache
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +147,13 @@ def test_export_gives_the_same_probabilities_in_a_fresh_process(photo_cache, pho
     with pytest.raises(FeatcacheError, match="only Keras heads"):
         train(photo_cache, "logreg", out=tmp_path / "sk")
         featcache.export(tmp_path / "sk", tmp_path / "sk.keras")
+
+
+def test_a_one_class_cache_is_refused_by_train_and_bench_before_any_work(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    cache = featcache.extract(images, labels=np.zeros(12, int), out=tmp_path / "c", **TINY)
+    for call in (lambda: train(cache, "logreg", out=tmp_path / "m"),
+                 lambda: featcache.bench(cache.path, ["logreg"], out=tmp_path / "r")):
+        with pytest.raises(FeatcacheError, match="the train split holds one class .* needs at least two"):
+            call()
+    assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()  # nothing half-written
