@@ -101,12 +101,11 @@ def cmd_info(args) -> int:
     stdout.print(key_value_table("featcache cache", rows))
     labels = cache.labels()
     splits = cache.splits() or ["-"] * len(labels)
-    names = cache.class_names
     counts = collections.Counter(zip(splits, labels.tolist()))
     split_names = sorted({s for s, _ in counts})
     body = []
     for lab in sorted({lab for _, lab in counts}):
-        name = names[lab] if 0 <= lab < len(names) else ("unlabeled" if lab < 0 else str(lab))
+        name = "unlabeled" if lab < 0 else cache.class_name(lab)
         body.append([lab, name] + [counts.get((s, lab), 0) for s in split_names])
     stdout.print(table("rows per class and split", ["label", "class"] + split_names, body))
     if cache.skipped:

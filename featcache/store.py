@@ -458,6 +458,11 @@ class Cache:
     def class_names(self) -> list[str]:
         return list(self.manifest["dataset"].get("class_names", []))
 
+    def class_name(self, label: int) -> str:
+        """The name of ``label``, or the label itself as text when the source gave no name for it."""
+        names = self.class_names
+        return names[label] if 0 <= label < len(names) else str(label)
+
     @property
     def skipped(self) -> list[dict]:
         return [s for shard in self._shards for s in shard["skipped"]]

@@ -44,8 +44,7 @@ def train_classes(cache: Cache, masks: dict[str, np.ndarray]) -> np.ndarray:
     if len(classes) == 0:
         raise FeatcacheError(f"{cache.path} has no labelled rows in its train split")
     if len(classes) == 1:
-        names = cache.class_names
-        only = names[classes[0]] if 0 <= classes[0] < len(names) else str(classes[0])
+        only = cache.class_name(classes[0])
         raise FeatcacheError(f"{cache.path}: the train split holds one class ({only!r}); a classifier needs "
                              "at least two (a folder source needs one sub-folder per class)")
     return classes
@@ -160,8 +159,7 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
         res = metrics(labels[m], proba, pipe.classes_)
         res["predict_seconds_per_1000"] = (time.perf_counter() - t1) / max(int(m.sum()), 1) * 1000
         results[split] = res
-    names = cache.class_names
-    class_names = [names[c] if 0 <= c < len(names) else str(c) for c in pipe.classes_.tolist()]
+    class_names = [cache.class_name(c) for c in pipe.classes_.tolist()]
     info = cache.manifest["outputs"][output]
     card = {
         "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess or spec.preprocess,
