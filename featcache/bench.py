@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FeatcacheError
+from .model_dir import current_card
 from .store import canonical_json, open_cache
 
 #: the regularisation sweeps and small grids, chosen on the validation split
@@ -44,6 +45,7 @@ GRIDS = {
 SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000}
 DEFAULT_TIMEOUT = 600.0
 RESULTS = "results.jsonl"
+BEST_MODEL = "best_model"
 
 
 @dataclass(frozen=True)
@@ -341,8 +343,11 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     for h in baseline_heads or ():
         if h in heads:
             tasks.append(Task(str(caches[0]), first.key, h, dict(params.get(h, {})), cv, True, pixel_size))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_report_target(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
     results_path = out / RESULTS
     done = {r["settings"]: r for r in _load_rows(results_path)}
     rows = [done[t.settings] for t in tasks if t.settings in done]
@@ -355,7 +360,11 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
             live.running(task)
         for task, result in _run_tasks(todo, timeout, n_jobs, backend):
             row = _row(task, opened[task.cache], result)
-            _append_row(results_path, row)
+            try:
+                _append_row(results_path, row)
+            except OSError as exc:
+                raise FeatcacheError(f"cannot record a result in {results_path}: {exc.strerror or exc}; the rows "
+                                     "recorded so far are kept, run the same command again to go on") from None
             rows.append(row)
             live.finished(row)
     order = {t.settings: i for i, t in enumerate(tasks)}
@@ -366,12 +375,42 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         best = max(ok, key=lambda r: (r.get("val_accuracy") or 0.0, r.get("accuracy") or 0.0))
         from .train import train
 
-        best_dir = out / "best_model"
-        card_path = best_dir / "card.json"
+        best_dir = out / BEST_MODEL
         params = best.get("best_params") or {}
-        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-        if not (card.get("head") == best["head"] and card.get("features", {}).get("cache_key") == best["cache_key"]
-                and card.get("head_params") == json.loads(json.dumps(params))):
+        if current_card(best_dir, best["head"], best["cache_key"], params) is None:
             train(best["cache"], best["head"], params=params, out=best_dir)
-    write_report(out, rows, best_dir=best_dir)
+    try:
+        write_report(out, rows, best_dir=best_dir)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot write the report in {out}: {exc.strerror or exc}; the rows are kept in "
+                             f"{results_path}") from None
     return rows
+
+
+def check_report_target(out) -> Path:
+    """Refuse, before any work, a report directory that is not featcache's; returns it as a Path.
+
+    ``out`` may be new, empty, or a report of featcache's: one holding a
+    ``results.jsonl`` of benchmark rows. featcache then writes only its own
+    file names there (results.*, report.*, best_model/).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FeatcacheError(f"--out {out} exists and is not a directory; choose a new report directory")
+    if out.is_dir() and any(out.iterdir()) and not _is_report(out):
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:3])
+        raise FeatcacheError(f"--out {out} is not empty and holds no featcache report (it has {shown}); "
+                             "choose a new or empty report directory")
+    return out
+
+
+def _is_report(out: Path) -> bool:
+    path = out / RESULTS
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        lines = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
+        first = json.loads(lines[0]) if lines else {}
+    except (OSError, ValueError):
+        return False
+    return not lines or isinstance(first, dict) and {"settings", "head", "status"} <= set(first)

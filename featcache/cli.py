@@ -61,7 +61,7 @@ def cmd_extract(args) -> int:
     cache, s = run(plan, overwrite=args.overwrite, repair=args.repair, progress=not args.quiet, wait=args.wait,
                    engine=engine)
     for note in s.notes:
-        console.print(f"[yellow]repaired:[/] {note}")
+        console.print(Text(note, style="yellow"))
     rows = [("cache", str(s.out)), ("key", s.key[:16]), ("rows", f"{s.rows:,}"), ("skipped", f"{s.skipped:,}"),
             ("shards", f"{s.computed_shards} computed, {s.reused_shards} reused"),
             ("seconds", f"{s.seconds:.2f}"),

@@ -82,8 +82,8 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: 
                 if im.size != (width, height):
                     im = im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
                 arr = np.asarray(im, dtype=np.uint8)
-    except DecodeError:
-        raise
+    except (DecodeError, MemoryError):
+        raise  # running out of memory is the machine's problem, not the file's: never record it as a skip
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"decompression bomb: {exc}") from None
     except UnidentifiedImageError:

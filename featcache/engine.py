@@ -15,6 +15,7 @@ path that any engine (local or distributed) runs.
 
 from __future__ import annotations
 
+import collections
 import errno
 import math
 import os
@@ -39,6 +40,10 @@ from .errors import BackboneError, CacheError, FeatcacheError, KeyMismatchError
 from .sources import Source, open_source
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+#: the largest model input side; CNNs are trained at 224-600 px, and 4096 px is already 64 MB a float image
+MAX_IMAGE_SIDE = 4096
+#: pixels in one batch of model input (batch x height x width): 64 Mpx is 768 MB as float32 before any layer
+MAX_BATCH_PIXELS = 64 * 1024 * 1024
 
 
 @dataclass
@@ -108,6 +113,8 @@ def _size_pair(value, default: int) -> tuple[int, int]:
         h = w = int(value)
     if h <= 0 or w <= 0:
         raise FeatcacheError(f"image size must be positive, got {value!r}")
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise FeatcacheError(f"image size {h}x{w} is over featcache's limit of {MAX_IMAGE_SIDE} pixels a side")
     return h, w
 
 
@@ -127,6 +134,11 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
         raise BackboneError(f"cannot tell the input size of {spec.name}; pass --image-size")
     image_size = _size_pair(options.image_size, spec.default_size)
     input_size = source.native_size or image_size
+    batch_pixels = int(options.batch_size) * max(image_size[0] * image_size[1], input_size[0] * input_size[1])
+    if batch_pixels > MAX_BATCH_PIXELS:
+        raise FeatcacheError(f"a batch of {options.batch_size} images at {image_size[0]}x{image_size[1]} is "
+                             f"{batch_pixels / 2**20:,.0f} Mpx, over the {MAX_BATCH_PIXELS // 2**20} Mpx a batch may "
+                             "hold; lower --batch-size or --image-size")
     params = {
         "backbone": spec.name,
         "origin": spec.origin,
@@ -406,21 +418,26 @@ def _new_manifest(plan: Plan, shards: list[dict], old: dict | None) -> dict:
     }
 
 
-def _is_foreign(directory: Path) -> bool:
-    ours = {store.MANIFEST, store.VIEW, store.SHARDS, store.LOCK}
-    return any(p.name not in ours and not (p.name.startswith(".") and ".tmp-" in p.name) for p in directory.iterdir())
-
-
 def _existing_shards(plan: Plan, old: dict | None, repair: bool) -> tuple[dict[int, dict], list[str]]:
-    """Shards on disk that are valid for this plan; damaged or foreign ones are deleted."""
+    """Shards on disk that are valid for this plan; damaged ones of ours are deleted.
+
+    A file is deleted only when featcache can prove it wrote it: a shard the
+    manifest lists (its path is checked to be ``shards/NNNNN.h5`` when the
+    manifest is read), or a shard file carrying featcache's attributes. A
+    ``NNNNN.h5`` that is neither stops the run, untouched.
+    """
     out, notes = plan.out, []
     done: dict[int, dict] = {}
+    listed = set()
     if old:
         for rec in old.get("shards", []):
+            listed.add(rec["index"])
+            path = out / rec["file"]
             problems = store.shard_problems(out, rec, plan.key, deep=repair)
             if problems:
                 notes += problems
-                (out / rec["file"]).unlink(missing_ok=True)
+                if not path.is_symlink():
+                    path.unlink(missing_ok=True)
             else:
                 done[rec["index"]] = rec
     shard_dir = out / store.SHARDS
@@ -430,8 +447,11 @@ def _existing_shards(plan: Plan, old: dict | None, repair: bool) -> tuple[dict[i
                 index = int(p.stem)
             except ValueError:
                 continue
-            if index in done:
+            if index in done or index in listed and not p.exists():
                 continue
+            if store.shard_key(p) is None:
+                raise CacheError(f"{p} is not a featcache shard, and featcache never deletes what it did not "
+                                 "write: move it away, then run again")
             if index >= plan.n_shards:
                 p.unlink()
                 continue
@@ -470,9 +490,11 @@ def _finalize(plan: Plan, manifest: dict, timings: dict) -> dict:
         "versions": _versions(),
         "timings": timings,
     })
-    if not manifest["outputs"]:
-        raise CacheError(f"every image was skipped; nothing to cache in {plan.out} "
-                         f"(first reason: {skipped[0]['reason'] if skipped else 'none'})")
+    if not manifest["outputs"] or (row == 0 and len(plan.source)):
+        reasons = collections.Counter(x["reason"] for x in skipped).most_common(2)
+        raise CacheError(f"every one of the {len(plan.source):,} images was skipped, so {plan.out} is left "
+                         f"incomplete; most common reason: {reasons[0][0] if reasons else 'none'}"
+                         + (f" ({reasons[0][1]:,} images)" if reasons else ""))
     store.write_view(plan.out, manifest)
     manifest["complete"] = True
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -548,32 +570,32 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
     out = plan.out
     if out.exists() and not out.is_dir():
         raise CacheError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    with store.DirectoryLock(out, wait=wait):
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    try:
+        lock = store.DirectoryLock(out, wait=wait).acquire()
+    except store.ReadOnlyError as exc:
+        return _run_read_only(plan, t_start, exc)
+    try:
         store.remove_temporaries(out)
         try:
             old = store.read_manifest(out)
         except CacheError:
             if not overwrite:
                 raise
-            old = None
-        if old is None and _is_foreign(out) and not overwrite:
-            raise CacheError(f"{out} is not empty and holds no featcache cache; choose an empty or new --out directory")
-        if old is not None and old["key"] != plan.key and not overwrite:
-            raise KeyMismatchError(out, store.key_differences(old, plan.params, plan.fingerprint))
-        if overwrite:
-            store.clear_cache_files(out)
-            old = None
-        elif old is None:
-            _reject_foreign_shards(plan)
-        done, notes = _existing_shards(plan, old, repair)
-        view_ok = (out / store.VIEW).is_file()
-        if old and old.get("complete") and len(done) == plan.n_shards and view_ok and not notes:
-            cache = store.open_cache(out)
-            return cache, RunSummary(out, plan.key, len(plan.source), len(cache), len(cache.skipped), 0,
-                                     len(done), time.perf_counter() - t_start, 0.0, 0, True, [])
+            old = None  # clear_cache_files decides whether the file is ours to replace
+        old, kept = _claim(plan, old, overwrite)
+        notes = [f"not featcache's, left alone: {k}" for k in kept]
+        done, problems = _existing_shards(plan, old, repair)
+        if not problems and len(done) == plan.n_shards and _up_to_date(plan, old, check_shards=False):
+            return _noop_summary(plan, t_start, notes + _refresh_class_names(plan, old))
+        notes += [f"repaired: {p}" for p in problems]
         manifest = _new_manifest(plan, list(done.values()), old)
-        store.write_manifest(out, manifest)
+        if done or old is not None:  # a run that has written no shard does not claim the directory
+            store.write_manifest(out, manifest)
         todo = [i for i in range(plan.n_shards) if i not in done]
         stats: dict = {}
         n_todo = sum(len(plan.shard_items(i)[1]) for i in todo)
@@ -598,6 +620,11 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         }
         store.remove_temporaries(out)  # a worker killed mid-write (Ray) leaves one; no writer is left now
         manifest = _finalize(plan, manifest, timings)
+    finally:
+        unclaimed = not store.is_our_manifest(out / store.MANIFEST)
+        lock.release(remove=unclaimed)
+        if created and unclaimed:
+            _remove_unclaimed(out)
     cache = store.open_cache(out)
     summary = RunSummary(out, plan.key, len(plan.source), len(cache), len(cache.skipped), len(todo), len(done),
                          time.perf_counter() - t_start, timings["images_per_s"] or 0.0,
@@ -605,22 +632,76 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
     return cache, summary
 
 
-def _reject_foreign_shards(plan: Plan) -> None:
-    """Refuse a directory whose shard files were made with another key (manifest lost)."""
-    import h5py
+def _claim(plan: Plan, old: dict | None, overwrite: bool) -> tuple[dict | None, list[str]]:
+    """Decide whether this run may write into ``plan.out``; returns (old manifest to build on, files left alone).
 
-    shard_dir = plan.out / store.SHARDS
-    if not shard_dir.is_dir():
-        return
-    for p in sorted(shard_dir.glob("*.h5")):
+    The directory must be new, empty, or a featcache cache; ``overwrite``
+    replaces a cache made with other settings but removes only files
+    featcache can prove it wrote.
+    """
+    out, kept = plan.out, []
+    if old is not None and old["key"] != plan.key and not overwrite:
+        raise KeyMismatchError(out, store.key_differences(old, plan.params, plan.fingerprint))
+    if overwrite:
+        return None, store.clear_cache_files(out)
+    if old is None:
+        foreign = store.foreign_entries(out)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise CacheError(f"{out} is not empty and is not a featcache cache (it holds {shown}); "
+                             "choose an empty or new --out directory")
+        for p in sorted((out / store.SHARDS).glob("*.h5")) if (out / store.SHARDS).is_dir() else []:
+            other = store.shard_key(p)
+            if other is not None and other != plan.key:
+                raise CacheError(f"{out} holds shards of another cache (key {other[:12]}) and no manifest; "
+                                 "pass --overwrite to replace them")
+    return old, kept
+
+
+def _up_to_date(plan: Plan, old: dict | None, *, check_shards: bool = True) -> bool:
+    """Whether the directory already holds this plan's complete cache (shard sizes checked, not hashes)."""
+    return bool(old and old.get("complete") and old["key"] == plan.key
+                and len(old.get("shards", [])) == plan.n_shards and (plan.out / store.VIEW).is_file()
+                and not (check_shards and any(store.shard_problems(plan.out, rec, plan.key, deep=False)
+                                              for rec in old["shards"])))
+
+
+def _refresh_class_names(plan: Plan, old: dict) -> list[str]:
+    """Class names are not in the key (the features do not depend on them): a rename updates the manifest."""
+    names = list(plan.source.class_names)
+    if old["dataset"].get("class_names") == names:
+        return []
+    before = old["dataset"].get("class_names")
+    old["dataset"]["class_names"] = names
+    store.write_manifest(plan.out, old)
+    return [f"class names updated: {before} -> {names}"]
+
+
+def _noop_summary(plan: Plan, t_start: float, notes: list[str]) -> tuple[store.Cache, RunSummary]:
+    cache = store.open_cache(plan.out)
+    return cache, RunSummary(plan.out, plan.key, len(plan.source), len(cache), len(cache.skipped), 0, plan.n_shards,
+                             time.perf_counter() - t_start, 0.0, 0, True, notes)
+
+
+def _run_read_only(plan: Plan, t_start: float, exc: store.ReadOnlyError) -> tuple[store.Cache, RunSummary]:
+    """A cache on read-only media: an up-to-date one is a no-op; anything else says why it cannot go on."""
+    old = store.read_manifest(plan.out)
+    if _up_to_date(plan, old):
+        if old["dataset"].get("class_names") != list(plan.source.class_names):
+            raise CacheError(f"{exc}; the class names changed and cannot be recorded there")
+        return _noop_summary(plan, t_start, [])
+    state = "holds no cache" if old is None else ("holds a cache made with other settings"
+                                                  if old["key"] != plan.key else "holds an unfinished cache")
+    raise CacheError(f"{exc} and {state}; extract to a writable --out") from None
+
+
+def _remove_unclaimed(out: Path) -> None:
+    """Undo what a run that created ``out`` and never wrote a shard left: the empty folders."""
+    for d in (out / store.SHARDS, out):
         try:
-            with h5py.File(p, "r") as f:
-                other = f.attrs.get("cache_key")
-        except Exception:  # noqa: BLE001 - unreadable shards are recomputed later
-            continue
-        if other is not None and other != plan.key:
-            raise CacheError(f"{plan.out} holds shards of another cache (key {str(other)[:12]}) and no manifest; "
-                             "pass --overwrite to replace them")
+            d.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, weights="imagenet",

@@ -40,3 +40,7 @@ class KeyMismatchError(CacheError):
 
 class LockedError(CacheError):
     """Another live process holds the cache directory's write lock."""
+
+
+class ReadOnlyError(CacheError):
+    """The cache directory cannot be written (read-only media, no permission)."""

@@ -10,16 +10,21 @@ which is checked before anything is unpickled or loaded.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 from .errors import FeatcacheError
-from .store import atomic_write_bytes, sha256_path
+from .files import atomic_write_bytes, commit_directory, fsync_file, remove_stale_siblings, sha256_path, temporary_name
 
 CARD = "card.json"
 CARD_FORMAT = "featcache-model/1"
+SKLEARN_FILE, KERAS_FILE = "head.joblib", "head.keras"
+#: the head file of each kind of head: the only name a card may give
+HEAD_FILES = {"sklearn": SKLEARN_FILE, "keras": KERAS_FILE}
+#: every file featcache writes into a model directory
+OWN_FILES = frozenset({CARD, SKLEARN_FILE, KERAS_FILE})
 #: cache parameters that define what the features are; a head only fits features that agree on all of them
 FEATURE_PARAMS = ("backbone", "origin", "weights", "layer", "image_size", "preprocess", "pooling", "outputs",
                   "compute_dtype")
@@ -45,35 +50,87 @@ def _versions() -> dict:
     return out
 
 
+def _foreign_files(path: Path) -> list[str]:
+    """What in a model directory featcache did not write: anything but a valid card and its head files."""
+    names = sorted(p.name for p in path.iterdir())
+    if not names:
+        return []
+    try:
+        read_card(path)
+    except FeatcacheError:
+        return names  # no card of ours: nothing here is provably featcache's
+    return [n for n in names if n not in OWN_FILES or (path / n).is_symlink() or not (path / n).is_file()]
+
+
+def check_model_dir_target(path) -> Path:
+    """Refuse, before any work, a ``--out`` that featcache may not replace; returns it as a Path.
+
+    A model directory may be written where nothing is, or over a model
+    directory of featcache's that holds nothing else.
+    """
+    path = Path(path)
+    if path.is_symlink() or path.exists() and not path.is_dir():
+        raise FeatcacheError(f"--out {path} exists and is not a model directory; choose a new --out")
+    if path.is_dir():
+        foreign = _foreign_files(path)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise FeatcacheError(f"--out {path} holds files that featcache did not write ({shown}); "
+                                 "choose a new or empty --out directory")
+    return path
+
+
+def _is_staged_model_dir(path: Path) -> bool:
+    return all(p.name in OWN_FILES and p.is_file() and not p.is_symlink() for p in path.iterdir())
+
+
 def save_model_dir(path, pipeline, card: dict) -> Path:
-    """Write the head and its card atomically into ``path``; returns the directory."""
+    """Write the head and its card into ``path`` as one unit; returns the directory.
+
+    Everything is written into a hidden sibling first and swapped in with one
+    rename (an atomic exchange where ``path`` already holds a model), so a
+    kill at any moment leaves the old model or the new one, both loadable.
+    """
     import joblib
 
     from .heads import is_keras
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = check_model_dir_target(path)
+    keras_head = is_keras(pipeline)
+    if keras_head and len(pipeline.steps) > 1:
+        raise FeatcacheError("Keras heads carry their preprocessing inside the model; use preprocess='none'")
     card = dict(card)
-    if is_keras(pipeline):
-        head = pipeline.steps[-1][1]
-        fname = "head.keras"
-        tmp = path / f".{fname}.tmp-{os.getpid()}.keras"
-        head.model_.save(tmp)
-        card["kind"] = "keras"
-        card["keras_head"] = {"params": head.get_params(), "classes": head.classes_.tolist(),
-                              "n_features_in": int(head.n_features_in_), "n_iter": int(head.n_iter_),
-                              "steps": [name for name, _ in pipeline.steps[:-1]]}
-        if len(pipeline.steps) > 1:
-            raise FeatcacheError("Keras heads carry their preprocessing inside the model; use preprocess='none'")
-    else:
-        fname = "head.joblib"
-        tmp = path / f".{fname}.tmp-{os.getpid()}"
-        joblib.dump(pipeline, tmp)
-        card["kind"] = "sklearn"
-    os.replace(tmp, path / fname)
-    card.update({"format": CARD_FORMAT, "file": fname, "sha256": sha256_path(path / fname),
-                 "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions()})
-    atomic_write_bytes(path / CARD, (json.dumps(card, indent=2, default=_json_default) + "\n").encode())
+    staged = temporary_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_siblings(path, _is_staged_model_dir)
+        if staged.exists():
+            shutil.rmtree(staged)
+        staged.mkdir()
+        if keras_head:
+            head = pipeline.steps[-1][1]
+            fname = KERAS_FILE
+            head.model_.save(staged / fname)
+            card["kind"] = "keras"
+            card["keras_head"] = {"params": head.get_params(), "classes": head.classes_.tolist(),
+                                  "n_features_in": int(head.n_features_in_), "n_iter": int(head.n_iter_),
+                                  "steps": [name for name, _ in pipeline.steps[:-1]]}
+        else:
+            fname = SKLEARN_FILE
+            joblib.dump(pipeline, staged / fname)
+            card["kind"] = "sklearn"
+        fsync_file(staged / fname)
+        card.update({"format": CARD_FORMAT, "file": fname, "sha256": sha256_path(staged / fname),
+                     "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions()})
+        atomic_write_bytes(staged / CARD, (json.dumps(card, indent=2, default=_json_default) + "\n").encode())
+        commit_directory(staged, path)
+    except OSError as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise FeatcacheError(f"cannot write the model directory {path}: {exc.strerror or exc}; "
+                             "nothing was changed there") from None
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     return path
 
 
@@ -88,16 +145,62 @@ def _json_default(obj):
 
 
 def read_card(path) -> dict:
+    """The card of a model directory, checked field by field before anything trusts it."""
     card_path = Path(path) / CARD
     try:
         card = json.loads(card_path.read_text("utf-8"))
     except FileNotFoundError:
         raise FeatcacheError(f"{path} is not a featcache model directory (no {CARD})") from None
-    except ValueError as exc:
-        raise FeatcacheError(f"{card_path} is not valid JSON: {exc}") from None
-    if card.get("format") != CARD_FORMAT:
-        raise FeatcacheError(f"{card_path} has format {card.get('format')!r}, expected {CARD_FORMAT}")
+    except (OSError, ValueError) as exc:
+        raise FeatcacheError(f"{card_path} cannot be read as JSON: {exc}") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        got = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise FeatcacheError(f"{card_path} has format {got!r}, expected {CARD_FORMAT}")
+    problem = _card_problem(card)
+    if problem:
+        raise FeatcacheError(f"{card_path} is damaged: {problem}")
     return card
+
+
+def current_card(path, head: str, cache_key: str, params: dict) -> dict | None:
+    """The card at ``path`` if it holds ``head`` trained with ``params`` on the cache ``cache_key``, else None.
+
+    What the benchmark's best model and a pipeline's heads ask before
+    retraining; a missing or damaged card is simply not current.
+    """
+    try:
+        card = read_card(path)
+    except FeatcacheError:
+        return None
+    same = (card["head"] == head and card["features"]["cache_key"] == cache_key
+            and card.get("head_params") == json.loads(json.dumps(params, default=_json_default)))
+    return card if same else None
+
+
+def _card_problem(card: dict) -> str | None:
+    kind = card.get("kind")
+    if kind not in HEAD_FILES:
+        return f"kind is {kind!r}, not sklearn or keras"
+    if card.get("file") != HEAD_FILES[kind]:
+        # the head file is named by featcache, inside the directory: a card cannot point anywhere else
+        return f"file is {card.get('file')!r}; a {kind} head is always {HEAD_FILES[kind]!r} beside the card"
+    for key, kinds in (("sha256", str), ("head", str), ("classes", list), ("class_names", list),
+                       ("features", dict)):
+        if not isinstance(card.get(key), kinds):
+            return f"{key!r} is missing or not a {kinds.__name__}"
+    if len(card["classes"]) != len(card["class_names"]) or len(card["classes"]) < 2:
+        return "classes and class_names must be two or more, one name per class"
+    feats = card["features"]
+    for key, kinds in (("params", dict), ("output", str), ("cache_key", str)):
+        if not isinstance(feats.get(key), kinds):
+            return f"features.{key} is missing or not a {kinds.__name__}"
+    if kind == "keras":
+        info = card.get("keras_head")
+        if not isinstance(info, dict) or not isinstance(info.get("params"), dict) \
+                or not isinstance(info.get("classes"), list) or not isinstance(info.get("n_features_in"), int) \
+                or not isinstance(info.get("n_iter"), int):
+            return "keras_head must hold params, classes, n_features_in and n_iter"
+    return None
 
 
 def load_model_dir(path):
@@ -107,8 +210,8 @@ def load_model_dir(path):
     path = Path(path)
     card = read_card(path)
     head_file = path / card["file"]
-    if not head_file.is_file():
-        raise FeatcacheError(f"{head_file} is missing")
+    if head_file.is_symlink() or not head_file.is_file():
+        raise FeatcacheError(f"{head_file} is missing or not a plain file")
     digest = sha256_path(head_file)
     if digest != card["sha256"]:
         raise FeatcacheError(f"{head_file} does not match its card (sha256 {digest[:12]}… != {card['sha256'][:12]}…); "

@@ -18,6 +18,7 @@ import numpy as np
 
 from .engine import ExtractOptions, make_plan, run
 from .errors import FeatcacheError
+from .files import fsync_file, spreadsheet_safe
 from .model_dir import feature_mismatch, load_model_dir, read_card
 from .sources import CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, open_cache
@@ -98,16 +99,19 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(rows, indent=2) + "\n")
+        out.write_text(json.dumps(rows, indent=2) + "\n")  # ASCII: non-UTF-8 names travel as \udcXX escapes
         return
     if out.suffix.lower() != ".csv":
         raise FeatcacheError(f"predictions go to a .csv or .json file, not {out.name}")
-    with open(out, "w", newline="") as f:
+    # surrogateescape: an image whose file name is not UTF-8 keeps its exact bytes in the id column
+    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
-        w.writerow(["id", "label", "class", "probability", "error"] + [f"p_{n}" for n in class_names])
+        w.writerow([spreadsheet_safe(v) for v in
+                    ["id", "label", "class", "probability", "error"] + [f"p_{n}" for n in class_names]])
         for r in rows:
             probs = r.get("probabilities") or {}
-            w.writerow([r["id"], r["label"], r["class"], r["probability"], r.get("error", "")]
+            w.writerow([spreadsheet_safe(v) for v in [r["id"], r["label"], r["class"], r["probability"],
+                                                      r.get("error", "")]]
                        + [probs.get(n, "") for n in class_names])
 
 
@@ -123,6 +127,7 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
     from .backbones import resolve
     from .backbones.graph import build_extractor
 
+    out = _check_export_target(out)
     card = read_card(model_dir)
     if card.get("kind") != "keras":
         raise FeatcacheError(f"{model_dir} holds a scikit-learn head ({card['head']}); only Keras heads "
@@ -147,11 +152,38 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
         x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
     probs = head.model_(x)
     model = keras.Model(extractor.input, probs, name=f"featcache_{card['head']}")
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _check_export_target(out) -> Path:
+    """A ``.keras`` path that is new, or an earlier export of featcache's: never another program's file."""
     out = Path(out)
     if out.suffix != ".keras":
         raise FeatcacheError(f"export writes a .keras file, not {out.name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, out)
+    if out.is_symlink() or out.exists() and not _is_our_export(out):
+        raise FeatcacheError(f"{out} exists and is not a model featcache exported; choose a new file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
     return out
+
+
+def _is_our_export(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    return isinstance(config, dict) and str(config.get("config", {}).get("name", "")).startswith("featcache_")

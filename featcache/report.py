@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .console import console
+from .files import atomic_write_bytes, spreadsheet_safe
 
 COLUMNS = ["cache", "backbone", "features", "head", "baseline", "status", "accuracy", "balanced_accuracy", "macro_f1",
            "log_loss", "val_accuracy", "fit_seconds", "select_seconds", "predict_seconds_per_1000", "peak_memory_mb",
@@ -195,12 +196,13 @@ def _markdown_table(rows):
 
 def write_report(out: Path, rows: list[dict], best_dir: Path | None = None) -> None:
     out = Path(out)
-    (out / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow(_flat(r))
+    atomic_write_bytes(out / "results.json", (json.dumps(rows, indent=2, default=str) + "\n").encode())
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: spreadsheet_safe(v) for k, v in _flat(r).items()})
+    atomic_write_bytes(out / "results.csv", table.getvalue().encode("utf-8", "surrogateescape"))
     class_names = None
     try:
         from .store import open_cache
@@ -210,7 +212,7 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None) -> N
         pass
     images = plots(rows, class_names)
     for name, data in images.items():
-        (out / name).write_bytes(data)
+        atomic_write_bytes(out / name, data)
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "failed", "timed out")}
     protocol = ("Hyper-parameters chosen on the validation split (or by K-fold CV inside train); the chosen setting "
                 "refit on train+val; the test split touched once. Keras heads early-stop on the validation split. "
@@ -225,7 +227,7 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None) -> N
         md += ["Memory-aware fallbacks:", ""] + [f"* {n}" for n in notes] + [""]
     for name in images:
         md += [f"![{name}]({name})", ""]
-    (out / "report.md").write_text("\n".join(md))
+    atomic_write_bytes(out / "report.md", "\n".join(md).encode("utf-8", "surrogateescape"))
 
     def img(name, alt):
         if name not in images:
@@ -256,4 +258,4 @@ figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><b
 <th>log-loss</th><th>val acc.</th><th>fit s</th><th>predict s/1k</th><th>peak MB</th><th>chosen params</th><th>note / error</th></tr>
 {body_rows}</table></body></html>
 """
-    (out / "report.html").write_text(page)
+    atomic_write_bytes(out / "report.html", page.encode("utf-8", "surrogateescape"))

@@ -221,14 +221,14 @@ class CsvSource(FileSource):
         if not rows:
             raise SourceError(f"{csv_path} lists no images")
         labels = [r[2] for r in rows if r[2] != ""]
-        numeric = all(_is_int(v) for v in labels)
+        numeric = all(_is_int(v) for v in labels) and dense_labels({int(v) for v in labels})
         if class_names is not None:
             names = list(class_names)
         elif numeric:
             top = max((int(v) for v in labels), default=-1)
             names = [str(i) for i in range(top + 1)]
-        else:
-            names = sorted(set(labels))
+        else:  # names; numbers that are not small class indices (ids, years, 1000000000) sort as numbers
+            names = sorted(set(labels), key=lambda v: (0, int(v), v) if _is_int(v) else (1, 0, v))
         lookup = {n: i for i, n in enumerate(names)}
         items, paths, seen = [], [], {}
         for i, (lineno, rel, lab, split) in enumerate(rows):
@@ -264,6 +264,15 @@ class CsvSource(FileSource):
 
     def describe(self) -> str:
         return f"csv:{self.csv_path}"
+
+
+def dense_labels(values: set[int]) -> bool:
+    """Whether integer labels are class indices 0..K-1 with few gaps, so K names can be made for them.
+
+    Never allocates per possible label: a label of 1000000000 is a name, not
+    the last of a billion classes.
+    """
+    return not values or max(values) < max(2 * len(values), 1024)
 
 
 def _is_int(v: str) -> bool:
@@ -308,6 +317,10 @@ class ArraySource(Source):
                  splits[i] if splits is not None else None)
             for i in range(n)
         ]
+        present = set(np.unique(labels[labels >= 0]).tolist())
+        if class_names is None and not dense_labels(present):
+            raise SourceError(f"array labels must be class indices 0..K-1 (got {len(present)} distinct values up to "
+                              f"{max(present)}); map them to 0..{len(present) - 1} or pass class_names")
         top = int(labels.max()) if n else -1
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(top + 1)]
         self.native_size = (images.shape[1], images.shape[2])

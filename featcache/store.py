@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 import os
-import shutil
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -25,7 +25,8 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from .errors import CacheError, LockedError
+from .errors import CacheError, LockedError, ReadOnlyError
+from .files import atomic_write_bytes, fsync_dir, pause_point, sha256_path, temporary_name
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -35,6 +36,20 @@ LOCK = ".lock"
 STORAGE_DTYPES = ("float16", "float32")
 COMPRESSIONS = (None, "lzf", "gzip")
 _STR = h5py.string_dtype("utf-8")
+#: what featcache's own temporary files are called: ``.manifest.json.tmp-PID``, ``.00012.h5.tmp-PID``, ...
+_TEMPORARY = re.compile(r"^\.(manifest\.json|features\.h5|\d{5}\.h5)\.tmp-\d+$")
+_SHARD_FILE = re.compile(r"^\d{5}\.h5$")
+
+
+def encode_strings(values) -> np.ndarray:
+    """Text for an HDF5 string dataset, losslessly: names that are not valid UTF-8 on disk
+    (Python's surrogate escapes) go in as their original bytes."""
+    return np.array([v.encode("utf-8", "surrogateescape") for v in values], dtype=object)
+
+
+def decode_strings(values) -> list[str]:
+    """The inverse of :func:`encode_strings`: bytes that are not UTF-8 come back as surrogate escapes."""
+    return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v) for v in values]
 
 
 # --------------------------------------------------------------------------- keys
@@ -74,65 +89,6 @@ def key_differences(old_manifest: dict, params: dict, fingerprint: str) -> dict:
 # --------------------------------------------------------------------------- atomic files
 
 
-def pause_point(name: str) -> None:
-    """Fault-injection point for the kill tests: with ``FEATCACHE_PAUSE_AT=name`` the
-    process announces itself (``FEATCACHE_PAUSE_FILE``) and waits here to be killed.
-
-    Lets a test SIGKILL a run at an exact moment (a shard's temporary file written
-    but not renamed, a manifest half way); a no-op otherwise.
-    """
-    if os.environ.get("FEATCACHE_PAUSE_AT") != name:
-        return
-    marker = os.environ.get("FEATCACHE_PAUSE_FILE")
-    if marker:
-        Path(marker).write_text(f"{name} {os.getpid()}\n")
-    time.sleep(float(os.environ.get("FEATCACHE_PAUSE_SECONDS", "60")))
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        pause_point(f"before-rename:{path.name}")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def sha256_path(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_manifest(directory: Path) -> dict | None:
     path = Path(directory) / MANIFEST
     try:
@@ -147,10 +103,44 @@ def read_manifest(directory: Path) -> dict | None:
         raise CacheError(f"{path} is not valid JSON ({exc}); run `featcache extract ... --overwrite` to rebuild") from None
     if not isinstance(manifest, dict) or "key" not in manifest:
         raise CacheError(f"{path} is not a featcache manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise CacheError(f"{path} has format version {manifest['format_version']}; "
+    if not isinstance(manifest.get("format_version", 0), int) or manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise CacheError(f"{path} has format version {manifest['format_version']!r}; "
                          f"this featcache reads up to {FORMAT_VERSION}: upgrade featcache")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise CacheError(f"{path} is damaged or not featcache's ({problem}); nothing was read or changed")
     return manifest
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """Why a parsed manifest cannot be trusted, or None.
+
+    A cache directory can come from anyone (a tarball, a shared disk), so every
+    path it names must be the canonical ``shards/NNNNN.h5`` of its own index:
+    nothing a manifest says can make featcache read or delete a file elsewhere.
+    """
+    if not isinstance(manifest.get("key"), str):
+        return "its key is not text"
+    for name, kind in (("params", dict), ("dataset", dict), ("outputs", dict), ("shards", list)):
+        if name in manifest and not isinstance(manifest[name], kind):
+            return f"{name!r} is not a {kind.__name__}"
+    for rec in manifest.get("shards", []):
+        if not isinstance(rec, dict):
+            return "a shard record is not an object"
+        index = rec.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            return f"shard index {index!r} is not a non-negative integer"
+        if rec.get("file") != f"{SHARDS}/{shard_name(index)}":
+            return f"shard {index} names the file {rec.get('file')!r}, not {SHARDS}/{shard_name(index)}"
+        for field in ("n_rows", "bytes"):
+            if not isinstance(rec.get(field), int) or rec[field] < 0:
+                return f"shard {index}: {field} {rec.get(field)!r} is not a non-negative integer"
+        items = rec.get("items")
+        if not (isinstance(items, list) and len(items) == 2 and all(isinstance(v, int) for v in items)):
+            return f"shard {index}: items {items!r} is not a pair of integers"
+        if not isinstance(rec.get("sha256"), str) or not isinstance(rec.get("skipped", []), list):
+            return f"shard {index}: sha256 or skipped has the wrong type"
+    return None
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
@@ -171,10 +161,18 @@ class DirectoryLock:
         self.path = Path(directory) / LOCK
         self.wait = wait
         self._fd: int | None = None
+        #: whether this lock made the lock file (a run that claims nothing removes it again)
+        self.created = False
 
     def acquire(self) -> "DirectoryLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.created = not self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ReadOnlyError(f"{self.path.parent} is read-only ({exc.strerror})") from None
+            raise
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -195,8 +193,11 @@ class DirectoryLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = False) -> None:
+        """Unlock; ``remove=True`` also deletes the lock file if this lock created it (nothing was claimed)."""
         if self._fd is not None:
+            if remove and self.created:
+                self.path.unlink(missing_ok=True)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -242,7 +243,7 @@ def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "fl
     shard_dir = Path(directory) / SHARDS
     shard_dir.mkdir(parents=True, exist_ok=True)
     final = shard_dir / shard_name(shard.index)
-    tmp = shard_dir / f".{final.name}.tmp-{os.getpid()}"
+    tmp = temporary_name(final)
     n = len(shard.ids)
     # The HDF5 file is built in memory and written with plain file I/O: a full
     # disk is then an ordinary OSError (HDF5 itself can crash on ENOSPC), and
@@ -269,13 +270,13 @@ def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "fl
                 kwargs["compression"] = compression
             grp.create_dataset(name, data=values, **kwargs)
         f.create_dataset("labels", data=np.asarray(shard.labels, np.int64).reshape(n))
-        f.create_dataset("ids", data=np.array(shard.ids, dtype=object), dtype=_STR, shape=(n,))
+        f.create_dataset("ids", data=encode_strings(shard.ids), dtype=_STR, shape=(n,))
         if shard.splits is not None:
             f.create_dataset("split", data=np.array(shard.splits, dtype=object), dtype=_STR, shape=(n,))
         sk = f.create_group("skipped")
         m = len(shard.skipped)
-        sk.create_dataset("ids", data=np.array([s[0] for s in shard.skipped], dtype=object), dtype=_STR, shape=(m,))
-        sk.create_dataset("reasons", data=np.array([s[1] for s in shard.skipped], dtype=object), dtype=_STR,
+        sk.create_dataset("ids", data=encode_strings([s[0] for s in shard.skipped]), dtype=_STR, shape=(m,))
+        sk.create_dataset("reasons", data=encode_strings([s[1] for s in shard.skipped]), dtype=_STR,
                           shape=(m,))
         f.flush()
     data = image.getvalue()
@@ -320,8 +321,8 @@ def inspect_shard(path: Path, key: str, index: int, item_range: tuple[int, int])
                     raise CacheError(f"{path.name}: /features/{name} has {ds.shape[0]} rows, expected {n}")
                 if n:
                     ds[n - 1]  # read the last chunk: truncation shows here
-            skipped = [{"id": i.decode() if isinstance(i, bytes) else i, "reason": r.decode() if isinstance(r, bytes) else r}
-                       for i, r in zip(f["skipped/ids"][:], f["skipped/reasons"][:])]
+            skipped = [{"id": i, "reason": r} for i, r in zip(decode_strings(f["skipped/ids"][:]),
+                                                               decode_strings(f["skipped/reasons"][:]))]
     except CacheError:
         raise
     except Exception as exc:
@@ -379,12 +380,9 @@ def write_view(directory: Path, manifest: dict) -> None:
     atomic_write_bytes(directory / VIEW, image.getvalue())
 
 
-def clear_cache_files(directory: Path) -> None:
-    """Remove featcache's own files from ``directory`` (never anything else)."""
-    directory = Path(directory)
-    for name in (MANIFEST, VIEW):
-        (directory / name).unlink(missing_ok=True)
-    shutil.rmtree(directory / SHARDS, ignore_errors=True)
+def is_temporary(path: Path) -> bool:
+    """A temporary file featcache's atomic writers make (``.NAME.tmp-PID``), and nothing else."""
+    return bool(_TEMPORARY.match(path.name)) and path.is_file() and not path.is_symlink()
 
 
 def remove_temporaries(directory: Path) -> int:
@@ -393,17 +391,101 @@ def remove_temporaries(directory: Path) -> int:
     for d in (Path(directory), Path(directory) / SHARDS):
         if d.is_dir():
             for p in d.iterdir():
-                if p.name.startswith(".") and ".tmp-" in p.name:
+                if is_temporary(p):
                     p.unlink(missing_ok=True)
                     count += 1
     return count
 
 
+def _featcache_hdf5_key(path: Path) -> str | None:
+    """The cache key of an HDF5 file featcache wrote (a shard or the view), else None.
+
+    Proof of ownership: a regular file (not a link) that HDF5 opens and that
+    carries featcache's format and key attributes.
+    """
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            key = f.attrs.get("cache_key")
+            fmt = f.attrs.get("featcache_format")
+    except Exception:  # noqa: BLE001 - anything HDF5 cannot read is not provably ours
+        return None
+    if fmt is None or not isinstance(key, str):
+        return None
+    return key
+
+
+def shard_key(path: Path) -> str | None:
+    """The cache key of a featcache shard file named ``NNNNN.h5``, or None when it is not provably ours."""
+    if not _SHARD_FILE.match(path.name):
+        return None
+    return _featcache_hdf5_key(path)
+
+
+def is_our_manifest(path: Path) -> bool:
+    """Whether ``path`` is a manifest featcache wrote (JSON with our key and format fields), whatever else it says."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("key"), str) and "format_version" in data
+
+
+def foreign_entries(directory: Path) -> list[str]:
+    """What in ``directory`` featcache cannot prove it wrote (relative names, sorted).
+
+    Ours: ``manifest.json`` (a featcache manifest), ``features.h5`` (a view
+    with our attributes), ``.lock``, our temporaries, and under ``shards/``
+    only shard files with our attributes. Everything else is the user's.
+    """
+    directory = Path(directory)
+    foreign = []
+    if not directory.is_dir():
+        return foreign
+    for p in sorted(directory.iterdir()):
+        if p.name == LOCK and p.is_file() and not p.is_symlink() or is_temporary(p):
+            continue
+        if p.name == MANIFEST and is_our_manifest(p) or p.name == VIEW and _featcache_hdf5_key(p) is not None:
+            continue
+        if p.name == SHARDS and p.is_dir() and not p.is_symlink():
+            for q in sorted(p.iterdir()):
+                if not is_temporary(q) and shard_key(q) is None:
+                    foreign.append(f"{SHARDS}/{q.name}")
+            continue
+        foreign.append(p.name)
+    return foreign
+
+
+def clear_cache_files(directory: Path) -> list[str]:
+    """Remove featcache's own files from ``directory``, never anything else.
+
+    Returns what was left alone because featcache cannot prove it wrote it.
+    A foreign file where the cache must write (``manifest.json``,
+    ``features.h5``, a ``shards/NNNNN.h5``) is an error, raised before
+    anything is removed.
+    """
+    directory = Path(directory)
+    kept = foreign_entries(directory)
+    blocking = [k for k in kept if k in (MANIFEST, VIEW, SHARDS) or _SHARD_FILE.match(k.rpartition("/")[2])]
+    if blocking:
+        raise CacheError(f"{directory} holds {', '.join(blocking)}, which featcache did not write; refusing to "
+                         "replace it even with --overwrite: move it away or choose another --out")
+    for name in (MANIFEST, VIEW):
+        (directory / name).unlink(missing_ok=True)
+    shard_dir = directory / SHARDS
+    if shard_dir.is_dir():
+        for p in shard_dir.iterdir():
+            if f"{SHARDS}/{p.name}" not in kept:
+                p.unlink(missing_ok=True)
+        if not any(shard_dir.iterdir()):
+            shard_dir.rmdir()
+    return kept
+
+
 # --------------------------------------------------------------------------- reading
-
-
-def _decode_strings(values) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
 @dataclass
@@ -516,9 +598,9 @@ class Cache:
             for shard in self._shards:
                 with self._open(shard) as f:
                     labels.append(f["labels"][:])
-                    ids.extend(_decode_strings(f["ids"][:]))
+                    ids.extend(decode_strings(f["ids"][:]))
                     if has_splits:
-                        splits.extend(_decode_strings(f["split"][:]))
+                        splits.extend(decode_strings(f["split"][:]))
             self._row_columns = {
                 "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
                 "ids": ids,
@@ -554,8 +636,8 @@ class Cache:
                 continue
             with self._open(shard) as f:
                 part = FeatureBatch(f["features"][name][:], f["labels"][:].astype(np.int64),
-                                    _decode_strings(f["ids"][:]),
-                                    _decode_strings(f["split"][:]) if has_splits else None)
+                                    decode_strings(f["ids"][:]),
+                                    decode_strings(f["split"][:]) if has_splits else None)
             pending.append(part)
             pending_rows += len(part.ids)
             while pending_rows >= batch_size:

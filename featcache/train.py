@@ -17,7 +17,7 @@ import numpy as np
 from .errors import FeatcacheError
 from .heads import get_head_spec, is_keras, list_heads, make_head
 from .heads.batches import CacheRows
-from .model_dir import feature_params, save_model_dir
+from .model_dir import check_model_dir_target, feature_params, save_model_dir
 from .splits import assign_splits
 from .store import Cache, open_cache
 
@@ -121,6 +121,8 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
     shard by shard (same batches as in memory), and heads with ``partial_fit``
     (sgd, gaussian_nb, mlp) stream too.
     """
+    if out is not None:
+        check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     spec = get_head_spec(head)
     params = dict(params or {})

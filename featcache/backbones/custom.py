@@ -14,7 +14,8 @@ import zipfile
 from pathlib import Path
 
 from ..errors import BackboneError
-from .registry import Backbone, BackboneSpec, sha256_file
+from ..files import sha256_path
+from .registry import Backbone, BackboneSpec
 
 
 def _input_size_from_archive(path: Path) -> tuple[int, int] | None:
@@ -70,5 +71,5 @@ def resolve_model_file(path: str, layer: str | None = None) -> Backbone:
         name=p.name, default_size=size[0] if size else 0, feature_dim=None, preprocess="none", builder=build,
         origin="keras model file", min_size=1, offline=True, description=f"user model {resolved}",
     )
-    ident = {"kind": "keras_file", "file": p.name, "sha256": sha256_file(p)}
+    ident = {"kind": "keras_file", "file": p.name, "sha256": sha256_path(p)}
     return Backbone(spec, resolved, ident, layer)

@@ -8,23 +8,15 @@ and computing cache keys (the no-op re-run path) stay fast.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..errors import BackboneError
+from ..files import sha256_path
 
 WEIGHTS_CHOICES = ("imagenet", "none")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def keras_home() -> Path:
@@ -141,4 +133,4 @@ def resolve(name: str | os.PathLike, weights: str | os.PathLike | None = "imagen
     path = Path(w)
     if not path.is_file():
         raise BackboneError(f"weights must be 'imagenet', 'none' or an existing file; {w!r} is none of these")
-    return Backbone(spec, str(path.resolve()), {"kind": "file", "file": path.name, "sha256": sha256_file(path)}, layer)
+    return Backbone(spec, str(path.resolve()), {"kind": "file", "file": path.name, "sha256": sha256_path(path)}, layer)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackboneError
+from ..files import sha256_path
 from .pth import load_state_dict
-from .registry import sha256_file
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.json")
 
@@ -32,7 +32,7 @@ def imagenet_classes() -> list[str]:
 
 
 def check_sha(path: str | os.PathLike, prefix: str) -> str:
-    digest = sha256_file(path)
+    digest = sha256_path(path)
     if not digest.startswith(prefix):
         raise BackboneError(f"{path} has sha256 {digest[:16]}…, expected one starting with {prefix}: "
                             "the file is damaged or not the expected weights")
