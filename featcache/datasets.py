@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SourceError
+from .homes import keras_home
 from .sources import ArraySource
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -61,8 +62,7 @@ def fashion_mnist_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
         if d:
             dirs += [Path(d), Path(d) / "fashion-mnist"]
     dirs.append(DEBIAN_FASHION_MNIST)
-    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    dirs.append(keras_home / "datasets" / "fashion-mnist")
+    dirs.append(keras_home() / "datasets" / "fashion-mnist")
     return dirs
 
 

@@ -428,10 +428,8 @@ def _existing_shards(plan: Plan, old: dict | None, repair: bool) -> tuple[dict[i
     """
     out, notes = plan.out, []
     done: dict[int, dict] = {}
-    listed = set()
     if old:
         for rec in old.get("shards", []):
-            listed.add(rec["index"])
             path = out / rec["file"]
             problems = store.shard_problems(out, rec, plan.key, deep=repair)
             if problems:
@@ -447,7 +445,7 @@ def _existing_shards(plan: Plan, old: dict | None, repair: bool) -> tuple[dict[i
                 index = int(p.stem)
             except ValueError:
                 continue
-            if index in done or index in listed and not p.exists():
+            if index in done:
                 continue
             if store.shard_key(p) is None:
                 raise CacheError(f"{p} is not a featcache shard, and featcache never deletes what it did not "

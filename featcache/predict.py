@@ -19,14 +19,13 @@ import numpy as np
 from .engine import ExtractOptions, make_plan, run
 from .errors import FeatcacheError
 from .files import fsync_file, spreadsheet_safe
+from .homes import featcache_home
 from .model_dir import feature_mismatch, load_model_dir, read_card
 from .sources import CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, open_cache
 
 
 def predictions_home() -> Path:
-    from .backbones.torch_port import featcache_home
-
     return featcache_home() / "predictions"
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .registry import resolve
+from .resolve import resolve
 from .testing import check_backbone, check_matches_reference, imagenet_top1
 
 REFERENCE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "torch_reference.npz"

@@ -10,45 +10,11 @@ from __future__ import annotations
 import contextlib
 import re
 
-import numpy as np
-
 from ..errors import BackboneError
 from .registry import Backbone
 
 POOLINGS = ("avg", "max", "none")
 COMPUTE_DTYPES = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-
-_ONES = ("gamma", "moving_variance", "variance")
-_ZEROS = ("beta", "moving_mean", "bias", "mean")
-
-
-def seeded_init(model, seed: int = 0) -> None:
-    """Give a random-weights model the same weights under every backend.
-
-    Keras' initialisers draw from backend-specific generators, so
-    ``weights=None`` would differ between TensorFlow and JAX and between
-    runs. This overwrites kernels with He-uniform draws from NumPy's PCG64
-    and batch-norm statistics with their neutral values, in weight order.
-    """
-    rng = np.random.default_rng(seed)
-    for var in model.weights:
-        shape = tuple(var.shape)
-        leaf = var.path.rsplit("/", 1)[-1]
-        if leaf in _ONES:
-            value = np.ones(shape, np.float32)
-        elif leaf in _ZEROS or leaf == "count":
-            value = np.zeros(shape, np.float32)
-        elif len(shape) >= 2:
-            if len(shape) == 4 and shape[-1] == 1 and shape[-2] > 1:  # depthwise (kh, kw, in, 1)
-                fan_in = int(np.prod(shape[:-2]))
-            else:
-                fan_in = int(np.prod(shape[:-1]))
-            limit = np.sqrt(6.0 / max(fan_in, 1))
-            value = rng.uniform(-limit, limit, size=shape).astype(np.float32)
-        else:
-            continue  # constants set by the layer itself (layer scale, etc.)
-        var.assign(value.astype(var.dtype))
-
 
 @contextlib.contextmanager
 def dtype_policy(compute_dtype: str):

@@ -20,8 +20,9 @@ import os
 from pathlib import Path
 
 from ..errors import BackboneError
+from ..homes import featcache_home
 from .registry import BackboneSpec, register
-from .torch_port import (assign_inverted_residual, check_sha, featcache_home, head_and_top, inverted_residual,
+from .torch_port import (assign_inverted_residual, check_sha, head_and_top, inverted_residual,
                          ported_builders)
 
 NAME = "mobilenet_v2_torchvision"

@@ -8,19 +8,15 @@ and computing cache keys (the no-op re-run path) stay fast.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..errors import BackboneError
-from ..files import sha256_path
+from ..homes import keras_home
 
 WEIGHTS_CHOICES = ("imagenet", "none")
-
-
-def keras_home() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,8 @@ class Backbone:
 
     spec: BackboneSpec
     weights: str | None  # None = random init, "imagenet", or a file path
-    identity_: dict = field(default_factory=dict)
+    #: what identifies the weights in the cache key (kind, sha256, seed, ...)
+    weights_identity: dict = field(default_factory=dict)
     layer: str | None = None
 
     @property
@@ -96,12 +93,10 @@ class Backbone:
         return self.spec.name
 
     def identity(self) -> dict:
-        return dict(self.identity_)
+        return dict(self.weights_identity)
 
     def build(self, image_size: tuple[int, int]):
         """The Keras model from normalised floats to the chosen feature map."""
-        from .graph import seeded_init
-
         h, w = image_size
         if min(h, w) < self.spec.min_size:
             raise BackboneError(f"{self.name} needs images of at least {self.spec.min_size} px, got {h}x{w}")
@@ -112,25 +107,37 @@ class Backbone:
         except Exception as exc:
             raise BackboneError(f"cannot build {self.name} with weights={self.weights or 'none'}: {exc}") from exc
         if self.weights is None:
-            seeded_init(model, seed=int(self.identity_.get("seed", 0)))
+            seeded_init(model, seed=int(self.weights_identity.get("seed", 0)))
         return model
 
 
-def resolve(name: str | os.PathLike, weights: str | os.PathLike | None = "imagenet", layer: str | None = None) -> Backbone:
-    """Resolve a backbone name (or ``.keras`` file) and a weights choice."""
-    text = os.fspath(name)
-    if text.endswith((".keras", ".h5")):
-        from .custom import resolve_model_file
+_ONES = ("gamma", "moving_variance", "variance")
+_ZEROS = ("beta", "moving_mean", "bias", "mean")
 
-        return resolve_model_file(text, layer=layer)
-    spec = get_spec(text)
-    w = "none" if weights is None else os.fspath(weights)
-    if w == "none":
-        return Backbone(spec, None, {"kind": "random", "init": "featcache-seeded-v1", "seed": 0}, layer)
-    if w == "imagenet":
-        ident = spec.imagenet_identity() if spec.imagenet_identity else {"kind": "imagenet", "source": spec.origin}
-        return Backbone(spec, "imagenet", ident, layer)
-    path = Path(w)
-    if not path.is_file():
-        raise BackboneError(f"weights must be 'imagenet', 'none' or an existing file; {w!r} is none of these")
-    return Backbone(spec, str(path.resolve()), {"kind": "file", "file": path.name, "sha256": sha256_path(path)}, layer)
+
+def seeded_init(model, seed: int = 0) -> None:
+    """Give a random-weights model the same weights under every backend.
+
+    Keras' initialisers draw from backend-specific generators, so
+    ``weights=None`` would differ between TensorFlow and JAX and between
+    runs. This overwrites kernels with He-uniform draws from NumPy's PCG64
+    and batch-norm statistics with their neutral values, in weight order.
+    """
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        shape = tuple(var.shape)
+        leaf = var.path.rsplit("/", 1)[-1]
+        if leaf in _ONES:
+            value = np.ones(shape, np.float32)
+        elif leaf in _ZEROS or leaf == "count":
+            value = np.zeros(shape, np.float32)
+        elif len(shape) >= 2:
+            if len(shape) == 4 and shape[-1] == 1 and shape[-2] > 1:  # depthwise (kh, kw, in, 1)
+                fan_in = int(np.prod(shape[:-2]))
+            else:
+                fan_in = int(np.prod(shape[:-1]))
+            limit = np.sqrt(6.0 / max(fan_in, 1))
+            value = rng.uniform(-limit, limit, size=shape).astype(np.float32)
+        else:
+            continue  # constants set by the layer itself (layer scale, etc.)
+        var.assign(value.astype(var.dtype))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import build_extractor
-from .registry import get_spec, resolve
+from .registry import get_spec
+from .resolve import resolve
 
 
 def check_backbone(name: str, size: int | None = None, weights: str = "none", batch: int = 2,

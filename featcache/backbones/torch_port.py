@@ -17,13 +17,10 @@ import numpy as np
 
 from ..errors import BackboneError
 from ..files import sha256_path
+from ..homes import featcache_home
 from .pth import load_state_dict
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.json")
-
-
-def featcache_home() -> Path:
-    return Path(os.environ.get("FEATCACHE_HOME", Path.home() / ".cache" / "featcache"))
 
 
 def imagenet_classes() -> list[str]:
