@@ -209,7 +209,7 @@ def fig_classic(cfg, work: Path) -> list[dict]:
     """Figure 3: ten epochs of the classic recipe vs one extraction + ten epochs on the cache."""
     import keras
 
-    from featcache.datasets import load
+    from featcache.sources import load_dataset as load
     from featcache.heads.keras_head import KerasHeadClassifier
 
     full = load("fashion_mnist:train")

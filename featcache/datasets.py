@@ -17,7 +17,6 @@ import numpy as np
 
 from .errors import SourceError
 from .homes import keras_home
-from .sources import ArraySource
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -97,11 +96,12 @@ def _load_cifar(name: str, split: str):
     return x, np.asarray(y).reshape(-1).astype(np.int64), "keras.datasets"
 
 
-def load(spec: str, data_dir=None) -> ArraySource:
-    """Load ``name`` or ``name:split`` as an :class:`ArraySource`.
+def load_arrays(spec: str, data_dir=None) -> dict:
+    """Load ``name`` or ``name:split`` as arrays: ``images``, ``labels``, ``splits``, ``ids``, ``class_names``.
 
     Without a split both are loaded, train first, and each item carries its
-    split name; ids are ``name/split/index``.
+    split name; ids are ``name/split/index``. :func:`featcache.sources.load_dataset`
+    wraps the result as a source.
     """
     name, _, split = spec.partition(":")
     if name not in _NAMES:
@@ -122,7 +122,5 @@ def load(spec: str, data_dir=None) -> ArraySource:
     classes = {"fashion_mnist": FASHION_MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}.get(name)
     if classes is None:
         classes = [str(i) for i in range(100)]
-    src = ArraySource(np.concatenate(images), np.concatenate(labels), splits=splits, ids=ids,
-                      class_names=classes, name=spec)
-    src.spec = {"dataset": spec, "data_dir": None if data_dir is None else str(data_dir)}
-    return src
+    return {"images": np.concatenate(images), "labels": np.concatenate(labels), "splits": splits, "ids": ids,
+            "class_names": classes}

@@ -416,6 +416,15 @@ class FileListSource(FileSource):
         return f"files:{len(self.items)}"
 
 
+def load_dataset(spec: str, data_dir=None) -> ArraySource:
+    """A named dataset (``fashion_mnist:test``, ``cifar10``, ...) as an array source that can be reopened."""
+    from . import datasets
+
+    src = ArraySource(**datasets.load_arrays(spec, data_dir=data_dir), name=spec)
+    src.spec = {"dataset": spec, "data_dir": None if data_dir is None else str(data_dir)}
+    return src
+
+
 def reopen(spec: dict | None) -> Source:
     """Open a source again from the ``spec`` recorded in a cache's manifest."""
     if not spec:
@@ -425,9 +434,7 @@ def reopen(spec: dict | None) -> Source:
     if "csv" in spec:
         return CsvSource(spec["csv"], allow_outside=spec.get("allow_outside", False), class_names=spec.get("class_names"))
     if "dataset" in spec:
-        from . import datasets
-
-        return datasets.load(spec["dataset"], data_dir=spec.get("data_dir"))
+        return load_dataset(spec["dataset"], data_dir=spec.get("data_dir"))
     if "subset" in spec:
         return reopen(spec["subset"]).subset(classes=spec.get("classes"), limit=spec.get("limit"))
     raise SourceError(f"unknown source spec {spec!r}")
@@ -456,7 +463,7 @@ def open_source(spec, *, allow_outside: bool = False, labels=None, max_pixels: i
         from . import datasets
 
         if datasets.is_dataset_name(text):
-            return datasets.load(text, data_dir=data_dir)
+            return load_dataset(text, data_dir=data_dir)
         raise SourceError(
             f"{text!r} is not a folder, a .csv manifest or a dataset name "
             f"(known datasets: {', '.join(datasets.names())}, each with :train or :test)"

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featcache import datasets
 from featcache.errors import SourceError
-from featcache.sources import ArraySource, CsvSource, FolderSource, open_source
+from featcache.sources import ArraySource, CsvSource, FolderSource, load_dataset, open_source
 
 
 def test_folder_with_splits_is_deterministic_and_labelled(photo_folder):
@@ -127,7 +126,7 @@ def test_fashion_mnist_prefers_the_users_directory(tmp_path):
     imgs = rng.integers(0, 255, (7, 28, 28), dtype=np.uint8)
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(7) % 10)
-    src = datasets.load("fashion_mnist:test", data_dir=tmp_path)
+    src = load_dataset("fashion_mnist:test", data_dir=tmp_path)
     assert len(src) == 7 and src.items[3].label == 3
     assert src.items[3].id == "fashion_mnist/test/3"
     assert np.array_equal(src.images[..., 0], imgs)

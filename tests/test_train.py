@@ -11,7 +11,7 @@ import pytest
 
 import featcache
 import featcache.heads
-from featcache.datasets import load as load_dataset
+from featcache.sources import load_dataset
 from featcache.errors import CacheError, FeatcacheError
 from featcache.model_dir import load_model_dir
 from featcache.train import split_masks, train
