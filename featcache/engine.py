@@ -19,7 +19,6 @@ import collections
 import errno
 import math
 import os
-import platform
 import queue
 import shutil
 import threading
@@ -27,17 +26,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import __version__, store
+from . import store
 from .backbones import Backbone, resolve
 from .backbones.graph import COMPUTE_DTYPES, POOLINGS
 from .errors import BackboneError, CacheError, FeatcacheError, KeyMismatchError
 from .sources import Source, open_source
+from .versions import versions
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: the largest model input side; CNNs are trained at 224-600 px, and 4096 px is already 64 MB a float image
@@ -383,22 +382,6 @@ def _disk_full_guard(plan: Plan, shard: store.ShardData, write):
 # --------------------------------------------------------------------------- runner
 
 
-def _versions() -> dict:
-    out = {"featcache": __version__, "python": platform.python_version()}
-    for pkg in ("keras", "tensorflow", "jax", "torch", "h5py", "numpy", "pillow"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        import keras
-
-        out["backend"] = keras.backend.backend()
-    except Exception:  # noqa: BLE001 - recording only
-        out["backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
-    return out
-
-
 def _new_manifest(plan: Plan, shards: list[dict], old: dict | None) -> dict:
     src = plan.source
     return {
@@ -485,7 +468,7 @@ def _finalize(plan: Plan, manifest: dict, timings: dict) -> dict:
         "shards": shards,
         "counts": {"items": len(plan.source), "rows": row, "skipped": len(skipped)},
         "skipped": skipped,
-        "versions": _versions(),
+        "versions": versions(),
         "timings": timings,
     })
     if not manifest["outputs"] or (row == 0 and len(plan.source)):

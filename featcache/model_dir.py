@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import shutil
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 from .errors import FeatcacheError
 from .files import atomic_write_bytes, commit_directory, fsync_file, remove_stale_siblings, sha256_path, temporary_name
+from .versions import HEAD_PACKAGES, versions
 
 CARD = "card.json"
 CARD_FORMAT = "featcache-model/1"
@@ -38,16 +38,6 @@ def feature_mismatch(card: dict, cache_params: dict) -> dict:
     want = card["features"]["params"]
     have = feature_params(cache_params)
     return {k: (want.get(k), have.get(k)) for k in FEATURE_PARAMS if want.get(k) != have.get(k)}
-
-
-def _versions() -> dict:
-    out = {}
-    for pkg in ("featcache", "scikit-learn", "keras", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _foreign_files(path: Path) -> list[str]:
@@ -121,7 +111,7 @@ def save_model_dir(path, pipeline, card: dict) -> Path:
             card["kind"] = "sklearn"
         fsync_file(staged / fname)
         card.update({"format": CARD_FORMAT, "file": fname, "sha256": sha256_path(staged / fname),
-                     "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions()})
+                     "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(HEAD_PACKAGES, backend=False)})
         atomic_write_bytes(staged / CARD, (json.dumps(card, indent=2, default=_json_default) + "\n").encode())
         commit_directory(staged, path)
     except OSError as exc:
