@@ -76,7 +76,7 @@ def pixel_features(cache, size: int = 16) -> np.ndarray:
 
     from .sources import reopen
 
-    src = reopen(cache.manifest["dataset"].get("reopen"))
+    src = reopen(cache.source_spec)
     by_id = {it.id: it for it in src.items}
     ids = cache.ids()
     missing = [i for i in ids if i not in by_id]

@@ -80,23 +80,23 @@ def cmd_info(args) -> int:
     from .store import open_cache
 
     cache = open_cache(args.dir, allow_partial=True)
-    m = cache.manifest
-    p = m["params"]
+    p = cache.params
     w = p["weights"]
     weights = w.get("kind", "?") + (f" sha256 {w['sha256'][:12]}" if w.get("sha256") else "")
-    done = len(m.get("shards", []))
+    outputs = {name: cache.output_info(name) for name in cache.outputs}
     rows = [
-        ("directory", str(cache.path)), ("complete", "yes" if cache.complete else f"no ({done}/{m.get('n_shards')} shards)"),
+        ("directory", str(cache.path)),
+        ("complete", "yes" if cache.complete else f"no ({len(cache.shards)}/{cache.n_shards} shards)"),
         ("key", cache.key), ("backbone", f"{p['backbone']} ({p['origin']})"), ("weights", weights),
         ("layer", p.get("layer") or "-"), ("image size", "x".join(map(str, p["image_size"]))),
         ("preprocess", p["preprocess"]), ("pooling", p["pooling"]),
-        ("outputs", ", ".join(f"{k} {v['shape']} {v['dtype']}" for k, v in m.get("outputs", {}).items()) or "-"),
+        ("outputs", ", ".join(f"{k} {v['shape']} {v['dtype']}" for k, v in outputs.items()) or "-"),
         ("compute dtype", p["compute_dtype"]), ("shard size", p["shard_size"]),
-        ("source", m["dataset"]["source"]), ("items", f"{m['dataset']['n_items']:,}"), ("rows", f"{len(cache):,}"),
+        ("source", cache.source), ("items", f"{cache.n_items:,}"), ("rows", f"{len(cache):,}"),
         ("skipped", f"{len(cache.skipped):,}"), ("size on disk", human_bytes(cache.disk_bytes())),
     ]
-    if m.get("versions"):
-        v = m["versions"]
+    if cache.versions:
+        v = cache.versions
         rows.append(("made with", f"featcache {v.get('featcache')}, keras {v.get('keras')} ({v.get('backend')})"))
     stdout.print(key_value_table("featcache cache", rows))
     labels = cache.labels()
@@ -126,7 +126,7 @@ def cmd_verify(args) -> int:
         stdout.print("Re-run the same `featcache extract` command with --repair to recompute the damaged shards.")
         return 1
     state = "complete" if cache.complete else "incomplete"
-    stdout.print(f"[green]ok[/]: {len(cache.manifest['shards'])} shards, {len(cache):,} rows, {state}")
+    stdout.print(f"[green]ok[/]: {len(cache.shards)} shards, {len(cache):,} rows, {state}")
     return 0
 
 

@@ -498,11 +498,44 @@ class FeatureBatch:
     splits: list[str] | None
 
 
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard of a cache, as a reader needs it: where it is and which rows it holds."""
+
+    index: int
+    path: Path
+    #: ``[start, stop)`` of its rows in the cache's row order
+    rows: tuple[int, int]
+    #: ``[start, stop)`` of the source items it covers (skipped items included)
+    items: tuple[int, int]
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+
 class Cache:
     """A feature cache directory opened for reading.
 
-    Rows come in source order (skipped items left out). Only shards listed in
-    the manifest are read, so a reader never sees a half-written shard.
+    Rows come in source order (skipped items left out), not shuffled and not
+    grouped by split: a folder source lists its images class by class. Only
+    shards listed in the manifest are read, so a reader never sees a
+    half-written shard. This class is the one reader of ``manifest.json``:
+    everything else asks it (:attr:`shards`, :meth:`output_info`,
+    :attr:`source_spec`, ...), so the manifest's layout matters to this
+    module and docs/FORMAT.md alone.
+
+    Args:
+        path: the cache directory (what ``featcache extract`` wrote).
+        allow_partial: open an unfinished cache (its finished shards only).
+        max_load_bytes: make :meth:`features` refuse to load more than this
+            into memory; stream with :meth:`iter_batches` instead.
+
+    Examples:
+        >>> cache = featcache.open_cache("caches/fm")          # doctest: +SKIP
+        >>> X, y = cache.features(), cache.labels()            # doctest: +SKIP
+        >>> for shard in cache.shards:                         # doctest: +SKIP
+        ...     batch = cache.read_shard(shard)
     """
 
     def __init__(self, path: str | os.PathLike, *, allow_partial: bool = False, max_load_bytes: int | None = None):
@@ -518,6 +551,11 @@ class Cache:
         self.manifest = manifest
         self._shards = sorted(manifest.get("shards", []), key=lambda s: s["index"])
         self._row_columns: dict | None = None
+        row, self.shards = 0, []
+        for rec in self._shards:
+            self.shards.append(ShardInfo(rec["index"], self.path / rec["file"], (row, row + rec["n_rows"]),
+                                         tuple(rec["items"])))
+            row += rec["n_rows"]
 
     # -- metadata
     @property
@@ -555,15 +593,72 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r}, rows={len(self)}, backbone={self.params.get('backbone')!r}, key={self.key[:12]})"
 
-    def _output(self, output: str | None) -> str:
+    @property
+    def has_splits(self) -> bool:
+        """Whether the source named a split (train/val/test) for its items."""
+        return bool(self.manifest["dataset"].get("has_splits"))
+
+    @property
+    def n_items(self) -> int:
+        """Items in the source, skipped ones included."""
+        return int(self.manifest["dataset"].get("n_items", len(self)))
+
+    @property
+    def n_shards(self) -> int:
+        """Shards the finished cache has (more than :attr:`shards` while it is incomplete)."""
+        return int(self.manifest.get("n_shards", len(self._shards)))
+
+    @property
+    def source(self) -> str:
+        """A description of the source the features came from."""
+        return str(self.manifest["dataset"].get("source", "?"))
+
+    @property
+    def source_spec(self) -> dict | None:
+        """How to open the source again (``featcache.sources.reopen``); None for in-memory arrays."""
+        return self.manifest["dataset"].get("reopen")
+
+    @property
+    def backbone_ref(self) -> dict:
+        """How to rebuild the backbone (name or file, weights, layer): what predict and export use."""
+        return dict(self.manifest.get("backbone_ref") or {})
+
+    @property
+    def versions(self) -> dict:
+        return dict(self.manifest.get("versions") or {})
+
+    def output_name(self, output: str | None = None) -> str:
+        """``output`` checked against the stored outputs; the first one when None."""
         if output is None:
             return self.outputs[0]
         if output not in self.manifest["outputs"]:
             raise CacheError(f"{self.path} has no output {output!r}; it has {', '.join(self.outputs)}")
         return output
 
-    def _open(self, shard: dict):
-        path = self.path / shard["file"]
+    def output_info(self, output: str | None = None) -> dict:
+        """``{"shape": [...], "dtype": ...}`` of one stored output (shape without the row axis)."""
+        info = self.manifest["outputs"][self.output_name(output)]
+        return {"shape": list(info["shape"]), "dtype": info["dtype"]}
+
+    def read_shard(self, shard: ShardInfo, output: str | None = None) -> FeatureBatch:
+        """All rows of one shard: features of ``output``, labels, ids and split names."""
+        name = self.output_name(output)
+        with self._open(shard) as f:
+            return FeatureBatch(f["features"][name][:], f["labels"][:].astype(np.int64),
+                                decode_strings(f["ids"][:]),
+                                decode_strings(f["split"][:]) if self.has_splits else None)
+
+    def read_shard_features(self, shard: ShardInfo, output: str | None = None) -> np.ndarray:
+        """The features of one shard alone (storage dtype): what streamed training reads every epoch."""
+        name = self.output_name(output)
+        out = np.empty((shard.n_rows,) + tuple(self.output_info(name)["shape"]), self.output_info(name)["dtype"])
+        if shard.n_rows:
+            with self._open(shard) as f:
+                _read_into(f["features"][name], shard.path, out)
+        return out
+
+    def _open(self, shard: ShardInfo):
+        path = shard.path
         try:
             return h5py.File(path, "r")
         except FileNotFoundError:
@@ -573,29 +668,26 @@ class Cache:
 
     # -- whole arrays
     def features(self, output: str | None = None) -> np.ndarray:
-        """All rows of one output as one numpy array (in the storage dtype)."""
-        name = self._output(output)
-        info = self.manifest["outputs"][name]
+        """All rows of one output as one numpy array (in the storage dtype), in source order."""
+        name = self.output_name(output)
+        info = self.output_info(name)
         size = len(self) * int(np.prod(info["shape"])) * np.dtype(info["dtype"]).itemsize
         if self.max_load_bytes is not None and size > self.max_load_bytes:
             raise CacheError(f"loading {name} would take {size:,} bytes, over this cache's limit of "
                              f"{self.max_load_bytes:,}; stream it with iter_batches() (train --stream)")
         out = np.empty((len(self),) + tuple(info["shape"]), dtype=info["dtype"])
-        row = 0
-        for shard in self._shards:
-            n = shard["n_rows"]
-            if n:
+        for shard in self.shards:
+            if shard.n_rows:
                 with self._open(shard) as f:
-                    _read_into(f["features"][name], self.path / shard["file"], out[row:row + n])
-            row += n
+                    _read_into(f["features"][name], shard.path, out[shard.rows[0]:shard.rows[1]])
         return out
 
     def _columns(self) -> dict:
         """Labels, ids and splits of every row, read in one pass over the shards and kept."""
         if self._row_columns is None:
-            has_splits = bool(self.manifest["dataset"].get("has_splits"))
+            has_splits = self.has_splits
             labels, ids, splits = [], [], []
-            for shard in self._shards:
+            for shard in self.shards:
                 with self._open(shard) as f:
                     labels.append(f["labels"][:])
                     ids.extend(decode_strings(f["ids"][:]))
@@ -627,17 +719,12 @@ class Cache:
         """
         if batch_size <= 0:
             raise CacheError(f"batch_size must be positive, got {batch_size}")
-        name = self._output(output)
-        has_splits = bool(self.manifest["dataset"].get("has_splits"))
         pending: list[FeatureBatch] = []
         pending_rows = 0
-        for shard in self._shards:
-            if not shard["n_rows"]:
+        for shard in self.shards:
+            if not shard.n_rows:
                 continue
-            with self._open(shard) as f:
-                part = FeatureBatch(f["features"][name][:], f["labels"][:].astype(np.int64),
-                                    decode_strings(f["ids"][:]),
-                                    decode_strings(f["split"][:]) if has_splits else None)
+            part = self.read_shard(shard, output)
             pending.append(part)
             pending_rows += len(part.ids)
             while pending_rows >= batch_size:

@@ -74,11 +74,7 @@ def metrics(y_true, proba, classes) -> dict:
 
 
 def _shard_blocks(cache: Cache, mask: np.ndarray) -> list[int]:
-    sizes, start = [], 0
-    for s in sorted(cache.manifest["shards"], key=lambda s: s["index"]):
-        sizes.append(int(mask[start:start + s["n_rows"]].sum()))
-        start += s["n_rows"]
-    return sizes
+    return [int(mask[s.rows[0]:s.rows[1]].sum()) for s in cache.shards]
 
 
 def _predict_stream(pipe, cache: Cache, mask: np.ndarray, output) -> np.ndarray:
@@ -127,7 +123,7 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
     spec = get_head_spec(head)
     params = dict(params or {})
     pipe = make_head(head, preprocess, **params)
-    output = cache._output(output)
+    output = cache.output_name(output)
     labels = cache.labels()
     masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
     classes = train_classes(cache, masks)
@@ -162,14 +158,14 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
         res["predict_seconds_per_1000"] = (time.perf_counter() - t1) / max(int(m.sum()), 1) * 1000
         results[split] = res
     class_names = [cache.class_name(c) for c in pipe.classes_.tolist()]
-    info = cache.manifest["outputs"][output]
+    info = cache.output_info(output)
     card = {
         "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess or spec.preprocess,
         "features": {"cache_key": cache.key, "cache_path": os.fspath(cache.path), "output": output,
                      "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
                      "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
                      "dtype": cache.params.get("dtype"),
-                     "backbone_ref": cache.manifest.get("backbone_ref", {})},
+                     "backbone_ref": cache.backbone_ref},
         "classes": pipe.classes_.tolist(), "class_names": class_names, "metrics": results,
         "fit_seconds": round(fit_seconds, 4), "streamed": bool(stream),
         "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,

@@ -37,15 +37,9 @@ class CacheRows:
 
     def __init__(self, cache, mask: np.ndarray, output: str | None = None):
         self.cache = cache
-        self.output = cache._output(output)
-        self.shards = [s for s in cache.manifest["shards"]]
-        self.shards.sort(key=lambda s: s["index"])
-        self.local: list[np.ndarray] = []
-        start = 0
-        for s in self.shards:
-            n = s["n_rows"]
-            self.local.append(np.flatnonzero(mask[start:start + n]))
-            start += n
+        self.output = cache.output_name(output)
+        self.shards = cache.shards
+        self.local: list[np.ndarray] = [np.flatnonzero(mask[s.rows[0]:s.rows[1]]) for s in self.shards]
         self.block_sizes = [len(ix) for ix in self.local]
         self.global_rows = np.flatnonzero(mask) if len(mask) else np.zeros(0, np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.block_sizes)]).astype(np.int64)
@@ -54,8 +48,7 @@ class CacheRows:
     def block(self, b: int) -> np.ndarray:
         """The selected rows of shard ``b`` as float32 (2-D), keeping one shard in memory."""
         if self._loaded is None or self._loaded[0] != b:
-            with self.cache._open(self.shards[b]) as f:
-                data = f["features"][self.output][:]
+            data = self.cache.read_shard_features(self.shards[b], self.output)
             data = data[self.local[b]].reshape(len(self.local[b]), -1).astype(np.float32)
             self._loaded = (b, data)
         return self._loaded[1]
