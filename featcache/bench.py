@@ -136,8 +136,8 @@ def evaluate(task: Task) -> dict:
         tr = _subsample(tr, y, limit)
         note = f"train subsampled to {limit:,} rows"
     t0 = time.perf_counter()
-    best, val_acc = dict(task.params), None
-    if spec.kind == "keras":
+    best, val_acc, est = dict(task.params), None, None
+    if spec.kind == "keras":  # one fit: early stopping on val is its selection, and that model is the row's
         est = make_head(task.head, **best)
         est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None)
         val_acc = float(est.score(X[va], y[va])) if len(va) else None
@@ -166,12 +166,12 @@ def evaluate(task: Task) -> dict:
             fit_idx = np.concatenate([tr, va])
     select_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    est = make_head(task.head, **best)
     if spec.kind == "keras":
-        est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None)
+        fit_s, select_s = select_s, 0.0
     else:
+        est = make_head(task.head, **best)
         est.fit(X[fit_idx], y[fit_idx])
-    fit_s = time.perf_counter() - t1
+        fit_s = time.perf_counter() - t1
     t2 = time.perf_counter()
     proba = est.predict_proba(X[te])  # the test split, touched once
     predict_s = time.perf_counter() - t2
@@ -317,7 +317,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     must then be on storage every node sees.
     """
     from .heads import HEADS, get_head_spec
-    from .report import LiveTable, write_report
+    from .report import LiveTable, best_row, write_report
     from .train import split_masks, train_classes
 
     caches = [caches] if isinstance(caches, (str, os.PathLike)) else list(caches)
@@ -370,15 +370,17 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     order = {t.settings: i for i, t in enumerate(tasks)}
     rows.sort(key=lambda r: order.get(r["settings"], 1 << 30))
     best_dir = None
-    ok = [r for r in rows if r.get("status") == "ok" and not r["baseline"]]
-    if save_best and ok:
-        best = max(ok, key=lambda r: (r.get("val_accuracy") or 0.0, r.get("accuracy") or 0.0))
+    best = best_row(rows)
+    if save_best and best is not None:
         from .train import train
 
         best_dir = out / BEST_MODEL
         params = best.get("best_params") or {}
         if current_card(best_dir, best["head"], best["cache_key"], params) is None:
-            train(best["cache"], best["head"], params=params, out=best_dir)
+            # refit like the row it stands for: scikit-learn heads on train+val, Keras heads on train
+            # with early stopping on val
+            train(best["cache"], best["head"], params=params, out=best_dir,
+                  fit_splits=("train",) if get_head_spec(best["head"]).kind == "keras" else ("train", "val"))
     try:
         write_report(out, rows, best_dir=best_dir)
     except OSError as exc:
