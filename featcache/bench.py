@@ -305,6 +305,27 @@ def _run_tasks(todo: list, timeout: float | None, n_jobs: int, backend: str):
         yield from Parallel(n_jobs=n_jobs, backend="ray")(delayed(job)(t) for t in todo[a:a + width])
 
 
+def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=1, pixel_size=16, backend="threading",
+                  name=lambda key: key) -> None:
+    """Refuse a bad benchmark setting before any work; ``name(key)`` is how the error names the setting."""
+    from numbers import Integral, Real
+
+    def integer(v):
+        return isinstance(v, Integral) and not isinstance(v, bool)
+
+    if not integer(n_jobs) or n_jobs == 0:
+        raise FeatcacheError(f"{name('n_jobs')} must be a non-zero integer (-1: every CPU), got {n_jobs!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, Real)
+                                or not 0 < timeout < float("inf")):  # NaN fails too
+        raise FeatcacheError(f"{name('timeout')} must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
+    if cv is not None and (not integer(cv) or cv < 2):
+        raise FeatcacheError(f"{name('cv')} must be an integer of at least 2 folds (or None), got {cv!r}")
+    if not integer(pixel_size) or pixel_size < 1:
+        raise FeatcacheError(f"{name('pixel_size')} must be a positive integer, got {pixel_size!r}")
+    if backend not in BACKENDS:
+        raise FeatcacheError(f"{name('backend')} must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
           timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = 1, out="report", baseline_heads=("logreg",),
           pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
@@ -316,22 +337,23 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     cluster at ``ray_address`` (or a local instance); the caches and ``out``
     must then be on storage every node sees.
     """
-    from .heads import HEADS, get_head_spec
+    from .heads import HEADS, get_head_spec, validate_head
     from .report import LiveTable, best_row, write_report
     from .train import split_masks, train_classes
 
+    check_options(cv=cv, timeout=timeout, n_jobs=n_jobs, pixel_size=pixel_size, backend=backend)
     caches = [caches] if isinstance(caches, (str, os.PathLike)) else list(caches)
     if not caches:
         raise FeatcacheError("bench needs at least one cache directory")
     heads = list(heads) if heads else list(HEADS)
-    for h in heads:
+    for h in list(heads) + list(baseline_heads or ()):
         get_head_spec(h)
     params = params or {}
     unknown = set(params) - set(heads)
     if unknown:
         raise FeatcacheError(f"parameters given for heads that are not benchmarked: {', '.join(sorted(unknown))}")
-    if cv is not None and cv < 2:
-        raise FeatcacheError(f"cv must be at least 2, got {cv}")
+    for h in heads:  # a bad parameter fails here, not in every head's process
+        validate_head(h, None, params.get(h))
     opened = {str(c): open_cache(c) for c in caches}
     for cache in opened.values():  # before any work: a one-class cache would fail every head
         train_classes(cache, split_masks(cache))
@@ -352,8 +374,6 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     done = {r["settings"]: r for r in _load_rows(results_path)}
     rows = [done[t.settings] for t in tasks if t.settings in done]
     todo = [t for t in tasks if t.settings not in done]
-    if backend not in BACKENDS:
-        raise FeatcacheError(f"unknown bench backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     live = LiveTable(tasks, rows, enabled=progress)
     with live, _joblib_backend(backend if todo else "threading", ray_address):  # no Ray when nothing is left
         for task in todo:

@@ -15,6 +15,11 @@ from .errors import FeatcacheError
 from rich.text import Text
 
 
+#: said next to every command that loads a model directory
+TRUST = ("a model directory is code (a scikit-learn head is a pickle): use only model directories from someone "
+         "you trust")
+
+
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -315,16 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="model directory (default models/<cache>-<head>)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="classify raw images (files, folders, a CSV, or a cache) with a saved head")
-    p.add_argument("model", help="model directory written by featcache train")
+    p = sub.add_parser("predict", help="classify raw images (files, folders, a CSV, or a cache) with a saved head; "
+                       + TRUST, description="Classify raw images (files, folders, a CSV, or a cache) with a saved "
+                       "head. " + TRUST[0].upper() + TRUST[1:] + ".")
+    p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", help="write predictions to a .csv or .json file")
     p.add_argument("--cache-dir", help="where prediction feature caches go (default ~/.cache/featcache/predictions)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="write one end-to-end .keras model (Keras heads)")
-    p.add_argument("model")
+    p = sub.add_parser("export", help="write one end-to-end .keras model (Keras heads)",
+                       description="Write one end-to-end .keras model (Keras heads). " + TRUST[0].upper() + TRUST[1:]
+                       + ".")
+    p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
     p.add_argument("out", help="output .keras file")
     p.set_defaults(func=cmd_export)
 

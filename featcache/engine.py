@@ -63,6 +63,12 @@ class ExtractOptions:
     prefetch: int = 4
 
     def check(self) -> None:
+        """Refuse a bad option before any work, naming it (the CLI and the Python API both come here)."""
+        from numbers import Integral
+
+        def positive_int(value) -> bool:
+            return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
+
         if self.pooling not in POOLINGS:
             raise FeatcacheError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.dtype not in store.STORAGE_DTYPES:
@@ -72,8 +78,16 @@ class ExtractOptions:
         if self.compression not in store.COMPRESSIONS:
             raise FeatcacheError(f"compression must be lzf or gzip (or none), got {self.compression!r}")
         for name in ("batch_size", "shard_size", "prefetch"):
-            if int(getattr(self, name)) <= 0:
+            if not positive_int(getattr(self, name)):
                 raise FeatcacheError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.decode_workers is not None and not positive_int(self.decode_workers):
+            raise FeatcacheError(f"decode threads must be a positive integer, got {self.decode_workers!r}")
+        if not (isinstance(self.jit, bool) or self.jit in ("auto", "true", "false")):
+            raise FeatcacheError(f"jit must be auto, true or false, got {self.jit!r}")
+        size = self.image_size
+        if size is not None and not (positive_int(size) or (
+                isinstance(size, (tuple, list)) and len(size) == 2 and all(positive_int(v) for v in size))):
+            raise FeatcacheError(f"image size must be a positive integer (or a pair of them), got {size!r}")
 
 
 @dataclass
@@ -545,8 +559,12 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
     Whatever the engine, this process holds the lock and owns the manifest;
     engines only write shard files and hand back their records.
     """
+    from numbers import Real
+
     from .console import ProgressBar
 
+    if isinstance(wait, bool) or not isinstance(wait, Real) or not wait >= 0:  # NaN is not >= 0
+        raise FeatcacheError(f"wait must be a number of seconds >= 0, got {wait!r}")
     t_start = time.perf_counter()
     out = plan.out
     if out.exists() and not out.is_dir():

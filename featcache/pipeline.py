@@ -40,6 +40,8 @@ SCHEMA = {
               "baseline_heads": _LIST_STR, "out": _STR},
 }
 REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"]}
+#: the [[extract]] keys that are ExtractOptions
+EXTRACT_OPTIONS = ("image_size", "pooling", "outputs", "dtype", "compute_dtype", "batch_size", "shard_size")
 
 
 def _type_name(spec) -> str:
@@ -160,7 +162,33 @@ def _resolve(path: Path, cfg: dict) -> dict:
     for head, params in train.get("params", {}).items():
         if head not in train.get("heads", []) or not isinstance(params, dict):
             raise FeatcacheError(f"{path}: train.params.{head}: must be a table for one of train.heads")
+    _check_values(path, cfg)
     return cfg
+
+
+def _check_values(path: Path, cfg: dict) -> None:
+    """The values the schema's types cannot judge, with the validators the stages use, so a bad one
+    fails here and not after an extraction: head parameters, bench settings, extraction options."""
+    from .bench import check_options
+    from .engine import ExtractOptions
+    from .heads import validate_head
+
+    train = cfg.get("train", {})
+    for head in train.get("heads", []):
+        try:
+            validate_head(head, None, train.get("params", {}).get(head, {}))
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"{path}: 'train.params.{head}': {exc}") from None
+    if "bench" in cfg:
+        b = cfg["bench"]
+        check_options(**{k: b[k] for k in ("cv", "timeout", "n_jobs") if k in b},
+                      name=lambda key: f"{path}: 'bench.{key}'")
+    for i, ex in enumerate(cfg["extract"]):
+        opts = {k: ex[k] for k in EXTRACT_OPTIONS if k in ex}
+        try:
+            ExtractOptions(**opts).check()
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"{path}: extract[{i}]: {exc}") from None
 
 
 def _say(msg: str) -> None:
@@ -191,8 +219,7 @@ def run(path, *, progress: bool = True) -> dict:
         result["pretrained"] = summary["model"]
         transfer = summary["feature_layer"]
     for ex in cfg["extract"]:
-        opts = {k: ex[k] for k in ("image_size", "pooling", "outputs", "dtype", "compute_dtype", "batch_size",
-                                   "shard_size") if k in ex}
+        opts = {k: ex[k] for k in EXTRACT_OPTIONS if k in ex}
         backbone, layer = ex.get("backbone", DEFAULT_BACKBONE), ex.get("layer")
         if backbone == "pretrained":  # default: the source CNN's last conv map, whole
             if layer is None:

@@ -7,6 +7,7 @@ fits a head from :mod:`featcache.heads`, and writes a model directory with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FeatcacheError
-from .heads import get_head_spec, is_keras, list_heads, make_head
+from .heads import get_head_spec, is_keras, list_heads, validate_head
 from .heads.batches import CacheRows
 from .model_dir import check_model_dir_target, feature_params, save_model_dir
 from .splits import assign_splits
@@ -108,6 +109,18 @@ def _partial_fit_stream(pipe, cache: Cache, mask, y, classes, output, epochs: in
             clf.partial_fit(block, yb, classes=classes)
 
 
+@contextlib.contextmanager
+def _head_errors(head: str):
+    """Around the head's own fit and predict only: scikit-learn's ValueError or TypeError there means this
+    cache does not suit the head (n_neighbors above the rows, LDA with one row per class), a one-line error."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise FeatcacheError(f"head {head!r} cannot be trained on this cache: "
+                             f"{lines[0] if lines else type(exc).__name__}") from exc
+
+
 def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
           output: str | None = None, stream: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
           stream_epochs: int = 5) -> TrainResult:
@@ -119,10 +132,13 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
     """
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
-    cache = cache if isinstance(cache, Cache) else open_cache(cache)
     spec = get_head_spec(head)
     params = dict(params or {})
-    pipe = make_head(head, preprocess, **params)
+    pipe = validate_head(head, preprocess, params)  # every parameter, before any work
+    if out is not None and is_keras(pipe) and len(pipe.steps) > 1:
+        raise FeatcacheError(f"head {head!r} is a Keras head: it standardises inside the model and cannot be saved "
+                             f"with preprocess {preprocess!r}; use preprocess 'none'")
+    cache = cache if isinstance(cache, Cache) else open_cache(cache)
     output = cache.output_name(output)
     labels = cache.labels()
     masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
@@ -131,9 +147,11 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
     X = None
     if stream:
         if is_keras(pipe):
-            pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output)
+            with _head_errors(head):
+                pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output)
         elif spec.streams:
-            _partial_fit_stream(pipe, cache, masks["train"], labels, classes, output, stream_epochs)
+            with _head_errors(head):
+                _partial_fit_stream(pipe, cache, masks["train"], labels, classes, output, stream_epochs)
         else:
             streaming = ", ".join(s.name for s in list_heads() if s.streams)
             raise FeatcacheError(f"head {head!r} cannot stream from the cache; heads that can: {streaming}")
@@ -142,10 +160,13 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
         X = X.reshape(len(X), -1).astype(np.float32)
         tr, va = masks["train"], masks["val"]
         if is_keras(pipe):
-            pipe.fit(X[tr], labels[tr], clf__validation_data=(X[va], labels[va]) if va.any() else None,
-                     clf__block_sizes=_shard_blocks(cache, tr))
+            validation = (X[va], labels[va]) if va.any() else None
+            blocks = _shard_blocks(cache, tr)
+            with _head_errors(head):
+                pipe.fit(X[tr], labels[tr], clf__validation_data=validation, clf__block_sizes=blocks)
         else:
-            pipe.fit(X[tr], labels[tr])
+            with _head_errors(head):
+                pipe.fit(X[tr], labels[tr])
     fit_seconds = time.perf_counter() - t0
     results = {}
     for split in SPLITS:
@@ -153,7 +174,8 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
         if not m.any():
             continue
         t1 = time.perf_counter()
-        proba = pipe.predict_proba(X[m]) if X is not None else _predict_stream(pipe, cache, m, output)
+        with _head_errors(head):
+            proba = pipe.predict_proba(X[m]) if X is not None else _predict_stream(pipe, cache, m, output)
         res = metrics(labels[m], proba, pipe.classes_)
         res["predict_seconds_per_1000"] = (time.perf_counter() - t1) / max(int(m.sum()), 1) * 1000
         results[split] = res

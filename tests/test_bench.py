@@ -85,7 +85,8 @@ def test_report_renders_in_a_headless_browser(fm_lite, tmp_path):
 
 
 def test_a_failing_head_is_a_row_and_the_rest_survive(fm_lite, tmp_path):
-    rows = featcache.bench(fm_lite.path, ["logreg", "knn"], params={"knn": {"n_neighbors": -3}}, out=tmp_path,
+    # a valid parameter that this cache cannot satisfy (more neighbours than rows) fails inside the head's process
+    rows = featcache.bench(fm_lite.path, ["logreg", "knn"], params={"knn": {"n_neighbors": 100_000}}, out=tmp_path,
                            baseline_heads=(), save_best=False)
     by_head = {r["head"]: r for r in rows}
     assert by_head["knn"]["status"] == "failed" and "n_neighbors" in by_head["knn"]["error"]

@@ -1,12 +1,14 @@
 """Heads: one scikit-learn interface for every head; the Keras head passes sklearn's checks."""
 
+import re
+
 import numpy as np
 import pytest
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featcache.errors import FeatcacheError
-from featcache.heads import list_heads, make_head, parse_value
+from featcache.heads import list_heads, make_head, parse_value, validate_head
 from featcache.heads.batches import epoch_order
 from featcache.heads.keras_head import KerasHeadClassifier
 from featcache.splits import assign_splits
@@ -49,6 +51,39 @@ def test_params_reach_the_classifier_and_bad_ones_are_named():
     with pytest.raises(FeatcacheError, match="unknown head 'xgboost'"):
         make_head("xgboost")
     assert parse_value("256,128") == (256, 128) and parse_value("0.5") == 0.5 and parse_value("balanced") == "balanced"
+
+
+def test_validate_head_checks_every_parameter_with_the_estimators_own_constraints():
+    for h in list_heads():
+        assert validate_head(h.name).steps[-1][0] == "clf"  # every default is valid
+    for name, preprocess, params, message in [
+        ("logreg", None, {"C": "abc"}, "The 'C' parameter of LogisticRegression must be a float"),
+        ("linear_svm", None, {"C": -1}, "The 'C' parameter of LinearSVC"),  # nested inside the calibration
+        ("knn", None, {"n_neighbors": 0}, "The 'n_neighbors' parameter of KNeighborsClassifier"),
+        ("keras_mlp", None, {"dropout": 1.5}, "The 'dropout' parameter of KerasHeadClassifier"),
+        ("keras_mlp", None, {"hidden": (64, 0)}, "The 'hidden' parameter of KerasHeadClassifier"),
+        ("keras_mlp", None, {"hidden": "wide"}, "The 'hidden' parameter of KerasHeadClassifier"),
+        ("keras_mlp", None, {"hiden": 64}, "'hiden' is not one of its parameters (did you mean 'hidden'?)"),
+        ("logreg", None, {"C__x": 1}, "'C__x' is not one of its parameters"),
+        ("logreg", "pca:abc", {}, "preprocess 'pca:abc': in 'pca:abc', N must be"),
+        ("logreg", "pca:1.5", {}, "got '1.5'"),
+        ("logreg", "pcax", {}, "('pcax' is none of them)"),
+        ("logreg", "standard+standard", {}, "('standard' twice)"),
+    ]:
+        with pytest.raises(FeatcacheError, match=re.escape(message)):
+            validate_head(name, preprocess, params)
+    assert validate_head("logreg", "standard+pca:0.9").named_steps["pca"].n_components == 0.9
+
+
+def test_keras_head_hidden_int_is_one_layer_and_init_keeps_it_as_given():
+    X, y = _blobs(60)
+    head = KerasHeadClassifier(hidden=16, epochs=2)
+    assert head.get_params()["hidden"] == 16  # scikit-learn's rule: __init__ stores, fit normalises
+    head.fit(X, y)
+    assert head.hidden == 16 and head.model_.get_layer("dense_0").units == 16
+    assert head._hidden_sizes() == (16,) and KerasHeadClassifier(hidden=None)._hidden_sizes() == ()
+    with pytest.raises(ValueError, match="'epochs' parameter"):
+        KerasHeadClassifier(epochs=0).fit(X, y)
 
 
 def test_keras_head_class_weights_and_early_stopping():
@@ -101,4 +136,19 @@ _EXPECTED_FAILURES = {
 @parametrize_with_checks([KerasHeadClassifier(hidden=(32,), epochs=60, batch_size=64, learning_rate=1e-2)],
                          expected_failed_checks=lambda est: _EXPECTED_FAILURES)
 def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# The defaults (a linear head, learning rate 1e-3) underfit scikit-learn's tiny toy problems within the
+# checks' accuracy thresholds; every structural check passes. (Also so before _parameter_constraints.)
+_DEFAULT_EXPECTED_FAILURES = {
+    **_EXPECTED_FAILURES,
+    "check_classifiers_train": "defaults underfit the toy data: accuracy below the check's 0.83",
+    "check_class_weight_classifiers": "defaults underfit the toy data: accuracy below the check's 0.87",
+}
+
+
+@pytest.mark.slow
+@parametrize_with_checks([KerasHeadClassifier()], expected_failed_checks=lambda est: _DEFAULT_EXPECTED_FAILURES)
+def test_sklearn_estimator_checks_on_the_defaults(estimator, check):
     check(estimator)

@@ -40,6 +40,12 @@ image_size = 32
     (lambda t: t + '[train]\nheads = ["logreg", "xgboost"]\n', "unknown head 'xgboost'"),
     (lambda t: t + "[trian]\n", "unknown key 'trian' (did you mean 'train'?)"),
     (lambda t: t.replace('backbone = "mobilenet_v2"', 'backbone = "pretrained"'), "needs a [pretrain] table"),
+    # values only the stages' own validators can judge: refused here, not after an extraction
+    (lambda t: t + '[train]\nheads = ["logreg"]\nparams = {logreg = {C = "abc"}}\n',
+     "'train.params.logreg': invalid parameter for head 'logreg': The 'C' parameter of LogisticRegression"),
+    (lambda t: t + "[bench]\nn_jobs = 0\n", "'bench.n_jobs' must be a non-zero integer (-1: every CPU), got 0"),
+    (lambda t: t.replace("image_size = 32", "image_size = 32\nbatch_size = 0"),
+     "extract[0]: batch_size must be a positive integer, got 0"),
 ])
 def test_bad_pipeline_fails_before_any_work_naming_key_and_file(tmp_path, edit, message):
     path = _write(tmp_path, edit(GOOD))

@@ -8,6 +8,7 @@ heads share one interface: ``fit``, ``predict``, ``predict_proba``, ``score``,
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Callable
@@ -136,33 +137,101 @@ def parse_value(text: str):
     return text
 
 
+def _preprocess_steps(prep) -> list:
+    """The pipeline steps a preprocess string names; an error naming the bad text otherwise."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    usage = "preprocess must be none, standard, pca[:N] or standard+pca[:N]"
+    if not isinstance(prep, str):
+        raise FeatcacheError(f"{usage}; got {prep!r}")
+    steps = []
+    for part in [p for p in prep.split("+") if p and p != "none"]:
+        if part == "standard":
+            step = ("scale", StandardScaler())
+        elif part == "pca" or part.startswith("pca:"):
+            step = ("pca", PCA(n_components=_pca_components(part, prep), random_state=0))
+        else:
+            raise FeatcacheError(f"{usage}; got {prep!r} ({part!r} is none of them)")
+        if any(name == step[0] for name, _ in steps):
+            raise FeatcacheError(f"{usage}; got {prep!r} ({part!r} twice)")
+        steps.append(step)
+    return steps
+
+
+def _pca_components(part: str, prep: str):
+    """``pca`` keeps 95% of the variance; ``pca:N`` N components, or ``pca:0.8`` that share of the variance."""
+    _, sep, text = part.partition(":")
+    if not sep:
+        return 0.95
+    try:
+        n = int(text)
+    except ValueError:
+        try:
+            n = float(text)
+        except ValueError:
+            n = None
+    if isinstance(n, int) and n >= 1:
+        return n
+    if isinstance(n, float) and 0 < n < 1:
+        return n
+    raise FeatcacheError(f"preprocess {prep!r}: in {part!r}, N must be a number of components (1 or more) or a "
+                         f"share of the variance between 0 and 1, got {text!r}")
+
+
 def make_head(name: str, preprocess: str | None = None, **params):
     """A head by name, as a Pipeline ending in ``clf``; plain params go to the classifier."""
     from sklearn.base import clone
-    from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
 
     spec = get_head_spec(name)
     prep = preprocess if preprocess is not None else spec.preprocess
-    steps = []
-    for part in [p for p in str(prep).split("+") if p and p != "none"]:
-        if part == "standard":
-            steps.append(("scale", StandardScaler()))
-        elif part.startswith("pca"):
-            _, _, n = part.partition(":")
-            steps.append(("pca", PCA(n_components=int(n) if n else 0.95, random_state=0)))
-        else:
-            raise FeatcacheError(f"preprocess must be none, standard, pca[:N] or standard+pca[:N]; got {prep!r}")
-    pipe = Pipeline(steps + [("clf", clone(spec.make()))])
+    pipe = Pipeline(_preprocess_steps(prep) + [("clf", clone(spec.make()))])
     full = {}
+    valid = pipe.get_params(deep=True)
     for k, v in params.items():
-        full[k if "__" in k else spec.param_prefix + k] = v
+        key = k if isinstance(k, str) and "__" in k else spec.param_prefix + str(k)
+        if not isinstance(k, str) or key not in valid:
+            plain = [p[len(spec.param_prefix):] for p in valid
+                     if p.startswith(spec.param_prefix) and "__" not in p[len(spec.param_prefix):]]
+            near = difflib.get_close_matches(str(k), plain, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"it has {', '.join(sorted(plain))}"
+            raise FeatcacheError(f"invalid parameter for head {name!r}: {k!r} is not one of its parameters ({hint})")
+        full[key] = v
     try:
         pipe.set_params(**full)
-    except ValueError as exc:
-        raise FeatcacheError(f"invalid parameter for head {name!r}: {exc}") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # AttributeError: C__x=1 (C has no parameters)
+        raise FeatcacheError(f"invalid parameter for head {name!r}: {_first_line(exc)}") from None
     return pipe
+
+
+def validate_head(name: str, preprocess: str | None = None, params: dict | None = None):
+    """The head ``make_head`` builds, with every parameter checked before any work; else a FeatcacheError.
+
+    Each estimator in the pipeline (nested ones too, such as the SVM inside
+    ``linear_svm``'s calibration) checks its parameters against the
+    constraints it declares itself (scikit-learn's ``_parameter_constraints``),
+    so a constraint is written once, in the estimator. What depends on the
+    data (``n_neighbors`` above the number of rows, ``pca:N`` above the number
+    of features) can only fail at fit time.
+    """
+    from sklearn.base import BaseEstimator
+
+    if params is not None and not (isinstance(params, dict) and all(isinstance(k, str) for k in params)):
+        raise FeatcacheError(f"parameters for head {name!r} must map names to values, got {params!r}")
+    pipe = make_head(name, preprocess, **(params or {}))
+    estimators = [pipe] + [v for v in pipe.get_params(deep=True).values() if isinstance(v, BaseEstimator)]
+    for est in estimators:
+        try:
+            est._validate_params()
+        except (ValueError, TypeError) as exc:  # sklearn's InvalidParameterError is both
+            raise FeatcacheError(f"invalid parameter for head {name!r}: {_first_line(exc)}") from None
+    return pipe
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def is_keras(pipe) -> bool:

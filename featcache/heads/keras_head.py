@@ -13,9 +13,11 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -28,8 +30,9 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    hidden : tuple of int
-        Sizes of the hidden layers; ``()`` is a linear (softmax regression) head.
+    hidden : tuple of int, or int
+        Sizes of the hidden layers; ``()`` is a linear (softmax regression)
+        head and an int ``n`` means one hidden layer, ``(n,)``.
     dropout : float
         Dropout after each hidden layer.
     batch_norm : bool
@@ -48,6 +51,23 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
     verbose : int
         Keras' fit verbosity.
     """
+
+    #: scikit-learn's declared constraints, checked by ``_validate_params`` (at fit, and by
+    #: ``featcache.heads.validate_head`` before any work)
+    _parameter_constraints: dict = {
+        "hidden": ["array-like", Interval(Integral, 1, None, closed="left"), None],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "batch_norm": ["boolean"],
+        "standardize": ["boolean"],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "patience": [Interval(Integral, 0, None, closed="left")],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "random_state": [Interval(Integral, 0, 2**32 - 1, closed="both")],
+        "verbose": ["verbose"],
+    }
 
     def __init__(self, hidden=(), dropout=0.0, batch_norm=False, standardize=True, epochs=100, batch_size=64,
                  learning_rate=1e-3, validation_fraction=0.1, patience=5, class_weight=None, random_state=0,
@@ -75,8 +95,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         x = inputs
         if self.standardize:
             x = layers.Normalization(mean=mean, variance=np.maximum(var, 1e-12), name="standardize")(x)
-        for i, units in enumerate(tuple(self.hidden or ())):
-            x = layers.Dense(int(units), use_bias=not self.batch_norm, name=f"dense_{i}")(x)
+        for i, units in enumerate(self._hidden_sizes()):
+            x = layers.Dense(units, use_bias=not self.batch_norm, name=f"dense_{i}")(x)
             if self.batch_norm:
                 x = layers.BatchNormalization(name=f"bn_{i}")(x)
             x = layers.ReLU(name=f"relu_{i}")(x)
@@ -85,17 +105,25 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
         return keras.Model(inputs, outputs, name="featcache_head")
 
-    def _check_params(self):
-        if not 0 <= float(self.dropout) < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if int(self.epochs) < 1 or int(self.batch_size) < 1:
-            raise ValueError("epochs and batch_size must be positive integers")
-        if not 0 <= float(self.validation_fraction) < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        if self.class_weight not in (None, "balanced") and not isinstance(self.class_weight, dict):
-            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {self.class_weight!r}")
-        if any(int(h) < 1 for h in tuple(self.hidden or ())):
-            raise ValueError(f"hidden sizes must be positive, got {self.hidden!r}")
+    def _validate_params(self):
+        """The declared constraints, then what they cannot say: every hidden size a positive integer."""
+        super()._validate_params()
+        self._hidden_sizes()
+
+    def _hidden_sizes(self) -> tuple[int, ...]:
+        """``hidden`` as a tuple of layer sizes: an int ``n`` is one layer, ``(n,)``; None is none.
+
+        Normalised here, at fit time, because scikit-learn's ``__init__`` must
+        store the parameter as given.
+        """
+        hidden = self.hidden
+        if hidden is None:
+            return ()
+        sizes = (hidden,) if isinstance(hidden, Integral) else tuple(hidden)
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in sizes):
+            raise InvalidParameterError(f"The 'hidden' parameter of {type(self).__name__} must be an int >= 1 or "
+                                        f"a sequence of them. Got {hidden!r} instead.")
+        return tuple(int(h) for h in sizes)
 
     def _class_weights(self, y_enc, n_classes):
         if self.class_weight is None:
@@ -168,7 +196,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, validation_data=None, block_sizes=None):
         """Fit on arrays. ``validation_data=(X_val, y_val)`` drives early stopping when given."""
-        self._check_params()
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=1)
         check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
@@ -202,7 +230,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         Uses the same batches as :meth:`fit` on those rows with
         ``block_sizes`` = rows per shard, so both give the same model.
         """
-        self._check_params()
+        self._validate_params()
         labels = cache.labels()
         rows = _batches.CacheRows(cache, np.asarray(train_mask, bool), output)
         y = labels[rows.global_rows]
