@@ -24,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from run import BACKBONE, make_photo_folder  # noqa: E402
 
-from featcache import engine  # noqa: E402
+from featcache import engines, plan as planning, runner as running  # noqa: E402
 from featcache.sources import open_source  # noqa: E402
 
 
 def measure(folder: Path, out: Path, name: str, size: int, shard: int, **engine_options) -> dict:
     src = open_source(folder)
-    plan = engine.make_plan(src, BACKBONE, out, engine.ExtractOptions(image_size=size, shard_size=shard))
-    runner = engine.make_engine(name, **engine_options)
+    plan = planning.make_plan(src, BACKBONE, out, planning.ExtractOptions(image_size=size, shard_size=shard))
+    runner = engines.make_engine(name, **engine_options)
     done: list[float] = []
     manifest_path = out / "manifest.json"
     t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def measure(folder: Path, out: Path, name: str, size: int, shard: int, **engine_
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    engine.run(plan, progress=False, engine=runner)
+    running.run(plan, progress=False, engine=runner)
     wall = time.perf_counter() - t0
     stop.set()
     watcher.join()

@@ -42,7 +42,7 @@ logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices fro
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from featcache import engine, store  # noqa: E402
+from featcache import extractor as extraction, plan as planning, runner, store  # noqa: E402
 from featcache.sources import open_source  # noqa: E402
 
 FULL = dict(repeats=2, seeds=5, photos=1024, size=224, classic_train=1000, classic_test=1000, classic_size=224, epochs=10,
@@ -96,8 +96,8 @@ def _profiler():
     return profiler
 
 
-def _options(cfg, **kw) -> engine.ExtractOptions:
-    return engine.ExtractOptions(image_size=cfg["size"], batch_size=cfg["batch"], **kw)
+def _options(cfg, **kw) -> planning.ExtractOptions:
+    return planning.ExtractOptions(image_size=cfg["size"], batch_size=cfg["batch"], **kw)
 
 
 def _featcache_cli(*args, env=None) -> float:
@@ -124,10 +124,10 @@ def fig_extraction(cfg, work: Path) -> list[dict]:
     # the first batch (tracing, XLA compilation): on a real dataset those fixed seconds vanish.
     fc, recipe_cold, recipe_warm = [], [], []
     for r in range(cfg["repeats"]):
-        plan = engine.make_plan(src, BACKBONE, work / f"cache{r}", _options(cfg))
+        plan = planning.make_plan(src, BACKBONE, work / f"cache{r}", _options(cfg))
         profiler = _profiler() if PROFILE and r == 0 else None
         t0 = time.perf_counter()
-        engine.run(plan, progress=False)
+        runner.run(plan, progress=False)
         wall = time.perf_counter() - t0
         if profiler is not None:
             profiler.stop()
@@ -142,7 +142,7 @@ def fig_extraction(cfg, work: Path) -> list[dict]:
         # the recipe: build the same model, tf.data from the folder, model.predict, same batch
         keras.backend.clear_session()
         t0 = time.perf_counter()
-        model = engine.Extractor(plan).model
+        model = extraction.Extractor(plan).model
         ds = keras.utils.image_dataset_from_directory(folder, image_size=plan.image_size, batch_size=cfg["batch"],
                                                       shuffle=False, labels="inferred", verbose=False)
         ds = ds.map(lambda x, y: tf.cast(x, tf.uint8)).prefetch(tf.data.AUTOTUNE)
@@ -159,7 +159,7 @@ def fig_extraction(cfg, work: Path) -> list[dict]:
 
     # the limit: the same compiled graph on the same images, decoded beforehand
     images = src.read(src.items, plan.image_size).images
-    extractor = engine.Extractor(plan)
+    extractor = extraction.Extractor(plan)
     extractor(images[:cfg["batch"]])  # trace once, as featcache's first batch does
     limit = 0.0
     for _ in range(cfg["repeats"]):
@@ -216,7 +216,7 @@ def fig_classic(cfg, work: Path) -> list[dict]:
     train = full.subset(limit=cfg["classic_train"])
     test = load("fashion_mnist:test").subset(limit=cfg["classic_test"])
     size = (cfg["classic_size"],) * 2
-    opts = engine.ExtractOptions(image_size=cfg["classic_size"], batch_size=cfg["batch"])
+    opts = planning.ExtractOptions(image_size=cfg["classic_size"], batch_size=cfg["batch"])
     epochs, bs = cfg["epochs"], cfg["batch"]
 
     def arrays(src):
@@ -229,8 +229,8 @@ def fig_classic(cfg, work: Path) -> list[dict]:
     # classic: the frozen CNN inside the model, model.fit over the images every epoch. Seeded through
     # the initialisers, not keras.utils.set_random_seed: on TensorFlow that makes fit replay one
     # shuffle in every epoch, which cost this recipe about two points (benchmarks/NOTES.md)
-    plan = engine.make_plan(train, BACKBONE, work / "classic_unused", opts)
-    extractor = engine.Extractor(plan)
+    plan = planning.make_plan(train, BACKBONE, work / "classic_unused", opts)
+    extractor = extraction.Extractor(plan)
     frozen = extractor.model
     frozen.trainable = False
     inputs = keras.Input(Xtr.shape[1:], dtype="uint8")
@@ -261,9 +261,9 @@ def fig_classic(cfg, work: Path) -> list[dict]:
 
     # featcache: extract train and test once, then the same head on the cache
     t0 = time.perf_counter()
-    tr_cache, _ = engine.run(engine.make_plan(train, BACKBONE, work / "fm_train", opts), progress=False)
+    tr_cache, _ = runner.run(planning.make_plan(train, BACKBONE, work / "fm_train", opts), progress=False)
     extract_s = time.perf_counter() - t0
-    te_cache, _ = engine.run(engine.make_plan(test, BACKBONE, work / "fm_test", opts), progress=False)
+    te_cache, _ = runner.run(planning.make_plan(test, BACKBONE, work / "fm_test", opts), progress=False)
     head = KerasHeadClassifier(hidden=(512,), standardize=False, epochs=epochs, batch_size=bs,
                                validation_fraction=0.0, patience=epochs + 1)
     Ftr, Fte = tr_cache.features().astype(np.float32), te_cache.features().astype(np.float32)
@@ -308,8 +308,8 @@ def fig_classic(cfg, work: Path) -> list[dict]:
 def _synthetic_cache(cfg, work: Path, rows: int, name: str, dtype: str = "float16"):
     """A real cache of ``rows`` Fashion-MNIST images (tiny random MobileNetV2: 1,280 features a row)."""
     src = open_source("fashion_mnist:train").subset(limit=rows)
-    opts = engine.ExtractOptions(image_size=32, batch_size=256, dtype=dtype)
-    cache, _ = engine.run(engine.make_plan(src, "mobilenet_v2", work / name, opts, weights=None), progress=False)
+    opts = planning.ExtractOptions(image_size=32, batch_size=256, dtype=dtype)
+    cache, _ = runner.run(planning.make_plan(src, "mobilenet_v2", work / name, opts, weights=None), progress=False)
     return cache
 
 

@@ -7,7 +7,8 @@ does not import Keras or TensorFlow; they load when a model is built.
 
 __version__ = "0.1.0"
 
-from .engine import DEFAULT_BACKBONE, ExtractOptions, extract  # noqa: E402
+from .plan import DEFAULT_BACKBONE, ExtractOptions  # noqa: E402
+from .runner import extract  # noqa: E402
 from .errors import FeatcacheError  # noqa: E402
 from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: E402
 from .store import Cache, open_cache  # noqa: E402

@@ -269,7 +269,7 @@ def _joblib_backend(backend: str, ray_address: str | None):
     if backend != "ray":
         yield
         return
-    from .ray_engine import connect, import_ray
+    from .ray_cluster import connect, import_ray
 
     ray = import_ray()
     from ray.util.joblib import register_ray
@@ -396,11 +396,12 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
 
         best_dir = out / BEST_MODEL
         params = best.get("best_params") or {}
-        if current_card(best_dir, best["head"], best["cache_key"], params) is None:
-            # refit like the row it stands for: scikit-learn heads on train+val, Keras heads on train
-            # with early stopping on val
-            train(best["cache"], best["head"], params=params, out=best_dir,
-                  fit_splits=("train",) if get_head_spec(best["head"]).kind == "keras" else ("train", "val"))
+        # refit like the row it stands for: scikit-learn heads on train+val, Keras heads on train with
+        # early stopping on val
+        fit_splits = ["train"] if get_head_spec(best["head"]).kind == "keras" else ["train", "val"]
+        card = current_card(best_dir, best["head"], best["cache_key"], params)
+        if card is None or card.get("fit_splits", ["train"]) != fit_splits:
+            train(best["cache"], best["head"], params=params, out=best_dir, fit_splits=fit_splits)
     try:
         write_report(out, rows, best_dir=best_dir)
     except OSError as exc:

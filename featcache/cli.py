@@ -44,22 +44,20 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args) -> int:
-    from .engine import ExtractOptions, make_engine, make_plan, run
-    from .sources import open_source
+    from .plan import ExtractOptions
+    from .runner import prepare, run
 
-    engine = make_engine(args.engine, address=args.ray_address, workers=args.workers,
-                         gpus_per_worker=args.gpus_per_worker)
-
-    src = open_source(args.source, allow_outside=args.allow_outside, data_dir=args.data_dir)
-    if args.classes is not None or args.limit is not None:
-        src = src.subset(classes=args.classes, limit=args.limit)
     opts = ExtractOptions(
         image_size=args.image_size, pooling=args.pooling, outputs=_csv_list(args.outputs) if args.outputs else None,
         preprocess=args.preprocess, dtype=args.dtype, compute_dtype=args.compute_dtype, batch_size=args.batch_size,
         shard_size=args.shard_size, compression=None if args.compression == "none" else args.compression,
         jit=args.jit, decode_workers=args.decode_threads, prefetch=args.prefetch)
     out = args.out or _default_out(args.source, args.backbone)
-    plan = make_plan(src, args.backbone, out, opts, weights=args.weights, layer=args.layer)
+    plan, engine = prepare(args.source, args.backbone, out, weights=args.weights, layer=args.layer,
+                           classes=args.classes, limit=args.limit, allow_outside=args.allow_outside,
+                           data_dir=args.data_dir, engine=args.engine, ray_address=args.ray_address,
+                           workers=args.workers, gpus_per_worker=args.gpus_per_worker, options=opts)
+    src = plan.source
     console.print(f"[bold]featcache extract[/] {src.describe()} ({len(src):,} images) -> {out}\n"
                   f"  backbone {plan.backbone.name} · weights {plan.params['weights'].get('kind')} · "
                   f"{plan.image_size[0]}x{plan.image_size[1]} · pooling {opts.pooling} · key {plan.key[:12]}")
@@ -265,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"featcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .engine import DEFAULT_BACKBONE
+    from .plan import DEFAULT_BACKBONE
 
     p = sub.add_parser("extract", help="extract features of SOURCE into a cache directory")
     p.add_argument("source", help="a folder, a CSV manifest, or a dataset name such as fashion_mnist:test")

@@ -20,7 +20,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from .engine import DEFAULT_BACKBONE
+from .plan import DEFAULT_BACKBONE
 from .errors import FeatcacheError, KeyMismatchError
 
 _STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
@@ -170,7 +170,7 @@ def _check_values(path: Path, cfg: dict) -> None:
     """The values the schema's types cannot judge, with the validators the stages use, so a bad one
     fails here and not after an extraction: head parameters, bench settings, extraction options."""
     from .bench import check_options
-    from .engine import ExtractOptions
+    from .plan import ExtractOptions
     from .heads import validate_head
 
     train = cfg.get("train", {})
@@ -199,7 +199,7 @@ def _say(msg: str) -> None:
 
 def run(path, *, progress: bool = True) -> dict:
     """Run a pipeline file; returns where everything went."""
-    from .engine import extract
+    from .runner import extract
     from .predict import export
     from .store import open_cache
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import ExtractOptions, make_plan, run
+from .plan import ExtractOptions, make_plan
+from .runner import run
 from .errors import FeatcacheError
 from .files import fsync_file, spreadsheet_safe
 from .homes import featcache_home

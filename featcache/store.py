@@ -9,6 +9,7 @@ last. It knows nothing about models or images.
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import hashlib
@@ -16,16 +17,18 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import h5py
 import numpy as np
 
-from .errors import CacheError, LockedError, ReadOnlyError
+from .errors import CacheError, KeyMismatchError, LockedError, ReadOnlyError
 from .files import atomic_write_bytes, fsync_dir, pause_point, sha256_path, temporary_name
 
 FORMAT_VERSION = 1
@@ -798,3 +801,237 @@ def open_cache(path: str | os.PathLike, *, allow_partial: bool = False, max_load
     that into memory (a guard for caches larger than RAM).
     """
     return Cache(path, allow_partial=allow_partial, max_load_bytes=max_load_bytes)
+
+
+# --------------------------------------------------------------------------- writing a cache
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class CacheSink:
+    """Where an extraction's shards go: Ray Data's datasink pattern for one cache directory.
+
+    :meth:`write` writes one finished shard atomically and returns its
+    record; any process may call it (a Ray worker writes its own shards).
+    Everything else is the driver's, the one process holding the directory's
+    lock: :meth:`begin` builds the manifest, :meth:`commit` records each
+    written shard in it, :meth:`finish` stitches ``features.h5`` and writes
+    ``"complete": true`` last (img2dataset's completion marker). A sink
+    without a manifest (``begin`` not called) only writes: that is what is
+    sent to workers.
+
+    Args:
+        directory: the cache directory.
+        key: the cache key every shard carries.
+        dtype: storage dtype, ``float16`` or ``float32``.
+        compression: ``None``, ``"lzf"`` or ``"gzip"``.
+        n_items: items in the source, for the disk-full estimate.
+    """
+
+    def __init__(self, directory, *, key: str, dtype: str = "float16", compression: str | None = None,
+                 n_items: int = 0):
+        self.directory = Path(directory)
+        self.key, self.dtype, self.compression, self.n_items = key, dtype, compression, int(n_items)
+        self.manifest: dict | None = None
+
+    def worker_copy(self) -> "CacheSink":
+        """The same sink without the manifest: what a worker needs to write shards."""
+        return CacheSink(self.directory, key=self.key, dtype=self.dtype, compression=self.compression,
+                         n_items=self.n_items)
+
+    # -- any process
+    def write(self, shard: ShardData) -> dict:
+        """Write one finished shard atomically; returns its manifest record."""
+        return self._disk_full_guard(shard, lambda: write_shard(self.directory, shard, key=self.key,
+                                                                dtype=self.dtype, compression=self.compression))
+
+    def _disk_full_guard(self, shard: ShardData, write):
+        """Run ``write``; a full disk becomes a clear error naming the directory and the bytes needed.
+
+        HDF5 does not always report ENOSPC as such, so a failed write on a
+        file system with less free space than the rest of the cache needs is
+        treated as a full disk too.
+        """
+        try:
+            return write()
+        except OSError as exc:
+            row = sum(int(np.prod(v.shape[1:])) for v in shard.features.values()) * np.dtype(self.dtype).itemsize
+            remaining = (self.n_items - shard.item_range[0]) * (row + 64) + 64 * 1024
+            try:
+                free = shutil.disk_usage(self.directory).free
+            except OSError:
+                free = None
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < remaining):
+                free_text = "unknown" if free is None else f"{free:,}"
+                raise CacheError(f"disk full while writing {self.directory}: about {remaining:,} more bytes are "
+                                 f"needed for the remaining shards ({free_text} free). Shards already written are "
+                                 "kept; free space and run the same command again to finish.") from None
+            raise
+
+    # -- the driver
+    def begin(self, *, params: dict, fingerprint: str, dataset: dict, backbone_ref: dict, n_shards: int,
+              shards: list[dict], old: dict | None, save: bool) -> dict:
+        """Start (or resume) the manifest with the shards already on disk; ``save`` writes it now."""
+        self.manifest = {
+            "format_version": FORMAT_VERSION,
+            "key": self.key,
+            "complete": False,
+            "params": params,
+            "dataset": {"fingerprint": fingerprint, **dataset},
+            "outputs": (old or {}).get("outputs") or {},
+            "backbone_ref": backbone_ref,
+            "n_shards": n_shards,
+            "shards": sorted(shards, key=lambda s: s["index"]),
+            "created": (old or {}).get("created") or _now(),
+        }
+        if save:
+            write_manifest(self.directory, self.manifest)
+        return self.manifest
+
+    def set_outputs(self, outputs: dict) -> None:
+        """``{name: {"shape", "dtype"}}`` of the stored outputs, known once the model is built."""
+        self.manifest["outputs"] = outputs
+
+    def commit(self, record: dict, shard: ShardData | None = None) -> None:
+        """Add a written shard's record to the manifest and save it."""
+        self.manifest["shards"].append(record)
+        self.manifest["shards"].sort(key=lambda s: s["index"])
+        if not self.manifest["outputs"] and record["n_rows"]:  # engines that never built the model here
+            self.manifest["outputs"] = self._outputs_from_shards([record])
+        if shard is None:
+            write_manifest(self.directory, self.manifest)
+        else:
+            self._disk_full_guard(shard, lambda: write_manifest(self.directory, self.manifest))
+
+    def _outputs_from_shards(self, records: list[dict]) -> dict:
+        for rec in records:
+            if rec["n_rows"]:
+                with h5py.File(self.directory / rec["file"], "r") as f:
+                    return {n: {"shape": list(ds.shape[1:]), "dtype": str(ds.dtype)} for n, ds in f["features"].items()}
+        return {}
+
+    def finish(self, *, timings: dict, versions: dict) -> dict:
+        """Number the rows, write ``features.h5``, then mark the manifest complete (written last).
+
+        A cache whose every item was skipped is never marked complete: the
+        error says the most common reason instead.
+        """
+        manifest = self.manifest
+        shards = sorted(manifest["shards"], key=lambda s: s["index"])
+        row = 0
+        for s in shards:
+            s["rows"] = [row, row + s["n_rows"]]
+            row += s["n_rows"]
+        if not manifest["outputs"]:
+            manifest["outputs"] = self._outputs_from_shards(shards)
+        skipped = [dict(x) for s in shards for x in s["skipped"]]
+        n_items = manifest["dataset"].get("n_items", 0)
+        manifest.update({"shards": shards, "counts": {"items": n_items, "rows": row, "skipped": len(skipped)},
+                         "skipped": skipped, "versions": versions, "timings": timings})
+        if not manifest["outputs"] or (row == 0 and n_items):
+            reasons = collections.Counter(x["reason"] for x in skipped).most_common(1)
+            raise CacheError(f"every one of the {n_items:,} images was skipped, so {self.directory} is left "
+                             f"incomplete; most common reason: {reasons[0][0] if reasons else 'none'}"
+                             + (f" ({reasons[0][1]:,} images)" if reasons else ""))
+        write_view(self.directory, manifest)
+        manifest["complete"] = True
+        manifest["finished"] = _now()
+        write_manifest(self.directory, manifest)  # the completion marker: written last
+        return manifest
+
+
+# --------------------------------------------------------------------------- a directory before a run
+
+
+def existing_shards(directory: Path, old: dict | None, *, key: str, n_shards: int, shard_size: int,
+                    n_items: int, repair: bool) -> tuple[dict[int, dict], list[str]]:
+    """Shards on disk that are valid for this key, and what was wrong with the others (deleted if ours).
+
+    A file is deleted only when featcache can prove it wrote it: a shard the
+    manifest lists (its path was checked to be ``shards/NNNNN.h5`` when the
+    manifest was read), or a shard file carrying featcache's attributes. A
+    ``NNNNN.h5`` that is neither stops the run, untouched.
+    """
+    directory = Path(directory)
+    notes: list[str] = []
+    done: dict[int, dict] = {}
+    for rec in (old or {}).get("shards", []):
+        path = directory / rec["file"]
+        problems = shard_problems(directory, rec, key, deep=repair)
+        if problems:
+            notes += problems
+            if not path.is_symlink():
+                path.unlink(missing_ok=True)
+        else:
+            done[rec["index"]] = rec
+    shard_dir = directory / SHARDS
+    if shard_dir.is_dir():
+        for p in sorted(shard_dir.glob("*.h5")):
+            try:
+                index = int(p.stem)
+            except ValueError:
+                continue
+            if index in done:
+                continue
+            if shard_key(p) is None:
+                raise CacheError(f"{p} is not a featcache shard, and featcache never deletes what it did not "
+                                 "write: move it away, then run again")
+            if index >= n_shards:
+                p.unlink()
+                continue
+            item_range = (index * shard_size, min((index + 1) * shard_size, n_items))
+            try:
+                done[index] = inspect_shard(p, key, index, item_range)
+            except CacheError as exc:
+                notes.append(str(exc))
+                p.unlink()
+    return done, notes
+
+
+def claim(directory: Path, old: dict | None, *, key: str, params: dict, fingerprint: str,
+          overwrite: bool) -> tuple[dict | None, list[str]]:
+    """Decide whether a run may write into ``directory``; returns (old manifest to build on, files left alone).
+
+    The directory must be new, empty, or a featcache cache with this key;
+    ``overwrite`` replaces a cache made with other settings but removes only
+    files featcache can prove it wrote.
+    """
+    directory = Path(directory)
+    if old is not None and old["key"] != key and not overwrite:
+        raise KeyMismatchError(directory, key_differences(old, params, fingerprint))
+    if overwrite:
+        return None, clear_cache_files(directory)
+    if old is None:
+        foreign = foreign_entries(directory)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise CacheError(f"{directory} is not empty and is not a featcache cache (it holds {shown}); "
+                             "choose an empty or new --out directory")
+        shard_dir = directory / SHARDS
+        for p in sorted(shard_dir.glob("*.h5")) if shard_dir.is_dir() else []:
+            other = shard_key(p)
+            if other is not None and other != key:
+                raise CacheError(f"{directory} holds shards of another cache (key {other[:12]}) and no manifest; "
+                                 "pass --overwrite to replace them")
+    return old, []
+
+
+def up_to_date(directory: Path, old: dict | None, *, key: str, n_shards: int, check_shards: bool = True) -> bool:
+    """Whether ``directory`` already holds the complete cache ``key`` (shard sizes checked, not hashes)."""
+    directory = Path(directory)
+    return bool(old and old.get("complete") and old["key"] == key
+                and len(old.get("shards", [])) == n_shards and (directory / VIEW).is_file()
+                and not (check_shards and any(shard_problems(directory, rec, key, deep=False)
+                                              for rec in old["shards"])))
+
+
+def refresh_class_names(directory: Path, old: dict, names: list[str]) -> list[str]:
+    """Class names are not in the key (the features do not depend on them): a rename updates the manifest."""
+    if old["dataset"].get("class_names") == list(names):
+        return []
+    before = old["dataset"].get("class_names")
+    old["dataset"]["class_names"] = list(names)
+    write_manifest(directory, old)
+    return [f"class names updated: {before} -> {list(names)}"]

@@ -123,18 +123,27 @@ def _head_errors(head: str):
 
 def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
           output: str | None = None, stream: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
-          stream_epochs: int = 5) -> TrainResult:
+          stream_epochs: int = 5, fit_splits=("train",)) -> TrainResult:
     """Fit ``head`` on the train split of ``cache`` and report every split.
 
     ``stream=True`` never loads the whole feature matrix: Keras heads read
     shard by shard (same batches as in memory), and heads with ``partial_fit``
-    (sgd, gaussian_nb, mlp) stream too.
+    (sgd, gaussian_nb, mlp) stream too. ``fit_splits=("train", "val")`` refits
+    a scikit-learn head on train+val once its settings are chosen (what
+    ``bench`` does for its best head); its val metrics are then not held out.
+    Keras heads always early-stop on val, so they fit on train alone.
     """
+    fit_splits = tuple(fit_splits)
+    if fit_splits not in (("train",), ("train", "val")):
+        raise FeatcacheError(f"fit_splits must be ('train',) or ('train', 'val'), got {fit_splits!r}")
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
     spec = get_head_spec(head)
     params = dict(params or {})
     pipe = validate_head(head, preprocess, params)  # every parameter, before any work
+    if "val" in fit_splits and is_keras(pipe):
+        raise FeatcacheError(f"head {head!r} is a Keras head: it early-stops on the val split, so it fits on train "
+                             "alone")
     if out is not None and is_keras(pipe) and len(pipe.steps) > 1:
         raise FeatcacheError(f"head {head!r} is a Keras head: it standardises inside the model and cannot be saved "
                              f"with preprocess {preprocess!r}; use preprocess 'none'")
@@ -143,6 +152,7 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
     labels = cache.labels()
     masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
     classes = train_classes(cache, masks)
+    fit_mask = masks["train"] | masks["val"] if "val" in fit_splits else masks["train"]
     t0 = time.perf_counter()
     X = None
     if stream:
@@ -151,7 +161,7 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
                 pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output)
         elif spec.streams:
             with _head_errors(head):
-                _partial_fit_stream(pipe, cache, masks["train"], labels, classes, output, stream_epochs)
+                _partial_fit_stream(pipe, cache, fit_mask, labels, classes, output, stream_epochs)
         else:
             streaming = ", ".join(s.name for s in list_heads() if s.streams)
             raise FeatcacheError(f"head {head!r} cannot stream from the cache; heads that can: {streaming}")
@@ -166,7 +176,7 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
                 pipe.fit(X[tr], labels[tr], clf__validation_data=validation, clf__block_sizes=blocks)
         else:
             with _head_errors(head):
-                pipe.fit(X[tr], labels[tr])
+                pipe.fit(X[fit_mask], labels[fit_mask])
     fit_seconds = time.perf_counter() - t0
     results = {}
     for split in SPLITS:
@@ -189,7 +199,7 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
                      "dtype": cache.params.get("dtype"),
                      "backbone_ref": cache.backbone_ref},
         "classes": pipe.classes_.tolist(), "class_names": class_names, "metrics": results,
-        "fit_seconds": round(fit_seconds, 4), "streamed": bool(stream),
+        "fit_seconds": round(fit_seconds, 4), "streamed": bool(stream), "fit_splits": list(fit_splits),
         "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
                    "from_source": cache.splits() is not None, "rows": {s: int(m.sum()) for s, m in masks.items()}},
     }

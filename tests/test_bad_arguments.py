@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import featcache
-from featcache.engine import ExtractOptions
+from featcache.plan import ExtractOptions
 from featcache.errors import FeatcacheError
 from featcache.model_dir import load_model_dir
 

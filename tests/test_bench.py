@@ -17,6 +17,7 @@ from PIL import Image
 
 import featcache
 from featcache.heads import HEADS
+from featcache.model_dir import read_card
 
 from conftest import REPO, run_featcache
 
@@ -124,3 +125,34 @@ def test_killed_bench_keeps_finished_rows_and_completes(fm_lite, tmp_path):
     for r in before:  # finished rows were kept as they were, not recomputed
         assert kept[r["settings"]]["fit_seconds"] == r["fit_seconds"]
     assert len(results.read_text().splitlines()) == 6
+
+
+def test_the_best_head_is_chosen_by_validation_accuracy_alone():
+    from featcache.report import best_row
+
+    rows = [
+        {"head": "a", "status": "ok", "baseline": False, "val_accuracy": 0.90, "accuracy": 0.80},
+        {"head": "b", "status": "ok", "baseline": False, "val_accuracy": 0.90, "accuracy": 0.95},  # tie, better test
+        {"head": "c", "status": "ok", "baseline": True, "val_accuracy": 0.99, "accuracy": 0.99},  # raw pixels
+        {"head": "d", "status": "failed", "baseline": False},
+    ]
+    assert best_row(rows)["head"] == "a"  # test accuracy never breaks the tie
+    assert best_row(rows[2:]) is None
+
+
+def test_best_model_is_refit_like_its_row_and_keras_rows_fit_once(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(60) % 2
+    images[labels == 1] //= 2  # learnable
+    cache = featcache.extract(images, labels=labels, out=tmp_path / "c", backbone="mobilenet_v2", weights="none",
+                              image_size=32)
+    rows = featcache.bench(cache.path, ["lda", "keras_linear"], out=tmp_path / "r", baseline_heads=(),
+                           params={"keras_linear": {"epochs": 3}})
+    keras_row = next(r for r in rows if r["head"] == "keras_linear")
+    assert keras_row["status"] == "ok" and keras_row["select_seconds"] == 0.0  # its one fit is its selection
+    best = read_card(tmp_path / "r" / "best_model")
+    chosen = next(r for r in rows if r["head"] == best["head"])
+    assert best["fit_splits"] == (["train"] if best["head"] == "keras_linear" else ["train", "val"])
+    assert chosen["n_train"] == best["splits"]["rows"]["train"] + (best["splits"]["rows"]["val"]
+                                                                  if best["head"] == "lda" else 0)

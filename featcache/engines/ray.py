@@ -4,52 +4,27 @@ The driver (the process that called ``extract``) keeps every duty it has with
 the local engine: it holds the cache directory's lock, decides which shards
 are missing, owns the manifest and writes the completion marker. Each Ray
 worker is an actor that builds the backbone once, then takes whole shards:
-for each one it runs :func:`featcache.engine.extract_shards` (the per-shard
+for each one it runs :func:`featcache.extractor.extract_shards` (the per-shard
 code path of the local engine) and writes the shard with the same
 temporary-name-then-rename rule, into the cache directory, which must be on
 storage every worker sees. It hands back only the shard's manifest record.
 
 A worker that dies (killed, out of memory, node lost) has its shard handed to
-a fresh worker; a shard is given up after ``max_retries`` deaths. Because
-shards, keys and records are the local engine's, a cache built here equals
-one built locally row for row, and either engine can resume the other's run.
+a fresh worker, up to ``max_retries`` times (3): a shard is given up at its
+worker's 4th death. Because shards, keys and records are the local engine's,
+a cache built here equals one built locally row for row, and either engine
+can resume the other's run.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter, deque
 from typing import Callable, Sequence
 
-from .engine import Extractor, Plan, extract_shards, record_shard, write_shard_checked
-from .errors import FeatcacheError
-
-INSTALL_HINT = "the ray engine needs Ray: pip install 'featcache[ray]'"
-
-
-def import_ray():
-    """``ray``, or a clear error saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise FeatcacheError(INSTALL_HINT) from None
-    return ray
-
-
-def connect(address: str | None = None) -> bool:
-    """Join the cluster at ``address`` (or start a local instance); True when this call started Ray."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
-    if "KERAS_BACKEND" in os.environ:
-        env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env}, logging_level="ERROR")
-    except ConnectionError as exc:
-        raise FeatcacheError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    return True
+from ..errors import FeatcacheError
+from ..extractor import Extractor, extract_shards
+from ..plan import Plan
+from ..ray_cluster import connect, import_ray
 
 
 class ShardWorker:
@@ -57,6 +32,7 @@ class ShardWorker:
 
     def __init__(self, plan: Plan):
         self.plan = plan
+        self.sink = plan.sink()  # writes only: the driver keeps the manifest
         self.extractor = Extractor(plan)
 
     def extract(self, index: int):
@@ -65,7 +41,7 @@ class ShardWorker:
         stats: dict = {}
         extract_shards(self.plan, [index], self.extractor, shards.append, stats=stats)
         _, items = self.plan.shard_items(index)
-        record = write_shard_checked(self.plan, shards[0]) if shards else None
+        record = self.sink.write(shards[0]) if shards else None
         return record, len(items), stats
 
 
@@ -99,17 +75,17 @@ class RayEngine:
                 n = max(1, int(res.get("CPU", 1) // self.cpus_per_worker))
         return max(1, min(n, n_shards))
 
-    def compute(self, plan: Plan, todo: Sequence[int], manifest: dict, *,
+    def compute(self, plan: Plan, todo: Sequence[int], sink, *,
                 on_items: Callable[[int], None] = lambda n: None) -> dict:
         ray = import_ray()
         started = connect(self.address)
         try:
-            return self._compute(ray, plan, todo, manifest, on_items)
+            return self._compute(ray, plan, todo, sink, on_items)
         finally:
             if started:
                 ray.shutdown()
 
-    def _compute(self, ray, plan, todo, manifest, on_items) -> dict:
+    def _compute(self, ray, plan, todo, sink, on_items) -> dict:
         from ray.exceptions import RayActorError, RayTaskError
 
         actor_cls = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
@@ -147,7 +123,7 @@ class RayEngine:
                         raise cause from None
                     raise FeatcacheError(f"a Ray worker failed on shard {index}: {cause or exc}") from None
                 if record is not None:
-                    record_shard(plan, manifest, record)
+                    sink.commit(record)
                     stats["bytes"] += record["bytes"]
                 stats["model_s"] += shard_stats.get("model_s", 0.0)
                 stats["wait_s"] += shard_stats.get("wait_s", 0.0)

@@ -1,0 +1,162 @@
+"""The per-shard code path every engine runs: read (decode), map (the compiled CNN), hand over each shard.
+
+* **reader** (:func:`read_batches`): a thread decodes batches with Pillow in
+  a thread pool and puts them on a bounded queue, so memory stays flat
+  whatever the dataset size;
+* **mapper** (:class:`Extractor`): the calling thread runs the compiled
+  extractor graph on each batch, padded to one fixed shape so it is traced
+  once;
+* each finished shard goes to ``write`` (a :class:`~featcache.store.CacheSink`
+  behind a writer thread locally, the worker's own sink on Ray).
+
+clip-retrieval's inference runner in spirit: reader, mapper and writer are
+separate roles, and a shard is the unit of work.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import store
+from .plan import Plan
+
+
+class Extractor:
+    """The compiled extractor graph for one plan: ``__call__(uint8 batch) -> {name: float32}``."""
+
+    def __init__(self, plan: Plan):
+        from .backbones.graph import build_extractor
+
+        opts = plan.options
+        self.batch_size = int(opts.batch_size)
+        self.model, self.names = build_extractor(
+            plan.backbone, input_size=plan.input_size, image_size=plan.image_size, pooling=opts.pooling,
+            outputs=opts.outputs, preprocess=opts.preprocess, compute_dtype=opts.compute_dtype)
+        jit = opts.jit
+        if isinstance(jit, str) and jit != "auto":
+            jit = jit.lower() in ("1", "true", "yes", "on")
+        self.model.compile(jit_compile=jit)
+
+    def output_info(self, dtype: str) -> dict:
+        return {n: {"shape": [int(d) for d in self.model.output[n].shape[1:]], "dtype": dtype} for n in self.names}
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        n = images.shape[0]
+        out: dict[str, list] = {k: [] for k in self.names}
+        for a in range(0, n, self.batch_size):
+            chunk = images[a:a + self.batch_size]
+            m = chunk.shape[0]
+            if m < self.batch_size:  # pad: one traced shape for every batch
+                pad = np.zeros((self.batch_size - m,) + chunk.shape[1:], chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            res = self.model.predict_on_batch(chunk)
+            for k in self.names:
+                out[k].append(np.asarray(res[k], dtype=np.float32)[:m])
+        return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in out.items()}
+
+
+class _Accumulator:
+    """Collects one shard's rows batch by batch."""
+
+    def __init__(self, index, item_range, has_splits):
+        self.index, self.item_range, self.has_splits = index, item_range, has_splits
+        self.features: dict[str, list] = {}
+        self.labels, self.ids, self.splits, self.skipped = [], [], [], []
+
+    def add(self, feats: dict | None, batch) -> None:
+        if feats is not None:
+            for k, v in feats.items():
+                self.features.setdefault(k, []).append(v)
+        self.labels += [it.label for it in batch.items]
+        self.ids += [it.id for it in batch.items]
+        self.splits += [it.split or "" for it in batch.items]
+        self.skipped += [(it.id, reason) for it, reason in batch.skipped]
+
+    def finish(self, names, empty_shapes) -> store.ShardData:
+        feats = {}
+        for k in names:
+            parts = self.features.get(k)
+            feats[k] = np.concatenate(parts) if parts else np.zeros((0,) + tuple(empty_shapes[k]), np.float32)
+        return store.ShardData(self.index, self.item_range, feats, np.asarray(self.labels, np.int64), self.ids,
+                               self.splits if self.has_splits else None, self.skipped)
+
+
+def read_batches(plan: Plan, indices: Sequence[int], executor) -> Iterable:
+    """Reader: (shard index, item range, batch, last-of-shard) in order."""
+    bs = plan.options.batch_size
+    for index in indices:
+        item_range, items = plan.shard_items(index)
+        if not items:
+            continue
+        for a in range(0, len(items), bs):
+            chunk = items[a:a + bs]
+            yield index, item_range, plan.source.read(chunk, plan.image_size, executor), a + bs >= len(items)
+
+
+def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, write: Callable[[store.ShardData], None],
+                   *, on_batch: Callable[[int], None] = lambda n: None, stats: dict | None = None) -> None:
+    """Compute and hand to ``write`` every shard in ``indices``: the per-shard code path.
+
+    Decoding runs ahead in a reader thread through a bounded queue of
+    ``prefetch`` batches, overlapped with model execution here.
+    """
+    stats = stats if stats is not None else {}
+    opts = plan.options
+    workers = opts.decode_workers or min(8, (os.cpu_count() or 2) + 2)
+    q: queue.Queue = queue.Queue(maxsize=opts.prefetch)
+    stop = threading.Event()
+    done = object()
+    shapes = {k: v["shape"] for k, v in extractor.output_info(opts.dtype).items()}
+
+    def produce():
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="featcache-decode") as pool:
+                for entry in read_batches(plan, indices, pool):
+                    while not stop.is_set():
+                        try:
+                            q.put(entry, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    reader = threading.Thread(target=produce, name="featcache-reader", daemon=True)
+    reader.start()
+    acc = None
+    try:
+        while True:
+            t0 = time.perf_counter()
+            entry = q.get()
+            stats["wait_s"] = stats.get("wait_s", 0.0) + time.perf_counter() - t0
+            if entry is done:
+                break
+            if isinstance(entry, BaseException):
+                raise entry
+            index, item_range, batch, last = entry
+            if acc is None or acc.index != index:
+                acc = _Accumulator(index, item_range, plan.source.has_splits)
+            t0 = time.perf_counter()
+            feats = extractor(batch.images) if len(batch.items) else None
+            took = time.perf_counter() - t0
+            stats["model_s"] = stats.get("model_s", 0.0) + took
+            if feats is not None and "first_batch_s" not in stats:  # includes tracing / XLA compilation
+                stats["first_batch_s"], stats["first_batch_items"] = took, len(batch.items)
+            acc.add(feats, batch)
+            on_batch(len(batch.items) + len(batch.skipped))
+            if last:
+                write(acc.finish(extractor.names, shapes))
+                acc = None
+    finally:
+        stop.set()
+        reader.join(timeout=30)

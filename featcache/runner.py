@@ -1,0 +1,232 @@
+"""Running an extraction: take the directory's lock, reuse what is valid, compute what is missing, commit.
+
+The top of stage one. :func:`prepare` turns what a user asked for into a
+:class:`~featcache.plan.Plan` and an engine (the CLI and :func:`extract` both
+go through it); :func:`run` executes a plan. Whatever the engine, this
+process holds the lock and owns the manifest (through the store's
+:class:`~featcache.store.CacheSink`); engines only write shard files and hand
+back their records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+
+from . import store
+from .backbones import Backbone
+from .engines import make_engine
+from .errors import CacheError, FeatcacheError
+from .plan import DEFAULT_BACKBONE, ExtractOptions, Plan, make_plan
+from .sources import open_source
+from .versions import versions
+
+
+@dataclass
+class RunSummary:
+    """What one ``extract`` call did (also printed by the CLI)."""
+
+    out: Path
+    key: str
+    items: int
+    rows: int
+    skipped: int
+    computed_shards: int
+    reused_shards: int
+    seconds: float
+    images_per_s: float
+    bytes_written: int
+    noop: bool
+    notes: list[str]
+
+
+def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: bool = True,
+        wait: float = 0.0, engine=None) -> tuple[store.Cache, RunSummary]:
+    """Execute ``plan``: reuse what is valid, compute what is missing with ``engine``, finalize.
+
+    Args:
+        plan: from :func:`~featcache.plan.make_plan` (or :func:`prepare`).
+        overwrite: replace a cache made with other settings (only files
+            featcache can prove it wrote are removed).
+        repair: check every shard's sha256 and recompute the damaged ones.
+        progress: show a progress bar.
+        wait: seconds to wait for another writer's lock.
+        engine: from :func:`~featcache.engines.make_engine`; local when None.
+
+    Returns:
+        ``(cache, summary)``: the opened :class:`~featcache.store.Cache` and a :class:`RunSummary`.
+    """
+    from .console import ProgressBar
+
+    if isinstance(wait, bool) or not isinstance(wait, Real) or not wait >= 0:  # NaN is not >= 0
+        raise FeatcacheError(f"wait must be a number of seconds >= 0, got {wait!r}")
+    t_start = time.perf_counter()
+    out = plan.out
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"--out {out} exists and is not a directory")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    try:
+        lock = store.DirectoryLock(out, wait=wait).acquire()
+    except store.ReadOnlyError as exc:
+        return _run_read_only(plan, t_start, exc)
+    shape = {"key": plan.key, "n_shards": plan.n_shards}
+    try:
+        store.remove_temporaries(out)
+        try:
+            old = store.read_manifest(out)
+        except CacheError:
+            if not overwrite:
+                raise
+            old = None  # clear_cache_files decides whether the file is ours to replace
+        old, kept = store.claim(out, old, key=plan.key, params=plan.params, fingerprint=plan.fingerprint,
+                                overwrite=overwrite)
+        notes = [f"not featcache's, left alone: {k}" for k in kept]
+        done, problems = store.existing_shards(out, old, repair=repair, shard_size=plan.options.shard_size,
+                                               n_items=len(plan.source), **shape)
+        if not problems and len(done) == plan.n_shards and store.up_to_date(out, old, check_shards=False, **shape):
+            notes += store.refresh_class_names(out, old, plan.source.class_names)
+            return _noop_summary(plan, t_start, notes)
+        notes += [f"repaired: {p}" for p in problems]
+        sink = plan.sink()
+        src = plan.source
+        sink.begin(params=plan.params, fingerprint=plan.fingerprint, backbone_ref=plan.backbone_ref,
+                   dataset={"source": src.describe(), "n_items": len(src), "class_names": list(src.class_names),
+                            "has_splits": src.has_splits, "reopen": src.spec},
+                   n_shards=plan.n_shards, shards=list(done.values()), old=old,
+                   save=bool(done) or old is not None)  # a run that has written no shard claims nothing
+        todo = [i for i in range(plan.n_shards) if i not in done]
+        stats: dict = {}
+        n_todo = sum(len(plan.shard_items(i)[1]) for i in todo)
+        t_compute = time.perf_counter()
+        if todo:
+            engine = engine or make_engine("local")
+            with ProgressBar(n_todo, f"extract {plan.backbone.name}", enabled=progress) as bar:
+                stats = engine.compute(plan, todo, sink, on_items=bar.advance)
+        compute_s = time.perf_counter() - t_compute
+        timings = {
+            "seconds": round(time.perf_counter() - t_start, 3),
+            "compute_seconds": round(compute_s, 3),
+            "images_computed": n_todo,
+            "images_per_s": round(n_todo / compute_s, 2) if n_todo and compute_s > 0 else None,
+            "build_seconds": round(stats.get("build_s", 0.0), 3),
+            "first_batch_seconds": round(stats.get("first_batch_s", 0.0), 3),
+            "first_batch_items": stats.get("first_batch_items", 0),
+            "model_seconds": round(stats.get("model_s", 0.0), 3),
+            "input_wait_seconds": round(stats.get("wait_s", 0.0), 3),
+            "engine": stats.get("engine", "local"),
+            **{k: stats[k] for k in ("workers", "worker_restarts") if k in stats},
+        }
+        store.remove_temporaries(out)  # a worker killed mid-write (Ray) leaves one; no writer is left now
+        sink.finish(timings=timings, versions=versions())
+    finally:
+        unclaimed = not store.is_our_manifest(out / store.MANIFEST)
+        lock.release(remove=unclaimed)
+        if created and unclaimed:
+            _remove_unclaimed(out)
+    cache = store.open_cache(out)
+    summary = RunSummary(out, plan.key, len(plan.source), len(cache), len(cache.skipped), len(todo), len(done),
+                         time.perf_counter() - t_start, timings["images_per_s"] or 0.0,
+                         int(stats.get("bytes", 0)), False, notes)
+    return cache, summary
+
+
+def _noop_summary(plan: Plan, t_start: float, notes: list[str]) -> tuple[store.Cache, RunSummary]:
+    cache = store.open_cache(plan.out)
+    return cache, RunSummary(plan.out, plan.key, len(plan.source), len(cache), len(cache.skipped), 0, plan.n_shards,
+                             time.perf_counter() - t_start, 0.0, 0, True, notes)
+
+
+def _run_read_only(plan: Plan, t_start: float, exc: store.ReadOnlyError) -> tuple[store.Cache, RunSummary]:
+    """A cache on read-only media: an up-to-date one is a no-op; anything else says why it cannot go on."""
+    old = store.read_manifest(plan.out)
+    if store.up_to_date(plan.out, old, key=plan.key, n_shards=plan.n_shards):
+        if old["dataset"].get("class_names") != list(plan.source.class_names):
+            raise CacheError(f"{exc}; the class names changed and cannot be recorded there")
+        return _noop_summary(plan, t_start, [])
+    state = "holds no cache" if old is None else ("holds a cache made with other settings"
+                                                  if old["key"] != plan.key else "holds an unfinished cache")
+    raise CacheError(f"{exc} and {state}; extract to a writable --out") from None
+
+
+def _remove_unclaimed(out: Path) -> None:
+    """Undo what a run that created ``out`` and never wrote a shard left: the empty folders."""
+    for d in (out / store.SHARDS, out):
+        try:
+            d.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
+def prepare(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, weights="imagenet",
+            layer: str | None = None, classes=None, limit: int | None = None, labels=None,
+            allow_outside: bool = False, data_dir=None, engine: str = "local", ray_address: str | None = None,
+            workers: int | None = None, gpus_per_worker: float | None = None,
+            options: ExtractOptions | None = None) -> tuple[Plan, object]:
+    """The plan and the engine for an extraction, checked before anything runs (see :func:`extract`)."""
+    if out is None:
+        raise FeatcacheError("extract needs an output directory (out=...)")
+    runner = make_engine(engine, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+    src = open_source(source, labels=labels, allow_outside=allow_outside, data_dir=data_dir)
+    if classes is not None or limit is not None:
+        src = src.subset(classes=classes, limit=limit)
+    plan = make_plan(src, backbone, out, options or ExtractOptions(), weights=weights, layer=layer)
+    return plan, runner
+
+
+def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, weights="imagenet",
+            layer: str | None = None, overwrite: bool = False, repair: bool = False, progress: bool = False,
+            wait: float = 0.0, classes=None, limit: int | None = None, labels=None, allow_outside: bool = False,
+            data_dir=None, return_summary: bool = False, engine: str = "local", ray_address: str | None = None,
+            workers: int | None = None, gpus_per_worker: float | None = None, **options) -> store.Cache:
+    """Extract features of ``source`` with a frozen ``backbone`` into the cache at ``out``.
+
+    Re-running resumes after any crash; an identical finished run is a no-op;
+    a different setting in the same directory is an error naming it.
+
+    Args:
+        source: a folder of class sub-folders, a CSV manifest (``path,label[,split]``),
+            a dataset name such as ``"fashion_mnist:test"``, a uint8 array
+            (with ``labels=``) or a :class:`~featcache.sources.Source`.
+        backbone: a registry name (``featcache backbones``) or a ``.keras`` file.
+        out: the cache directory (new, empty, or a featcache cache).
+        weights: ``"imagenet"``, ``"none"`` (seeded random, for tests) or a weights file.
+        layer: cut the backbone at this layer.
+        overwrite: replace a cache made with other settings.
+        repair: check every shard's sha256 and recompute damaged ones.
+        progress: show a progress bar.
+        wait: seconds to wait for another writer's lock.
+        classes: keep only these labels.
+        limit: keep only the first ``limit`` items.
+        labels: labels of an array ``source``.
+        allow_outside: let a CSV manifest name files outside its folder.
+        data_dir: where to look first for named datasets.
+        return_summary: return ``(cache, summary)`` instead of the cache alone.
+        engine: ``"local"`` or ``"ray"`` (with ``ray_address``, ``workers``,
+            ``gpus_per_worker``); the cache is the same either way.
+        **options: :class:`~featcache.plan.ExtractOptions` fields (``image_size``,
+            ``pooling``, ``outputs``, ``dtype``, ``compute_dtype``,
+            ``batch_size``, ``shard_size``, ``compression``, ``jit``, ...).
+
+    Returns:
+        The opened :class:`~featcache.store.Cache` (rows in source order), or
+        ``(cache, RunSummary)`` with ``return_summary=True``.
+
+    Examples:
+        >>> cache = featcache.extract("images/", image_size=96, out="caches/mine")  # doctest: +SKIP
+        >>> X, y = cache.features(), cache.labels()                                 # doctest: +SKIP
+    """
+    unknown = set(options) - set(ExtractOptions.__dataclass_fields__)
+    if unknown:
+        raise FeatcacheError(f"unknown extract option(s): {', '.join(sorted(unknown))}")
+    plan, runner = prepare(source, backbone, out, weights=weights, layer=layer, classes=classes, limit=limit,
+                           labels=labels, allow_outside=allow_outside, data_dir=data_dir, engine=engine,
+                           ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                           options=ExtractOptions(**options))
+    cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait, engine=runner)
+    return (cache, summary) if return_summary else cache
