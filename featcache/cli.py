@@ -44,14 +44,10 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args) -> int:
-    from .plan import ExtractOptions
+    from .plan import SETTINGS, ExtractOptions
     from .runner import prepare, run
 
-    opts = ExtractOptions(
-        image_size=args.image_size, pooling=args.pooling, outputs=_csv_list(args.outputs) if args.outputs else None,
-        preprocess=args.preprocess, dtype=args.dtype, compute_dtype=args.compute_dtype, batch_size=args.batch_size,
-        shard_size=args.shard_size, compression=None if args.compression == "none" else args.compression,
-        jit=args.jit, decode_workers=args.decode_threads, prefetch=args.prefetch)
+    opts = ExtractOptions(**{s.name: getattr(args, s.name) for s in SETTINGS})
     out = args.out or _default_out(args.source, args.backbone)
     plan, engine = prepare(args.source, args.backbone, out, weights=args.weights, layer=args.layer,
                            classes=args.classes, limit=args.limit, allow_outside=args.allow_outside,
@@ -270,20 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registry name or .keras file (default {DEFAULT_BACKBONE})")
     p.add_argument("--weights", default="imagenet", help="imagenet, none (random, for tests) or a weights file")
     p.add_argument("--layer", help="cut the backbone at this layer")
-    p.add_argument("--image-size", type=int, help="model input size in pixels (default: the backbone's)")
-    p.add_argument("--pooling", default="avg", choices=["avg", "max", "none"])
-    p.add_argument("--outputs", help="comma-separated layer names to store, each pooled")
-    p.add_argument("--preprocess", choices=["tf", "torch", "caffe", "none", "unit", "lite"],
-                   help="override the backbone's input normalisation")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype")
-    p.add_argument("--compute-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="compute precision (float16/bfloat16 = mixed precision)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=4096, help="rows per shard")
-    p.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"])
-    p.add_argument("--jit", default="auto", help="jit compilation: auto, true or false")
-    p.add_argument("--decode-threads", type=int, help="Pillow decode threads (default: cores + 2, at most 8)")
-    p.add_argument("--prefetch", type=int, default=4, help="decoded batches queued ahead of the model")
+    from .plan import SETTINGS
+
+    for setting in SETTINGS:  # declared once, in featcache/plan.py
+        p.add_argument(setting.flag, default=setting.default, help=setting.help, choices=setting.choices,
+                       type=_csv_list if setting.many else setting.type)
     p.add_argument("--out", help="cache directory (default caches/<source>-<backbone>)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
     p.add_argument("--repair", action="store_true", help="check every shard's sha256 and recompute damaged ones")
@@ -337,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark heads on one or more caches, with a report")
     p.add_argument("caches", nargs="+", help="cache directories (several: compare backbones)")
-    p.add_argument("--heads", help="comma-separated head names (default: all)")
-    p.add_argument("--all", action="store_true", help="every head (the default)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--heads", help="comma-separated head names (default: all)")
+    which.add_argument("--all", action="store_true", help="every head (the default)")
     p.add_argument("--param", action="append", metavar="HEAD:KEY=VALUE", help="fix a head parameter, repeatable")
     p.add_argument("--cv", type=int, help="choose hyper-parameters by K-fold CV inside train instead of on val")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per head before it is reported timed out")

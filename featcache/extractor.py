@@ -39,9 +39,7 @@ class Extractor:
         self.model, self.names = build_extractor(
             plan.backbone, input_size=plan.input_size, image_size=plan.image_size, pooling=opts.pooling,
             outputs=opts.outputs, preprocess=opts.preprocess, compute_dtype=opts.compute_dtype)
-        jit = opts.jit
-        if isinstance(jit, str) and jit != "auto":
-            jit = jit.lower() in ("1", "true", "yes", "on")
+        jit = {"auto": "auto", "true": True, "false": False}[opts.jit]
         self.model.compile(jit_compile=jit)
 
     def output_info(self, dtype: str) -> dict:
@@ -109,7 +107,7 @@ def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, wri
     """
     stats = stats if stats is not None else {}
     opts = plan.options
-    workers = opts.decode_workers or min(8, (os.cpu_count() or 2) + 2)
+    workers = opts.decode_threads or min(8, (os.cpu_count() or 2) + 2)
     q: queue.Queue = queue.Queue(maxsize=opts.prefetch)
     stop = threading.Event()
     done = object()

@@ -137,6 +137,8 @@ def _json_default(obj):
 def read_card(path) -> dict:
     """The card of a model directory, checked field by field before anything trusts it."""
     card_path = Path(path) / CARD
+    if not Path(path).is_dir():
+        raise FeatcacheError(f"{path} is not a featcache model directory (not a directory)")
     try:
         card = json.loads(card_path.read_text("utf-8"))
     except FileNotFoundError:

@@ -20,7 +20,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from .plan import DEFAULT_BACKBONE
+from .plan import DEFAULT_BACKBONE, SETTINGS
 from .errors import FeatcacheError, KeyMismatchError
 
 _STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
@@ -32,16 +32,16 @@ SCHEMA = {
     "data": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "data_dir": _STR, "allow_outside": _BOOL},
     "pretrain": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "arch": _STR, "epochs": _INT,
                  "batch_size": _INT, "learning_rate": _FLOAT, "out": _STR},
-    "extract": {"name": _STR, "backbone": _STR, "weights": _STR, "layer": _STR, "image_size": _INT,
-                "pooling": _STR, "outputs": _LIST_STR, "dtype": _STR, "compute_dtype": _STR, "batch_size": _INT,
-                "shard_size": _INT, "cache": _STR},
+    # the extraction settings come from their one declaration (featcache/plan.py); these four name the rest
+    "extract": {"name": _STR, "backbone": _STR, "weights": _STR, "layer": _STR, "cache": _STR,
+                **{s.name: _LIST_STR if s.many else (s.type,) + ((bool,) if s.bools else ()) for s in SETTINGS}},
     "train": {"heads": _LIST_STR, "cache": _STR, "params": _TABLE, "export": _STR},
     "bench": {"heads": _LIST_STR, "caches": _LIST_STR, "n_jobs": _INT, "timeout": _FLOAT, "cv": _INT,
               "baseline_heads": _LIST_STR, "out": _STR},
 }
 REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"]}
 #: the [[extract]] keys that are ExtractOptions
-EXTRACT_OPTIONS = ("image_size", "pooling", "outputs", "dtype", "compute_dtype", "batch_size", "shard_size")
+EXTRACT_OPTIONS = tuple(s.name for s in SETTINGS)
 
 
 def _type_name(spec) -> str:

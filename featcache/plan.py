@@ -17,6 +17,7 @@ from pathlib import Path
 from . import store
 from .backbones import Backbone, resolve
 from .backbones.graph import COMPUTE_DTYPES, POOLINGS
+from .backbones.layers import PREPROCESS_MODES
 from .errors import BackboneError, FeatcacheError
 from .sources import Source
 
@@ -27,48 +28,114 @@ MAX_IMAGE_SIDE = 4096
 MAX_BATCH_PIXELS = 64 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One extraction setting, declared once.
+
+    ``ExtractOptions`` takes its default from here, ``featcache extract``
+    builds its flag from here (``--image-size`` for ``image_size``), pipeline
+    files type-check their ``[[extract]]`` key against it, and
+    :meth:`ExtractOptions.check` enforces its choices and bounds.
+    """
+
+    name: str
+    default: object
+    help: str
+    type: type = str
+    choices: tuple | None = None
+    #: smallest allowed value (integers)
+    minimum: int | None = None
+    #: a list of values (comma-separated on the command line)
+    many: bool = False
+    #: True and False stand for "true" and "false" (Python, TOML)
+    bools: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+#: every extraction setting that is not the source or the backbone, in the order ``--help`` shows them
+SETTINGS: tuple[Setting, ...] = (
+    Setting("image_size", None, "model input size in pixels (default: the backbone's)", int, minimum=1),
+    Setting("pooling", "avg", "pool each stored feature map", choices=POOLINGS),
+    Setting("outputs", None, "layer names to store (comma-separated), each pooled; default: the backbone's last",
+            many=True),
+    Setting("preprocess", None, "override the backbone's input normalisation", choices=tuple(PREPROCESS_MODES)),
+    Setting("dtype", "float16", "storage dtype", choices=store.STORAGE_DTYPES),
+    Setting("compute_dtype", "float32", "compute precision (float16/bfloat16: mixed precision)",
+            choices=tuple(COMPUTE_DTYPES)),
+    Setting("batch_size", 64, "images per model call", int, minimum=1),
+    Setting("shard_size", 4096, "source items per shard", int, minimum=1),
+    Setting("compression", "none", "shard compression", choices=("none", "lzf", "gzip")),
+    Setting("jit", "auto", "jit compilation of the extractor", choices=("auto", "true", "false"), bools=True),
+    Setting("decode_threads", None, "Pillow decode threads (default: cores + 2, at most 8)", int, minimum=1),
+    Setting("prefetch", 4, "decoded batches queued ahead of the model", int, minimum=1),
+)
+SETTING = {s.name: s for s in SETTINGS}
+
+
+def _default(name: str):
+    return field(default=SETTING[name].default)
+
+
 @dataclass
 class ExtractOptions:
-    """Everything about an extraction that is not the source or the backbone."""
+    """Everything about an extraction that is not the source or the backbone.
 
-    image_size: int | tuple[int, int] | None = None
-    pooling: str = "avg"
-    outputs: list[str] | None = None
-    preprocess: str | None = None
-    dtype: str = "float16"
-    compute_dtype: str = "float32"
-    batch_size: int = 64
-    shard_size: int = 4096
-    compression: str | None = None
-    jit: bool | str = "auto"
-    decode_workers: int | None = None
-    prefetch: int = 4
+    Each field is declared once, in :data:`SETTINGS` (default, choices,
+    bounds, help); see ``featcache extract --help`` for what each one does.
+
+    Examples:
+        >>> ExtractOptions(image_size=96, pooling="max").check()
+    """
+
+    image_size: int | tuple[int, int] | None = _default("image_size")
+    pooling: str = _default("pooling")
+    outputs: list[str] | None = _default("outputs")
+    preprocess: str | None = _default("preprocess")
+    dtype: str = _default("dtype")
+    compute_dtype: str = _default("compute_dtype")
+    batch_size: int = _default("batch_size")
+    shard_size: int = _default("shard_size")
+    compression: str | None = _default("compression")
+    jit: bool | str = _default("jit")
+    decode_threads: int | None = _default("decode_threads")
+    prefetch: int = _default("prefetch")
+
+    def __post_init__(self):
+        if self.compression is None:  # the Python API's None is the command line's "none"
+            self.compression = "none"
+        if isinstance(self.jit, bool):
+            self.jit = "true" if self.jit else "false"
+
+    @property
+    def shard_compression(self) -> str | None:
+        """The HDF5 filter for the shards (None: contiguous, uncompressed)."""
+        return None if self.compression == "none" else self.compression
 
     def check(self) -> None:
-        """Refuse a bad option before any work, naming it (the CLI and the Python API both come here)."""
+        """Refuse a bad option before any work, naming it (the CLI, pipelines and the Python API all come here)."""
         from numbers import Integral
 
-        def positive_int(value) -> bool:
-            return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
+        def integer(value) -> bool:
+            return isinstance(value, Integral) and not isinstance(value, bool)
 
-        if self.pooling not in POOLINGS:
-            raise FeatcacheError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if self.dtype not in store.STORAGE_DTYPES:
-            raise FeatcacheError(f"dtype must be float16 or float32, got {self.dtype!r}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise FeatcacheError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
-        if self.compression not in store.COMPRESSIONS:
-            raise FeatcacheError(f"compression must be lzf or gzip (or none), got {self.compression!r}")
-        for name in ("batch_size", "shard_size", "prefetch"):
-            if not positive_int(getattr(self, name)):
-                raise FeatcacheError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.decode_workers is not None and not positive_int(self.decode_workers):
-            raise FeatcacheError(f"decode threads must be a positive integer, got {self.decode_workers!r}")
-        if not (isinstance(self.jit, bool) or self.jit in ("auto", "true", "false")):
-            raise FeatcacheError(f"jit must be auto, true or false, got {self.jit!r}")
+        for setting in SETTINGS:
+            value = getattr(self, setting.name)
+            if value is None or setting.name == "image_size":
+                continue
+            if setting.many:
+                if not (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value)):
+                    raise FeatcacheError(f"{setting.name} must be a non-empty list of names, got {value!r}")
+            elif setting.choices is not None and value not in setting.choices:
+                raise FeatcacheError(f"{setting.name} must be one of {', '.join(map(str, setting.choices))}, "
+                                     f"got {value!r}")
+            elif setting.minimum is not None and not (integer(value) and value >= setting.minimum):
+                raise FeatcacheError(f"{setting.name} must be an integer of at least {setting.minimum}, got {value!r}")
         size = self.image_size
-        if size is not None and not (positive_int(size) or (
-                isinstance(size, (tuple, list)) and len(size) == 2 and all(positive_int(v) for v in size))):
+        if size is not None and not (integer(size) and size > 0 or (
+                isinstance(size, (tuple, list)) and len(size) == 2 and all(integer(v) and v > 0 for v in size))):
             raise FeatcacheError(f"image size must be a positive integer (or a pair of them), got {size!r}")
 
 
@@ -95,7 +162,7 @@ class Plan:
     def sink(self) -> store.CacheSink:
         """Where this plan's shards are written (a fresh one, without a manifest, for each process)."""
         return store.CacheSink(self.out, key=self.key, dtype=self.options.dtype,
-                               compression=self.options.compression, n_items=len(self.source))
+                               compression=self.options.shard_compression, n_items=len(self.source))
 
     def shard_items(self, index: int):
         size = self.options.shard_size
@@ -153,7 +220,7 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
         "dtype": options.dtype,
         "compute_dtype": options.compute_dtype,
         "shard_size": int(options.shard_size),
-        "compression": options.compression,
+        "compression": options.shard_compression,
     }
     fingerprint = source.fingerprint()
     return Plan(source, backbone, options, Path(out), image_size, input_size, params, fingerprint,

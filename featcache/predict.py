@@ -10,6 +10,7 @@ the head.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from .plan import ExtractOptions, make_plan
 from .runner import run
 from .errors import FeatcacheError
-from .files import fsync_file, spreadsheet_safe
+from .files import atomic_write_bytes, fsync_file, spreadsheet_safe
 from .homes import featcache_home
 from .model_dir import feature_mismatch, load_model_dir, read_card
 from .sources import CsvSource, FileListSource, FolderSource, Source
@@ -76,6 +77,10 @@ def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) 
 
 def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = False) -> list[dict]:
     """Class and probabilities per image; skipped images come back with their reason."""
+    if out is not None:
+        out = _check_predictions_target(out)
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise FeatcacheError(f"--cache-dir {cache_dir} exists and is not a directory")
     pipe, card = load_model_dir(model_dir)
     cache = features_for(card, inputs, cache_dir=cache_dir, progress=progress)
     output = card["features"]["output"]
@@ -95,17 +100,27 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
     return rows
 
 
-def write_predictions(rows: list[dict], out, class_names) -> None:
+def _check_predictions_target(out) -> Path:
+    """A .csv or .json path that is not a directory: checked before any prediction is made."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise FeatcacheError(f"predictions go to a .csv or .json file, not {out.name or out}")
+    if out.is_dir():
+        raise FeatcacheError(f"--out {out} is a directory; name a .csv or .json file")
+    return out
+
+
+def write_predictions(rows: list[dict], out, class_names) -> None:
+    out = _check_predictions_target(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(rows, indent=2) + "\n")  # ASCII: non-UTF-8 names travel as \udcXX escapes
-        return
-    if out.suffix.lower() != ".csv":
-        raise FeatcacheError(f"predictions go to a .csv or .json file, not {out.name}")
-    # surrogateescape: an image whose file name is not UTF-8 keeps its exact bytes in the id column
-    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        w = csv.writer(f)
+        data = (json.dumps(rows, indent=2) + "\n").encode()  # ASCII: non-UTF-8 names travel as \udcXX escapes
+    else:
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
         w.writerow([spreadsheet_safe(v) for v in
                     ["id", "label", "class", "probability", "error"] + [f"p_{n}" for n in class_names]])
         for r in rows:
@@ -113,6 +128,12 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
             w.writerow([spreadsheet_safe(v) for v in [r["id"], r["label"], r["class"], r["probability"],
                                                       r.get("error", "")]]
                        + [probs.get(n, "") for n in class_names])
+        # surrogateescape: an image whose file name is not UTF-8 keeps its exact bytes in the id column
+        data = text.getvalue().encode("utf-8", "surrogateescape")
+    try:
+        atomic_write_bytes(out, data)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path:

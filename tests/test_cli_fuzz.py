@@ -164,10 +164,7 @@ def test_fuzz_extract(world, data):
         "--preprocess": ["none", "tf", "banana"],
         "--dtype": ["float32", "int8"],
         "--compute-dtype": ["float32", "float64"],
-        "--batch-size": ["4", "1", "0", "-1", "abc", "", "2.5"],
-        # TODO(main): --batch-size 2147483648 (or 100000000) with everything else valid: the engine pads each
-        # batch to batch_size and MemoryError escapes (a traceback, after the cache folder was created); no
-        # upper bound is checked anywhere. Left out of the pool.
+        "--batch-size": ["4", "1", "0", "-1", "abc", "", "2.5", "2147483648", "100000000"],
         "--shard-size": ["5", "2147483648"] + NUMBERS,
         "--compression": ["lzf", "gzip", "zip"],
         "--jit": ["auto", "false", "banana", "", "TRUE"],
@@ -214,9 +211,7 @@ def test_fuzz_train(world, data):
         "--stream": FLAG,
         "--val-fraction": ["0.1", "0.5"] + NUMBERS,
         "--test-fraction": ["0.2", "0.6"] + NUMBERS,
-        # TODO(main): --out pointing at an existing plain file: save_model_dir's mkdir raises FileExistsError
-        # (a traceback) after training. Left out of the pool.
-        "--out": [w.fresh, lambda: w.fresh(".ünï")],
+        "--out": [w.fresh, lambda: w.fresh(".ünï"), str(w.plain), str(w.folder), lambda: w.copy(w.cache)],
     }
     cache = data.draw(st.sampled_from([w.cache] * 5 + paths(w, w.bad_manifest, w.no_shards, w.model_sk)))
     argv = ["train", cache] + draw_flags(data, flags, 5)
@@ -230,10 +225,13 @@ def test_fuzz_train(world, data):
 # --------------------------------------------------------------------------- predict, export
 
 
-# TODO(main): a plain file as the model directory ("plain"): read_card raises NotADirectoryError (a traceback)
-# for `featcache predict notes.txt IMAGE` and `featcache export notes.txt out.keras`. Left out of the pool.
 MODELS = ["model_sk", "model_keras", "model_sk", "model_keras", "card_wrong_format", "head_missing", "cache",
-          "missing", "empty", "unicode_missing"]
+          "missing", "empty", "unicode_missing", "plain"]
+
+
+def _folder(path):
+    os.makedirs(path)
+    return path
 
 
 @settings(FUZZ, max_examples=200)
@@ -241,21 +239,15 @@ MODELS = ["model_sk", "model_keras", "model_sk", "model_keras", "card_wrong_form
 def test_fuzz_predict(world, data):
     w = world
     model = getattr(w, data.draw(st.sampled_from(MODELS)))
-    # TODO(main): inputs that all exist but none of which decodes (`predict MODEL notes.txt`, `predict MODEL
-    # bad.csv`, `predict MODEL images/ cache/`): every image is skipped and predict.py's
-    # X.reshape(len(X), -1) on the empty features raises ValueError (a traceback). So several inputs always
-    # include one readable image, and a single input is never a plain file or an unreadable CSV.
-    single = st.sampled_from([str(w.folder), w.png, w.cache, w.missing, str(w.empty), w.unicode_missing, ""])
+    single = st.sampled_from([str(w.folder), w.png, w.cache, w.missing, str(w.empty), w.unicode_missing, "",
+                              str(w.plain), str(w.bad_csv)])
     several = st.lists(st.sampled_from([str(w.folder), w.png, w.cache, str(w.bad_csv)] + paths(w)), min_size=1,
-                       max_size=2).map(lambda rest: [w.png] + rest)
+                       max_size=2)
     images = data.draw(st.one_of(single.map(lambda one: [one]), several))
     flags = {
-        # TODO(main): --out naming an existing folder called x.csv or x.json: after the whole prediction,
-        # write_predictions opens it and IsADirectoryError escapes (a traceback). Left out of the pool.
-        "--out": [lambda: w.fresh(".csv"), lambda: w.fresh(".json"), lambda: w.fresh(".txt"), str(w.empty), ""],
-        # TODO(main): --cache-dir naming a plain file: the extraction's mkdir raises NotADirectoryError (a
-        # traceback). Left out of the pool.
-        "--cache-dir": [w.fresh, w.fresh, ""],
+        "--out": [lambda: w.fresh(".csv"), lambda: w.fresh(".json"), lambda: w.fresh(".txt"), str(w.empty), "",
+                  lambda: _folder(w.fresh(".csv"))],
+        "--cache-dir": [w.fresh, w.fresh, "", str(w.plain)],
         "--quiet": FLAG,
     }
     run(["predict", model, *images] + draw_flags(data, flags, 3))
@@ -313,8 +305,6 @@ def test_fuzz_bench_refuses_every_bad_value_before_any_work(world, data):
         "--pixel-size": ["8"],
         "--quiet": FLAG,
     }
-    # TODO(main): with every value good, --out naming a plain file fails in out.mkdir (FileExistsError, a
-    # traceback); here it is always paired with a bad value, which is refused first.
     out = data.draw(st.sampled_from([w.fresh, str(w.plain)]))
     out = out() if callable(out) else out
     caches = data.draw(st.lists(st.sampled_from([w.cache, w.cache, w.bad_manifest] + paths(w)), min_size=1,
@@ -322,10 +312,6 @@ def test_fuzz_bench_refuses_every_bad_value_before_any_work(world, data):
     argv = ["bench", *caches] + draw_flags(data, flags, 4) + ["--out", out]
     if all(c == w.cache for c in caches):  # no bad cache: one bad value, last, so argparse keeps it
         bad = data.draw(st.sampled_from(BENCH_BAD))
-        if bad[0] == "--heads" and "--all" in argv:
-            # TODO(main): --all silently overrides --heads, so `bench CACHE --all --heads nope` ignores the bad
-            # list and runs every head. Until the two are exclusive, a bad --heads comes without --all here.
-            argv.remove("--all")
         argv += list(bad)
     assert run(argv) == 2
     assert not os.path.isdir(out)  # no report folder: nothing was written
