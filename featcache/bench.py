@@ -76,7 +76,7 @@ def pixel_features(cache, size: int = 16) -> np.ndarray:
 
     from .sources import reopen
 
-    src = reopen(cache.source_spec)
+    src = reopen(cache.source_address)
     by_id = {it.id: it for it in src.items}
     ids = cache.ids()
     missing = [i for i in ids if i not in by_id]
@@ -330,12 +330,37 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
           timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = 1, out="report", baseline_heads=("logreg",),
           pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
           ray_address: str | None = None) -> list[dict]:
-    """Run ``heads`` (default: all) on each cache; write the report into ``out``; return the rows.
+    """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
-    ``backend`` is a joblib backend: ``threading`` (each head still runs in its
-    own spawned process) or ``ray``, which runs the heads as tasks on the Ray
-    cluster at ``ray_address`` (or a local instance); the caches and ``out``
-    must then be on storage every node sees.
+    Hyper-parameters are chosen on the validation split (or ``cv`` folds
+    inside train), the chosen setting is refit on train+val, the test split
+    is touched once, and the best head is picked by validation accuracy
+    alone and saved to ``out/best_model``. Each head runs in its own process
+    with a time budget; rows are kept as they finish, so a re-run resumes.
+
+    Args:
+        caches: one cache (a :class:`~featcache.store.Cache` or its directory) or several.
+        heads: head names (default: every head).
+        params: fixed parameters per head, e.g. ``{"knn": {"n_neighbors": 5}}``.
+        cv: choose hyper-parameters by K-fold CV inside train instead of on val.
+        timeout: seconds per head before its row says "timed out" (None: no limit).
+        n_jobs: heads run at once (-1: every CPU of the backend).
+        out: the report directory (new, empty, or an earlier featcache report).
+        baseline_heads: heads also run on raw pixels of the first cache's images.
+        pixel_size: side of the downsampled raw-pixel baseline.
+        backend: a joblib backend: ``threading`` (each head still runs in its
+            own spawned process) or ``ray``, which runs the heads as tasks on
+            the Ray cluster at ``ray_address`` (or a local instance); the
+            caches and ``out`` must then be on storage every node sees.
+        progress: show the live table.
+        save_best: refit and save the best head to ``out/best_model``.
+
+    Returns:
+        The rows, one dict per (cache, head): test accuracy, macro-F1,
+        validation accuracy, chosen parameters, fit time, status, ...
+
+    Examples:
+        >>> rows = featcache.bench("caches/fm", ["logreg", "knn"], out="report")  # doctest: +SKIP
     """
     from .heads import HEADS, get_head_spec, validate_head
     from .report import LiveTable, best_row, write_report

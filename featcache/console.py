@@ -11,11 +11,31 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-# Not a terminal (pipes, CI logs): wide enough that tables never wrap names,
-# whatever COLUMNS a parent shell exported.
-_WIDTH = None if sys.stdout.isatty() else max(160, int(os.environ.get("COLUMNS") or 0))
-console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _WIDTH)
-stdout = Console(highlight=False, width=_WIDTH)
+def _width(stream) -> int | None:
+    """None (follow the terminal) on a terminal; elsewhere (pipes, CI logs) wide enough that tables never
+    wrap names, whatever COLUMNS a parent shell exported."""
+    return None if stream.isatty() else max(160, int(os.environ.get("COLUMNS") or 0))
+
+
+class _OnFirstUse:
+    """A rich Console made when first printed to, not at import: its width follows the streams then."""
+
+    def __init__(self, stderr: bool):
+        self._stderr, self._console = stderr, None
+
+    def get(self) -> Console:
+        """The Console itself (for rich's Progress and Live)."""
+        if self._console is None:
+            stream = sys.stderr if self._stderr else sys.stdout
+            self._console = Console(stderr=self._stderr, highlight=False, width=_width(stream))
+        return self._console
+
+    def __getattr__(self, name):
+        return getattr(self.get(), name)
+
+
+console = _OnFirstUse(stderr=True)
+stdout = _OnFirstUse(stderr=False)
 
 
 class _Rate(ProgressColumn):
@@ -38,7 +58,7 @@ class ProgressBar:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console.get(),
                 transient=False,
             )
             self._progress.__enter__()

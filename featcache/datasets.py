@@ -96,14 +96,14 @@ def _load_cifar(name: str, split: str):
     return x, np.asarray(y).reshape(-1).astype(np.int64), "keras.datasets"
 
 
-def load_arrays(spec: str, data_dir=None) -> dict:
+def load_arrays(dataset: str, data_dir=None) -> dict:
     """Load ``name`` or ``name:split`` as arrays: ``images``, ``labels``, ``splits``, ``ids``, ``class_names``.
 
     Without a split both are loaded, train first, and each item carries its
     split name; ids are ``name/split/index``. :func:`featcache.sources.load_dataset`
     wraps the result as a source.
     """
-    name, _, split = spec.partition(":")
+    name, _, split = dataset.partition(":")
     if name not in _NAMES:
         raise SourceError(f"unknown dataset {name!r}; known: {', '.join(_NAMES)}")
     if split and split not in SPLITS:

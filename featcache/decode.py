@@ -11,7 +11,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DecodeError
 
@@ -24,8 +24,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 
-# Truncated files must fail, not decode to half-grey pictures.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Truncated files must fail, not decode to half-grey pictures: featcache relies on Pillow's default,
+# ImageFile.LOAD_TRUNCATED_IMAGES = False, and never changes that process-wide setting itself.
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

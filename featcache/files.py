@@ -85,6 +85,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def atomic_save(path: Path, save: Callable[[Path], None], suffix: str) -> None:
+    """Replace ``path`` with what ``save(tmp)`` writes, in one step (for writers that need a file
+    name ending in ``suffix``, such as Keras' ``.keras`` and ``.weights.h5``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name[:-len(suffix)]}.tmp-{os.getpid()}{suffix}")
+    try:
+        save(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
 def sha256_path(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -9,6 +9,7 @@ Keras is touched.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ class Plan:
     source: Source
     backbone: Backbone
     options: ExtractOptions
-    out: Path
+    out: Path | None
     image_size: tuple[int, int]
     input_size: tuple[int, int]
     params: dict
@@ -158,6 +159,10 @@ class Plan:
 
     def __post_init__(self):
         self.n_shards = max(1, math.ceil(len(self.source) / self.options.shard_size))
+
+    def at(self, out) -> "Plan":
+        """The same plan writing to ``out`` (a plan made with ``out=None`` is placed once its key is known)."""
+        return dataclasses.replace(self, out=Path(out))
 
     def sink(self) -> store.CacheSink:
         """Where this plan's shards are written (a fresh one, without a manifest, for each process)."""
@@ -223,5 +228,5 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
         "compression": options.shard_compression,
     }
     fingerprint = source.fingerprint()
-    return Plan(source, backbone, options, Path(out), image_size, input_size, params, fingerprint,
+    return Plan(source, backbone, options, None if out is None else Path(out), image_size, input_size, params, fingerprint,
                 store.cache_key(params, fingerprint), ref)

@@ -20,7 +20,7 @@ import numpy as np
 from .plan import ExtractOptions, make_plan
 from .runner import run
 from .errors import FeatcacheError
-from .files import atomic_write_bytes, fsync_file, spreadsheet_safe
+from .files import atomic_save, atomic_write_bytes, spreadsheet_safe
 from .homes import featcache_home
 from .model_dir import feature_mismatch, load_model_dir, read_card
 from .sources import CsvSource, FileListSource, FolderSource, Source
@@ -62,21 +62,48 @@ def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) 
         _mismatch_error(card, target.params, str(target.path))
         return target
     feats = card["features"]
-    params, ref = feats["params"], feats.get("backbone_ref") or {}
+    params = feats["params"]
     opts = ExtractOptions(image_size=tuple(params["image_size"]), pooling=params["pooling"],
                           outputs=params.get("outputs"), preprocess=params["preprocess"],
                           dtype=feats.get("dtype") or "float16", compute_dtype=params["compute_dtype"])
     base = Path(cache_dir) if cache_dir else predictions_home()
-    plan = make_plan(target, ref.get("backbone", params["backbone"]), base / "pending", opts,
-                     weights=ref.get("weights", "imagenet"), layer=ref.get("layer", params.get("layer")))
+    backbone, weights, layer = card_backbone(card)
+    plan = make_plan(target, backbone, None, opts, weights=weights, layer=layer)
     _mismatch_error(card, plan.params, "the backbone as it is now (did its weights file change?)")
-    plan.out = base / plan.key[:24]
-    cache, _summary = run(plan, progress=progress)
+    cache, _summary = run(plan.at(base / plan.key[:24]), progress=progress)  # one cache per set of images
     return cache
 
 
+def card_backbone(card: dict) -> tuple[str, str | None, str | None]:
+    """``(backbone, weights, layer)`` that rebuild the backbone a head's features came from."""
+    params, ref = card["features"]["params"], card["features"].get("backbone_ref") or {}
+    return ref.get("backbone", params["backbone"]), ref.get("weights", "imagenet"), ref.get("layer", params.get("layer"))
+
+
 def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = False) -> list[dict]:
-    """Class and probabilities per image; skipped images come back with their reason."""
+    """Classify raw images with a saved head: the exact backbone of its card, then the head.
+
+    A model directory is code (a scikit-learn head is a pickle): load only
+    ones from people you trust. The head file's sha256 is checked against its
+    card first, and the features are checked to be exactly those it learned on.
+
+    Args:
+        model_dir: a directory written by :func:`featcache.train` (or ``bench``'s ``best_model``).
+        inputs: image files, a folder, a CSV manifest or a cache directory.
+        out: also write the rows to a ``.csv`` (formula-safe cells) or ``.json`` file.
+        cache_dir: where the images' feature cache goes (default
+            ``$FEATCACHE_HOME/predictions``); predicting the same images again
+            costs nothing.
+        progress: show a progress bar.
+
+    Returns:
+        One dict per image: ``id``, ``label``, ``class``, ``probability`` and
+        ``probabilities``; skipped images come back with ``error``.
+
+    Examples:
+        >>> rows = featcache.predict("models/fm", "new_images/")  # doctest: +SKIP
+        >>> rows[0]["class"], rows[0]["probability"]             # doctest: +SKIP
+    """
     if out is not None:
         out = _check_predictions_target(out)
     if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
@@ -156,9 +183,9 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
     pipe, card = load_model_dir(model_dir)
     head = pipe.steps[-1][1]
     feats = card["features"]
-    params, ref = feats["params"], feats.get("backbone_ref") or {}
-    backbone = resolve(ref.get("backbone", params["backbone"]), weights=ref.get("weights", "imagenet"),
-                       layer=ref.get("layer", params.get("layer")))
+    params = feats["params"]
+    name, weights, layer = card_backbone(card)
+    backbone = resolve(name, weights=weights, layer=layer)
     if backbone.identity() != params["weights"]:
         raise FeatcacheError("the backbone's weights changed since the head was trained; cannot export")
     size = tuple(input_size or feats.get("input_size") or params["image_size"])
@@ -173,15 +200,10 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
         x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
     probs = head.model_(x)
     model = keras.Model(extractor.input, probs, name=f"featcache_{card['head']}")
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
     try:
-        model.save(tmp)
-        fsync_file(tmp)
-        os.replace(tmp, out)
+        atomic_save(out, model.save, ".keras")
     except OSError as exc:
         raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

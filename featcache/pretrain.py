@@ -14,13 +14,13 @@ own Rescaling layer normalises), the convention for user backbones.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FeatcacheError
+from .files import atomic_save, atomic_write_bytes
 from .sources import Source, open_source
 
 ARCHS = {
@@ -164,13 +164,11 @@ def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=N
                      epochs=int(epochs), validation_data=val, verbose=0)
     seconds = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, out)
+    atomic_save(out, model.save, ".keras")
     summary = {"settings": settings, "model": str(out), "feature_layer": transfer_layer(arch),
                "classes": classes_.tolist(), "input_shape": list(X.shape[1:]), "seconds": round(seconds, 2),
                "train_accuracy": float(hist.history["accuracy"][-1]),
                "val_accuracy": float(hist.history["val_accuracy"][-1]) if val is not None else None,
                "train_rows": int(len(train_idx)), "val_rows": int(len(val_idx)), "skipped": False}
-    sidecar.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_bytes(sidecar, (json.dumps(summary, indent=2) + "\n").encode())
     return summary

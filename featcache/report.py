@@ -81,7 +81,7 @@ class LiveTable:
 
     def __enter__(self):
         if self.enabled:
-            self._live = Live(self._table(), console=console, refresh_per_second=4)
+            self._live = Live(self._table(), console=console.get(), refresh_per_second=4)
             self._live.__enter__()
         return self
 

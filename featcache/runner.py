@@ -97,7 +97,7 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         src = plan.source
         sink.begin(params=plan.params, fingerprint=plan.fingerprint, backbone_ref=plan.backbone_ref,
                    dataset={"source": src.describe(), "n_items": len(src), "class_names": list(src.class_names),
-                            "has_splits": src.has_splits, "reopen": src.spec},
+                            "has_splits": src.has_splits, "reopen": src.address},
                    n_shards=plan.n_shards, shards=list(done.values()), old=old,
                    save=bool(done) or old is not None)  # a run that has written no shard claims nothing
         todo = [i for i in range(plan.n_shards) if i not in done]

@@ -54,7 +54,7 @@ class Source:
     #: which are decoded straight to the model's input size.
     native_size: tuple[int, int] | None = None
     #: how to open this source again (recorded in the manifest; None for in-memory arrays)
-    spec: dict | None = None
+    address: dict | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -180,7 +180,7 @@ class FolderSource(FileSource):
             items.append(Item(i, path.relative_to(root).as_posix(), index[cls] if cls else -1, split))
             paths.append(path)
         super().__init__(root, paths, items, class_names, max_pixels)
-        self.spec = {"folder": str(root.resolve())}
+        self.address = {"folder": str(root.resolve())}
 
 
 class CsvSource(FileSource):
@@ -259,7 +259,7 @@ class CsvSource(FileSource):
             paths.append(path)
         super().__init__(root, paths, items, names, max_pixels)
         self.csv_path = csv_path
-        self.spec = {"csv": str(csv_path.resolve()), "allow_outside": allow_outside,
+        self.address = {"csv": str(csv_path.resolve()), "allow_outside": allow_outside,
                      "class_names": list(class_names) if class_names is not None else None}
 
     def describe(self) -> str:
@@ -372,7 +372,7 @@ class SubsetSource(Source):
         self._parent_items = keep
         self.class_names = parent.class_names
         self.native_size = parent.native_size
-        self.spec = None if parent.spec is None else {"subset": parent.spec, "classes": self.classes, "limit": limit}
+        self.address = None if parent.address is None else {"subset": parent.address, "classes": self.classes, "limit": limit}
 
     def describe(self) -> str:
         extra = []
@@ -416,43 +416,44 @@ class FileListSource(FileSource):
         return f"files:{len(self.items)}"
 
 
-def load_dataset(spec: str, data_dir=None) -> ArraySource:
+def load_dataset(name: str, data_dir=None) -> ArraySource:
     """A named dataset (``fashion_mnist:test``, ``cifar10``, ...) as an array source that can be reopened."""
     from . import datasets
 
-    src = ArraySource(**datasets.load_arrays(spec, data_dir=data_dir), name=spec)
-    src.spec = {"dataset": spec, "data_dir": None if data_dir is None else str(data_dir)}
+    src = ArraySource(**datasets.load_arrays(name, data_dir=data_dir), name=name)
+    src.address = {"dataset": name, "data_dir": None if data_dir is None else str(data_dir)}
     return src
 
 
-def reopen(spec: dict | None) -> Source:
-    """Open a source again from the ``spec`` recorded in a cache's manifest."""
-    if not spec:
+def reopen(address: dict | None) -> Source:
+    """Open a source again from the ``address`` a cache's manifest recorded (``Cache.source_address``)."""
+    if not address:
         raise SourceError("this cache was made from in-memory arrays; its source cannot be reopened")
-    if "folder" in spec:
-        return FolderSource(spec["folder"])
-    if "csv" in spec:
-        return CsvSource(spec["csv"], allow_outside=spec.get("allow_outside", False), class_names=spec.get("class_names"))
-    if "dataset" in spec:
-        return load_dataset(spec["dataset"], data_dir=spec.get("data_dir"))
-    if "subset" in spec:
-        return reopen(spec["subset"]).subset(classes=spec.get("classes"), limit=spec.get("limit"))
-    raise SourceError(f"unknown source spec {spec!r}")
+    if "folder" in address:
+        return FolderSource(address["folder"])
+    if "csv" in address:
+        return CsvSource(address["csv"], allow_outside=address.get("allow_outside", False),
+                         class_names=address.get("class_names"))
+    if "dataset" in address:
+        return load_dataset(address["dataset"], data_dir=address.get("data_dir"))
+    if "subset" in address:
+        return reopen(address["subset"]).subset(classes=address.get("classes"), limit=address.get("limit"))
+    raise SourceError(f"unknown source address {address!r}")
 
 
-def open_source(spec, *, allow_outside: bool = False, labels=None, max_pixels: int = DEFAULT_MAX_PIXELS,
+def open_source(source, *, allow_outside: bool = False, labels=None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 data_dir: str | os.PathLike | None = None) -> Source:
     """Turn what a user passed into a :class:`Source`.
 
-    ``spec`` may be a Source, a folder path, a ``.csv`` path, a named dataset
+    ``source`` may be a Source, a folder path, a ``.csv`` path, a named dataset
     such as ``"fashion_mnist:test"``, or a uint8 array (with ``labels``).
     """
-    if isinstance(spec, Source):
-        return spec
-    if isinstance(spec, np.ndarray):
-        return ArraySource(spec, labels)
-    if isinstance(spec, (str, os.PathLike)):
-        text = os.fspath(spec)
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, np.ndarray):
+        return ArraySource(source, labels)
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
         path = Path(text)
         if path.is_dir():
             return FolderSource(path, max_pixels=max_pixels)
@@ -468,4 +469,4 @@ def open_source(spec, *, allow_outside: bool = False, labels=None, max_pixels: i
             f"{text!r} is not a folder, a .csv manifest or a dataset name "
             f"(known datasets: {', '.join(datasets.names())}, each with :train or :test)"
         )
-    raise SourceError(f"cannot use {type(spec).__name__} as an image source")
+    raise SourceError(f"cannot use {type(source).__name__} as an image source")

@@ -525,7 +525,7 @@ class Cache:
     shards listed in the manifest are read, so a reader never sees a
     half-written shard. This class is the one reader of ``manifest.json``:
     everything else asks it (:attr:`shards`, :meth:`output_info`,
-    :attr:`source_spec`, ...), so the manifest's layout matters to this
+    :attr:`source_address`, ...), so the manifest's layout matters to this
     module and docs/FORMAT.md alone.
 
     Args:
@@ -617,7 +617,7 @@ class Cache:
         return str(self.manifest["dataset"].get("source", "?"))
 
     @property
-    def source_spec(self) -> dict | None:
+    def source_address(self) -> dict | None:
         """How to open the source again (``featcache.sources.reopen``); None for in-memory arrays."""
         return self.manifest["dataset"].get("reopen")
 

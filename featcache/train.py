@@ -124,14 +124,36 @@ def _head_errors(head: str):
 def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
           output: str | None = None, stream: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
           stream_epochs: int = 5, fit_splits=("train",)) -> TrainResult:
-    """Fit ``head`` on the train split of ``cache`` and report every split.
+    """Fit ``head`` on the train split of ``cache`` and measure it on every split.
 
-    ``stream=True`` never loads the whole feature matrix: Keras heads read
-    shard by shard (same batches as in memory), and heads with ``partial_fit``
-    (sgd, gaussian_nb, mlp) stream too. ``fit_splits=("train", "val")`` refits
-    a scikit-learn head on train+val once its settings are chosen (what
-    ``bench`` does for its best head); its val metrics are then not held out.
-    Keras heads always early-stop on val, so they fit on train alone.
+    Args:
+        cache: a :class:`~featcache.store.Cache` or its directory.
+        head: a head name (``featcache heads`` lists them).
+        params: parameters of the head's classifier, e.g. ``{"C": 0.5}``;
+            every one is checked before any work.
+        preprocess: ``none``, ``standard``, ``pca[:N]`` or ``standard+pca[:N]``
+            (default: the head's own).
+        out: a model directory to save into (new, empty, or a featcache
+            model directory holding nothing else); None saves nothing.
+        output: which stored output to train on (default: the first).
+        stream: never load the whole feature matrix: Keras heads read shard
+            by shard (the same batches as in memory) and heads with
+            ``partial_fit`` (sgd, gaussian_nb, mlp) stream too.
+        val_fraction, test_fraction: the hashed split of rows whose source
+            gave none (see :mod:`featcache.splits`).
+        stream_epochs: passes over the cache for streamed ``partial_fit`` heads.
+        fit_splits: ``("train",)``, or ``("train", "val")`` to refit a
+            scikit-learn head on train+val once its settings are chosen (what
+            ``bench`` does for its best head; its val metrics are then not held
+            out). Keras heads early-stop on val, so they fit on train alone.
+
+    Returns:
+        A :class:`TrainResult`: the fitted scikit-learn Pipeline, metrics per
+        split, fit time, classes and their names, the model directory and card.
+
+    Examples:
+        >>> result = featcache.train("caches/fm", head="logreg", params={"C": 0.5}, out="models/fm")  # doctest: +SKIP
+        >>> result.metrics["test"]["accuracy"]                                                        # doctest: +SKIP
     """
     fit_splits = tuple(fit_splits)
     if fit_splits not in (("train",), ("train", "val")):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackboneError
-from ..files import sha256_path
+from ..files import atomic_save, sha256_path
 from ..homes import featcache_home
 from .pth import load_state_dict
 
@@ -106,9 +106,7 @@ def load_ported_weights(model, pth_path: str, sha256: str, assign, *, cache: boo
     if cache:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.stem}.tmp-{os.getpid()}.weights.h5")
-            model.save_weights(tmp)
-            os.replace(tmp, cached)
+            atomic_save(cached, model.save_weights, ".weights.h5")
         except OSError:
             pass  # a read-only home only costs the conversion next time
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import FeatcacheError
@@ -27,7 +27,6 @@ class HeadSpec:
     param_prefix: str = "clf__"
     #: supports streaming from a cache (partial_fit or fit_cache)
     streams: bool = False
-    defaults: dict = field(default_factory=dict)
 
 
 def _sk(name, factory, preprocess, description, prefix="clf__", streams=False):

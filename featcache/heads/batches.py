@@ -25,7 +25,7 @@ def epoch_order(block_sizes: Sequence[int], seed: int, epoch: int, shuffle: bool
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def iter_batches(take, y, order: np.ndarray, batch_size: int, sample_weight=None):
+def batches_in_order(take, y, order: np.ndarray, batch_size: int, sample_weight=None):
     """Yield ``(X, y, sample_weight)`` batches in ``order``; ``take(idx)`` returns feature rows."""
     for a in range(0, len(order), batch_size):
         idx = order[a:a + batch_size]

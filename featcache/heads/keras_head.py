@@ -159,7 +159,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         for epoch in range(int(self.epochs)):
             order = _batches.epoch_order(block_sizes, int(self.random_state), epoch)
             total = 0.0
-            for Xb, yb, wb in _batches.iter_batches(take, y_enc, order, bs, sw):
+            for Xb, yb, wb in _batches.batches_in_order(take, y_enc, order, bs, sw):
                 loss = model.train_on_batch(Xb, yb, sample_weight=wb)
                 total += float(np.asarray(loss).reshape(-1)[0]) * len(yb)
             history["loss"].append(total / max(len(order), 1))
@@ -237,7 +237,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         y_enc = y_enc.astype(np.int64)
-        n_features = int(np.prod(cache.manifest["outputs"][rows.output]["shape"]))
+        n_features = int(np.prod(cache.output_info(rows.output)["shape"]))
         self.n_features_in_ = n_features
         total, total_sq, n = np.zeros(n_features), np.zeros(n_features), 0
         for _b, block in rows.iter_blocks():  # one pass for the standardisation statistics

@@ -1,0 +1,99 @@
+"""The layout docs/ARCHITECTURE.md promises, checked by reading the source: no import cycle, one manifest reader."""
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "featcache"
+LEAVES = {"featcache.errors", "featcache.files", "featcache.homes", "featcache.versions"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name.endswith("_test.py"):
+            continue
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """featcache modules that ``name`` imports anywhere in its file (lazy imports inside functions too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
+            targets = submodules or [base]  # `from . import batches` needs batches, not the package's __init__
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def _graph():
+    modules = _modules()
+    return modules, {n: _imports(n, p, set(modules)) for n, p in modules.items()}
+
+
+def test_no_import_cycle_between_featcache_modules():
+    _, graph = _graph()
+    # a package's __init__ re-exports its modules (featcache -> featcache.runner); those edges are the
+    # package's public face, not a dependency of the modules below it
+    edges = {n: {d for d in deps if not (n == "featcache" or d == "featcache")} for n, deps in graph.items()}
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    assert cycles == [], cycles
+
+
+def test_the_store_and_the_leaf_utilities_import_nothing_above_them():
+    _, graph = _graph()
+    for leaf in LEAVES:
+        assert graph[leaf] <= LEAVES, (leaf, graph[leaf])
+    assert graph["featcache.store"] <= LEAVES, graph["featcache.store"]
+
+
+def test_only_the_store_reads_the_manifest_or_calls_private_cache_methods():
+    modules, _ = _graph()
+    pattern = re.compile(r"\b(cache|self\.cache|target)\.(manifest\b|_open\(|_output\(|_columns\(|_shards\b)")
+    offenders = [f"{n}:{i}" for n, p in modules.items() if n != "featcache.store"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == [], offenders
