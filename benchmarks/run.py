@@ -127,12 +127,12 @@ def fig_extraction(cfg, work: Path) -> list[dict]:
         plan = planning.make_plan(src, BACKBONE, work / f"cache{r}", _options(cfg))
         profiler = _profiler() if PROFILE and r == 0 else None
         t0 = time.perf_counter()
-        runner.run(plan, progress=False)
+        cache, _ = runner.run(plan, progress=False)
         wall = time.perf_counter() - t0
         if profiler is not None:
             profiler.stop()
             PROFILE_TEXT.append(profiler.output_text(unicode=False, color=False, show_all=False))
-        t = store.read_manifest(plan.out)["timings"]
+        t = cache.timings
         warm = t["build_seconds"] + t["first_batch_seconds"]
         rest = n - t["first_batch_items"]  # no steady state when one batch held every photo
         steady_r = rest / (t["compute_seconds"] - warm) if rest > 0 else float("nan")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import os
 import re
 import sys
@@ -254,17 +255,28 @@ def cmd_backbones(args) -> int:
     return 0
 
 
+def _api_default(func, name: str):
+    """The default of a Python API parameter: the one declaration a command-line default repeats."""
+    return inspect.signature(func).parameters[name].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featcache", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"featcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .bench import BACKENDS, bench
+    from .engines import ENGINES
     from .plan import DEFAULT_BACKBONE
+    from .pretrain import ARCHS, pretrain
+    from .runner import extract
+    from .train import train
 
     p = sub.add_parser("extract", help="extract features of SOURCE into a cache directory")
     p.add_argument("source", help="a folder, a CSV manifest, or a dataset name such as fashion_mnist:test")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registry name or .keras file (default {DEFAULT_BACKBONE})")
-    p.add_argument("--weights", default="imagenet", help="imagenet, none (random, for tests) or a weights file")
+    p.add_argument("--weights", default=_api_default(extract, "weights"),
+                   help="imagenet, none (random, for tests) or a weights file")
     p.add_argument("--layer", help="cut the backbone at this layer")
     from .plan import SETTINGS
 
@@ -274,10 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="cache directory (default caches/<source>-<backbone>)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
     p.add_argument("--repair", action="store_true", help="check every shard's sha256 and recompute damaged ones")
-    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another writer's lock")
+    p.add_argument("--wait", type=float, default=_api_default(extract, "wait"),
+                   help="seconds to wait for another writer's lock")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("engine", "where shards are computed (the cache is the same either way)")
-    g.add_argument("--engine", default="local", choices=["local", "ray"],
+    g.add_argument("--engine", default=_api_default(extract, "engine"), choices=ENGINES,
                    help="local (this process) or ray (actors on a Ray cluster; pip install 'featcache[ray]')")
     g.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     g.add_argument("--workers", type=int, help="Ray workers (default: the cluster's CPUs, or GPUs / --gpus-per-worker)")
@@ -295,13 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a head on a cache and save it")
     p.add_argument("cache", help="cache directory")
-    p.add_argument("--head", default="logreg", help="head name (featcache heads lists them)")
+    p.add_argument("--head", default=_api_default(train, "head"), help="head name (featcache heads lists them)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="head parameter, repeatable (e.g. C=0.5)")
     p.add_argument("--preprocess", help="none, standard, pca[:N] or standard+pca[:N] (default: the head's)")
     p.add_argument("--output", help="which stored output to train on (default: the first)")
     p.add_argument("--stream", action="store_true", help="stream features shard by shard instead of loading them")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=_api_default(train, "val_fraction"),
+                   help="share of rows without a source split that go to val (hashed by id)")
+    p.add_argument("--test-fraction", type=float, default=_api_default(train, "test_fraction"),
+                   help="share of rows without a source split that go to test (hashed by id)")
     p.add_argument("--out", help="model directory (default models/<cache>-<head>)")
     p.set_defaults(func=cmd_train)
 
@@ -329,14 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every head (the default)")
     p.add_argument("--param", action="append", metavar="HEAD:KEY=VALUE", help="fix a head parameter, repeatable")
     p.add_argument("--cv", type=int, help="choose hyper-parameters by K-fold CV inside train instead of on val")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per head before it is reported timed out")
-    p.add_argument("--n-jobs", type=int, default=1, help="heads run in parallel (-1: every CPU of the backend)")
-    p.add_argument("--backend", default="threading", choices=["threading", "ray"],
+    p.add_argument("--timeout", type=float, default=_api_default(bench, "timeout"),
+                   help="seconds per head before it is reported timed out")
+    p.add_argument("--n-jobs", type=int, default=_api_default(bench, "n_jobs"),
+                   help="heads run in parallel (-1: every CPU of the backend)")
+    p.add_argument("--backend", default=_api_default(bench, "backend"), choices=BACKENDS,
                    help="joblib backend: threading (one process per head, this machine) or ray (a Ray cluster)")
     p.add_argument("--ray-address", help="Ray cluster for --backend ray (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--baseline-heads", default="logreg", help="heads also run on raw pixels ('' for none)")
-    p.add_argument("--pixel-size", type=int, default=16, help="side of the downsampled raw-pixel baseline")
-    p.add_argument("--out", default="report", help="report directory")
+    p.add_argument("--baseline-heads", default=",".join(_api_default(bench, "baseline_heads")),
+                   help="heads also run on raw pixels ('' for none)")
+    p.add_argument("--pixel-size", type=int, default=_api_default(bench, "pixel_size"),
+                   help="side of the downsampled raw-pixel baseline")
+    p.add_argument("--out", default=_api_default(bench, "out"), help="report directory")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
 
@@ -347,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train a small CNN on a source domain, for use as a backbone")
     p.add_argument("source", help="a folder, a CSV manifest or a dataset name")
-    p.add_argument("--arch", default="small_cnn", choices=["small_cnn", "wide_cnn"])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--arch", default=_api_default(pretrain, "arch"), choices=sorted(ARCHS))
+    p.add_argument("--epochs", type=int, default=_api_default(pretrain, "epochs"))
     p.add_argument("--out", required=True, help="the .keras file to write")
     _add_source_args(p)
     p.set_defaults(func=cmd_pretrain)

@@ -20,8 +20,10 @@ import json
 import tomllib
 from pathlib import Path
 
-from .plan import DEFAULT_BACKBONE, SETTINGS
 from .errors import FeatcacheError, KeyMismatchError
+from .files import atomic_write_bytes
+from .model_dir import current_card, read_card
+from .plan import DEFAULT_BACKBONE, SETTINGS
 
 _STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
 _LIST_STR, _LIST_INT = ("list", str), ("list", int)
@@ -250,27 +252,25 @@ def run(path, *, progress: bool = True) -> dict:
         for head in train_cfg["heads"]:
             params = train_cfg.get("params", {}).get(head, {})
             mdir = out / "models" / f"{cache_name}-{head}"
-            card_path = mdir / "card.json"
-            if card_path.is_file():
-                card = json.loads(card_path.read_text())
-                if card["features"]["cache_key"] == cache.key and card.get("head_params") == params:
-                    _say(f"[bold]train[/] {head}: up to date ({mdir}, test accuracy "
-                         f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
-                    result["models"][head] = str(mdir)
-                    continue
+            card = current_card(mdir, head, cache.key, params)
+            if card is not None:
+                _say(f"[bold]train[/] {head}: up to date ({mdir}, test accuracy "
+                     f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
+                result["models"][head] = str(mdir)
+                continue
             res = train(cache, head, params=params, out=mdir)
             _say(f"[bold]train[/] {head}: test accuracy {100 * res.metrics['test']['accuracy']:.2f}% "
                  f"(fit {res.fit_seconds:.2f} s) -> {mdir}")
             result["models"][head] = str(mdir)
         if train_cfg.get("export"):
             target = out / f"{train_cfg['export']}.keras"
-            source = json.loads((Path(result["models"][train_cfg["export"]]) / "card.json").read_text())["sha256"]
+            source = read_card(result["models"][train_cfg["export"]])["sha256"]
             stamp = target.with_name(target.name + ".json")
             if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("head_sha256") == source:
                 _say(f"[bold]export[/] {target}: up to date")
             else:
                 export(result["models"][train_cfg["export"]], target)
-                stamp.write_text(json.dumps({"head_sha256": source}) + "\n")
+                atomic_write_bytes(stamp, (json.dumps({"head_sha256": source}) + "\n").encode())
                 _say(f"[bold]export[/] {target}: one Keras model, uint8 images in, probabilities out")
             result["exported"] = str(target)
     bench_cfg = cfg.get("bench")

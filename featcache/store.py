@@ -628,7 +628,13 @@ class Cache:
 
     @property
     def versions(self) -> dict:
+        """Package versions that computed the features."""
         return dict(self.manifest.get("versions") or {})
+
+    @property
+    def timings(self) -> dict:
+        """Seconds, images/s and where the time went, for the run that finished the cache."""
+        return dict(self.manifest.get("timings") or {})
 
     def output_name(self, output: str | None = None) -> str:
         """``output`` checked against the stored outputs; the first one when None."""
