@@ -4,8 +4,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -42,6 +44,24 @@ def start_featcache(*args, env=None):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "featcache", *map(str, args)], cwd=REPO, env=full_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def paused_featcache(point, marker, *args, timeout=180):
+    """Start the entry point with the fault-injection pause at ``point``; return it once it waits there."""
+    proc = start_featcache(*args, env={"FEATCACHE_PAUSE_AT": point, "FEATCACHE_PAUSE_FILE": str(marker)})
+    deadline = time.monotonic() + timeout
+    while not Path(marker).exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "never reached the pause point"
+        time.sleep(0.05)
+    return proc
+
+
+def kill_at(point, marker, *args):
+    """SIGKILL a run exactly at the pause point ``point`` (a temporary written, a rename not yet made)."""
+    proc = paused_featcache(point, marker, *args)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def reference_cache(tmp_path_factory, args):

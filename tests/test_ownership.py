@@ -6,9 +6,7 @@ docs/RELIABILITY.md ("What featcache will never delete") maps each guarantee to 
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import h5py
@@ -20,7 +18,7 @@ import featcache
 from featcache.errors import CacheError, FeatcacheError
 from featcache.model_dir import load_model_dir
 
-from conftest import TINY, run_featcache, start_featcache
+from conftest import TINY, kill_at, run_featcache
 
 PRECIOUS = b"my thesis, five years of work\n"
 
@@ -199,29 +197,17 @@ def test_a_report_directory_of_ours_is_reused(tiny_cache, tmp_path):
 # --------------------------------------------------------------------------- 5. a kill while a model directory is replaced
 
 
-def _kill_at(point, tmp_path, *args):
-    marker = tmp_path / f"paused-{point.replace(':', '-')}"
-    proc = start_featcache(*args, env={"FEATCACHE_PAUSE_AT": point, "FEATCACHE_PAUSE_FILE": str(marker)})
-    deadline = time.monotonic() + 180
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "never reached the pause point"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.slow
 def test_a_kill_while_a_model_directory_is_replaced_leaves_the_old_or_the_new_model(tiny_cache, tmp_path):
     model = tmp_path / "model"
     run_featcache("train", tiny_cache, "--head", "logreg", "--param", "C=0.5", "--out", model)
     train = ("train", tiny_cache, "--head", "logreg", "--param", "C=2.0", "--out", model)
 
-    _kill_at("before-swap:model", tmp_path, *train)
+    kill_at("before-swap:model", tmp_path / "paused-1", *train)
     pipe, card = load_model_dir(model)  # the old model, whole
     assert card["head_params"] == {"C": 0.5} and pipe.predict(np.zeros((1, 1280), np.float32)).shape == (1,)
 
-    _kill_at("after-swap:model", tmp_path, *train)
+    kill_at("after-swap:model", tmp_path / "paused-2", *train)
     pipe, card = load_model_dir(model)  # the new model, whole
     assert card["head_params"] == {"C": 2.0}
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")]

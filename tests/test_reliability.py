@@ -17,7 +17,8 @@ import featcache
 from featcache import store
 from featcache.errors import BackboneError
 
-from conftest import REPO, TINY, TINY_ARGS, assert_same_cache, reference_cache, run_featcache, start_featcache
+from conftest import (REPO, TINY, TINY_ARGS, assert_same_cache, kill_at, paused_featcache, reference_cache,
+                      run_featcache, start_featcache)
 
 ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "900", "--shard-size", "128", "--quiet"]
 
@@ -42,15 +43,8 @@ def reference(tmp_path_factory, fashion_mnist_available):
 @pytest.mark.parametrize("point", ["before-rename:shard", "before-rename:manifest.json", "before-rename:features.h5"])
 def test_kill_at_each_commit_point_then_rerun(reference, tmp_path, point):
     """SIGKILL exactly while a shard, the manifest or the view is written but not yet renamed."""
-    out, marker = tmp_path / "c", tmp_path / "paused"
-    proc = _popen(out, {"FEATCACHE_PAUSE_AT": point, "FEATCACHE_PAUSE_FILE": str(marker)})
-    deadline = time.monotonic() + 180
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "never reached the pause point"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out = tmp_path / "c"
+    kill_at(point, tmp_path / "paused", "extract", *ARGS, "--out", out)
     assert [p for p in out.rglob("*") if ".tmp-" in p.name]  # killed with a temporary file on disk
     _no_temporary_shards(out)
     run_featcache("extract", *ARGS, "--out", out)
@@ -144,13 +138,9 @@ def test_verify_finds_flipped_and_truncated_shards_and_repair_recomputes_only_th
 
 
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, fashion_mnist_available):
-    out, marker = tmp_path / "c", tmp_path / "paused"
-    first = _popen(out, {"FEATCACHE_PAUSE_AT": "before-rename:shard", "FEATCACHE_PAUSE_FILE": str(marker)})
+    out = tmp_path / "c"
+    first = paused_featcache("before-rename:shard", tmp_path / "paused", "extract", *ARGS, "--out", out)
     try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert first.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
         second = run_featcache("extract", *ARGS, "--out", out, check=False)
         assert second.returncode == 2 and "another featcache process (pid" in second.stderr
     finally:
