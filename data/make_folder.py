@@ -13,11 +13,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from featcache.datasets import load
+from featcache.sources import load_dataset
 
 
 def make_folder(spec: str, out: Path, limit: int | None = None) -> int:
-    src = load(spec)
+    src = load_dataset(spec)
     items = src.items[:limit] if limit else src.items
     for it in items:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", src.class_names[it.label])

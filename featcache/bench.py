@@ -457,8 +457,7 @@ def _is_report(out: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     try:
-        lines = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
-        first = json.loads(lines[0]) if lines else {}
-    except (OSError, ValueError):
+        rows = _load_rows(path)  # a line cut by a kill is skipped, as on resume
+    except OSError:
         return False
-    return not lines or isinstance(first, dict) and {"settings", "head", "status"} <= set(first)
+    return any(isinstance(r, dict) and {"settings", "head", "status"} <= set(r) for r in rows)

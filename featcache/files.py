@@ -176,19 +176,31 @@ def remove_stale_siblings(final: Path, is_ours: Callable[[Path], bool]) -> list[
     """Remove the hidden staging siblings of ``final`` left by killed writers.
 
     Only ``.NAME.tmp-PID`` / ``.NAME.old-PID`` whose process is gone and that
-    ``is_ours`` accepts; anything else is left alone. Returns what was removed.
+    ``is_ours`` accepts; anything else is left alone. Where a kill fell in the
+    two-rename fallback of :func:`commit_directory` (``final`` missing, the
+    old directory at ``.NAME.old-PID``), the old directory is put back first.
+    Returns what was removed.
     """
     pattern = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-(\d+)$")
     removed = []
     if not final.parent.is_dir():
         return removed
-    for p in final.parent.iterdir():
+    stale = []
+    for p in sorted(final.parent.iterdir()):
         m = pattern.match(p.name)
         if not m or p.is_symlink() or not p.is_dir() or _pid_alive(int(m.group(2))) and int(m.group(2)) != os.getpid():
             continue
         if is_ours(p):
-            shutil.rmtree(p)
-            removed.append(p)
+            stale.append((m.group(1), p))
+    if not os.path.lexists(final):
+        for kind, p in stale:
+            if kind == "old":
+                os.rename(p, final)  # the old directory comes back where it was
+                stale.remove((kind, p))
+                break
+    for _kind, p in stale:
+        shutil.rmtree(p)
+        removed.append(p)
     return removed
 
 

@@ -10,6 +10,7 @@ which is checked before anything is unpickled or loaded.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +59,7 @@ def check_model_dir_target(path) -> Path:
     A model directory may be written where nothing is, or over a model
     directory of featcache's that holds nothing else.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." and ".." have no name to stage a sibling under
     if path.is_symlink() or path.exists() and not path.is_dir():
         raise FeatcacheError(f"--out {path} exists and is not a model directory; choose a new --out")
     if path.is_dir():
@@ -71,7 +72,16 @@ def check_model_dir_target(path) -> Path:
 
 
 def _is_staged_model_dir(path: Path) -> bool:
-    return all(p.name in OWN_FILES and p.is_file() and not p.is_symlink() for p in path.iterdir())
+    """A model directory featcache staged: only our file names, and a card that passes every check if any."""
+    if not all(p.name in OWN_FILES and p.is_file() and not p.is_symlink() for p in path.iterdir()):
+        return False
+    if not (path / CARD).exists():
+        return True  # killed before the card was written
+    try:
+        read_card(path)
+    except FeatcacheError:
+        return False
+    return True
 
 
 def save_model_dir(path, pipeline, card: dict) -> Path:

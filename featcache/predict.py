@@ -24,7 +24,7 @@ from .files import atomic_save, atomic_write_bytes, spreadsheet_safe
 from .homes import featcache_home
 from .model_dir import feature_mismatch, load_model_dir, read_card
 from .sources import CsvSource, FileListSource, FolderSource, Source
-from .store import MANIFEST, Cache, open_cache
+from .store import MANIFEST, Cache, is_our_manifest, open_cache
 
 
 def predictions_home() -> Path:
@@ -39,6 +39,10 @@ def _mismatch_error(card, params, what):
         raise FeatcacheError("\n".join(lines))
 
 
+#: the first columns of a predictions CSV (then one p_CLASS column per class)
+CSV_HEADER = "id,label,class,probability,error"
+
+
 def source_for(inputs) -> Source | Cache:
     """Files, a folder, a CSV manifest, or an existing cache directory."""
     if isinstance(inputs, (Source, Cache)):
@@ -46,7 +50,7 @@ def source_for(inputs) -> Source | Cache:
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if len(items) == 1:
         p = Path(items[0])
-        if p.is_dir() and (p / MANIFEST).is_file():
+        if p.is_dir() and is_our_manifest(p / MANIFEST):  # a folder of images may hold a web app's manifest.json
             return open_cache(p)
         if p.is_dir():
             return FolderSource(p)
@@ -134,7 +138,26 @@ def _check_predictions_target(out) -> Path:
         raise FeatcacheError(f"predictions go to a .csv or .json file, not {out.name or out}")
     if out.is_dir():
         raise FeatcacheError(f"--out {out} is a directory; name a .csv or .json file")
+    if out.is_symlink() or out.exists() and not _is_our_predictions(out):
+        raise FeatcacheError(f"--out {out} exists and is not a predictions file featcache wrote; "
+                             "choose a new file name")
     return out
+
+
+def _is_our_predictions(path: Path) -> bool:
+    """A predictions file of ours: our CSV header, or a JSON list of our rows."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    if path.suffix.lower() == ".csv":
+        return head.startswith(CSV_HEADER.encode())
+    try:
+        rows = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rows, list) and all(isinstance(r, dict) and "id" in r and "class" in r for r in rows)
 
 
 def write_predictions(rows: list[dict], out, class_names) -> None:
@@ -148,8 +171,7 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
     else:
         text = io.StringIO(newline="")
         w = csv.writer(text)
-        w.writerow([spreadsheet_safe(v) for v in
-                    ["id", "label", "class", "probability", "error"] + [f"p_{n}" for n in class_names]])
+        w.writerow([spreadsheet_safe(v) for v in CSV_HEADER.split(",") + [f"p_{n}" for n in class_names]])
         for r in rows:
             probs = r.get("probabilities") or {}
             w.writerow([spreadsheet_safe(v) for v in [r["id"], r["label"], r["class"], r["probability"],

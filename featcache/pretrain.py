@@ -14,6 +14,7 @@ own Rescaling layer normalises), the convention for user backbones.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -118,6 +119,15 @@ def shuffled_batches(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
     return _Shuffled()
 
 
+def _is_ours(out: Path, sidecar: Path) -> bool:
+    """An earlier pre-training of featcache's: a file beside our sidecar, which names it."""
+    try:
+        summary = json.loads(sidecar.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return out.is_file() and isinstance(summary, dict) and "settings" in summary and "model" in summary
+
+
 def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=None, limit=None,
              batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0, data_dir=None) -> dict:
     """Train ``arch`` on ``source`` and save it to ``out`` (.keras); returns a summary dict.
@@ -140,6 +150,9 @@ def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=N
                 # the training protocol: a model trained under an older one is stale (retrained)
                 "shuffle": "per epoch", "validation": "stratified 0.1"}
     sidecar = out.with_name(out.name + ".json")
+    if out.is_symlink() or os.path.lexists(out) and not _is_ours(out, sidecar):
+        raise FeatcacheError(f"--out {out} exists and is not a model featcache pre-trained (no sidecar {sidecar.name}); "
+                             "choose a new file name")
     if out.is_file() and sidecar.is_file():
         try:
             if json.loads(sidecar.read_text()).get("settings") == settings:

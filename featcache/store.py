@@ -115,6 +115,11 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest
 
 
+#: the parameters every manifest records (docs/FORMAT.md)
+_PARAMS = ("backbone", "origin", "weights", "layer", "image_size", "preprocess", "pooling", "dtype",
+           "compute_dtype", "shard_size")
+
+
 def _manifest_problem(manifest: dict) -> str | None:
     """Why a parsed manifest cannot be trusted, or None.
 
@@ -125,8 +130,13 @@ def _manifest_problem(manifest: dict) -> str | None:
     if not isinstance(manifest.get("key"), str):
         return "its key is not text"
     for name, kind in (("params", dict), ("dataset", dict), ("outputs", dict), ("shards", list)):
-        if name in manifest and not isinstance(manifest[name], kind):
-            return f"{name!r} is not a {kind.__name__}"
+        if not isinstance(manifest.get(name), kind):
+            return f"{name!r} is missing or not a {kind.__name__}"
+    missing = [k for k in _PARAMS if k not in manifest["params"]]
+    if missing or not isinstance(manifest["params"].get("weights"), dict):
+        return f"params lacks {', '.join(missing) or 'a weights table'}"
+    if not isinstance(manifest["dataset"].get("class_names", []), list):
+        return "dataset.class_names is not a list"
     for rec in manifest.get("shards", []):
         if not isinstance(rec, dict):
             return "a shard record is not an object"
@@ -141,7 +151,10 @@ def _manifest_problem(manifest: dict) -> str | None:
         items = rec.get("items")
         if not (isinstance(items, list) and len(items) == 2 and all(isinstance(v, int) for v in items)):
             return f"shard {index}: items {items!r} is not a pair of integers"
-        if not isinstance(rec.get("sha256"), str) or not isinstance(rec.get("skipped", []), list):
+        skipped = rec.get("skipped", [])
+        if not isinstance(rec.get("sha256"), str) or not isinstance(skipped, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("reason"), str)
+                for s in skipped):
             return f"shard {index}: sha256 or skipped has the wrong type"
     return None
 
@@ -151,6 +164,23 @@ def write_manifest(directory: Path, manifest: dict) -> None:
 
 
 # --------------------------------------------------------------------------- lock
+
+
+_LOCK_TEXT = re.compile(rb"^(pid \d+ on [^\n]*\n?)?$")
+
+
+def _is_lock_text(data: bytes) -> bool:
+    """What featcache writes in ``.lock`` (or nothing: a lock file whose writer died before writing)."""
+    return bool(_LOCK_TEXT.match(data))
+
+
+def is_our_lock(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return _is_lock_text(path.read_bytes()[:256])
+    except OSError:
+        return False
 
 
 class DirectoryLock:
@@ -167,20 +197,41 @@ class DirectoryLock:
         #: whether this lock made the lock file (a run that claims nothing removes it again)
         self.created = False
 
-    def acquire(self) -> "DirectoryLock":
+    def _open(self) -> int:
+        """The lock file, opened without following a link, and only if it is featcache's (or new)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.created = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.created = not os.path.lexists(self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise ReadOnlyError(f"{self.path.parent} is read-only ({exc.strerror})") from None
-            raise
+            if exc.errno == errno.ELOOP:
+                raise CacheError(f"{self.path} is a symbolic link; featcache never writes through one: "
+                                 "move it away") from None
+            raise CacheError(f"cannot open the lock file {self.path}: {exc.strerror or exc}") from None
+        if not self.created and not _is_lock_text(os.pread(fd, 256, 0)):
+            os.close(fd)
+            raise CacheError(f"{self.path} is not featcache's lock file, and featcache never overwrites what it "
+                             "did not write: move it away or choose another --out")
+        return fd
+
+    def acquire(self) -> "DirectoryLock":
+        fd = self._open()
         deadline = time.monotonic() + self.wait
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                # the holder removed the file after claiming nothing: lock the file that is there now
+                os.close(fd)
+                fd = self._open()
+                continue
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
@@ -449,7 +500,7 @@ def foreign_entries(directory: Path) -> list[str]:
     if not directory.is_dir():
         return foreign
     for p in sorted(directory.iterdir()):
-        if p.name == LOCK and p.is_file() and not p.is_symlink() or is_temporary(p):
+        if p.name == LOCK and is_our_lock(p) or is_temporary(p):
             continue
         if p.name == MANIFEST and is_our_manifest(p) or p.name == VIEW and _featcache_hdf5_key(p) is not None:
             continue
@@ -1005,6 +1056,10 @@ def claim(directory: Path, old: dict | None, *, key: str, params: dict, fingerpr
     files featcache can prove it wrote.
     """
     directory = Path(directory)
+    shard_dir = directory / SHARDS
+    if shard_dir.is_symlink() or os.path.lexists(shard_dir) and not shard_dir.is_dir():
+        raise CacheError(f"{shard_dir} is a symbolic link or not a directory; featcache reads, writes and deletes "
+                         "shards only inside the cache directory: move it away")
     if old is not None and old["key"] != key and not overwrite:
         raise KeyMismatchError(directory, key_differences(old, params, fingerprint))
     if overwrite:
@@ -1015,7 +1070,6 @@ def claim(directory: Path, old: dict | None, *, key: str, params: dict, fingerpr
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise CacheError(f"{directory} is not empty and is not a featcache cache (it holds {shown}); "
                              "choose an empty or new --out directory")
-        shard_dir = directory / SHARDS
         for p in sorted(shard_dir.glob("*.h5")) if shard_dir.is_dir() else []:
             other = shard_key(p)
             if other is not None and other != key:

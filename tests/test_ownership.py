@@ -301,3 +301,91 @@ def test_a_backbone_that_fails_to_load_does_not_claim_the_directory(tmp_path):
     assert not (existing / "manifest.json").exists()
     # the corrected run needs no --overwrite
     assert len(featcache.extract(imgs, labels=labels, out=existing, **TINY)) == 12
+
+
+# --------------------------------------------------------------------------- found by a hostile review
+
+
+def test_a_lock_file_that_is_a_link_or_not_ours_is_never_written_through(tiny_cache, tmp_path):
+    victim = tmp_path / "thesis.tex"
+    victim.write_bytes(PRECIOUS)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / ".lock").symlink_to(victim)
+    with pytest.raises(CacheError, match="symbolic link"):
+        _extract_tiny(linked)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / ".lock").write_bytes(PRECIOUS)
+    with pytest.raises(CacheError, match="not featcache's lock file"):
+        _extract_tiny(theirs)
+    assert victim.read_bytes() == PRECIOUS and (theirs / ".lock").read_bytes() == PRECIOUS
+    assert (linked / ".lock").is_symlink()
+    a_dir = tmp_path / "lockdir"
+    (a_dir / ".lock").mkdir(parents=True)  # a folder where the lock file goes: one line, not IsADirectoryError
+    with pytest.raises(CacheError, match="lock file"):
+        _extract_tiny(a_dir)
+
+
+def test_a_shards_folder_that_is_a_link_is_refused_even_under_a_manifest(tiny_cache, tmp_path):
+    cache = _copy(tiny_cache, tmp_path)
+    outside = tmp_path / "userdir"
+    shutil.move(cache / "shards", outside)
+    for p in outside.iterdir():
+        p.write_bytes(PRECIOUS)
+    (cache / "shards").symlink_to(outside)
+    with pytest.raises(CacheError, match="symbolic link"):
+        _extract_tiny(cache)
+    assert all(p.read_bytes() == PRECIOUS for p in outside.iterdir())
+
+
+def test_predict_and_pretrain_never_replace_a_file_they_did_not_write(tiny_cache, tmp_path):
+    model = tmp_path / "m"
+    featcache.train(tiny_cache, "lda", out=model)
+    grades = tmp_path / "grades.csv"
+    grades.write_bytes(PRECIOUS)
+    images = tmp_path / "imgs"
+    _folder(images, n=2)
+    with pytest.raises(FeatcacheError, match="not a predictions file featcache wrote"):
+        featcache.predict(model, images, out=grades, cache_dir=tmp_path / "pc")
+    ours = tmp_path / "ours.csv"
+    featcache.predict(model, images, out=ours, cache_dir=tmp_path / "pc")
+    featcache.predict(model, images, out=ours, cache_dir=tmp_path / "pc")  # its own file: replaced
+    mine = tmp_path / "mymodel.keras"
+    mine.write_bytes(PRECIOUS)
+    proc = run_featcache("pretrain", images, "--epochs", "1", "--out", mine, check=False)
+    assert proc.returncode == 2 and "not a model featcache pre-trained" in proc.stderr
+    assert grades.read_bytes() == PRECIOUS and mine.read_bytes() == PRECIOUS
+
+
+def test_an_empty_results_file_does_not_make_a_folder_a_report(tiny_cache, tmp_path):
+    report = tmp_path / "rep"
+    report.mkdir()
+    (report / "results.jsonl").write_text("")
+    (report / "report.md").write_bytes(PRECIOUS)
+    with pytest.raises(FeatcacheError, match="holds no featcache report"):
+        featcache.bench(tiny_cache, ["lda"], out=report, baseline_heads=())
+    assert (report / "report.md").read_bytes() == PRECIOUS
+
+
+@pytest.mark.parametrize("damage", ["no params", "no dataset", "skipped of numbers"])
+def test_a_manifest_missing_what_every_cache_records_is_a_one_line_error(tiny_cache, tmp_path, damage):
+    cache = _copy(tiny_cache, tmp_path)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    if damage == "no params":
+        del manifest["params"]
+    elif damage == "no dataset":
+        del manifest["dataset"]
+    else:
+        manifest["shards"][0]["skipped"] = [1]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_featcache("info", cache, check=False)
+    assert proc.returncode == 2 and "damaged" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_out_dot_from_inside_a_model_directory(tiny_cache, tmp_path):
+    model = tmp_path / "m"
+    featcache.train(tiny_cache, "lda", out=model)
+    run_featcache("train", tiny_cache, "--head", "logreg", "--out", ".", cwd=model)
+    assert load_model_dir(model)[1]["head"] == "logreg"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")] == []
