@@ -255,6 +255,36 @@ def cmd_backbones(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default (where it has one the help does not already give) and keeps the
+    examples' line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS, "") and "default" not in text \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+EXAMPLES = {
+    "extract": ["featcache extract images/ --image-size 96 --out caches/mine",
+                "featcache extract fashion_mnist:test --limit 300 --out caches/fm"],
+    "info": ["featcache info caches/mine"],
+    "verify": ["featcache verify caches/mine"],
+    "train": ["featcache train caches/mine --head logreg --param C=0.5 --out models/mine",
+              "featcache train caches/mine --head keras_mlp --stream --out models/mine-mlp"],
+    "predict": ["featcache predict models/mine new_images/ --out predictions.csv"],
+    "export": ["featcache export models/mine-mlp mine.keras"],
+    "bench": ["featcache bench caches/mine --heads logreg,lda,keras_linear --out report",
+              "featcache bench caches/a caches/b --out report   # compare backbones"],
+    "run": ["featcache run pipelines/quickstart.toml"],
+    "pretrain": ["featcache pretrain fashion_mnist:train --classes 0,1,2,3,4 --epochs 3 --out source.keras"],
+    "heads": ["featcache heads"],
+    "backbones": ["featcache backbones"],
+}
+
+
 def _api_default(func, name: str):
     """The default of a Python API parameter: the one declaration a command-line default repeats."""
     return inspect.signature(func).parameters[name].default
@@ -299,11 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("info", help="describe a cache directory")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a cache directory (what featcache extract wrote)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("verify", help="check every shard against the manifest")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a cache directory (what featcache extract wrote)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("train", help="train a head on a cache and save it")
@@ -324,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                        + TRUST, description="Classify raw images (files, folders, a CSV, or a cache) with a saved "
                        "head. " + TRUST[0].upper() + TRUST[1:] + ".")
     p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, folders, a CSV manifest, or a cache directory")
     p.add_argument("--out", help="write predictions to a .csv or .json file")
     p.add_argument("--cache-dir", help="where prediction feature caches go (default ~/.cache/featcache/predictions)")
     p.add_argument("--quiet", action="store_true")
@@ -377,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.set_defaults(func=cmd_backbones)
+    for name, command in sub.choices.items():  # defaults shown, and one or two examples to copy
+        command.formatter_class = _HelpFormatter
+        command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
     return parser
 
 
