@@ -45,7 +45,7 @@ image_size = 32
      "'train.params.logreg': invalid parameter for head 'logreg': The 'C' parameter of LogisticRegression"),
     (lambda t: t + "[bench]\nn_jobs = 0\n", "'bench.n_jobs' must be a non-zero integer (-1: every CPU), got 0"),
     (lambda t: t.replace("image_size = 32", "image_size = 32\nbatch_size = 0"),
-     "extract[0]: batch_size must be a positive integer, got 0"),
+     "extract[0]: batch_size must be an integer of at least 1, got 0"),
 ])
 def test_bad_pipeline_fails_before_any_work_naming_key_and_file(tmp_path, edit, message):
     path = _write(tmp_path, edit(GOOD))
