@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import FeatcacheError
 from .model_dir import current_card
-from .store import canonical_json, open_cache
+from .store import Cache, canonical_json, open_cache
 
 #: the regularisation sweeps and small grids, chosen on the validation split
 GRIDS = {
@@ -367,7 +367,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     from .train import split_masks, train_classes
 
     check_options(cv=cv, timeout=timeout, n_jobs=n_jobs, pixel_size=pixel_size, backend=backend)
-    caches = [caches] if isinstance(caches, (str, os.PathLike)) else list(caches)
+    caches = [caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches)
+    caches = [c.path if isinstance(c, Cache) else c for c in caches]  # each head's process reopens its cache
     if not caches:
         raise FeatcacheError("bench needs at least one cache directory")
     heads = list(heads) if heads else list(HEADS)

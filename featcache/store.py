@@ -414,6 +414,12 @@ def write_view(directory: Path, manifest: dict) -> None:
         out.attrs["featcache_format"] = FORMAT_VERSION
         out.attrs["cache_key"] = manifest["key"]
         out.attrs["n_rows"] = total
+        # what a reader of this one file needs to make sense of /labels and /split (label i is class_names[i])
+        out.attrs.create("class_names", encode_strings(manifest["dataset"].get("class_names") or []), dtype=_STR)
+        out.attrs.create("split_names", encode_strings(["train", "val", "test"] if manifest["dataset"].get("has_splits")
+                                                       else []), dtype=_STR)
+        out.attrs["note"] = ("virtual datasets: the rows live in shards/NNNNN.h5 beside this file, so a copy of "
+                             "features.h5 alone reads as zeros; copy the whole cache directory")
         names = [f"features/{n}" for n in manifest["outputs"]] + ["labels", "ids"]
         if manifest["dataset"].get("has_splits"):
             names.append("split")

@@ -147,7 +147,7 @@ def test_best_model_is_refit_like_its_row_and_keras_rows_fit_once(tmp_path):
     images[labels == 1] //= 2  # learnable
     cache = featcache.extract(images, labels=labels, out=tmp_path / "c", backbone="mobilenet_v2", weights="none",
                               image_size=32)
-    rows = featcache.bench(cache.path, ["lda", "keras_linear"], out=tmp_path / "r", baseline_heads=(),
+    rows = featcache.bench(cache, ["lda", "keras_linear"], out=tmp_path / "r", baseline_heads=(),  # a Cache object
                            params={"keras_linear": {"epochs": 3}})
     keras_row = next(r for r in rows if r["head"] == "keras_linear")
     assert keras_row["status"] == "ok" and keras_row["select_seconds"] == 0.0  # its one fit is its selection

@@ -252,3 +252,16 @@ def test_default_backbone_extracts_a_photo_folder_offline(photo_folder, tmp_path
     centroids = np.stack([feats[labels == k].mean(0) for k in (0, 1)])
     nearest = np.linalg.norm(feats[:, None] - centroids[None], axis=2).argmin(1)
     assert (nearest == labels).mean() >= 0.9
+
+
+def test_the_one_file_view_names_its_classes_and_splits(tmp_path):
+    import h5py
+
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    src = featcache.ArraySource(images, [0, 1, 0, 1], splits=["train", "test", "train", "test"],
+                                class_names=["cat", "dog"])
+    cache = featcache.extract(src, out=tmp_path / "c", **TINY)
+    with h5py.File(tmp_path / "c" / "features.h5") as f:
+        assert [n.decode() if isinstance(n, bytes) else n for n in f.attrs["class_names"]] == cache.class_names
+        assert [n.decode() if isinstance(n, bytes) else n for n in f.attrs["split_names"]] == ["train", "val", "test"]
+        assert "copy the whole cache directory" in f.attrs["note"]
