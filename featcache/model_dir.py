@@ -121,7 +121,8 @@ def save_model_dir(path, pipeline, card: dict) -> Path:
             card["kind"] = "sklearn"
         fsync_file(staged / fname)
         card.update({"format": CARD_FORMAT, "file": fname, "sha256": sha256_path(staged / fname),
-                     "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(HEAD_PACKAGES, backend=False)})
+                     "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "versions": versions(HEAD_PACKAGES, backend=False)})
         atomic_write_bytes(staged / CARD, (json.dumps(card, indent=2, default=_json_default) + "\n").encode())
         commit_directory(staged, path)
     except OSError as exc:

@@ -228,5 +228,5 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
         "compression": options.shard_compression,
     }
     fingerprint = source.fingerprint()
-    return Plan(source, backbone, options, None if out is None else Path(out), image_size, input_size, params, fingerprint,
-                store.cache_key(params, fingerprint), ref)
+    return Plan(source, backbone, options, None if out is None else Path(out), image_size, input_size, params,
+                fingerprint, store.cache_key(params, fingerprint), ref)

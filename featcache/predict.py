@@ -81,7 +81,8 @@ def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) 
 def card_backbone(card: dict) -> tuple[str, str | None, str | None]:
     """``(backbone, weights, layer)`` that rebuild the backbone a head's features came from."""
     params, ref = card["features"]["params"], card["features"].get("backbone_ref") or {}
-    return ref.get("backbone", params["backbone"]), ref.get("weights", "imagenet"), ref.get("layer", params.get("layer"))
+    return (ref.get("backbone", params["backbone"]), ref.get("weights", "imagenet"),
+            ref.get("layer", params.get("layer")))
 
 
 def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = False) -> list[dict]:

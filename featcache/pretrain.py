@@ -151,8 +151,8 @@ def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=N
                 "shuffle": "per epoch", "validation": "stratified 0.1"}
     sidecar = out.with_name(out.name + ".json")
     if out.is_symlink() or os.path.lexists(out) and not _is_ours(out, sidecar):
-        raise FeatcacheError(f"--out {out} exists and is not a model featcache pre-trained (no sidecar {sidecar.name}); "
-                             "choose a new file name")
+        raise FeatcacheError(f"--out {out} exists and is not a model featcache pre-trained "
+                             f"(no sidecar {sidecar.name}); choose a new file name")
     if out.is_file() and sidecar.is_file():
         try:
             if json.loads(sidecar.read_text()).get("settings") == settings:

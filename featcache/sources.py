@@ -372,7 +372,8 @@ class SubsetSource(Source):
         self._parent_items = keep
         self.class_names = parent.class_names
         self.native_size = parent.native_size
-        self.address = None if parent.address is None else {"subset": parent.address, "classes": self.classes, "limit": limit}
+        self.address = None if parent.address is None else {"subset": parent.address, "classes": self.classes,
+                                                             "limit": limit}
 
     def describe(self) -> str:
         extra = []
