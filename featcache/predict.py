@@ -13,6 +13,8 @@ import csv
 import io
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,34 @@ from .sources import CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, is_our_manifest, open_cache
 
 
+#: prediction feature caches kept under the default home (oldest removed first); FEATCACHE_PREDICTION_CACHES sets it
+PREDICTION_CACHES_KEPT = 32
+_PREDICTION_CACHE = re.compile(r"^[0-9a-f]{24}$")
+
+
 def predictions_home() -> Path:
     return featcache_home() / "predictions"
+
+
+def prune_prediction_caches(keep: int | None = None, *, spare: Path | None = None) -> list[Path]:
+    """Remove the oldest prediction caches under the default home beyond ``keep``; returns what was removed.
+
+    Only featcache's own: directories named by a cache key that hold a
+    featcache manifest. A ``--cache-dir`` of the user's is never pruned.
+    """
+    if keep is None:
+        keep = int(os.environ.get("FEATCACHE_PREDICTION_CACHES", PREDICTION_CACHES_KEPT))
+    home = predictions_home()
+    if not home.is_dir():
+        return []
+    ours = [d for d in home.iterdir() if _PREDICTION_CACHE.match(d.name) and not d.is_symlink() and d.is_dir()
+            and is_our_manifest(d / MANIFEST) and d != spare]
+    ours.sort(key=lambda d: d.stat().st_mtime)  # last used: predict touches the cache it reads
+    removed = []
+    for d in ours[:max(0, len(ours) - max(0, keep - (spare is not None)))]:
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 def _mismatch_error(card, params, what):
@@ -75,6 +103,9 @@ def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) 
     plan = make_plan(target, backbone, None, opts, weights=weights, layer=layer)
     _mismatch_error(card, plan.params, "the backbone as it is now (did its weights file change?)")
     cache, _summary = run(plan.at(base / plan.key[:24]), progress=progress)  # one cache per set of images
+    if not cache_dir:
+        os.utime(cache.path)  # used now: pruning removes the least recently used first
+        prune_prediction_caches(spare=cache.path)
     return cache
 
 

@@ -389,3 +389,21 @@ def test_train_out_dot_from_inside_a_model_directory(tiny_cache, tmp_path):
     run_featcache("train", tiny_cache, "--head", "logreg", "--out", ".", cwd=model)
     assert load_model_dir(model)[1]["head"] == "logreg"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")] == []
+
+
+def test_prediction_caches_under_the_default_home_are_bounded_and_only_ours_are_pruned(tiny_cache, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FEATCACHE_PREDICTION_CACHES", "2")
+    model = tmp_path / "m"
+    featcache.train(tiny_cache, "lda", out=model)
+    home = tmp_path / "home" / "predictions"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "mine.txt").write_bytes(PRECIOUS)
+    used = []
+    for k in range(3):
+        _folder(tmp_path / f"imgs{k}", n=1, names=(f"c{k}",))
+        featcache.predict(model, tmp_path / f"imgs{k}")
+        used.append({p.name for p in home.iterdir()} - {"notes"})
+    assert len(used[1]) == 2 and len(used[2]) == 2 and used[2] != used[1]  # the oldest went first
+    assert (home / "notes" / "mine.txt").read_bytes() == PRECIOUS
