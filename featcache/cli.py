@@ -291,7 +291,12 @@ def _api_default(func, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featcache", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="featcache", formatter_class=_HelpFormatter,
+        description="Run a frozen, pretrained CNN over your images once, keep the features in HDF5 shards,\n"
+                    "then train, compare and ship classifier heads on them in seconds.",
+        epilog="examples:\n  featcache extract images/ --image-size 96 --out caches/mine\n"
+               "  featcache bench caches/mine --out report\n  featcache run pipelines/quickstart.toml")
     parser.add_argument("--version", action="version", version=f"featcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
