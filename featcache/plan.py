@@ -170,9 +170,7 @@ class Plan:
                                compression=self.options.shard_compression, n_items=len(self.source))
 
     def shard_items(self, index: int):
-        size = self.options.shard_size
-        start = index * size
-        stop = min(start + size, len(self.source))
+        start, stop = store.shard_item_range(index, self.options.shard_size, len(self.source))
         return (start, stop), self.source.items[start:stop]
 
 

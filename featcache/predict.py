@@ -52,8 +52,9 @@ def prune_prediction_caches(keep: int | None = None, *, spare: Path | None = Non
     ours = [d for d in home.iterdir() if _PREDICTION_CACHE.match(d.name) and not d.is_symlink() and d.is_dir()
             and is_our_manifest(d / MANIFEST) and d != spare]
     ours.sort(key=lambda d: d.stat().st_mtime)  # last used: predict touches the cache it reads
+    room = max(0, keep - (spare is not None))  # the cache just used counts against the bound too
     removed = []
-    for d in ours[:max(0, len(ours) - max(0, keep - (spare is not None)))]:
+    for d in ours[:max(0, len(ours) - room)]:
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
     return removed
@@ -179,13 +180,9 @@ def _check_predictions_target(out) -> Path:
 def _is_our_predictions(path: Path) -> bool:
     """A predictions file of ours: our CSV header, or a JSON list of our rows."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return False
-    if path.suffix.lower() == ".csv":
-        return head.startswith(CSV_HEADER.encode())
-    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, "rb") as f:
+                return f.read(len(CSV_HEADER)) == CSV_HEADER.encode()
         rows = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return False

@@ -270,6 +270,12 @@ def shard_name(index: int) -> str:
     return f"{index:05d}.h5"
 
 
+def shard_item_range(index: int, shard_size: int, n_items: int) -> tuple[int, int]:
+    """``[start, stop)`` of the source items shard ``index`` covers (docs/FORMAT.md)."""
+    start = index * shard_size
+    return start, min(start + shard_size, n_items)
+
+
 def _chunk_rows(n_rows: int, row_bytes: int) -> int:
     return max(1, min(n_rows, (1 << 20) // max(row_bytes, 1)))
 
@@ -1044,7 +1050,7 @@ def existing_shards(directory: Path, old: dict | None, *, key: str, n_shards: in
             if index >= n_shards:
                 p.unlink()
                 continue
-            item_range = (index * shard_size, min((index + 1) * shard_size, n_items))
+            item_range = shard_item_range(index, shard_size, n_items)
             try:
                 done[index] = inspect_shard(p, key, index, item_range)
             except CacheError as exc:
