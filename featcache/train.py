@@ -121,18 +121,33 @@ def _head_errors(head: str):
                              f"{lines[0] if lines else type(exc).__name__}") from exc
 
 
-def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
+def _custom_fields(head: str, pipe) -> dict:
+    """What a card says of a user's own estimator: its repr, and whether its probabilities are one-hot."""
+    if not head.startswith("custom:"):
+        return {}
+    from .heads.custom import OneHotProba
+
+    clf = pipe.steps[-1][1]
+    one_hot = isinstance(clf, OneHotProba)
+    return {"estimator": repr(clf.estimator if one_hot else clf),
+            "probabilities": "one-hot from predict (the estimator has no predict_proba)" if one_hot else "predict_proba"}
+
+
+def train(cache, head="logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
           output: str | None = None, stream: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
           stream_epochs: int = 5, fit_splits=("train",)) -> TrainResult:
     """Fit ``head`` on the train split of ``cache`` and measure it on every split.
 
     Args:
         cache: a :class:`~featcache.store.Cache` or its directory.
-        head: a head name (``featcache heads`` lists them).
+        head: a head name (``featcache heads`` lists them), or your own
+            unfitted scikit-learn classifier (``SVC()``, a Pipeline ...): it is
+            cloned, saved as ``custom:ClassName``, and one without
+            ``predict_proba`` gets one-hot probabilities from ``predict``.
         params: parameters of the head's classifier, e.g. ``{"C": 0.5}``;
             every one is checked before any work.
         preprocess: ``none``, ``standard``, ``pca[:N]`` or ``standard+pca[:N]``
-            (default: the head's own).
+            (default: the head's own; ``none`` for your own estimator).
         out: a model directory to save into (new, empty, or a featcache
             model directory holding nothing else); None saves nothing.
         output: which stored output to train on (default: the first).
@@ -154,15 +169,25 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
     Examples:
         >>> result = featcache.train("caches/fm", head="logreg", params={"C": 0.5}, out="models/fm")  # doctest: +SKIP
         >>> result.metrics["test"]["accuracy"]                                                        # doctest: +SKIP
+        >>> from sklearn.svm import SVC
+        >>> featcache.train("caches/fm", head=SVC(C=2.0), out="models/svc")                          # doctest: +SKIP
     """
     fit_splits = tuple(fit_splits)
     if fit_splits not in (("train",), ("train", "val")):
         raise FeatcacheError(f"fit_splits must be ('train',) or ('train', 'val'), got {fit_splits!r}")
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
-    spec = get_head_spec(head)
     params = dict(params or {})
-    pipe = validate_head(head, preprocess, params)  # every parameter, before any work
+    if isinstance(head, str):
+        spec = get_head_spec(head)
+        pipe = validate_head(head, preprocess, params)  # every parameter, before any work
+        streams, default_preprocess = spec.streams, spec.preprocess
+    else:  # the user's own estimator
+        from .heads import preprocess_steps
+        from .heads.custom import user_head
+
+        head, pipe = user_head(head, preprocess_steps(preprocess or "none"), params)
+        streams, default_preprocess = hasattr(pipe.steps[-1][1], "partial_fit"), "none"
     if "val" in fit_splits and is_keras(pipe):
         raise FeatcacheError(f"head {head!r} is a Keras head: it early-stops on the val split, so it fits on train "
                              "alone")
@@ -181,7 +206,7 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
         if is_keras(pipe):
             with _head_errors(head):
                 pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output)
-        elif spec.streams:
+        elif streams:
             with _head_errors(head):
                 _partial_fit_stream(pipe, cache, fit_mask, labels, classes, output, stream_epochs)
         else:
@@ -209,17 +234,20 @@ def train(cache, head: str = "logreg", *, params: dict | None = None, preprocess
         with _head_errors(head):
             proba = pipe.predict_proba(X[m]) if X is not None else _predict_stream(pipe, cache, m, output)
         res = metrics(labels[m], proba, pipe.classes_)
+        if _custom_fields(head, pipe).get("probabilities", "").startswith("one-hot"):
+            res.pop("log_loss", None)  # the log loss of one-hot guesses measures nothing
         res["predict_seconds_per_1000"] = (time.perf_counter() - t1) / max(int(m.sum()), 1) * 1000
         results[split] = res
     class_names = [cache.class_name(c) for c in pipe.classes_.tolist()]
     info = cache.output_info(output)
     card = {
-        "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess or spec.preprocess,
+        "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess or default_preprocess,
         "features": {"cache_key": cache.key, "cache_path": os.fspath(cache.path), "output": output,
                      "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
                      "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
                      "dtype": cache.params.get("dtype"),
                      "backbone_ref": cache.backbone_ref},
+        **_custom_fields(head, pipe),
         "classes": pipe.classes_.tolist(), "class_names": class_names, "metrics": results,
         "fit_seconds": round(fit_seconds, 4), "streamed": bool(stream), "fit_splits": list(fit_splits),
         "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,

@@ -158,6 +158,11 @@ def _preprocess_steps(prep) -> list:
     return steps
 
 
+def preprocess_steps(prep: str) -> list:
+    """The scikit-learn steps a preprocess string (``none``, ``standard``, ``pca[:N]``, ``standard+pca[:N]``) names."""
+    return _preprocess_steps(prep)
+
+
 def _pca_components(part: str, prep: str):
     """``pca`` keeps 95% of the variance; ``pca:N`` N components, or ``pca:0.8`` that share of the variance."""
     _, sep, text = part.partition(":")

@@ -1,0 +1,93 @@
+"""A user's own scikit-learn classifier as a featcache head.
+
+``featcache.train(cache, head=SVC())`` trains any estimator that follows the
+scikit-learn API (``fit``, ``predict``, ``get_params``), not only the named
+heads. It is cloned (the user's object is never fitted in place), given its
+parameters, wrapped in the same ``Pipeline([... , ("clf", est)])`` shape as
+every named head, and saved as a model directory that ``predict`` and
+``bench``'s readers accept. An estimator without ``predict_proba`` (``SVC()``,
+``RidgeClassifier()``) gets one-hot probabilities from ``predict``, said in
+the card, so every head reports the same metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone, is_classifier
+from sklearn.utils.validation import check_is_fitted
+
+from ..errors import FeatcacheError
+
+
+class OneHotProba(ClassifierMixin, BaseEstimator):
+    """Wrap a classifier that has no ``predict_proba``: its probabilities are the one-hot of ``predict``.
+
+    Args:
+        estimator: the scikit-learn classifier to wrap (fitted by ``fit``, a clone).
+
+    Examples:
+        >>> from sklearn.svm import SVC
+        >>> clf = OneHotProba(SVC()).fit([[0], [1], [2], [3]], [0, 0, 1, 1])
+        >>> clf.predict_proba([[3]]).tolist()
+        [[0.0, 1.0]]
+    """
+
+    def __init__(self, estimator=None):
+        self.estimator = estimator
+
+    def fit(self, X, y, **fit_params):
+        self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
+        self.classes_ = np.asarray(self.estimator_.classes_)
+        if hasattr(self.estimator_, "n_features_in_"):
+            self.n_features_in_ = self.estimator_.n_features_in_
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.predict(X)
+
+    def predict_proba(self, X):
+        pred = self.predict(X)
+        return (pred[:, None] == self.classes_[None, :]).astype(np.float64)
+
+
+def head_name(estimator) -> str:
+    """The name a user's estimator is saved and shown under: ``custom:ClassName``."""
+    return f"custom:{type(estimator).__name__}"
+
+
+def user_head(estimator, steps: list, params: dict | None = None):
+    """``(name, pipeline)`` for a user's estimator, every parameter checked before any work.
+
+    Args:
+        estimator: an unfitted scikit-learn classifier (or a Pipeline ending in one).
+        steps: the preprocessing steps to put before it (``[]`` for none).
+        params: parameters to set on a clone of it first, e.g. ``{"C": 2.0}``.
+
+    Returns:
+        The head's name (``custom:SVC``) and ``Pipeline(steps + [("clf", est)])``.
+    """
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(estimator, type):
+        raise FeatcacheError(f"head must be an estimator object, not the class {estimator.__name__}; "
+                             f"write {estimator.__name__}()")
+    if not all(callable(getattr(estimator, m, None)) for m in ("fit", "predict", "get_params", "set_params")):
+        raise FeatcacheError(f"head must be a head name or a scikit-learn classifier (fit, predict, get_params), "
+                             f"got {type(estimator).__name__}")
+    if not is_classifier(estimator):
+        raise FeatcacheError(f"head {type(estimator).__name__} is not a classifier (scikit-learn's is_classifier "
+                             "says no); featcache heads classify")
+    try:
+        est = clone(estimator)
+        if params:
+            est.set_params(**params)
+        if hasattr(est, "_validate_params"):
+            est._validate_params()
+    except (ValueError, TypeError, AttributeError, RuntimeError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise FeatcacheError(f"invalid parameter for head {head_name(estimator)}: "
+                             f"{lines[0] if lines else type(exc).__name__}") from None
+    if not callable(getattr(est, "predict_proba", None)):  # SVC(probability=False) hides it too
+        est = OneHotProba(est)
+    return head_name(estimator), Pipeline(list(steps) + [("clf", est)])
