@@ -13,10 +13,10 @@ from .errors import FeatcacheError  # noqa: E402
 from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: E402
 from .store import Cache, open_cache  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
-from .predict import export, predict  # noqa: E402
+from .predict import export, export_info, predict  # noqa: E402
 from .bench import bench  # noqa: E402
 
 __all__ = [
     "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
-    "TrainResult", "__version__", "bench", "export", "extract", "open_cache", "open_source", "predict", "train",
+    "TrainResult", "__version__", "bench", "export", "export_info", "extract", "open_cache", "open_source", "predict", "train",
 ]

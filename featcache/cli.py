@@ -32,6 +32,18 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``96`` or ``96x128``: an image size, height by width."""
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(parts) > 2 or h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW of positive integers, got {text!r}")
+    return h, w
+
+
 def _default_out(source: str, backbone: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(source).name or source}-{Path(backbone).stem}").strip("-")
     return os.path.join("caches", slug)
@@ -177,9 +189,10 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .predict import export
 
-    path = export(args.model, args.out)
-    stdout.print(f"exported {path}: uint8 images in, class probabilities out "
-                 "(load with keras.models.load_model; nothing else needed)")
+    path = export(args.model, args.out, input_size=args.input_size)
+    size = f"{args.input_size[0]}x{args.input_size[1]}" if args.input_size else "any-size"
+    stdout.print(f"exported {path}: {size} RGB or grey images (uint8 0-255, or float 0-1) in, class probabilities "
+                 "out (load with keras.models.load_model; nothing else needed; class names: featcache.export_info)")
     return 0
 
 
@@ -275,7 +288,8 @@ EXAMPLES = {
     "train": ["featcache train caches/mine --head logreg --param C=0.5 --out models/mine",
               "featcache train caches/mine --head keras_mlp --stream --out models/mine-mlp"],
     "predict": ["featcache predict models/mine new_images/ --out predictions.csv"],
-    "export": ["featcache export models/mine-mlp mine.keras"],
+    "export": ["featcache export models/mine-mlp mine.keras",
+               "featcache export models/mine-mlp mine-224.keras --input-size 224"],
     "bench": ["featcache bench caches/mine --heads logreg,lda,keras_linear --out report",
               "featcache bench caches/a caches/b --out report   # compare backbones"],
     "run": ["featcache run pipelines/quickstart.toml"],
@@ -370,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                        + ".")
     p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
     p.add_argument("out", help="output .keras file")
+    p.add_argument("--input-size", type=_size, metavar="HxW", default=None,
+                   help="fix the model's input size (default: any size, resized in the model)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmark heads on one or more caches, with a report")

@@ -271,7 +271,7 @@ def run(path, *, progress: bool = True) -> dict:
             else:
                 export(result["models"][train_cfg["export"]], target)
                 atomic_write_bytes(stamp, (json.dumps({"head_sha256": source}) + "\n").encode())
-                _say(f"[bold]export[/] {target}: one Keras model, uint8 images in, probabilities out")
+                _say(f"[bold]export[/] {target}: one Keras model, images of any size in, probabilities out")
             result["exported"] = str(target)
     bench_cfg = cfg.get("bench")
     if bench_cfg is not None:

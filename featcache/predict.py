@@ -25,7 +25,7 @@ from .errors import FeatcacheError
 from .files import atomic_save, atomic_write_bytes, spreadsheet_safe
 from .homes import featcache_home
 from .model_dir import feature_mismatch, load_model_dir, read_card
-from .sources import CsvSource, FileListSource, FolderSource, Source
+from .sources import ArraySource, CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, is_our_manifest, open_cache
 
 
@@ -73,9 +73,11 @@ CSV_HEADER = "id,label,class,probability,error"
 
 
 def source_for(inputs) -> Source | Cache:
-    """Files, a folder, a CSV manifest, or an existing cache directory."""
+    """Files, a folder, a CSV manifest, an existing cache directory, or uint8 images ``N x H x W [x 1|3]``."""
     if isinstance(inputs, (Source, Cache)):
         return inputs
+    if isinstance(inputs, np.ndarray):
+        return ArraySource(inputs, name="images")
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if len(items) == 1:
         p = Path(items[0])
@@ -117,7 +119,11 @@ def card_backbone(card: dict) -> tuple[str, str | None, str | None]:
             ref.get("layer", params.get("layer")))
 
 
-def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = False) -> list[dict]:
+#: what :func:`predict` can return
+RETURN_AS = ("rows", "labels", "proba", "frame")
+
+
+def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = False, return_as: str = "rows"):
     """Classify raw images with a saved head: the exact backbone of its card, then the head.
 
     A model directory is code (a scikit-learn head is a pickle): load only
@@ -126,27 +132,48 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
 
     Args:
         model_dir: a directory written by :func:`featcache.train` (or ``bench``'s ``best_model``).
-        inputs: image files, a folder, a CSV manifest or a cache directory.
+        inputs: image files, a folder, a CSV manifest, a cache directory, or
+            a uint8 array of images ``N x H x W [x 1|3]`` (any size: they are
+            resized as the head's training images were).
         out: also write the rows to a ``.csv`` (formula-safe cells) or ``.json`` file.
         cache_dir: where the images' feature cache goes (default
             ``$FEATCACHE_HOME/predictions``); predicting the same images again
             costs nothing.
         progress: show a progress bar.
+        return_as: ``rows`` (a list of dicts), ``labels`` (an array of class
+            names, as scikit-learn's ``predict``), ``proba`` (an ``N x classes``
+            array in ``class_names`` order, as ``predict_proba``) or ``frame``
+            (a pandas DataFrame of the rows; needs pandas). ``labels`` and
+            ``proba`` follow the order of ``inputs`` (a folder: sorted by class
+            folder and file name); an image that could not be read is ``None``
+            / a row of NaN there.
 
     Returns:
-        One dict per image: ``id``, ``label``, ``class``, ``probability`` and
-        ``probabilities``; skipped images come back with ``error``.
+        By default one dict per image: ``id``, ``label``, ``class``,
+        ``probability`` and ``probabilities``; skipped images come back with
+        ``error``. See ``return_as`` for the others.
 
     Examples:
         >>> rows = featcache.predict("models/fm", "new_images/")  # doctest: +SKIP
         >>> rows[0]["class"], rows[0]["probability"]             # doctest: +SKIP
+        >>> featcache.predict("models/fm", images, return_as="labels")  # uint8 N x H x W x 3  # doctest: +SKIP
+        array(['Bag', 'Sneaker', ...], dtype=object)
     """
+    if return_as not in RETURN_AS:
+        raise FeatcacheError(f"return_as must be one of {', '.join(RETURN_AS)}, got {return_as!r}")
+    if return_as == "frame":
+        try:
+            import pandas
+        except ImportError:
+            raise FeatcacheError("return_as='frame' needs pandas (pip install pandas); 'rows', 'labels' and "
+                                 "'proba' need nothing more") from None
     if out is not None:
         out = _check_predictions_target(out)
     if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         raise FeatcacheError(f"--cache-dir {cache_dir} exists and is not a directory")
     pipe, card = load_model_dir(model_dir)
-    cache = features_for(card, inputs, cache_dir=cache_dir, progress=progress)
+    target = source_for(inputs)
+    cache = features_for(card, target, cache_dir=cache_dir, progress=progress)
     output = card["features"]["output"]
     X = cache.features(output)
     X = X.reshape(len(X), -1).astype(np.float32)
@@ -161,7 +188,20 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
         rows.append({"id": s["id"], "label": None, "class": None, "probability": None, "error": s["reason"]})
     if out is not None:
         write_predictions(rows, out, names)
-    return rows
+    if return_as == "rows":
+        return rows
+    if return_as == "frame":
+        return pandas.DataFrame([{k: v for k, v in r.items() if k != "probabilities"}
+                                 | {f"p_{n}": (r.get("probabilities") or {}).get(n) for n in names} for r in rows])
+    ids = [it.id for it in target.items] if isinstance(target, Source) else cache.ids()
+    known = set(ids)
+    order = ids + [r["id"] for r in rows if r["id"] not in known]  # a skipped id is among the items already
+    if return_as == "labels":
+        by_id = {r["id"]: r["class"] for r in rows}
+        return np.array([by_id.get(i) for i in order], dtype=object)
+    by_id = {r["id"]: [r["probabilities"][n] for n in names] for r in rows if r.get("probabilities")}
+    nan = [float("nan")] * len(names)
+    return np.array([by_id.get(i, nan) for i in order], dtype=np.float64).reshape(len(order), len(names))
 
 
 def _check_predictions_target(out) -> Path:
@@ -214,19 +254,57 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
         raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
+#: the entry of an exported .keras file (a zip) that names its classes and how it was made
+EXPORT_INFO = "featcache.json"
+
+
 def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path:
-    """Write one end-to-end Keras model: uint8 images in, class probabilities out.
+    """Write one end-to-end Keras model: images in, class probabilities out.
 
     Preprocessing, the frozen backbone and the head in one graph of Keras'
-    own layers, so ``keras.models.load_model`` reads it with nothing else
-    installed. Only Keras heads can be exported.
+    own layers and ops, so ``keras.models.load_model`` reads it with nothing
+    else installed. Only Keras heads can be exported. The model takes:
+
+    * any image size (``input_size=None``, the default): each batch is resized
+      in the graph to the size the backbone saw, as the cached route did;
+      or a fixed ``(height, width)``;
+    * RGB ``N x H x W x 3`` or grey ``N x H x W x 1`` images;
+    * pixels as uint8 0-255 (what the cache was made from), float 0-255, or
+      float 0-1: an image whose every pixel is at most 1.0 is read as 0-1 and
+      scaled by 255 (so a uint8 image that is black save for values of 1 is
+      taken for a 0-1 image: nearly black either way).
+
+    The class names, the head and the backbone are stored inside the file
+    (its ``featcache.json`` entry; :func:`export_info` reads it), and its
+    output's columns follow ``class_names``.
+
+    Args:
+        model_dir: a model directory of a Keras head (``keras_linear``, ``keras_mlp``, ``classic``).
+        out: the ``.keras`` file to write (new, or an earlier featcache export).
+        input_size: a fixed ``(height, width)`` input instead of any size.
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> featcache.export("models/fm", "fm.keras")                            # doctest: +SKIP
+        >>> model = keras.models.load_model("fm.keras")                         # doctest: +SKIP
+        >>> model.predict(uint8_images)  # N x H x W x 3, any H x W              # doctest: +SKIP
+        >>> featcache.export_info("fm.keras")["class_names"]                    # doctest: +SKIP
     """
+    import zipfile
+
     import keras
+    from keras import ops
 
     from .backbones import resolve
     from .backbones.graph import build_extractor
 
     out = _check_export_target(out)
+    if input_size is not None:
+        if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in input_size)):
+            raise FeatcacheError(f"input_size must be (height, width) of positive integers or None, got {input_size!r}")
     card = read_card(model_dir)
     if card.get("kind") != "keras":
         raise FeatcacheError(f"{model_dir} holds a scikit-learn head ({card['head']}); only Keras heads "
@@ -239,23 +317,70 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
     backbone = resolve(name, weights=weights, layer=layer)
     if backbone.identity() != params["weights"]:
         raise FeatcacheError("the backbone's weights changed since the head was trained; cannot export")
-    size = tuple(input_size or feats.get("input_size") or params["image_size"])
+    size = tuple(input_size) if input_size else (None, None)
     extractor, _names = build_extractor(backbone, input_size=size, image_size=tuple(params["image_size"]),
                                         pooling=params["pooling"], outputs=params.get("outputs"),
                                         preprocess=params["preprocess"], compute_dtype=params["compute_dtype"])
-    x = extractor.output[feats["output"]]
+    images = keras.Input((size[0], size[1], None), dtype="float32", name="images")
+    x = images + ops.repeat(ops.mean(images, axis=-1, keepdims=True) * 0.0, 3, axis=-1)  # grey -> RGB, RGB as is
+    top = ops.max(x, axis=(1, 2, 3), keepdims=True)
+    x = ops.where(top <= 1.0, x * 255.0, x)  # float 0-1 images to 0-255
+    x = ops.cast(ops.round(ops.clip(x, 0.0, 255.0)), "uint8")  # the uint8 pixels the cache was made from
+    x = extractor(x)[feats["output"]]
     if len(x.shape) > 2:
         x = keras.layers.Flatten(name="flatten_features")(x)
     if feats.get("dtype") == "float16":  # the head learned on features stored as float16
         x = keras.layers.Activation("linear", dtype="float16", name="as_stored_float16")(x)
         x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
     probs = head.model_(x)
-    model = keras.Model(extractor.input, probs, name=f"featcache_{card['head']}")
+    model = keras.Model(images, probs, name=f"featcache_{output_name_safe(card['head'])}")
+    info = {"format": "featcache-export/1", "class_names": card["class_names"], "classes": card["classes"],
+            "head": card["head"], "backbone": name, "weights": params["weights"],
+            "image_size": list(params["image_size"]), "input_size": list(input_size) if input_size else None,
+            "input": "N x H x W x 3 (RGB) or x 1 (grey); uint8 0-255, float 0-255, or float 0-1",
+            "cache_key": feats["cache_key"], "metrics": card.get("metrics", {})}
+
+    def save(path):
+        model.save(path)
+        with zipfile.ZipFile(path, "a") as z:  # keras.models.load_model reads only its own entries
+            z.writestr(EXPORT_INFO, json.dumps(info, indent=2, default=str))
+
     try:
-        atomic_save(out, model.save, ".keras")
+        atomic_save(out, save, ".keras")
     except OSError as exc:
         raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
+
+
+def output_name_safe(text: str) -> str:
+    """A model name Keras accepts: ``custom:SVC`` and other head names with odd characters."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+def export_info(path) -> dict:
+    """What an exported ``.keras`` file says of itself: class names, head, backbone, input contract.
+
+    Args:
+        path: a ``.keras`` file written by :func:`export`.
+
+    Returns:
+        The dict stored in its ``featcache.json`` entry (``class_names`` in
+        the order of the model's output columns).
+
+    Examples:
+        >>> featcache.export_info("fm.keras")["class_names"][:2]  # doctest: +SKIP
+        ['T-shirt/top', 'Trouser']
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = json.loads(z.read(EXPORT_INFO))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise FeatcacheError(f"{path} is not a model featcache exported ({type(exc).__name__})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("class_names"), list):
+        raise FeatcacheError(f"{path}: its {EXPORT_INFO} holds no class names")
+    return info
 
 
 def _check_export_target(out) -> Path:
