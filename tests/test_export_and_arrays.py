@@ -69,6 +69,9 @@ def test_predict_on_arrays_returns_rows_labels_or_probabilities_in_input_order(t
     g = featcache.predict(tmp_path / "m", grey, cache_dir=tmp_path / "pc2", return_as="proba")
     np.testing.assert_allclose(g, featcache.predict(tmp_path / "m", np.repeat(grey, 3, -1), cache_dir=tmp_path / "pc2",
                                                     return_as="proba"), atol=1e-6)
+    frame = featcache.predict(tmp_path / "m", imgs[order], cache_dir=tmp_path / "pc", return_as="frame")
+    assert list(frame["class"]) == [r["class"] for r in rows]
+    np.testing.assert_allclose(frame[["p_0", "p_1", "p_2"]].to_numpy(), proba)
     with pytest.raises(FeatcacheError, match="return_as must be one of rows, labels, proba, frame"):
         featcache.predict(tmp_path / "m", imgs[:2], return_as="df")
 
