@@ -14,9 +14,10 @@ from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: 
 from .store import Cache, open_cache  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
 from .predict import export, export_info, predict  # noqa: E402
+from .finetune import finetune  # noqa: E402
 from .bench import bench  # noqa: E402
 
 __all__ = [
     "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
-    "TrainResult", "__version__", "bench", "export", "export_info", "extract", "open_cache", "open_source", "predict", "train",
+    "TrainResult", "__version__", "bench", "export", "export_info", "extract", "finetune", "open_cache", "open_source", "predict", "train",
 ]

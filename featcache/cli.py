@@ -173,6 +173,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .finetune import finetune
+
+    out = args.out or os.path.join("models", f"{Path(args.cache).name}-finetune")
+    res = finetune(args.cache, from_layer=args.from_layer, to_layer=args.to_layer, output=args.output,
+                   epochs=args.epochs, head_epochs=args.head_epochs, learning_rate=args.learning_rate,
+                   batch_size=args.batch_size, random_state=args.random_state, verbose=0 if args.quiet else 2, out=out)
+    rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("macro_f1")), _fmt(m.get("log_loss"), pct=False)]
+            for split, m in res.metrics.items()]
+    ft = res.card["finetune"]
+    stdout.print(table(f"top block above {ft['from_layer']} + head on {args.cache} (fit {res.fit_seconds:.1f} s, "
+                       f"{ft['trainable_weights']:,} trainable weights)",
+                       ["split", "rows", "accuracy", "macro-F1", "log-loss"], rows))
+    stdout.print(f"model saved to {res.model_dir} (featcache export {res.model_dir} model.keras: one end-to-end model)")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .predict import predict
 
@@ -288,6 +305,8 @@ EXAMPLES = {
     "train": ["featcache train caches/mine --head logreg --param C=0.5 --out models/mine",
               "featcache train caches/mine --head keras_mlp --stream --out models/mine-mlp"],
     "predict": ["featcache predict models/mine new_images/ --out predictions.csv"],
+    "finetune": ["featcache extract images/ --image-size 96 --outputs block14_add --pooling none --out caches/map",
+                 "featcache finetune caches/map --out models/ft && featcache export models/ft ft.keras"],
     "export": ["featcache export models/mine-mlp mine.keras",
                "featcache export models/mine-mlp mine-224.keras --input-size 224"],
     "bench": ["featcache bench caches/mine --heads logreg,lda,keras_linear --out report",
@@ -368,6 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of rows without a source split that go to test (hashed by id)")
     p.add_argument("--out", help="model directory (default models/<cache>-<head>)")
     p.set_defaults(func=cmd_train)
+
+    from .finetune import finetune
+
+    p = sub.add_parser("finetune", help="fine-tune the backbone's top block and a head on a cache of a mid-level map",
+                       description="Fine-tune the backbone's layers above a cached map (BatchNorm frozen, in "
+                       "inference mode) with a softmax head: the head alone first, then the block at a small learning "
+                       "rate, each early-stopped on the validation split. The CNN below the cut never runs again.")
+    p.add_argument("cache", help="cache directory made with --outputs LAYER --pooling none")
+    p.add_argument("--from-layer", help="the cut: a layer whose map the cache holds (default: the first output's)")
+    p.add_argument("--to-layer", help="where the trainable block ends (default: the backbone's output)")
+    p.add_argument("--output", help="which stored output to train on (default: the first)")
+    for name in ("epochs", "head_epochs", "batch_size", "random_state"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=_api_default(finetune, name))
+    p.add_argument("--learning-rate", type=float, default=_api_default(finetune, "learning_rate"),
+                   help="Adam's rate for the block and head after the head-only phase")
+    p.add_argument("--out", help="model directory (default models/<cache>-finetune)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("predict", help="classify raw images (files, folders, a CSV, or a cache) with a saved head; "
                        + TRUST, description="Classify raw images (files, folders, a CSV, or a cache) with a saved "

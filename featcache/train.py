@@ -238,10 +238,27 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
             res.pop("log_loss", None)  # the log loss of one-hot guesses measures nothing
         res["predict_seconds_per_1000"] = (time.perf_counter() - t1) / max(int(m.sum()), 1) * 1000
         results[split] = res
+    card = card_for(cache, head, pipe, params=params, preprocess=preprocess or default_preprocess, output=output,
+                    masks=masks, results=results, fit_seconds=fit_seconds, val_fraction=val_fraction,
+                    test_fraction=test_fraction, streamed=stream, fit_splits=fit_splits)
+    class_names = card["class_names"]
+    model_dir = save_model_dir(out, pipe, card) if out is not None else None
+    return TrainResult(pipe, head, results, fit_seconds, pipe.classes_.tolist(), class_names, model_dir, card)
+
+
+def card_for(cache: Cache, head: str, pipe, *, params: dict, preprocess: str, output: str, masks: dict,
+             results: dict, fit_seconds: float, val_fraction: float, test_fraction: float, streamed: bool = False,
+             fit_splits=("train",)) -> dict:
+    """The model card of a head fitted on ``cache``: what its features are, its classes, metrics and splits.
+
+    The one description of a card's body that :func:`train` and
+    :func:`featcache.finetune.finetune` write (``model_dir`` adds the file,
+    its sha256 and the versions when it saves).
+    """
     class_names = [cache.class_name(c) for c in pipe.classes_.tolist()]
     info = cache.output_info(output)
-    card = {
-        "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess or default_preprocess,
+    return {
+        "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess,
         "features": {"cache_key": cache.key, "cache_path": os.fspath(cache.path), "output": output,
                      "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
                      "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
@@ -249,9 +266,7 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
                      "backbone_ref": cache.backbone_ref},
         **_custom_fields(head, pipe),
         "classes": pipe.classes_.tolist(), "class_names": class_names, "metrics": results,
-        "fit_seconds": round(fit_seconds, 4), "streamed": bool(stream), "fit_splits": list(fit_splits),
+        "fit_seconds": round(fit_seconds, 4), "streamed": bool(streamed), "fit_splits": list(fit_splits),
         "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
                    "from_source": cache.splits() is not None, "rows": {s: int(m.sum()) for s, m in masks.items()}},
     }
-    model_dir = save_model_dir(out, pipe, card) if out is not None else None
-    return TrainResult(pipe, head, results, fit_seconds, pipe.classes_.tolist(), class_names, model_dir, card)

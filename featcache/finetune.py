@@ -1,0 +1,221 @@
+"""Top-block fine-tuning from cached feature maps: the CNN below the cut never runs again.
+
+The Keras transfer-learning guide's second step unfreezes the top of the
+backbone and trains it with the head, pushing every image through the whole
+CNN on every epoch. Here the cache already holds the map of a mid-level layer
+(``featcache extract ... --outputs LAYER --pooling none``), so only the
+layers *above* it are rebuilt, with the backbone's own weights, as a
+trainable Keras model with a softmax head on top, and trained on the cached
+maps:
+
+1. the head alone, the block frozen (a linear probe on the block's output);
+2. then the block too, at a small learning rate.
+
+Both phases early-stop on the validation split and keep the best weights.
+BatchNormalization layers stay in inference mode throughout (frozen, and
+called with ``training=False``): updating their statistics on small
+fine-tuning batches is the known trap (keras-team/keras#9214).
+
+The result is an ordinary Keras head (a model directory that ``predict``,
+``bench``'s readers and ``export`` accept): its model maps the flattened
+cached map to probabilities, so ``export`` joins the frozen bottom and the
+fine-tuned top into one end-to-end model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import FeatcacheError
+from .store import Cache, open_cache
+
+
+def _cut_layer(cache: Cache, output: str, from_layer: str | None) -> str:
+    """The backbone layer whose map ``output`` holds; refuses pooled or unknown outputs."""
+    params = cache.params
+    if params.get("pooling") != "none":
+        raise FeatcacheError(f"{cache.path} holds pooled features ({params.get('pooling')}); fine-tuning needs the "
+                             "cached map of a layer: extract with --outputs LAYER --pooling none")
+    layers = list(params.get("outputs") or [])
+    names = {}
+    from .backbones.graph import output_name
+
+    for layer in layers:
+        names[output_name(layer)] = layer
+    if not layers and cache.backbone_ref.get("layer"):
+        names[output] = cache.backbone_ref["layer"]
+    if from_layer is not None:
+        if from_layer not in names.values():
+            raise FeatcacheError(f"{cache.path} holds no map of layer {from_layer!r} (it holds "
+                                 f"{', '.join(names.values()) or 'the backbone output only'})")
+        return from_layer
+    if output not in names:
+        raise FeatcacheError(f"{cache.path}: output {output!r} is the backbone's last map, with no block above it; "
+                             "extract a mid-level layer with --outputs LAYER --pooling none")
+    return names[output]
+
+
+def build_top(cache: Cache, layer: str, to_layer: str | None = None):
+    """The backbone's layers above ``layer`` as a Keras model (the cached map in, the block's output out).
+
+    Args:
+        cache: the cache whose backbone (exact weights) is rebuilt.
+        layer: the cut: the layer whose output map the cache holds.
+        to_layer: where the block ends (default: the backbone's output).
+
+    Returns:
+        A functional Keras model sharing nothing with the cache's extractor.
+    """
+    import keras
+
+    from .backbones import resolve
+    from .backbones.graph import dtype_policy
+
+    params, ref = cache.params, cache.backbone_ref or {}
+    backbone = resolve(ref.get("backbone", params["backbone"]), weights=ref.get("weights", "imagenet"))
+    if backbone.identity() != params["weights"]:
+        raise FeatcacheError("the backbone's weights changed since the cache was made; cannot rebuild its top block")
+    with dtype_policy("float32"):  # trained in float32 whatever the extraction computed in
+        base = backbone.build(tuple(params["image_size"]))
+    try:
+        start = base.get_layer(layer).output
+        end = base.get_layer(to_layer).output if to_layer else base.output
+    except ValueError as exc:
+        raise FeatcacheError(f"{base.name}: {exc}") from None
+    try:
+        top = keras.Model(start, end, name="featcache_top_block")
+    except (ValueError, KeyError) as exc:  # a branch of the block reaches below the cut
+        raise FeatcacheError(f"cannot cut {base.name} at {layer!r}: the layers above it need more than its output "
+                             f"({str(exc).splitlines()[0]}); choose the end of a block (an _add or _project_bn layer)")
+    return top
+
+
+def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = None, output: str | None = None,
+             epochs: int = 30, head_epochs: int = 20, learning_rate: float = 1e-4, head_learning_rate: float = 1e-3,
+             batch_size: int = 32, dropout: float = 0.2, patience: int = 4, random_state: int = 0, verbose: int = 0,
+             out=None, val_fraction: float = 0.1, test_fraction: float = 0.2):
+    """Fine-tune the backbone's top block and a softmax head on a cache of a mid-level map.
+
+    Args:
+        cache: a :class:`~featcache.store.Cache` (or its directory) made with
+            ``--outputs LAYER --pooling none``.
+        from_layer: the cut (default: the layer of ``output``).
+        to_layer: where the trainable block ends (default: the backbone's output).
+        output: which stored output to train on (default: the first).
+        epochs: at most this many epochs of block + head (phase 2).
+        head_epochs: at most this many epochs of the head alone first (phase 1).
+        learning_rate: Adam's rate for the block and head in phase 2 (small: the
+            block starts from ImageNet weights).
+        head_learning_rate: Adam's rate for the head alone in phase 1.
+        batch_size: rows per step.
+        dropout: before the softmax layer.
+        patience: early-stopping patience on validation loss, in each phase.
+        random_state: seeds the head's initialisation, dropout and the per-epoch shuffle.
+        verbose: Keras' fit verbosity (1: a progress bar per epoch).
+        out: a model directory to save into (as ``featcache.train`` does).
+        val_fraction, test_fraction: the hashed split of rows whose source gave none.
+
+    Returns:
+        A :class:`~featcache.train.TrainResult` (head ``finetune``).
+
+    Examples:
+        >>> cache = featcache.extract("imgs/", outputs=["block14_add"], pooling="none", out="c")  # doctest: +SKIP
+        >>> result = featcache.finetune(cache, out="models/ft")                                    # doctest: +SKIP
+        >>> featcache.export("models/ft", "ft.keras")                                              # doctest: +SKIP
+    """
+    from .model_dir import check_model_dir_target, save_model_dir
+    from .train import SPLITS, card_for, metrics, split_masks, train_classes
+
+    for name, value, low in (("epochs", epochs, 1), ("head_epochs", head_epochs, 0), ("batch_size", batch_size, 1),
+                             ("patience", patience, 0), ("random_state", random_state, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise FeatcacheError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("learning_rate", learning_rate), ("head_learning_rate", head_learning_rate)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+            raise FeatcacheError(f"{name} must be a number > 0, got {value!r}")
+    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise FeatcacheError(f"dropout must be in [0, 1), got {dropout!r}")
+    if out is not None:
+        check_model_dir_target(out)
+    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    output = cache.output_name(output)
+    layer = _cut_layer(cache, output, from_layer)
+    masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
+    classes = train_classes(cache, masks)
+    labels = cache.labels()
+    shape = tuple(cache.output_info(output)["shape"])
+    X = cache.features(output).reshape(len(cache), -1)
+    tr, va = masks["train"], masks["val"]
+    if not va.any():
+        raise FeatcacheError(f"{cache.path} has no validation rows; fine-tuning early-stops on them")
+    y_enc = np.searchsorted(classes, labels)
+    import keras  # only now: every refusal above comes without loading Keras
+    from sklearn.pipeline import Pipeline
+
+    from .heads.keras_head import KerasHeadClassifier
+    from .pretrain import shuffled_batches
+
+    top = build_top(cache, layer, to_layer)
+    if tuple(top.inputs[0].shape[1:]) != shape:
+        raise FeatcacheError(f"the rebuilt block takes maps of {tuple(top.inputs[0].shape[1:])}, the cache holds "
+                             f"{shape}")
+    for lyr in top.layers:  # BatchNorm: frozen statistics and scale, inference mode (keras-team/keras#9214)
+        if isinstance(lyr, keras.layers.BatchNormalization):
+            lyr.trainable = False
+    flat = keras.Input((int(np.prod(shape)),), name="features")
+    x = keras.layers.Reshape(shape, name="cached_map")(flat)
+    x = top(x, training=False)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="block_avgpool")(x)
+    if dropout:
+        x = keras.layers.Dropout(float(dropout), seed=random_state, name="dropout")(x)
+    init = keras.initializers.GlorotUniform(seed=random_state)
+    probs = keras.layers.Dense(len(classes), activation="softmax", kernel_initializer=init, name="probabilities")(x)
+    model = keras.Model(flat, probs, name="featcache_finetune")
+    Xtr, ytr = X[tr], y_enc[tr]
+    val = (X[va].astype(np.float32), y_enc[va])
+    history = []
+    t0 = time.perf_counter()
+    for phase, (n_epochs, rate, block_trainable) in enumerate(((head_epochs, head_learning_rate, False),
+                                                               (epochs, learning_rate, True))):
+        if not n_epochs:
+            continue
+        top.trainable = block_trainable
+        if block_trainable:
+            for lyr in top.layers:
+                if isinstance(lyr, keras.layers.BatchNormalization):
+                    lyr.trainable = False
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True, monitor="val_loss")
+        fit = model.fit(shuffled_batches(Xtr, ytr, batch_size, random_state + 1000 * phase), epochs=n_epochs,
+                        validation_data=val, callbacks=[stop], verbose=verbose)
+        history.append({"phase": "head" if phase == 0 else "block+head", "epochs": len(fit.history["loss"]),
+                        "best_val_loss": float(min(fit.history["val_loss"]))})
+    fit_seconds = time.perf_counter() - t0
+    head = KerasHeadClassifier(hidden=(), standardize=False, dropout=float(dropout), epochs=epochs,
+                               batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+                               random_state=random_state, verbose=verbose)
+    head.model_, head.classes_ = model, np.asarray(classes)
+    head.n_features_in_, head.n_iter_ = int(X.shape[1]), int(sum(h["epochs"] for h in history))
+    pipe = Pipeline([("clf", head)])
+    results = {}
+    for split in SPLITS:
+        m = masks[split]
+        if m.any():
+            results[split] = metrics(labels[m], head.predict_proba(X[m]), classes)
+    settings = {"from_layer": layer, "to_layer": to_layer, "epochs": epochs, "head_epochs": head_epochs,
+                "learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "batch_size": batch_size,
+                "dropout": dropout, "patience": patience, "random_state": random_state,
+                "trainable_weights": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+                "history": history, "batch_norm": "frozen, inference mode"}
+    card = card_for(cache, "finetune", pipe, params={}, preprocess="none", output=output, masks=masks,
+                    results=results, fit_seconds=fit_seconds, val_fraction=val_fraction, test_fraction=test_fraction)
+    card["finetune"] = settings
+    model_dir = save_model_dir(out, pipe, card) if out is not None else None
+    from .train import TrainResult
+
+    return TrainResult(pipe, "finetune", results, fit_seconds, classes.tolist(),
+                       [cache.class_name(c) for c in classes.tolist()], model_dir, card)
