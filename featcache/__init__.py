@@ -13,12 +13,14 @@ from .errors import FeatcacheError  # noqa: E402
 from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: E402
 from .store import Cache, open_cache, split_masks  # noqa: E402
 from .adapters import keras_dataset, tf_dataset  # noqa: E402
+from .exports import export_features, load_features  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
 from .predict import export, predict  # noqa: E402
 from .bench import bench  # noqa: E402
 
 __all__ = [
     "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
-    "TrainResult", "__version__", "bench", "export", "extract", "keras_dataset", "open_cache", "open_source", "predict",
+    "TrainResult", "__version__", "bench", "export", "export_features", "extract", "keras_dataset",
+    "load_features", "open_cache", "open_source", "predict",
     "split_masks", "tf_dataset", "train",
 ]

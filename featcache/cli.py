@@ -83,6 +83,14 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def cmd_export_features(args) -> int:
+    from .exports import export_features
+
+    path = export_features(args.cache, args.out, output=args.output)
+    stdout.print(f"{path}: features, ids, labels, class names and splits of {args.cache}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .store import open_cache
 
@@ -283,6 +291,8 @@ EXAMPLES = {
               "featcache train caches/mine --head keras_mlp --stream --out models/mine-mlp"],
     "predict": ["featcache predict models/mine new_images/ --out predictions.csv"],
     "export": ["featcache export models/mine-mlp mine.keras"],
+    "export-features": ["featcache export-features caches/mine mine.parquet",
+                        "featcache export-features caches/mine mine.npz --output block10_add"],
     "bench": ["featcache bench caches/mine --heads logreg,lda,keras_linear --out report",
               "featcache bench caches/a caches/b --out report   # compare backbones"],
     "run": ["featcache run pipelines/quickstart.toml"],
@@ -378,6 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
     p.add_argument("out", help="output .keras file")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-features", help="write a cache's features, ids, labels, class names and splits to "
+                       "one self-contained .npz, .parquet or .h5 file",
+                       description="Write one stored output of a cache, with ids, labels, class names and the split "
+                       "of every row, to one file that reads the same wherever it is copied (unlike features.h5). "
+                       "The format follows OUT's suffix; features keep their dtype bit for bit; rows are in "
+                       "source order. An existing OUT is replaced only when featcache exported it.")
+    p.add_argument("cache", help="cache directory written by featcache extract")
+    p.add_argument("out", help="the file to write: .npz, .parquet (needs pyarrow) or .h5")
+    p.add_argument("--output", help="which stored output (default: the first)")
+    p.set_defaults(func=cmd_export_features)
 
     p = sub.add_parser("bench", help="benchmark heads on one or more caches, with a report")
     p.add_argument("caches", nargs="+", help="cache directories (several: compare backbones)")
