@@ -11,7 +11,9 @@ from .plan import DEFAULT_BACKBONE, ExtractOptions  # noqa: E402
 from .runner import extract  # noqa: E402
 from .errors import FeatcacheError  # noqa: E402
 from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: E402
-from .store import Cache, open_cache  # noqa: E402
+from .store import Cache, open_cache, split_masks  # noqa: E402
+from .adapters import keras_dataset, tf_dataset  # noqa: E402
+from .exports import export_features, load_features  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
 from .predict import export, export_info, predict  # noqa: E402
 from .finetune import finetune  # noqa: E402
@@ -19,5 +21,6 @@ from .bench import bench  # noqa: E402
 
 __all__ = [
     "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
-    "TrainResult", "__version__", "bench", "export", "export_info", "extract", "finetune", "open_cache", "open_source", "predict", "train",
+    "TrainResult", "__version__", "bench", "export", "export_features", "export_info", "extract", "finetune",
+    "keras_dataset", "load_features", "open_cache", "open_source", "predict", "split_masks", "tf_dataset", "train",
 ]

@@ -51,7 +51,13 @@ def _default_out(source: str, backbone: str) -> str:
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=_int_list, help="keep only these labels, e.g. 0,1,2")
-    p.add_argument("--limit", type=int, help="use only the first N images of the source")
+    from .sources import LIMIT_SEED
+
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="use a sample of N images, stratified by class (and split), in source order")
+    p.add_argument("--first", type=int, metavar="N",
+                   help="use the first N images in source order instead (can drop whole classes)")
+    p.add_argument("--limit-seed", type=int, default=LIMIT_SEED, metavar="SEED", help="seed of --limit's sample")
     p.add_argument("--data-dir", help="folder to look in first for named datasets (e.g. Fashion-MNIST)")
     p.add_argument("--allow-outside", action="store_true", help="let a CSV manifest name files outside its folder")
 
@@ -63,7 +69,8 @@ def cmd_extract(args) -> int:
     opts = ExtractOptions(**{s.name: getattr(args, s.name) for s in SETTINGS})
     out = args.out or _default_out(args.source, args.backbone)
     plan, engine = prepare(args.source, args.backbone, out, weights=args.weights, layer=args.layer,
-                           classes=args.classes, limit=args.limit, allow_outside=args.allow_outside,
+                           classes=args.classes, limit=args.limit, first=args.first, limit_seed=args.limit_seed,
+                           allow_outside=args.allow_outside,
                            data_dir=args.data_dir, engine=args.engine, ray_address=args.ray_address,
                            workers=args.workers, gpus_per_worker=args.gpus_per_worker, options=opts)
     src = plan.source
@@ -85,6 +92,14 @@ def cmd_extract(args) -> int:
         shown = cache.skipped[:10]
         stdout.print(table(f"skipped items ({len(cache.skipped)})", ["id", "reason"],
                            [[x["id"], x["reason"]] for x in shown]))
+    return 0
+
+
+def cmd_export_features(args) -> int:
+    from .exports import export_features
+
+    path = export_features(args.cache, args.out, output=args.output)
+    stdout.print(f"{path}: features, ids, labels, class names and splits of {args.cache}")
     return 0
 
 
@@ -255,7 +270,7 @@ def cmd_pretrain(args) -> int:
     from .pretrain import pretrain
 
     s = pretrain(args.source, arch=args.arch, epochs=args.epochs, out=args.out, classes=args.classes,
-                 limit=args.limit, data_dir=args.data_dir)
+                 limit=args.limit, first=args.first, limit_seed=args.limit_seed, data_dir=args.data_dir)
     state = "unchanged, kept" if s.get("skipped") else f"trained in {s['seconds']} s"
     stdout.print(f"{s['model']}: {state}; val accuracy {100 * s['val_accuracy']:.1f}%. Use it as a backbone: "
                  f"--backbone {s['model']} --layer {s['feature_layer']} --pooling none")
@@ -299,7 +314,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 EXAMPLES = {
     "extract": ["featcache extract images/ --image-size 96 --out caches/mine",
-                "featcache extract fashion_mnist:test --limit 300 --out caches/fm"],
+                "featcache extract fashion_mnist:test --limit 300 --out caches/fm   # a stratified sample"],
     "info": ["featcache info caches/mine"],
     "verify": ["featcache verify caches/mine"],
     "train": ["featcache train caches/mine --head logreg --param C=0.5 --out models/mine",
@@ -309,6 +324,8 @@ EXAMPLES = {
                  "featcache finetune caches/map --out models/ft && featcache export models/ft ft.keras"],
     "export": ["featcache export models/mine-mlp mine.keras",
                "featcache export models/mine-mlp mine-224.keras --input-size 224"],
+    "export-features": ["featcache export-features caches/mine mine.parquet",
+                        "featcache export-features caches/mine mine.npz --output block10_add"],
     "bench": ["featcache bench caches/mine --heads logreg,lda,keras_linear --out report",
               "featcache bench caches/a caches/b --out report   # compare backbones"],
     "run": ["featcache run pipelines/quickstart.toml"],
@@ -425,6 +442,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix the model's input size (default: any size, resized in the model)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("export-features", help="write a cache's features, ids, labels, class names and splits to "
+                       "one self-contained .npz, .parquet or .h5 file",
+                       description="Write one stored output of a cache, with ids, labels, class names and the split "
+                       "of every row, to one file that reads the same wherever it is copied (unlike features.h5). "
+                       "The format follows OUT's suffix; features keep their dtype bit for bit; rows are in "
+                       "source order. An existing OUT is replaced only when featcache exported it.")
+    p.add_argument("cache", help="cache directory written by featcache extract")
+    p.add_argument("out", help="the file to write: .npz, .parquet (needs pyarrow) or .h5")
+    p.add_argument("--output", help="which stored output (default: the first)")
+    p.set_defaults(func=cmd_export_features)
+
     p = sub.add_parser("bench", help="benchmark heads on one or more caches, with a report")
     p.add_argument("caches", nargs="+", help="cache directories (several: compare backbones)")
     which = p.add_mutually_exclusive_group()
@@ -471,8 +499,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """featcache's own warnings (a subset that drops classes) as one yellow line; others as Python shows them."""
+    from .sources import SubsetWarning
+
+    if issubclass(category, SubsetWarning):
+        console.print(Text("warning: ", style="bold yellow") + Text(str(message)), soft_wrap=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter quiet
+    global _python_show_warning
+    if warnings.showwarning is not _show_warning:
+        _python_show_warning = warnings.showwarning
+        warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -31,8 +31,10 @@ _TABLE = ("table",)
 
 SCHEMA = {
     "pipeline": {"name": _STR, "description": _STR, "out": _STR},
-    "data": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "data_dir": _STR, "allow_outside": _BOOL},
-    "pretrain": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "arch": _STR, "epochs": _INT,
+    "data": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "first": _INT, "limit_seed": _INT,
+             "data_dir": _STR, "allow_outside": _BOOL},
+    "pretrain": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "first": _INT, "limit_seed": _INT,
+                 "arch": _STR, "epochs": _INT,
                  "batch_size": _INT, "learning_rate": _FLOAT, "out": _STR},
     # the extraction settings come from their one declaration (featcache/plan.py); these four name the rest
     "extract": {"name": _STR, "backbone": _STR, "weights": _STR, "layer": _STR, "cache": _STR,
@@ -98,6 +100,9 @@ def load(path) -> dict:
             for key in REQUIRED.get(section, []):
                 if key not in entry:
                     raise FeatcacheError(f"{path}: {where + key!r} is required")
+            if "limit" in entry and "first" in entry:
+                raise FeatcacheError(f"{path}: {where + 'limit'!r} (a stratified sample) and {where + 'first'!r} "
+                                     "(the first N) cannot both be set")
     for section in ("pipeline", "data"):
         if section not in raw:
             raise FeatcacheError(f"{path}: the [{section}] table is required")
@@ -229,7 +234,8 @@ def run(path, *, progress: bool = True) -> dict:
                 opts.setdefault("pooling", "none")
             backbone = result["pretrained"]
         opts.update(weights=ex.get("weights", "imagenet"), layer=layer, classes=data.get("classes"),
-                    limit=data.get("limit"), data_dir=data.get("data_dir"), progress=progress,
+                    limit=data.get("limit"), first=data.get("first"), data_dir=data.get("data_dir"),
+                    progress=progress, **({"limit_seed": data["limit_seed"]} if "limit_seed" in data else {}),
                     allow_outside=data.get("allow_outside", False), return_summary=True)
         try:
             cache, summary = extract(data["source"], backbone, ex["cache"], **opts)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import FeatcacheError
 from .files import atomic_save, atomic_write_bytes
-from .sources import Source, open_source
+from .sources import LIMIT_SEED, Source, open_source
 
 ARCHS = {
     "small_cnn": (32, 64, 128),
@@ -128,8 +128,8 @@ def _is_ours(out: Path, sidecar: Path) -> bool:
     return out.is_file() and isinstance(summary, dict) and "settings" in summary and "model" in summary
 
 
-def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=None, limit=None,
-             batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0, data_dir=None) -> dict:
+def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=None, limit=None, first=None,
+             limit_seed: int = LIMIT_SEED, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0, data_dir=None) -> dict:
     """Train ``arch`` on ``source`` and save it to ``out`` (.keras); returns a summary dict.
 
     A JSON sidecar (``out`` + ``.json``) records the settings and the source
@@ -143,8 +143,8 @@ def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=N
     if int(epochs) < 1:
         raise FeatcacheError(f"epochs must be at least 1, got {epochs}")
     src = open_source(source, data_dir=data_dir)
-    if classes is not None or limit is not None:
-        src = src.subset(classes=classes, limit=limit)
+    if classes is not None or limit is not None or first is not None:
+        src = src.subset(classes=classes, limit=limit, first=first, limit_seed=limit_seed)
     settings = {"source": src.describe(), "fingerprint": src.fingerprint(), "arch": arch, "epochs": int(epochs),
                 "batch_size": int(batch_size), "learning_rate": float(learning_rate), "seed": int(seed),
                 # the training protocol: a model trained under an older one is stale (retrained)

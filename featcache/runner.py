@@ -20,7 +20,7 @@ from .backbones import Backbone
 from .engines import make_engine
 from .errors import CacheError, FeatcacheError
 from .plan import DEFAULT_BACKBONE, ExtractOptions, Plan, make_plan
-from .sources import open_source
+from .sources import LIMIT_SEED, open_source
 from .versions import versions
 
 
@@ -164,7 +164,8 @@ def _remove_unclaimed(out: Path) -> None:
 
 
 def prepare(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, weights="imagenet",
-            layer: str | None = None, classes=None, limit: int | None = None, labels=None,
+            layer: str | None = None, classes=None, limit: int | None = None, first: int | None = None,
+            limit_seed: int = LIMIT_SEED, labels=None, class_names=None, splits=None,
             allow_outside: bool = False, data_dir=None, engine: str = "local", ray_address: str | None = None,
             workers: int | None = None, gpus_per_worker: float | None = None,
             options: ExtractOptions | None = None) -> tuple[Plan, object]:
@@ -172,16 +173,18 @@ def prepare(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
     if out is None:
         raise FeatcacheError("extract needs an output directory (out=...)")
     runner = make_engine(engine, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
-    src = open_source(source, labels=labels, allow_outside=allow_outside, data_dir=data_dir)
-    if classes is not None or limit is not None:
-        src = src.subset(classes=classes, limit=limit)
+    src = open_source(source, labels=labels, class_names=class_names, splits=splits, allow_outside=allow_outside,
+                      data_dir=data_dir)
+    if classes is not None or limit is not None or first is not None:
+        src = src.subset(classes=classes, limit=limit, first=first, limit_seed=limit_seed)
     plan = make_plan(src, backbone, out, options or ExtractOptions(), weights=weights, layer=layer)
     return plan, runner
 
 
 def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, weights="imagenet",
             layer: str | None = None, overwrite: bool = False, repair: bool = False, progress: bool = False,
-            wait: float = 0.0, classes=None, limit: int | None = None, labels=None, allow_outside: bool = False,
+            wait: float = 0.0, classes=None, limit: int | None = None, first: int | None = None,
+            limit_seed: int = LIMIT_SEED, labels=None, class_names=None, splits=None, allow_outside: bool = False,
             data_dir=None, return_summary: bool = False, engine: str = "local", ray_address: str | None = None,
             workers: int | None = None, gpus_per_worker: float | None = None, **options) -> store.Cache:
     """Extract features of ``source`` with a frozen ``backbone`` into the cache at ``out``.
@@ -202,8 +205,18 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
         progress: show a progress bar.
         wait: seconds to wait for another writer's lock.
         classes: keep only these labels.
-        limit: keep only the first ``limit`` items.
-        labels: labels of an array ``source``.
+        limit: keep a sample of ``limit`` items, stratified by label (and
+            split), drawn with ``limit_seed``, in source order; warns when a
+            class loses every image.
+        first: keep the first ``first`` items in source order instead (a
+            class-folder source lists its images class by class).
+        limit_seed: the seed of ``limit``'s sample.
+        labels: labels of an array ``source``: class indices, or class names
+            (strings; sorted into indices unless ``class_names`` is given).
+        class_names: the names of an array source's classes (label i is
+            ``class_names[i]``).
+        splits: an array source's split per image (``"train"``, ``"val"``,
+            ``"test"``), used by ``train`` and ``Cache.split``.
         allow_outside: let a CSV manifest name files outside its folder.
         data_dir: where to look first for named datasets.
         return_summary: return ``(cache, summary)`` instead of the cache alone.
@@ -225,7 +238,8 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
     if unknown:
         raise FeatcacheError(f"unknown extract option(s): {', '.join(sorted(unknown))}")
     plan, runner = prepare(source, backbone, out, weights=weights, layer=layer, classes=classes, limit=limit,
-                           labels=labels, allow_outside=allow_outside, data_dir=data_dir, engine=engine,
+                           first=first, limit_seed=limit_seed, labels=labels, class_names=class_names,
+                           splits=splits, allow_outside=allow_outside, data_dir=data_dir, engine=engine,
                            ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
                            options=ExtractOptions(**options))
     cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait, engine=runner)

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import os
+import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,12 @@ from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
 from .errors import DecodeError, SourceError
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+#: the seed of ``limit``'s stratified sample (``--limit-seed``), declared once
+LIMIT_SEED = 0
+
+
+class SubsetWarning(UserWarning):
+    """A subset (``limit``, ``first``) left out every image of some class the source has."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,30 @@ class Source:
     def read(self, items: Sequence[Item], size: tuple[int, int], executor: Executor | None = None) -> Batch:
         raise NotImplementedError
 
-    def subset(self, *, classes: Sequence[int] | None = None, limit: int | None = None) -> "Source":
-        """A view of this source restricted to some labels and/or the first ``limit`` items."""
-        return SubsetSource(self, classes=classes, limit=limit)
+    def subset(self, *, classes: Sequence[int] | None = None, limit: int | None = None, first: int | None = None,
+               limit_seed: int = LIMIT_SEED) -> "Source":
+        """A view of this source: some labels, and a seeded stratified sample of ``limit`` items or the ``first``.
+
+        Args:
+            classes: keep only items with these labels.
+            limit: keep a sample of this many items, stratified by label (and by
+                split where the source has splits), drawn with ``limit_seed``;
+                the sample keeps source order.
+            first: keep the first this many items in source order instead
+                (a class-folder source lists its images class by class, so
+                this can drop whole classes).
+            limit_seed: the seed of ``limit``'s sample.
+
+        Returns:
+            A :class:`SubsetSource`; it warns (:class:`SubsetWarning`) when
+            ``limit`` or ``first`` leaves out every image of a class.
+
+        Examples:
+            >>> src = ArraySource(np.zeros((6, 4, 4), np.uint8), [0, 0, 0, 1, 1, 1])
+            >>> [it.label for it in src.subset(limit=2).items]
+            [0, 1]
+        """
+        return SubsetSource(self, classes=classes, limit=limit, first=first, limit_seed=limit_seed)
 
 
 def _hash_lines(lines) -> str:
@@ -283,6 +311,44 @@ def _is_int(v: str) -> bool:
         return False
 
 
+def _label_indices(labels, class_names) -> tuple[np.ndarray, Sequence[str] | None]:
+    """Array labels as class indices: integers stay, names (strings) become indices into ``class_names``
+    (their sorted set when none is given); an empty name or None is unlabeled (-1)."""
+    raw = np.asarray(labels, dtype=object if not isinstance(labels, np.ndarray) else None).reshape(-1)
+    if raw.dtype.kind in "iu":
+        return raw.astype(np.int64), class_names
+    if raw.dtype.kind == "f":
+        if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
+            raise SourceError("array labels must be class indices or class names, got fractional numbers")
+        return raw.astype(np.int64), class_names
+    if raw.dtype.kind == "b":
+        raise SourceError("array labels must be class indices or class names, got booleans")
+    values = raw.tolist()
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, np.int64), class_names
+    if not all(v is None or isinstance(v, (str, np.str_)) for v in values):
+        kinds = sorted({type(v).__name__ for v in values})
+        raise SourceError(f"array labels must be all class indices or all class names, got {', '.join(kinds)}")
+    given = [str(v) for v in values if v not in (None, "")]
+    names = list(class_names) if class_names is not None else sorted(set(given))
+    lookup = {str(c): i for i, c in enumerate(names)}
+    unknown = sorted(set(given) - set(lookup))
+    if unknown:
+        raise SourceError(f"label(s) {', '.join(map(repr, unknown[:5]))} not in class_names "
+                          f"({', '.join(map(str, names[:10]))})")
+    return np.array([-1 if v in (None, "") else lookup[str(v)] for v in values], np.int64), names
+
+
+def _split_name(value) -> str | None:
+    """One split name of an array source: train, val (valid, validation) or test; None or '' for none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, np.str_)) or str(value).lower() not in SPLIT_DIRS:
+        raise SourceError(f"unknown split {value!r} (use train, val or test)")
+    return SPLIT_DIRS[str(value).lower()]
+
+
+
 class ArraySource(Source):
     """In-memory uint8 images ``N x H x W [x C]`` (grey becomes RGB) with labels."""
 
@@ -301,11 +367,16 @@ class ArraySource(Source):
         n = images.shape[0]
         if n == 0:
             raise SourceError("array source is empty")
-        labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+        if labels is not None:
+            labels, class_names = _label_indices(labels, class_names)
+        else:
+            labels = np.full(n, -1, np.int64)
         if labels.shape[0] != n:
             raise SourceError(f"{n} images but {labels.shape[0]} labels")
-        if splits is not None and len(splits) != n:
-            raise SourceError(f"{n} images but {len(splits)} split names")
+        if splits is not None:
+            splits = [_split_name(v) for v in splits]
+            if len(splits) != n:
+                raise SourceError(f"{n} images but {len(splits)} split names")
         if ids is not None and len(set(ids)) != n:
             raise SourceError("array ids must be unique, one per image")
         width = len(str(n - 1))
@@ -346,12 +417,33 @@ class ArraySource(Source):
         return Batch(np.ascontiguousarray(imgs), list(items), [])
 
 
-class SubsetSource(Source):
-    """Items of ``parent`` whose label is in ``classes``, cut to the first ``limit``."""
+def stratified_sample(items: Sequence[Item], n: int, seed: int) -> list[Item]:
+    """``n`` of ``items`` drawn without replacement, each (split, label) group in proportion, in source order.
 
-    def __init__(self, parent: Source, *, classes=None, limit=None):
-        if limit is not None and limit <= 0:
-            raise SourceError(f"limit must be positive, got {limit}")
+    scikit-learn's ``resample(..., stratify=)`` allocates the group sizes
+    (largest remainders, ties broken by ``seed``) and draws within each group.
+    """
+    if n >= len(items):
+        return list(items)
+    from sklearn.utils import resample
+
+    strata = np.array([f"{it.split}|{it.label}" for it in items])
+    picked = resample(np.arange(len(items)), replace=False, n_samples=n, stratify=strata, random_state=seed)
+    return [items[i] for i in np.sort(picked)]
+
+
+class SubsetSource(Source):
+    """Items of ``parent`` whose label is in ``classes``, then a stratified sample of ``limit`` or the ``first``."""
+
+    def __init__(self, parent: Source, *, classes=None, limit=None, first=None, limit_seed: int = LIMIT_SEED):
+        for name, value in (("limit", limit), ("first", first)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or value <= 0):
+                raise SourceError(f"{name} must be a positive integer, got {value!r}")
+        if limit is not None and first is not None:
+            raise SourceError("pass limit (a stratified sample) or first (the first N items), not both")
+        if isinstance(limit_seed, bool) or not isinstance(limit_seed, (int, np.integer)) or limit_seed < 0:
+            raise SourceError(f"limit_seed must be an integer >= 0, got {limit_seed!r}")
         keep = parent.items
         if classes is not None:
             wanted = {int(c) for c in classes}
@@ -360,20 +452,33 @@ class SubsetSource(Source):
                 raise SourceError(f"class filter names unknown label(s) {sorted(unknown)}; "
                                   f"the source has labels 0..{len(parent.class_names) - 1}")
             keep = [it for it in keep if it.label in wanted]
+        before = keep
         if limit is not None:
-            keep = keep[:limit]
+            keep = stratified_sample(keep, int(limit), int(limit_seed))
+        elif first is not None:
+            keep = keep[:first]
         if not keep:
             raise SourceError("the class filter and limit leave no images")
         self.parent = parent
         self.classes = sorted({int(c) for c in classes}) if classes is not None else None
-        self.limit = limit
+        self.limit = None if limit is None else int(limit)
+        self.first = None if first is None else int(first)
+        self.limit_seed = int(limit_seed)
         self.kind = parent.kind
         self.items = [Item(i, it.id, it.label, it.split) for i, it in enumerate(keep)]
         self._parent_items = keep
         self.class_names = parent.class_names
         self.native_size = parent.native_size
-        self.address = None if parent.address is None else {"subset": parent.address, "classes": self.classes,
-                                                             "limit": limit}
+        self.dropped_classes = sorted({it.label for it in before if it.label >= 0} - {it.label for it in keep})
+        if self.dropped_classes:
+            names = [self.class_names[c] if c < len(self.class_names) else str(c) for c in self.dropped_classes]
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            how = f"first={self.first}" if self.first is not None else f"limit={self.limit}"
+            warnings.warn(f"{how} keeps {len(keep)} images and no image of {len(names)} class(es): {shown}; "
+                          "raise it to keep every class", SubsetWarning, stacklevel=3)
+        self.address = None if parent.address is None else {
+            "subset": parent.address, "classes": self.classes, "limit": self.limit, "first": self.first,
+            "limit_seed": self.limit_seed}
 
     def describe(self) -> str:
         extra = []
@@ -381,9 +486,14 @@ class SubsetSource(Source):
             extra.append("classes=" + ",".join(map(str, self.classes)))
         if self.limit is not None:
             extra.append(f"limit={self.limit}")
+            if self.limit_seed != LIMIT_SEED:
+                extra.append(f"limit_seed={self.limit_seed}")
+        if self.first is not None:
+            extra.append(f"first={self.first}")
         return f"{self.parent.describe()}[{';'.join(extra)}]"
 
     def fingerprint(self) -> str:
+        # the ids say which items: a sample and a prefix that keep the same items have the same features
         return _hash_lines([self.parent.fingerprint(), self.describe(),
                             *(it.id for it in self.items)])
 
@@ -438,21 +548,31 @@ def reopen(address: dict | None) -> Source:
     if "dataset" in address:
         return load_dataset(address["dataset"], data_dir=address.get("data_dir"))
     if "subset" in address:
-        return reopen(address["subset"]).subset(classes=address.get("classes"), limit=address.get("limit"))
+        parent = reopen(address["subset"])
+        if "limit_seed" not in address:  # written before limit became a sample: it meant the first N
+            return parent.subset(classes=address.get("classes"), first=address.get("limit"))
+        with warnings.catch_warnings():  # said when the cache was made
+            warnings.simplefilter("ignore", SubsetWarning)
+            return parent.subset(classes=address.get("classes"), limit=address.get("limit"),
+                                 first=address.get("first"), limit_seed=address["limit_seed"])
     raise SourceError(f"unknown source address {address!r}")
 
 
-def open_source(source, *, allow_outside: bool = False, labels=None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                data_dir: str | os.PathLike | None = None) -> Source:
+def open_source(source, *, allow_outside: bool = False, labels=None, class_names=None, splits=None,
+                max_pixels: int = DEFAULT_MAX_PIXELS, data_dir: str | os.PathLike | None = None) -> Source:
     """Turn what a user passed into a :class:`Source`.
 
     ``source`` may be a Source, a folder path, a ``.csv`` path, a named dataset
-    such as ``"fashion_mnist:test"``, or a uint8 array (with ``labels``).
+    such as ``"fashion_mnist:test"``, or a uint8 array (with ``labels``,
+    ``class_names`` and ``splits``, which only an array takes).
     """
+    if isinstance(source, np.ndarray):
+        return ArraySource(source, labels, class_names=class_names, splits=splits)
+    given = [n for n, v in (("labels", labels), ("class_names", class_names), ("splits", splits)) if v is not None]
+    if given:
+        raise SourceError(f"{', '.join(given)} go with an array of images; a folder, CSV or dataset names its own")
     if isinstance(source, Source):
         return source
-    if isinstance(source, np.ndarray):
-        return ArraySource(source, labels)
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         path = Path(text)

@@ -6,6 +6,9 @@ assigned by a hash of the item id, so an item
 never moves between train, val and test when the dataset grows. The hash is
 independent of the label, so each class is split in the same proportions in
 expectation (stratified by construction, with no dependence on the others).
+
+A leaf utility (it imports nothing of featcache's but ``errors``), so the
+store can hand out splits (``Cache.split``) and every stage agrees on them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import numpy as np
 from .errors import FeatcacheError
 
 SALT = "featcache-split-v1"
+#: the split names, in the order they are reported
+SPLIT_NAMES = ("train", "val", "test")
+#: the hashed split's default fractions of rows whose source named no split
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 
 
 def hash_unit(item_id: str, salt: str = SALT) -> float:
@@ -25,8 +32,22 @@ def hash_unit(item_id: str, salt: str = SALT) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
-def assign_splits(ids, source_splits=None, *, val_fraction: float = 0.1, test_fraction: float = 0.2) -> np.ndarray:
-    """Split name ("train", "val" or "test") per row."""
+def assign_splits(ids, source_splits=None, *, val_fraction: float = VAL_FRACTION,
+                  test_fraction: float = TEST_FRACTION) -> np.ndarray:
+    """Split name ("train", "val" or "test") per row.
+
+    Args:
+        ids: the item id of each row.
+        source_splits: the source's split per row (None or "" where it named none), or None.
+        val_fraction, test_fraction: the hashed fractions where the source gave no split.
+
+    Returns:
+        An object array of split names, one per row.
+
+    Examples:
+        >>> assign_splits(["a", "b"]).tolist()  # doctest: +SKIP
+        ['train', 'test']
+    """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise FeatcacheError(f"val and test fractions must be in [0, 1) and sum below 1, got {val_fraction}, {test_fraction}")
     u = np.array([hash_unit(i) for i in ids])

@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import CacheError, KeyMismatchError, LockedError, ReadOnlyError
 from .files import atomic_write_bytes, fsync_dir, pause_point, sha256_path, temporary_name
+from .splits import SPLIT_NAMES, TEST_FRACTION, VAL_FRACTION, assign_splits
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -422,7 +423,7 @@ def write_view(directory: Path, manifest: dict) -> None:
         out.attrs["n_rows"] = total
         # what a reader of this one file needs to make sense of /labels and /split (label i is class_names[i])
         out.attrs.create("class_names", encode_strings(manifest["dataset"].get("class_names") or []), dtype=_STR)
-        out.attrs.create("split_names", encode_strings(["train", "val", "test"] if manifest["dataset"].get("has_splits")
+        out.attrs.create("split_names", encode_strings(list(SPLIT_NAMES) if manifest["dataset"].get("has_splits")
                                                        else []), dtype=_STR)
         out.attrs["note"] = ("virtual datasets: the rows live in shards/NNNNN.h5 beside this file, so a copy of "
                              "features.h5 alone reads as zeros; copy the whole cache directory")
@@ -783,14 +784,130 @@ class Cache:
         split = self._columns()["split"]
         return None if split is None else list(split)
 
-    # -- streaming
-    def iter_batches(self, batch_size: int = 1024, output: str | None = None) -> Iterator[FeatureBatch]:
-        """Stream rows shard by shard in batches of ``batch_size`` (last one smaller).
+    # -- splits
+    def split_masks(self, *, val_fraction: float = VAL_FRACTION,
+                    test_fraction: float = TEST_FRACTION) -> dict[str, np.ndarray]:
+        """Boolean row masks of the labelled rows in each split: what ``train`` and ``bench`` use.
 
-        Memory stays at about one shard plus one batch, whatever the cache size.
+        The source's own splits where it has a train split, else a stable hash of
+        each id (:mod:`featcache.splits`). Unlabelled rows are in no split.
+
+        Args:
+            val_fraction, test_fraction: the hashed split's fractions.
+
+        Returns:
+            ``{"train": mask, "val": mask, "test": mask}``, each of ``len(cache)`` booleans.
+
+        Examples:
+            >>> masks = cache.split_masks()                    # doctest: +SKIP
+            >>> X_train = cache.features()[masks["train"]]     # doctest: +SKIP
         """
-        if batch_size <= 0:
-            raise CacheError(f"batch_size must be positive, got {batch_size}")
+        names = assign_splits(self.ids(), self.splits(), val_fraction=val_fraction, test_fraction=test_fraction)
+        labelled = self._columns()["labels"] >= 0
+        return {s: (names == s) & labelled for s in SPLIT_NAMES}
+
+    def split_rows(self, split: str | None, val_fraction: float = VAL_FRACTION,
+                   test_fraction: float = TEST_FRACTION) -> np.ndarray:
+        """Positions of one split's labelled rows (every row for None), in source order."""
+        if split is None:
+            return np.arange(len(self))
+        if split not in SPLIT_NAMES:
+            raise CacheError(f"split must be one of {', '.join(SPLIT_NAMES)} (or None: every row), got {split!r}")
+        return np.flatnonzero(self.split_masks(val_fraction=val_fraction, test_fraction=test_fraction)[split])
+
+    def split(self, name: str, output: str | None = None, *, val_fraction: float = VAL_FRACTION,
+              test_fraction: float = TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+        """The features and labels of one split's labelled rows, in source order (not shuffled).
+
+        Args:
+            name: ``"train"``, ``"val"`` or ``"test"``: the split ``train`` fits
+                and measures on (see :meth:`split_masks`).
+            output: which stored output (default: the first).
+            val_fraction, test_fraction: the hashed split's fractions.
+
+        Returns:
+            ``(X, y)``: features in the storage dtype and integer labels (indices
+            into :attr:`class_names`).
+
+        Examples:
+            >>> X_train, y_train = cache.split("train")        # doctest: +SKIP
+            >>> X_val, y_val = cache.split("val")              # doctest: +SKIP
+        """
+        rows = self.split_rows(name, val_fraction, test_fraction)
+        batch = self.read_rows(rows, output)
+        return batch.features, batch.labels
+
+    def read_rows(self, rows, output: str | None = None) -> FeatureBatch:
+        """Rows at any positions (in the order given), reading only the shards that hold them.
+
+        Args:
+            rows: row positions (``0 <= row < len(cache)``), in any order.
+            output: which stored output (default: the first).
+
+        Returns:
+            A :class:`FeatureBatch` of those rows, in the order of ``rows``.
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        name = self.output_name(output)
+        info = self.output_info(name)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise CacheError(f"row positions must be in 0..{len(self) - 1}")
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        out = np.empty((len(rows),) + tuple(info["shape"]), info["dtype"])
+        starts = np.array([sh.rows[0] for sh in self.shards] + [len(self)], np.int64)
+        owner = np.searchsorted(starts, wanted, side="right") - 1
+        for b in np.unique(owner):
+            shard = self.shards[int(b)]
+            sel = np.flatnonzero(owner == b)
+            local = wanted[sel] - shard.rows[0]
+            if len(local) * 8 >= shard.n_rows:  # many rows: one contiguous read beats a point selection
+                out[order[sel]] = self.read_shard_features(shard, name)[local]
+            else:
+                unique, inverse = np.unique(local, return_inverse=True)
+                with self._open(shard) as f:
+                    out[order[sel]] = f["features"][name][unique][inverse]
+        cols = self._columns()
+        ids = cols["ids"]
+        return FeatureBatch(out, cols["labels"][rows], [ids[r] for r in rows],
+                            None if cols["split"] is None else [cols["split"][r] for r in rows])
+
+    # -- streaming
+    def iter_batches(self, batch_size: int = 1024, output: str | None = None, *, split: str | None = None,
+                     shuffle: bool = False, seed: int = 0, val_fraction: float = VAL_FRACTION,
+                     test_fraction: float = TEST_FRACTION) -> Iterator[FeatureBatch]:
+        """Stream rows in batches of ``batch_size`` (the last one smaller).
+
+        Rows come in source order, shard by shard, unless ``shuffle``: a folder
+        source lists its images class by class, so unshuffled batches are
+        sorted by class. Memory stays at about one shard plus one batch.
+
+        Args:
+            batch_size: rows a batch.
+            output: which stored output (default: the first).
+            split: ``"train"``, ``"val"`` or ``"test"`` (its labelled rows, see
+                :meth:`split_masks`), or None for every row.
+            shuffle: a random order over all the chosen rows, drawn with ``seed``
+                (each batch then reads from many shards).
+            seed: the shuffle's seed.
+            val_fraction, test_fraction: the hashed split's fractions.
+
+        Returns:
+            An iterator of :class:`FeatureBatch`.
+
+        Examples:
+            >>> for b in cache.iter_batches(256, split="train", shuffle=True, seed=0):  # doctest: +SKIP
+            ...     model.train_on_batch(b.features, b.labels)
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise CacheError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if shuffle or split is not None:
+            rows = self.split_rows(split, val_fraction, test_fraction)
+            if shuffle:
+                rows = np.random.default_rng(seed).permutation(rows)
+            for a in range(0, len(rows), batch_size):
+                yield self.read_rows(rows[a:a + batch_size], output)
+            return
         pending: list[FeatureBatch] = []
         pending_rows = 0
         for shard in self.shards:
@@ -861,6 +978,23 @@ def _merge(parts: list[FeatureBatch]) -> FeatureBatch:
 
 def _slice(b: FeatureBatch, a: int, z: int) -> FeatureBatch:
     return FeatureBatch(b.features[a:z], b.labels[a:z], b.ids[a:z], None if b.splits is None else b.splits[a:z])
+
+
+def split_masks(cache: "Cache", *, val_fraction: float = VAL_FRACTION,
+                test_fraction: float = TEST_FRACTION) -> dict[str, np.ndarray]:
+    """Boolean row masks of the labelled rows of ``cache`` in train, val and test (:meth:`Cache.split_masks`).
+
+    Args:
+        cache: an open :class:`Cache`.
+        val_fraction, test_fraction: the hashed split's fractions.
+
+    Returns:
+        ``{"train": mask, "val": mask, "test": mask}``.
+
+    Examples:
+        >>> masks = featcache.split_masks(cache)   # doctest: +SKIP
+    """
+    return cache.split_masks(val_fraction=val_fraction, test_fraction=test_fraction)
 
 
 def open_cache(path: str | os.PathLike, *, allow_partial: bool = False, max_load_bytes: int | None = None) -> Cache:

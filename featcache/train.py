@@ -19,8 +19,8 @@ from .errors import FeatcacheError
 from .heads import get_head_spec, is_keras, list_heads, validate_head
 from .heads.batches import CacheRows
 from .model_dir import check_model_dir_target, feature_params, save_model_dir
-from .splits import assign_splits
 from .store import Cache, open_cache
+from .store import split_masks as store_split_masks
 
 SPLITS = ("train", "val", "test")
 
@@ -51,12 +51,8 @@ def train_classes(cache: Cache, masks: dict[str, np.ndarray]) -> np.ndarray:
     return classes
 
 
-def split_masks(cache: Cache, *, val_fraction=0.1, test_fraction=0.2) -> dict[str, np.ndarray]:
-    """Boolean row masks for train/val/test over the labelled rows."""
-    labels = cache.labels()
-    splits = assign_splits(cache.ids(), cache.splits(), val_fraction=val_fraction, test_fraction=test_fraction)
-    labelled = labels >= 0
-    return {s: (splits == s) & labelled for s in SPLITS}
+#: the store's :func:`~featcache.store.split_masks`, kept here for old imports
+split_masks = store_split_masks
 
 
 def metrics(y_true, proba, classes) -> dict:

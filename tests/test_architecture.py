@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featcache"
-LEAVES = {"featcache.errors", "featcache.files", "featcache.homes", "featcache.versions"}
+LEAVES = {"featcache.errors", "featcache.files", "featcache.homes", "featcache.versions", "featcache.splits"}
 
 
 def _modules() -> dict[str, Path]:

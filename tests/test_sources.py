@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from featcache.errors import SourceError
-from featcache.sources import ArraySource, CsvSource, FolderSource, load_dataset, open_source
+from featcache.sources import ArraySource, CsvSource, FolderSource, SubsetWarning, load_dataset, open_source
 
 
 def test_folder_with_splits_is_deterministic_and_labelled(photo_folder):
@@ -104,15 +104,65 @@ def test_array_source_grey_becomes_rgb_and_hash_tracks_content():
         ArraySource(imgs, [0, 1, 0])
 
 
-def test_subset_filters_classes_and_limits():
+def test_subset_filters_classes_and_keeps_the_first():
     imgs = np.zeros((10, 4, 4), np.uint8)
     src = ArraySource(imgs, [0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
-    sub = src.subset(classes=[3, 4], limit=3)
+    sub = src.subset(classes=[3, 4], first=3)
     assert [it.label for it in sub.items] == [3, 4, 3]
     assert [it.index for it in sub.items] == [0, 1, 2]
     assert sub.fingerprint() != src.fingerprint()
     with pytest.raises(SourceError, match="unknown label"):
         src.subset(classes=[7])
+    with pytest.raises(SourceError, match="not both"):
+        src.subset(limit=3, first=3)
+    with pytest.raises(SourceError, match="positive integer"):
+        src.subset(limit=0)
+
+
+def test_limit_is_a_seeded_stratified_sample_in_source_order():
+    # a class-folder-like order: every image of class 0, then class 1, ...
+    labels = np.repeat(np.arange(10), 30)
+    src = ArraySource(np.zeros((300, 4, 4), np.uint8), labels)
+    sub = src.subset(limit=60)
+    counts = np.bincount([it.label for it in sub.items], minlength=10)
+    assert counts.tolist() == [6] * 10  # every class, in proportion
+    parent_ids = [it.id for it in src.items]
+    positions = [parent_ids.index(it.id) for it in sub.items]
+    assert positions == sorted(positions)  # source order kept
+    assert [it.id for it in src.subset(limit=60).items] == [it.id for it in sub.items]  # seeded
+    other = src.subset(limit=60, limit_seed=1)
+    assert [it.id for it in other.items] != [it.id for it in sub.items]
+    assert other.fingerprint() != sub.fingerprint()
+    # the old behaviour, on request: the first 60 are two classes, and it says so
+    with pytest.warns(SubsetWarning, match="first=60 keeps 60 images and no image of 8 class"):
+        first = src.subset(first=60)
+    assert sorted({it.label for it in first.items}) == [0, 1]
+    with pytest.warns(SubsetWarning, match="limit=4 .* 6 class"):
+        src.subset(limit=4)
+
+
+def test_limit_also_keeps_the_split_proportions():
+    labels = np.tile([0, 1], 100)
+    splits = ["train"] * 150 + ["test"] * 50
+    sub = ArraySource(np.zeros((200, 4, 4), np.uint8), labels, splits=splits).subset(limit=40)
+    pairs = [(it.split, it.label) for it in sub.items]
+    assert sorted(set(pairs)) == [("test", 0), ("test", 1), ("train", 0), ("train", 1)]
+    assert [it.split for it in sub.items].count("test") == 10
+
+
+def test_array_labels_may_be_class_names_with_splits():
+    imgs = np.zeros((4, 4, 4), np.uint8)
+    src = ArraySource(imgs, ["dog", "cat", "dog", ""], splits=["train", "validation", "test", None])
+    assert src.class_names == ["cat", "dog"] and src.labels.tolist() == [1, 0, 1, -1]
+    assert [it.split for it in src.items] == ["train", "val", "test", None]
+    src = ArraySource(imgs, ["dog", "cat", "dog", "cat"], class_names=["dog", "cat", "bird"])
+    assert src.labels.tolist() == [0, 1, 0, 1] and src.class_names == ["dog", "cat", "bird"]
+    with pytest.raises(SourceError, match="'cow' not in class_names"):
+        ArraySource(imgs, ["dog", "cow", "dog", "cat"], class_names=["dog", "cat"])
+    with pytest.raises(SourceError, match="unknown split 'holdout'"):
+        ArraySource(imgs, [0, 1, 0, 1], splits=["train", "holdout", "test", "val"])
+    with pytest.raises(SourceError, match="all class indices or all class names"):
+        ArraySource(imgs, ["dog", 1, "dog", 1])
 
 
 def _write_idx(path, array):
