@@ -173,6 +173,8 @@ def test_fuzz_extract(world, data):
         "--wait": ["0", "2"] + NUMBERS,
         "--classes": ["0", "0,1", "99", "x", "", ",,"],
         "--limit": ["3", "2147483648"] + NUMBERS,
+        "--first": ["3", "2147483648"] + NUMBERS,
+        "--limit-seed": ["0", "7", "-1", "x"],
         "--data-dir": [w.missing, str(w.plain)],
         "--allow-outside": FLAG,
         "--engine": ["local", "nope"],  # not ray: a valid combination would start a Ray instance

@@ -17,9 +17,9 @@ from conftest import TINY, TINY_ARGS, run_featcache
 
 @pytest.fixture(scope="module")
 def fm_cache(tmp_path_factory, fashion_mnist_available):
-    """600 Fashion-MNIST test images through the CLI, in shards of 256."""
+    """The first 600 Fashion-MNIST test images through the CLI, in shards of 256."""
     out = tmp_path_factory.mktemp("fm") / "cache"
-    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "600", "--shard-size", "256",
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
                          "--out", out)
     return out, proc
 
@@ -50,7 +50,7 @@ def test_second_identical_run_is_a_noop(fm_cache):
     out, _ = fm_cache
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
     manifest_before = (out / "manifest.json").read_bytes()
-    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "600", "--shard-size", "256",
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
                          "--out", out)
     assert "nothing to do" in proc.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
@@ -84,7 +84,7 @@ def test_direct_byte_reads_equal_hdf5_reads_for_plain_and_compressed_shards(fm_c
         ds = f["features/avg"]
         assert ds.chunks is None and ds.id.get_offset() is not None  # contiguous: the fast path applies
         np.testing.assert_array_equal(ds[:], cache.features()[:256])  # HDF5's own read of the same rows
-    lzf = featcache.extract("fashion_mnist:test", out=tmp_path / "lzf", limit=600, shard_size=256, compression="lzf",
+    lzf = featcache.extract("fashion_mnist:test", out=tmp_path / "lzf", first=600, shard_size=256, compression="lzf",
                             **TINY)
     with h5py.File(tmp_path / "lzf" / "shards" / "00000.h5", "r") as f:
         assert f["features/avg"].compression == "lzf" and f["features/avg"].id.get_offset() is None
@@ -125,20 +125,20 @@ def test_iter_batches_streams_the_same_rows(fm_cache):
 
 def test_changed_parameter_is_a_clear_error_and_overwrite_replaces(fm_cache, tmp_path):
     out, _ = fm_cache
-    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "600", "--shard-size", "256",
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
                          "--pooling", "max", "--out", out, check=False)
     assert proc.returncode == 2
     assert "pooling: cache has 'avg', this run asks for 'max'" in proc.stderr
     assert "--overwrite" in proc.stderr
     assert featcache.open_cache(out).params["pooling"] == "avg"  # nothing was touched
     # a different dataset is named too
-    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "300", "--shard-size", "256",
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "300", "--shard-size", "256",
                          "--out", out, check=False)
     assert proc.returncode == 2 and "dataset" in proc.stderr
     # --overwrite on a copy replaces the cache
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "600", "--shard-size", "256",
+    run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
                   "--pooling", "max", "--out", copy, "--overwrite")
     assert featcache.open_cache(copy).params["pooling"] == "max"
 

@@ -35,6 +35,8 @@ image_size = 32
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace("limit = 100", "limt = 100"), "unknown key 'data.limt' (did you mean 'limit'?)"),
     (lambda t: t.replace("limit = 100", 'limit = "100"'), "'data.limit' must be int"),
+    (lambda t: t.replace("limit = 100", "limit = 100\nfirst = 100"), "'data.limit' (a stratified sample) and "
+     "'data.first' (the first N) cannot both be set"),
     (lambda t: t.replace('image_size = 32', 'imagesize = 32'), "unknown key 'extract[0].imagesize'"),
     (lambda t: t.replace('"fashion_mnist:test"', '"no/such/folder"'), "data.source = 'no/such/folder': no such"),
     (lambda t: t + '[train]\nheads = ["logreg", "xgboost"]\n', "unknown head 'xgboost'"),
