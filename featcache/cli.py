@@ -180,6 +180,10 @@ def cmd_export(args) -> int:
     path = export(args.model, args.out)
     stdout.print(f"exported {path}: uint8 images in, class probabilities out "
                  "(load with keras.models.load_model; nothing else needed)")
+    if args.format == "openvino":
+        from .runtimes import export_ir
+
+        stdout.print(f"exported {export_ir(path)} (+ .bin): the same model as an OpenVINO IR")
     return 0
 
 
@@ -370,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                        + ".")
     p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
     p.add_argument("out", help="output .keras file")
+    p.add_argument("--format", choices=("keras", "openvino"), default="keras",
+                   help="openvino: also write an OpenVINO IR (.xml + .bin) beside the .keras file")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmark heads on one or more caches, with a report")

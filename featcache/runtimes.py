@@ -136,6 +136,8 @@ class OpenVINORuntime:
             core.set_property({"CACHE_DIR": str(home / "compiled")})
         ov_model, self.ir_path = _ir(core, model, identity, home if cache else None)
         config = {"PERFORMANCE_HINT": "THROUGHPUT"}
+        if identity.get("compute_dtype", "float32") == "float32":  # never bf16 behind our back (AMX, AVX512-BF16)
+            config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         probe = core.compile_model(ov_model, "CPU", config)
@@ -281,3 +283,58 @@ def make_runtime(runtime: str, model, names, batch_size: int, *, identity: dict,
             return KerasRuntime(model, names, batch_size), (
                 f"runtime openvino could not compile this graph ({reason}); extracting with keras")
     return KerasRuntime(model, names, batch_size), None
+
+
+def export_ir(keras_file) -> Path:
+    """Write an OpenVINO IR (``NAME.xml`` + ``NAME.bin``) beside a ``.keras`` model featcache exported.
+
+    For deployment with nothing but OpenVINO: the same graph (uint8 images in,
+    class probabilities out), converted by Keras' own OpenVINO export, weights
+    kept in float32. Existing IR files are replaced only when featcache wrote them.
+
+    Args:
+        keras_file: a ``.keras`` file written by ``featcache export``.
+
+    Returns:
+        The path of the ``.xml`` file.
+
+    Examples:
+        >>> export_ir("tour/model.keras")  # doctest: +SKIP
+        PosixPath('tour/model.xml')
+    """
+    from .errors import FeatcacheError
+    from .files import atomic_save
+
+    keras_file = Path(keras_file)
+    xml, binary = keras_file.with_suffix(".xml"), keras_file.with_suffix(".bin")
+    for path in (xml, binary):
+        if path.is_symlink() or path.exists() and not _is_our_ir(xml):
+            raise FeatcacheError(f"{path} exists and is not an IR featcache exported; move it away first")
+    if not openvino_installed():
+        raise FeatcacheError("export --format openvino needs OpenVINO: pip install 'featcache[openvino]'")
+    import keras
+    import openvino as ov
+
+    model = keras.models.load_model(keras_file, compile=False)
+    if not str(model.name).startswith("featcache_"):
+        raise FeatcacheError(f"{keras_file} is not a model featcache exported")
+    ov_model = _export(model, None)
+    ov_model.set_friendly_name(model.name)
+    staged = keras_file.with_name(f".{keras_file.stem}.tmp-{os.getpid()}.xml")
+    try:
+        ov.save_model(ov_model, str(staged), compress_to_fp16=False)
+        atomic_save(binary, lambda tmp: os.replace(staged.with_suffix(".bin"), tmp), ".bin")
+        atomic_save(xml, lambda tmp: os.replace(staged, tmp), ".xml")
+    finally:
+        staged.unlink(missing_ok=True)
+        staged.with_suffix(".bin").unlink(missing_ok=True)
+    return xml
+
+
+def _is_our_ir(xml: Path) -> bool:
+    try:
+        with open(xml, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b'<net name="featcache_' in head
