@@ -246,8 +246,9 @@ def fig_runtimes(cfg, work: Path) -> list[dict]:
     n = len(src)
     out = []
     for name in cfg["runtime_backbones"]:
-        weights = "imagenet" if name != "resnet50" else None  # resnet50: seeded random weights (no download)
-        plan = planning.make_plan(src, name, work / f"cache_{name}", _options(cfg), weights=weights)
+        # resnet50: seeded random weights (no download), whose features overflow float16 storage
+        weights, dtype = ("imagenet", "float16") if name != "resnet50" else (None, "float32")
+        plan = planning.make_plan(src, name, work / f"cache_{name}", _options(cfg, dtype=dtype), weights=weights)
         cache, _ = runner.run(plan, progress=False)
         t = cache.timings
         rest = n - t["first_batch_items"]

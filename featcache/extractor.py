@@ -84,6 +84,18 @@ class _Accumulator:
                                self.splits if self.has_splits else None, self.skipped)
 
 
+def default_decode_threads(runtime: str) -> int:
+    """Pillow decode threads when ``decode_threads`` is not set: sized against the runtime's own threads.
+
+    Keras (TensorFlow) leaves cores idle between its ops, so cores + 2 decode
+    threads fill them; OpenVINO keeps every core busy with its own threads, so
+    one decode thread a core is enough to feed it (input wait stays ~1% of the
+    run, docs/PERFORMANCE.md) without fighting it for the same cores.
+    """
+    cores = os.cpu_count() or 2
+    return min(8, cores if runtime == "openvino" else cores + 2)
+
+
 def read_batches(plan: Plan, indices: Sequence[int], executor) -> Iterable:
     """Reader: (shard index, item range, batch, last-of-shard) in order."""
     bs = plan.options.batch_size
@@ -105,7 +117,7 @@ def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, wri
     """
     stats = stats if stats is not None else {}
     opts = plan.options
-    workers = opts.decode_threads or min(8, (os.cpu_count() or 2) + 2)
+    workers = opts.decode_threads or default_decode_threads(extractor.runtime)
     q: queue.Queue = queue.Queue(maxsize=opts.prefetch)
     stop = threading.Event()
     done = object()

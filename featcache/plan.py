@@ -73,7 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runtime", "auto", "what runs the CNN: auto (openvino on a CPU when installed, else keras), keras, "
             "openvino; not part of the cache key", choices=RUNTIMES),
     Setting("jit", "auto", "jit compilation of the extractor", choices=("auto", "true", "false"), bools=True),
-    Setting("decode_threads", None, "Pillow decode threads (default: cores + 2, at most 8)", int, minimum=1),
+    Setting("decode_threads", None, "Pillow decode threads (default: cores + 2, at most 8; cores with openvino)", int,
+            minimum=1),
     Setting("prefetch", 4, "decoded batches queued ahead of the model", int, minimum=1),
 )
 SETTING = {s.name: s for s in SETTINGS}
