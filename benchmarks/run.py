@@ -13,8 +13,8 @@ Figures (see docs/PERFORMANCE.md for what each compares and its target):
 6. bench wall time, n_jobs=2 vs n_jobs=1
 7. peak RSS of extraction for two dataset sizes
 8. GPU (only where a GPU is present: see gpu.py)
-9. each runtime's forward pass vs TensorFlow's (Keras), per backbone, with their
-   row agreement; and figure 1 for the other backbones
+10. each runtime's forward pass vs TensorFlow's (Keras), per backbone, with their
+    row agreement; and figure 1 for the other backbones
 
 Extraction runs with the default runtime (``auto``: OpenVINO on this CPU when
 the extra is installed); "the CNN's limit" is the fastest runtime's forward
@@ -205,7 +205,7 @@ def fig_extraction(cfg, work: Path) -> list[dict]:
 
 
 def _keras_plan(plan):
-    """The same plan run by Keras itself (the recipes' model, and the TensorFlow side of figure 9)."""
+    """The same plan run by Keras itself (the recipes' model, and the TensorFlow side of figure 10)."""
     import dataclasses
 
     return dataclasses.replace(plan, options=dataclasses.replace(plan.options, runtime="keras"))
@@ -238,7 +238,7 @@ def _cosines(a, b):
 
 
 def fig_runtimes(cfg, work: Path) -> list[dict]:
-    """Figure 9 (each runtime's forward pass / Keras' own), and figure 1 for the other backbones."""
+    """Figure 10 (each runtime's forward pass / Keras' own), and figure 1 for the other backbones."""
     import keras
 
     folder = make_photo_folder(work / "photos", cfg["runtime_photos"], seed=1)
@@ -262,7 +262,7 @@ def fig_runtimes(cfg, work: Path) -> list[dict]:
             if runtime == "keras":
                 continue
             cos = _cosines(feats, tf_feats)
-            out.append({"figure": 9, "name": f"{name}: {runtime} forward / keras ({keras.backend.backend()})",
+            out.append({"figure": 10, "name": f"{name}: {runtime} forward / keras ({keras.backend.backend()})",
                         "value": rate / tf_rate, "target": "report", "ok": None,
                         "detail": f"{rate:.1f} vs {tf_rate:.1f} img/s on {n} pre-decoded {cfg['size']} px photos, "
                                   f"batch {cfg['batch']}; row agreement min cosine {cos.min():.6f} "
@@ -532,7 +532,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
     p.add_argument("--json", type=Path, help="also write the raw results as JSON")
     p.add_argument("--profile", action="store_true", help="profile figure 1's extraction (needs pyinstrument)")
-    p.add_argument("--backbones", help="figure 9's backbones, comma-separated (default: lite0, the MobileNetV2 "
+    p.add_argument("--backbones", help="figure 10's backbones, comma-separated (default: lite0, the MobileNetV2 "
                    "port, resnet50)")
     p.add_argument("--from-json", type=Path, help="only re-render the table from a saved --json file")
     args = p.parse_args(argv)
@@ -545,7 +545,7 @@ def main(argv=None) -> int:
         write_markdown(out or REPO / "docs" / "PERFORMANCE.md", saved["results"], saved["env"],
                        saved.get("cfg", cfg), saved.get("quick", False), saved.get("profile"))
         return 0
-    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5, 6, 7, 9}
+    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5, 6, 7, 10}
     if args.backbones:
         cfg = {**cfg, "runtime_backbones": tuple(args.backbones.split(","))}
     ONLY_FIGURE_1.update(only & {1})
@@ -556,7 +556,7 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         steps = [({1, 2, 4}, "extraction", fig_extraction), ({3}, "classic", fig_classic), ({5}, "read", fig_read),
                  ({6}, "bench", lambda c, w: fig_bench(c, w, heads)), ({7}, "memory", fig_memory),
-                 ({9}, "runtimes", fig_runtimes)]
+                 ({10}, "runtimes", fig_runtimes)]
         for figures, name, fn in steps:
             if figures & only:
                 for r in fn(cfg, work / name):
