@@ -466,7 +466,7 @@ def fig_memory(cfg, work: Path) -> list[dict]:
 
 def environment() -> dict:
     versions = {}
-    for pkg in ("featcache", "tensorflow", "keras", "numpy", "h5py", "pillow", "scikit-learn"):
+    for pkg in ("featcache", "tensorflow", "keras", "openvino", "numpy", "h5py", "pillow", "scikit-learn"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
