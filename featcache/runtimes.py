@@ -43,7 +43,15 @@ RUNTIMES = ("auto", "keras", "openvino")
 
 
 def openvino_installed() -> bool:
-    """True when the ``openvino`` package (the ``featcache[openvino]`` extra) can be imported."""
+    """Whether the ``openvino`` package (the ``featcache[openvino]`` extra) can be imported.
+
+    Returns:
+        True when ``import openvino`` succeeds.
+
+    Examples:
+        >>> isinstance(openvino_installed(), bool)
+        True
+    """
     try:
         import openvino  # noqa: F401
     except Exception:  # noqa: BLE001 - a broken install is as good as none
@@ -52,7 +60,15 @@ def openvino_installed() -> bool:
 
 
 def keras_has_accelerator() -> bool:
-    """True when Keras' backend sees a GPU (or TPU): there Keras itself is the fast runtime."""
+    """Whether Keras' backend sees a GPU (or TPU): there Keras itself is the fast runtime.
+
+    Returns:
+        True when the TensorFlow, JAX or PyTorch backend reports an accelerator.
+
+    Examples:
+        >>> keras_has_accelerator()  # doctest: +SKIP
+        False
+    """
     import keras
 
     backend = keras.backend.backend()
@@ -132,8 +148,11 @@ class OpenVINORuntime:
         core = ov.Core()
         home = featcache_home() / "openvino"
         if cache:
-            home.mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(home / "compiled")})
+            try:
+                home.mkdir(parents=True, exist_ok=True)
+                core.set_property({"CACHE_DIR": str(home / "compiled")})
+            except OSError:  # a read-only home: convert and compile in memory, every run
+                cache = False
         ov_model, self.ir_path = _ir(core, model, identity, home if cache else None)
         config = {"PERFORMANCE_HINT": "THROUGHPUT"}
         if identity.get("compute_dtype", "float32") == "float32":  # never bf16 behind our back (AMX, AVX512-BF16)

@@ -122,7 +122,8 @@ def test_a_missing_openvino_is_one_note_and_keras_runs(tmp_path):
     for label in ("a", "b"):
         (tmp_path / "images" / label).mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "images" / label / f"{i}.png")
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
     proc = run_featcache("extract", tmp_path / "images", *TINY_ARGS, "--runtime", "openvino", "--out", tmp_path / "c",
                          env=env, check=False)
     assert proc.returncode == 0, proc.stderr
