@@ -29,10 +29,16 @@ from .plan import Plan
 
 
 class Extractor:
-    """The compiled extractor graph for one plan: ``__call__(uint8 batch) -> {name: float32}``."""
+    """The extractor graph for one plan, run by the plan's runtime: ``__call__(uint8 batch) -> {name: float32}``.
+
+    ``runtime`` is the runtime that runs (``keras`` or ``openvino``, see
+    :mod:`featcache.runtimes`) and ``note`` the one line saying why it is not
+    the one asked for, or None.
+    """
 
     def __init__(self, plan: Plan):
         from .backbones.graph import build_extractor
+        from .runtimes import make_runtime
 
         opts = plan.options
         self.batch_size = int(opts.batch_size)
@@ -41,23 +47,15 @@ class Extractor:
             outputs=opts.outputs, preprocess=opts.preprocess, compute_dtype=opts.compute_dtype)
         jit = {"auto": "auto", "true": True, "false": False}[opts.jit]
         self.model.compile(jit_compile=jit)
+        identity = {k: v for k, v in plan.params.items() if k not in ("dtype", "shard_size", "compression")}
+        self.run, self.note = make_runtime(opts.runtime, self.model, self.names, self.batch_size, identity=identity)
+        self.runtime = self.run.name
 
     def output_info(self, dtype: str) -> dict:
         return {n: {"shape": [int(d) for d in self.model.output[n].shape[1:]], "dtype": dtype} for n in self.names}
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        n = images.shape[0]
-        out: dict[str, list] = {k: [] for k in self.names}
-        for a in range(0, n, self.batch_size):
-            chunk = images[a:a + self.batch_size]
-            m = chunk.shape[0]
-            if m < self.batch_size:  # pad: one traced shape for every batch
-                pad = np.zeros((self.batch_size - m,) + chunk.shape[1:], chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            res = self.model.predict_on_batch(chunk)
-            for k in self.names:
-                out[k].append(np.asarray(res[k], dtype=np.float32)[:m])
-        return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in out.items()}
+        return self.run(images)
 
 
 class _Accumulator:
@@ -86,6 +84,18 @@ class _Accumulator:
                                self.splits if self.has_splits else None, self.skipped)
 
 
+def default_decode_threads(runtime: str) -> int:
+    """Pillow decode threads when ``decode_threads`` is not set: sized against the runtime's own threads.
+
+    Keras (TensorFlow) leaves cores idle between its ops, so cores + 2 decode
+    threads fill them; OpenVINO keeps every core busy with its own threads, so
+    one decode thread a core is enough to feed it (input wait stays ~1% of the
+    run, docs/PERFORMANCE.md) without fighting it for the same cores.
+    """
+    cores = os.cpu_count() or 2
+    return min(8, cores if runtime == "openvino" else cores + 2)
+
+
 def read_batches(plan: Plan, indices: Sequence[int], executor) -> Iterable:
     """Reader: (shard index, item range, batch, last-of-shard) in order."""
     bs = plan.options.batch_size
@@ -107,7 +117,7 @@ def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, wri
     """
     stats = stats if stats is not None else {}
     opts = plan.options
-    workers = opts.decode_threads or min(8, (os.cpu_count() or 2) + 2)
+    workers = opts.decode_threads or default_decode_threads(extractor.runtime)
     q: queue.Queue = queue.Queue(maxsize=opts.prefetch)
     stop = threading.Event()
     done = object()

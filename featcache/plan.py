@@ -20,6 +20,7 @@ from .backbones import Backbone, resolve
 from .backbones.graph import COMPUTE_DTYPES, POOLINGS
 from .backbones.layers import PREPROCESS_MODES
 from .errors import BackboneError, FeatcacheError
+from .runtimes import RUNTIMES
 from .sources import Source
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -69,8 +70,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", 64, "images per model call", int, minimum=1),
     Setting("shard_size", 4096, "source items per shard", int, minimum=1),
     Setting("compression", "none", "shard compression", choices=("none", "lzf", "gzip")),
+    Setting("runtime", "auto", "what runs the CNN: auto (openvino on a CPU when installed, else keras), keras, "
+            "openvino; not part of the cache key", choices=RUNTIMES),
     Setting("jit", "auto", "jit compilation of the extractor", choices=("auto", "true", "false"), bools=True),
-    Setting("decode_threads", None, "Pillow decode threads (default: cores + 2, at most 8)", int, minimum=1),
+    Setting("decode_threads", None, "Pillow decode threads (default: cores + 2, at most 8; cores with openvino)", int,
+            minimum=1),
     Setting("prefetch", 4, "decoded batches queued ahead of the model", int, minimum=1),
 )
 SETTING = {s.name: s for s in SETTINGS}
@@ -100,6 +104,7 @@ class ExtractOptions:
     batch_size: int = _default("batch_size")
     shard_size: int = _default("shard_size")
     compression: str | None = _default("compression")
+    runtime: str = _default("runtime")
     jit: bool | str = _default("jit")
     decode_threads: int | None = _default("decode_threads")
     prefetch: int = _default("prefetch")

@@ -109,6 +109,7 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
             with ProgressBar(n_todo, f"extract {plan.backbone.name}", enabled=progress) as bar:
                 stats = engine.compute(plan, todo, sink, on_items=bar.advance)
         compute_s = time.perf_counter() - t_compute
+        notes += stats.get("notes", [])
         timings = {
             "seconds": round(time.perf_counter() - t_start, 3),
             "compute_seconds": round(compute_s, 3),
@@ -120,6 +121,7 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
             "model_seconds": round(stats.get("model_s", 0.0), 3),
             "input_wait_seconds": round(stats.get("wait_s", 0.0), 3),
             "engine": stats.get("engine", "local"),
+            "runtime": stats.get("runtime"),
             **{k: stats[k] for k in ("workers", "worker_restarts") if k in stats},
         }
         store.remove_temporaries(out)  # a worker killed mid-write (Ray) leaves one; no writer is left now

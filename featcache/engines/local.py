@@ -68,6 +68,8 @@ class LocalEngine:
         t0 = time.perf_counter()
         extractor = Extractor(plan)
         stats["build_s"] = time.perf_counter() - t0
+        stats["runtime"] = extractor.runtime
+        stats["notes"] = [extractor.note] if extractor.note else []
         sink.set_outputs(extractor.output_info(plan.options.dtype))
         writer = ShardWriter(sink).start()
         try:

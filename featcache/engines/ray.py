@@ -40,6 +40,7 @@ class ShardWorker:
         shards: list = []
         stats: dict = {}
         extract_shards(self.plan, [index], self.extractor, shards.append, stats=stats)
+        stats["runtime"], stats["note"] = self.extractor.runtime, self.extractor.note
         _, items = self.plan.shard_items(index)
         record = self.sink.write(shards[0]) if shards else None
         return record, len(items), stats
@@ -97,7 +98,8 @@ class RayEngine:
         running: dict = {}
         deaths: Counter = Counter()
         stats = {"engine": self.name, "workers": n_workers, "bytes": 0, "model_s": 0.0, "wait_s": 0.0,
-                 "worker_restarts": 0}
+                 "worker_restarts": 0, "notes": []}
+        runtimes: set = set()
         try:
             while pending or running:
                 while idle and pending:
@@ -127,6 +129,9 @@ class RayEngine:
                     stats["bytes"] += record["bytes"]
                 stats["model_s"] += shard_stats.get("model_s", 0.0)
                 stats["wait_s"] += shard_stats.get("wait_s", 0.0)
+                runtimes.add(shard_stats.get("runtime"))
+                if shard_stats.get("note") and shard_stats["note"] not in stats["notes"]:
+                    stats["notes"].append(shard_stats["note"])
                 on_items(n_items)
                 idle.append(actor)
         finally:
@@ -134,4 +139,5 @@ class RayEngine:
                 ray.kill(actor)
             for actor in idle:
                 ray.kill(actor)
+        stats["runtime"] = ",".join(sorted(r for r in runtimes if r)) or None
         return stats
