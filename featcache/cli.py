@@ -221,14 +221,13 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .predict import export
 
-    path = export(args.model, args.out, input_size=args.input_size)
+    path = export(args.model, args.out, input_size=args.input_size, format=args.format)
     size = f"{args.input_size[0]}x{args.input_size[1]}" if args.input_size else "any-size"
     stdout.print(f"exported {path}: {size} RGB or grey images (uint8 0-255, or float 0-1) in, class probabilities "
                  "out (load with keras.models.load_model; nothing else needed; class names: featcache.export_info)")
     if args.format == "openvino":
-        from .runtimes import export_ir
-
-        stdout.print(f"exported {export_ir(path)} (+ .bin): the same model as an OpenVINO IR")
+        stdout.print(f"exported {path.with_suffix('.xml')} (+ .bin): the same model as an OpenVINO IR, taking images "
+                     "of the size the backbone saw (or --input-size)")
     return 0
 
 
@@ -444,8 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .keras file")
     p.add_argument("--input-size", type=_size, metavar="HxW", default=None,
                    help="fix the model's input size (default: any size, resized in the model)")
-    p.add_argument("--format", choices=("keras", "openvino"), default="keras",
-                   help="openvino: also write an OpenVINO IR (.xml + .bin) beside the .keras file")
+    from .predict import EXPORT_FORMATS
+
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="keras",
+                   help="openvino: also write an OpenVINO IR (.xml + .bin) beside the .keras file, at a fixed size")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("export-features", help="write a cache's features, ids, labels, class names and splits to "

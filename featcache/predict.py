@@ -258,7 +258,11 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
 EXPORT_INFO = "featcache.json"
 
 
-def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path:
+#: what :func:`export` writes beside the ``.keras`` file
+EXPORT_FORMATS = ("keras", "openvino")
+
+
+def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format: str = "keras") -> Path:
     """Write one end-to-end Keras model: images in, class probabilities out.
 
     Preprocessing, the frozen backbone and the head in one graph of Keras'
@@ -282,6 +286,10 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
         model_dir: a model directory of a Keras head (``keras_linear``, ``keras_mlp``, ``classic``).
         out: the ``.keras`` file to write (new, or an earlier featcache export).
         input_size: a fixed ``(height, width)`` input instead of any size.
+        format: ``openvino`` also writes an OpenVINO IR (``NAME.xml`` +
+            ``NAME.bin``) beside it, for deployment with OpenVINO alone. The IR
+            takes ``input_size`` (default: the size the backbone saw), since
+            OpenVINO has no antialiased resize to put in the graph.
 
     Returns:
         The path written.
@@ -294,13 +302,15 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
     """
     import zipfile
 
-    import keras
-    from keras import ops
-
     from .backbones import resolve
-    from .backbones.graph import build_extractor
 
+    if format not in EXPORT_FORMATS:
+        raise FeatcacheError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     out = _check_export_target(out)
+    if format == "openvino":
+        from .runtimes import check_ir_target
+
+        check_ir_target(out)  # before anything is written
     if input_size is not None:
         if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in input_size)):
@@ -317,23 +327,7 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
     backbone = resolve(name, weights=weights, layer=layer)
     if backbone.identity() != params["weights"]:
         raise FeatcacheError("the backbone's weights changed since the head was trained; cannot export")
-    size = tuple(input_size) if input_size else (None, None)
-    extractor, _names = build_extractor(backbone, input_size=size, image_size=tuple(params["image_size"]),
-                                        pooling=params["pooling"], outputs=params.get("outputs"),
-                                        preprocess=params["preprocess"], compute_dtype=params["compute_dtype"])
-    images = keras.Input((size[0], size[1], None), dtype="float32", name="images")
-    x = images + ops.repeat(ops.mean(images, axis=-1, keepdims=True) * 0.0, 3, axis=-1)  # grey -> RGB, RGB as is
-    top = ops.max(x, axis=(1, 2, 3), keepdims=True)
-    x = ops.where(top <= 1.0, x * 255.0, x)  # float 0-1 images to 0-255
-    x = ops.cast(ops.round(ops.clip(x, 0.0, 255.0)), "uint8")  # the uint8 pixels the cache was made from
-    x = extractor(x)[feats["output"]]
-    if len(x.shape) > 2:
-        x = keras.layers.Flatten(name="flatten_features")(x)
-    if feats.get("dtype") == "float16":  # the head learned on features stored as float16
-        x = keras.layers.Activation("linear", dtype="float16", name="as_stored_float16")(x)
-        x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
-    probs = head.model_(x)
-    model = keras.Model(images, probs, name=f"featcache_{output_name_safe(card['head'])}")
+    model = _end_to_end(backbone, card, head, tuple(input_size) if input_size else (None, None))
     info = {"format": "featcache-export/1", "class_names": card["class_names"], "classes": card["classes"],
             "head": card["head"], "backbone": name, "weights": params["weights"],
             "image_size": list(params["image_size"]), "input_size": list(input_size) if input_size else None,
@@ -349,7 +343,39 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None) -> Path
         atomic_save(out, save, ".keras")
     except OSError as exc:
         raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
+    if format == "openvino":
+        from .runtimes import export_ir
+
+        fixed = model if input_size else _end_to_end(backbone, card, head, tuple(params["image_size"]))
+        export_ir(out, model=fixed)
     return out
+
+
+def _end_to_end(backbone, card: dict, head, size: tuple):
+    """Images of ``size`` (``(None, None)``: any) in, the head's probabilities out, in one Keras model."""
+    import keras
+    from keras import ops
+
+    from .backbones.graph import build_extractor
+
+    feats = card["features"]
+    params = feats["params"]
+    extractor, _names = build_extractor(backbone, input_size=size, image_size=tuple(params["image_size"]),
+                                        pooling=params["pooling"], outputs=params.get("outputs"),
+                                        preprocess=params["preprocess"], compute_dtype=params["compute_dtype"])
+    images = keras.Input((size[0], size[1], None), dtype="float32", name="images")
+    x = images + ops.repeat(ops.mean(images, axis=-1, keepdims=True) * 0.0, 3, axis=-1)  # grey -> RGB, RGB as is
+    top = ops.max(x, axis=(1, 2, 3), keepdims=True)
+    x = ops.where(top <= 1.0, x * 255.0, x)  # float 0-1 images to 0-255
+    x = ops.cast(ops.round(ops.clip(x, 0.0, 255.0)), "uint8")  # the uint8 pixels the cache was made from
+    x = extractor(x)[feats["output"]]
+    if len(x.shape) > 2:
+        x = keras.layers.Flatten(name="flatten_features")(x)
+    if feats.get("dtype") == "float16":  # the head learned on features stored as float16
+        x = keras.layers.Activation("linear", dtype="float16", name="as_stored_float16")(x)
+        x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
+    probs = head.model_(x)
+    return keras.Model(images, probs, name=f"featcache_{output_name_safe(card['head'])}")
 
 
 def output_name_safe(text: str) -> str:

@@ -304,15 +304,32 @@ def make_runtime(runtime: str, model, names, batch_size: int, *, identity: dict,
     return KerasRuntime(model, names, batch_size), None
 
 
-def export_ir(keras_file) -> Path:
+def check_ir_target(keras_file) -> None:
+    """Refuse, before anything is written, IR files beside ``keras_file`` that featcache did not write."""
+    from .errors import FeatcacheError
+
+    keras_file = Path(keras_file)
+    xml, binary = keras_file.with_suffix(".xml"), keras_file.with_suffix(".bin")
+    for path in (xml, binary):
+        if path.is_symlink() or path.exists() and not _is_our_ir(xml):
+            raise FeatcacheError(f"{path} exists and is not an IR featcache exported; move it away first")
+    if not openvino_installed():
+        raise FeatcacheError("export --format openvino needs OpenVINO: pip install 'featcache[openvino]'")
+
+
+def export_ir(keras_file, model=None) -> Path:
     """Write an OpenVINO IR (``NAME.xml`` + ``NAME.bin``) beside a ``.keras`` model featcache exported.
 
-    For deployment with nothing but OpenVINO: the same graph (uint8 images in,
+    For deployment with nothing but OpenVINO: the same graph (images in,
     class probabilities out), converted by Keras' own OpenVINO export, weights
     kept in float32. Existing IR files are replaced only when featcache wrote them.
 
     Args:
-        keras_file: a ``.keras`` file written by ``featcache export``.
+        keras_file: a ``.keras`` file written by ``featcache export``; the IR
+            takes its name.
+        model: the Keras model to convert (default: the one in ``keras_file``).
+            ``featcache.export`` passes one of a fixed input size, since
+            OpenVINO converts no antialiased resize.
 
     Returns:
         The path of the ``.xml`` file.
@@ -326,15 +343,12 @@ def export_ir(keras_file) -> Path:
 
     keras_file = Path(keras_file)
     xml, binary = keras_file.with_suffix(".xml"), keras_file.with_suffix(".bin")
-    for path in (xml, binary):
-        if path.is_symlink() or path.exists() and not _is_our_ir(xml):
-            raise FeatcacheError(f"{path} exists and is not an IR featcache exported; move it away first")
-    if not openvino_installed():
-        raise FeatcacheError("export --format openvino needs OpenVINO: pip install 'featcache[openvino]'")
+    check_ir_target(keras_file)
     import keras
     import openvino as ov
 
-    model = keras.models.load_model(keras_file, compile=False)
+    if model is None:
+        model = keras.models.load_model(keras_file, compile=False)
     if not str(model.name).startswith("featcache_"):
         raise FeatcacheError(f"{keras_file} is not a model featcache exported")
     ov_model = _export(model, None)
