@@ -142,7 +142,7 @@ def evaluate(task: Task) -> dict:
 
     with threadpool_limits(cores):
         out = _evaluate(task, cores)
-    est, best, val_acc, fit_idx, select_s, fit_s, note, X, y, te = out
+    est, best, val_acc, fit_idx, select_s, fit_s, note, X, y, tr, te = out
     t2 = time.perf_counter()
     proba = est.predict_proba(X[te])  # the test split, touched once
     predict_s = time.perf_counter() - t2
@@ -155,7 +155,8 @@ def evaluate(task: Task) -> dict:
         **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")},
         "val_accuracy": val_acc, "best_params": best, "fit_seconds": fit_s, "select_seconds": select_s,
         "predict_seconds_per_1000": predict_s / max(len(te), 1) * 1000, "n_train": int(len(fit_idx)),
-        "n_test": int(len(te)), "note": note, "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
+        "n_test": int(len(te)), "note": note,
+        "fit_splits": ["train"] if len(fit_idx) == len(tr) else ["train", "val"], "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
         "confusion_labels": labels,
     }
 
@@ -245,7 +246,7 @@ def _evaluate(task: Task, cores: int):
         t1 = time.perf_counter()
         est = _make(task.head, cores, **best).fit(X[fit_idx], y[fit_idx])
         fit_s = time.perf_counter() - t1
-    return est, best, val_acc, fit_idx, select_s, fit_s, "; ".join(notes), X, y, te
+    return est, best, val_acc, fit_idx, select_s, fit_s, "; ".join(notes), X, y, tr, te
 
 
 def _path(head: str, cands: list[dict], X, y, tr, va):
@@ -593,9 +594,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
 
         best_dir = out / BEST_MODEL
         params = best.get("best_params") or {}
-        # refit like the row it stands for: scikit-learn heads on train+val, Keras heads on train with
-        # early stopping on val
-        fit_splits = ["train"] if get_head_spec(best["head"]).kind == "keras" else ["train", "val"]
+        # refit like the row it stands for: on train+val where its row refit there after choosing on val, else
+        # on train (Keras heads early-stop on val; heads without a grid and heads calibrated on val fit once)
+        fit_splits = best.get("fit_splits") or (["train"] if get_head_spec(best["head"]).kind == "keras"
+                                                else ["train", "val"])
         card = current_card(best_dir, best["head"], best["cache_key"], params)
         if card is None or card.get("fit_splits", ["train"]) != fit_splits:
             train(best["cache"], best["head"], params=params, out=best_dir, fit_splits=fit_splits)
