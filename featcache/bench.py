@@ -44,7 +44,17 @@ GRIDS = {
 }
 #: memory-aware fallback: heads whose cost grows badly with rows are fitted on a stratified subsample
 SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000}
-DEFAULT_TIMEOUT = 600.0
+#: seconds per head: interactive (every default head takes well under a minute on 10k x 1,280 rows)
+DEFAULT_TIMEOUT = 180.0
+#: heads at once: each gets half the cores (BLAS capped), which hides one head's start-up behind another's work
+DEFAULT_N_JOBS = 2
+#: measured seconds per head (selection and fit) on 10,000 x 1,280 Fashion-MNIST rows with 2 cores, scaled
+#: by rows x features for an up-front estimate (docs/PERFORMANCE.md, figure 9); other heads count as 10 s
+COST_10K = {"logreg": 10.0, "linear_svm": 9.5, "ridge": 3.5, "sgd": 15.0, "knn": 5.0, "random_forest": 9.0,
+            "hist_gb": 8.0, "lda": 3.0, "gaussian_nb": 0.5, "mlp": 15.0, "keras_linear": 3.0, "keras_mlp": 12.0,
+            "classic": 10.0}
+#: a head's process start, its imports and loading the cache (Keras heads: importing TensorFlow)
+START_SECONDS = {"sklearn": 3.0, "keras": 7.0}
 RESULTS = "results.jsonl"
 BEST_MODEL = "best_model"
 
@@ -156,7 +166,8 @@ def evaluate(task: Task) -> dict:
         "val_accuracy": val_acc, "best_params": best, "fit_seconds": fit_s, "select_seconds": select_s,
         "predict_seconds_per_1000": predict_s / max(len(te), 1) * 1000, "n_train": int(len(fit_idx)),
         "n_test": int(len(te)), "note": note,
-        "fit_splits": ["train"] if len(fit_idx) == len(tr) else ["train", "val"], "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
+        "fit_splits": ["train"] if len(fit_idx) == len(tr) else ["train", "val"],
+        "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
         "confusion_labels": labels,
     }
 
@@ -476,7 +487,36 @@ def _cores_per_head(n_jobs: int, n_tasks: int, backend: str) -> int:
     return max(1, cpus // at_once)
 
 
-def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=1, pixel_size=16, backend="threading",
+def estimate_seconds(heads, n_rows: int, n_features: int, n_jobs: int = 1) -> float:
+    """About how long ``heads`` take on an ``n_rows`` x ``n_features`` cache, ``n_jobs`` at a time.
+
+    A rough, up-front figure from :data:`COST_10K` (this project's 2-core
+    machine), scaled linearly by rows x features and by the cores each head
+    gets; said before the run so that a long one is no surprise.
+
+    Args:
+        heads: head names (a raw-pixel baseline counts as its head).
+        n_rows, n_features: the cache's shape.
+        n_jobs: heads at once (-1: every CPU).
+
+    Returns:
+        Seconds of wall time, the whole run.
+
+    Examples:
+        >>> round(estimate_seconds(["logreg"], 10_000, 1280)) >= 10
+        True
+    """
+    from .heads import get_head_spec
+
+    cpus = os.cpu_count() or 1
+    at_once = max(1, min(cpus if n_jobs < 0 else n_jobs, len(heads) or 1))
+    share = (min(cpus, 2) / max(1, cpus // at_once)) if cpus // at_once < 2 else 1.0  # the figures used 2 cores
+    scale = n_rows * n_features / (10_000 * 1280)
+    total = sum(START_SECONDS[get_head_spec(h).kind] + COST_10K.get(h, 10.0) * scale * share for h in heads)
+    return total / at_once
+
+
+def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pixel_size=16, backend="threading",
                   name=lambda key: key) -> None:
     """Refuse a bad benchmark setting before any work; ``name(key)`` is how the error names the setting."""
     from numbers import Integral, Real
@@ -498,7 +538,8 @@ def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=1, pixel_size=16, 
 
 
 def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
-          timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = 1, out="report", baseline_heads=("logreg",),
+          timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = DEFAULT_N_JOBS, out="report",
+          baseline_heads=("logreg",),
           pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
           ray_address: str | None = None) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
@@ -515,7 +556,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         params: fixed parameters per head, e.g. ``{"knn": {"n_neighbors": 5}}``.
         cv: choose hyper-parameters by K-fold CV inside train instead of on val.
         timeout: seconds per head before its row says "timed out" (None: no limit).
-        n_jobs: heads run at once (-1: every CPU of the backend).
+        n_jobs: heads run at once (-1: every CPU of the backend), each with
+            its share of the cores; with n_jobs=1 a head has them all.
         out: the report directory (new, empty, or an earlier featcache report).
         baseline_heads: heads also run on raw pixels of the first cache's images.
         pixel_size: side of the downsampled raw-pixel baseline.
@@ -572,6 +614,17 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     rows = [done[t.settings] for t in tasks if t.settings in done]
     todo = [t for t in tasks if t.settings not in done]
     todo = [dataclasses.replace(t, cores=_cores_per_head(n_jobs, len(todo), backend)) for t in todo]
+    if progress and todo:
+        from .console import console
+
+        groups: dict = {}
+        for t in todo:
+            width = 3 * t.pixel_size ** 2 if t.baseline else _n_features(opened[t.cache])
+            groups.setdefault((len(opened[t.cache]), width), []).append(t.head)
+        est = sum(estimate_seconds(h, n, d, n_jobs) for (n, d), h in groups.items())
+        budget = f", at most {timeout:g} s a head" if timeout else ""
+        console.print(f"about {est:.0f} s for these {len(todo)} heads ({min(n_jobs if n_jobs > 0 else 99, len(todo))} "
+                      f"at a time{budget})")
     live = LiveTable(tasks, rows, enabled=progress)
     with live, _joblib_backend(backend if todo else "threading", ray_address):  # no Ray when nothing is left
         for task in todo:
@@ -607,6 +660,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         raise FeatcacheError(f"cannot write the report in {out}: {exc.strerror or exc}; the rows are kept in "
                              f"{results_path}") from None
     return rows
+
+
+def _n_features(cache) -> int:
+    return int(np.prod(cache.output_info(cache.output_name(None))["shape"]))
 
 
 def check_report_target(out) -> Path:
