@@ -173,6 +173,10 @@ def test_keras_head_calls_keras_callbacks_like_fit(tmp_path):
     head = KerasHeadClassifier(epochs=4, patience=10, callbacks=[keras.callbacks.CSVLogger(str(log))]).fit(X, y)
     lines = log.read_text().splitlines()
     assert lines[0].split(",") == ["epoch", "loss", "val_loss"] and len(lines) == 1 + head.n_iter_ == 5
+    import pickle
+
+    again = pickle.loads(pickle.dumps(head))  # the callbacks belong to that run, not to the saved head
+    assert again.callbacks is None and (again.predict(X) == head.predict(X)).all()
     # a callback that stops training (as EarlyStopping does) ends the run
 
     class Stop(keras.callbacks.Callback):

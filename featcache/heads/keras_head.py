@@ -158,8 +158,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
         ``take(idx)`` returns training feature rows; ``val`` is None or
         ``(take_val, y_val, weights_val)``; ``sample_weight`` (per training
-        row) multiplies the class weights, which weigh the validation loss too. A hand loop over ``train_on_batch``
-        keeps per-epoch overhead near zero on small caches and gives the
+        row) multiplies the class weights, which weigh the validation loss
+        too. A hand loop over ``train_on_batch`` keeps per-epoch overhead near zero on small caches and gives the
         in-memory and streamed paths the very same batches; Keras callbacks
         (and, with ``verbose``, Keras' own progress logger) see it as a ``fit``.
         """
@@ -327,6 +327,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        state["callbacks"] = None  # callbacks hold files and models of their own run: not part of the head
         model = state.pop("model_", None)
         if model is not None:
             state["_model_bytes"] = model_to_bytes(model)
