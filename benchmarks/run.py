@@ -416,7 +416,7 @@ def _old_row(tree: Path, cache: Path, head: str, baseline: bool, timeout: float)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-c", _OLD_ROW, str(cache), head, "1" if baseline else "0"],
-                              env=env, capture_output=True, text=True, timeout=timeout)
+                              env=env, capture_output=True, text=True, timeout=timeout, cwd=tree)
     except subprocess.TimeoutExpired:
         return {"status": "timed out", "wall_seconds": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
