@@ -463,7 +463,7 @@ def fig_default_bench(cfg, work: Path, cache: Path, heads, rev: str, old_timeout
                "rows": {(r["head"] + ("@pixels" if r.get("baseline") else "")): r for r in rows}}
         new_path.write_text(json.dumps(new, default=str))
         print(f"  featcache bench: {total:.1f} s", flush=True)
-    old = {h: json.loads((old_dir / f"{h}.json").read_text()) for h in old_heads if (old_dir / f"{h}.json").is_file()}
+    old = {f.stem: json.loads(f.read_text()) for f in sorted(old_dir.glob("*.json"))}  # every piece so far
     if not new_path.is_file() or not old:
         return []
     new = json.loads(new_path.read_text())
@@ -478,14 +478,12 @@ def fig_default_bench(cfg, work: Path, cache: Path, heads, rev: str, old_timeout
         n_txt = f"{r.get('wall_seconds', float('nan')):.1f} s " + (f"{100 * acc:.2f}%" if acc is not None
                                                                   else r.get("status", "?"))
         detail.append(f"{h} {n_txt} (today {o_txt})")
-        if h.startswith("logreg"):
-            pass
     old_total = sum(o["wall_seconds"] for o in old.values())
     out.append({"figure": 9, "name": "default bench wall time (s)", "value": new["total"], "target": "<= 90",
                 "ok": bool(new["total"] <= 90 and all(r.get("status") == "ok" for r in new["rows"].values())),
                 "detail": f"{new['total']:.1f} s for every default head ({len(new['rows'])} rows) vs today's "
                           f"protocol {old_total:.0f} s or more (sum of its {len(old)} rows, each in its own process; a "
-                          "timed-out row counts its budget) on {cache.name} ({_cache_shape(cache)}); per head, new "
+                          f"timed-out row counts its budget) on {cache.name} ({_cache_shape(cache)}); per head, new "
                           "wall s and test accuracy (today's): " + "; ".join(detail)})
     if "logreg" in old and "logreg" in new["rows"] and old["logreg"]["status"] == "ok":
         o, n = old["logreg"], new["rows"]["logreg"]
