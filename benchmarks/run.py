@@ -13,6 +13,8 @@ Figures (see docs/PERFORMANCE.md for what each compares and its target):
 6. bench wall time, n_jobs=2 vs n_jobs=1
 7. peak RSS of extraction for two dataset sizes
 8. GPU (only where a GPU is present: see gpu.py)
+9. the default ``featcache bench`` on a real cache vs the protocol of an earlier commit (only with
+   ``--only 9 --bench-cache DIR``; resumable in pieces with ``--work`` and ``--bench-heads``)
 10. each runtime's forward pass vs TensorFlow's (Keras), per backbone, with their
     row agreement; and figure 1 for the other backbones
 
@@ -461,6 +463,138 @@ def fig_memory(cfg, work: Path) -> list[dict]:
                                    f"({BACKBONE} 96 px, shards of 1,024)"}]
 
 
+# --------------------------------------------------------------------------- figure 9: the default bench
+
+
+#: the commit whose bench protocol figure 9 reproduces as "today's" (before issue #16's speed work)
+OLD_REV = "d63838f"
+_OLD_ROW = r"""
+import json, sys, time
+from featcache.bench import Task, evaluate
+from featcache.store import open_cache
+cache, head, baseline = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+t0 = time.perf_counter()
+row = evaluate(Task(cache, open_cache(cache).key, head, {}, None, baseline))
+print(json.dumps({"accuracy": row["accuracy"], "val_accuracy": row["val_accuracy"],
+                  "best_params": row["best_params"], "seconds": time.perf_counter() - t0,
+                  "select_seconds": row["select_seconds"], "fit_seconds": row["fit_seconds"]}, default=str))
+"""
+
+
+def _old_tree(work: Path, rev: str) -> Path:
+    """featcache as it was at ``rev``, unpacked beside the run (git archive), to reproduce its protocol."""
+    tree = work / f"featcache-{rev}"
+    if not (tree / "featcache" / "bench.py").is_file():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "featcache"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def _old_row(tree: Path, cache: Path, head: str, baseline: bool, timeout: float) -> dict:
+    """One head under today's protocol, in its own process as the old bench ran it, killed past ``timeout``."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _OLD_ROW, str(cache), head, "1" if baseline else "0"],
+                              env=env, capture_output=True, text=True, timeout=timeout, cwd=tree)
+    except subprocess.TimeoutExpired:
+        return {"status": "timed out", "wall_seconds": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        return {"status": "failed", "error": proc.stderr.strip().splitlines()[-1:], "wall_seconds": wall}
+    return {"status": "ok", "wall_seconds": wall, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def fig_default_bench(cfg, work: Path, cache: Path, heads, rev: str, old_timeout: float, sides) -> list[dict]:
+    """The default ``featcache bench CACHE`` against today's protocol, per head and in total.
+
+    Today's side runs each head of the old default set (every head, plus logreg on raw pixels) with the
+    code of ``rev``, one process per head as its bench did, up to ``old_timeout`` seconds (its default
+    budget). Each head's result is kept under ``work`` so the run can go in pieces (``--bench-heads``);
+    the new side is the plain CLI command, timed from outside.
+    """
+    from featcache.bench import RESULTS
+
+    work.mkdir(parents=True, exist_ok=True)
+    old_dir = work / "old"
+    old_dir.mkdir(exist_ok=True)
+    tree = _old_tree(work, rev)
+    old_heads = list(heads)
+    if "old" in sides:
+        for h in old_heads:
+            path = old_dir / f"{h}.json"
+            if not path.is_file():
+                name, _, where = h.partition("@")
+                r = _old_row(tree, cache, name, where == "pixels", old_timeout)
+                path.write_text(json.dumps(r))
+                print(f"  today's {h}: {r['status']} in {r['wall_seconds']:.1f} s, "
+                      f"test {100 * r.get('accuracy', float('nan')):.2f}%", flush=True)
+    new_path = work / "new.json"
+    if "new" in sides:
+        report = work / f"new-report-{int(time.time())}"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "featcache", "bench", str(cache), "--out", str(report),
+                               "--quiet"], cwd=REPO, capture_output=True, text=True)
+        total = time.perf_counter() - t0
+        if proc.returncode:
+            raise SystemExit(f"featcache bench failed: {proc.stderr[-2000:]}")
+        rows = [json.loads(line) for line in (report / RESULTS).read_text().splitlines() if line.strip()]
+        new = {"total": total, "stdout": proc.stdout[-3000:],
+               "rows": {(r["head"] + ("@pixels" if r.get("baseline") else "")): r for r in rows}}
+        new_path.write_text(json.dumps(new, default=str))
+        print(f"  featcache bench: {total:.1f} s", flush=True)
+    old = {f.stem: json.loads(f.read_text()) for f in sorted(old_dir.glob("*.json"))}  # every piece so far
+    if not new_path.is_file() or not old:
+        return []
+    new = json.loads(new_path.read_text())
+    out, detail = [], []
+    for h, r in new["rows"].items():
+        o = old.get(h, {})
+        acc = r.get("accuracy")
+        o_acc = o.get("accuracy")
+        o_wall = o.get("wall_seconds")
+        o_txt = ("-" if not o else f"{o_wall:.0f} s {o['status']}" if o["status"] != "ok"
+                 else f"{o_wall:.1f} s {100 * o_acc:.2f}%")
+        n_txt = f"{r.get('wall_seconds', float('nan')):.1f} s " + (f"{100 * acc:.2f}%" if acc is not None
+                                                                  else r.get("status", "?"))
+        detail.append(f"{h} {n_txt} (today {o_txt})")
+    old_total = sum(o["wall_seconds"] for o in old.values())
+    out.append({"figure": 9, "name": "default bench wall time (s)", "value": new["total"], "target": "<= 90",
+                "ok": bool(new["total"] <= 90 and all(r.get("status") == "ok" for r in new["rows"].values())),
+                "detail": f"{new['total']:.1f} s for every default head ({len(new['rows'])} rows) vs today's "
+                          f"protocol {old_total:.0f} s or more (sum of its {len(old)} rows, each in its own process; a "
+                          f"timed-out row counts its budget) on {cache.name} ({_cache_shape(cache)}); per head, new "
+                          "wall s and test accuracy (today's): " + "; ".join(detail)})
+    if "logreg" in old and "logreg" in new["rows"] and old["logreg"]["status"] == "ok":
+        o, n = old["logreg"], new["rows"]["logreg"]
+        n_s = n["select_seconds"] + n["fit_seconds"]
+        o_s = o["select_seconds"] + o["fit_seconds"]
+        speed = o_s / n_s
+        diff = 100 * (n["accuracy"] - o["accuracy"])
+        out.append({"figure": 9, "name": "logreg sweep, today / new", "value": speed, "target": ">= 10",
+                    "ok": bool(speed >= 10 and diff >= -0.3),
+                    "detail": f"select+refit {o_s:.1f} s vs {n_s:.1f} s (new: {n['select_seconds']:.1f} s "
+                              f"selection + {n['fit_seconds']:.1f} s refit); test accuracy {100 * o['accuracy']:.2f}% "
+                              f"(C={o['best_params'].get('C')}) vs {100 * n['accuracy']:.2f}% "
+                              f"(C={n['best_params'].get('C')}), {diff:+.2f} points (target: within 0.3)"})
+    worst = [(h, 100 * (r["accuracy"] - old[h]["accuracy"])) for h, r in new["rows"].items()
+             if r.get("accuracy") is not None and old.get(h, {}).get("status") == "ok"]
+    if worst:
+        h, d = min(worst, key=lambda t: t[1])
+        out.append({"figure": 9, "name": "worst head's accuracy change (points)", "value": d, "target": ">= -0.5",
+                    "ok": bool(d >= -0.5),
+                    "detail": f"{h}; every head that finished both sides: " +
+                              ", ".join(f"{k} {v:+.2f}" for k, v in worst)})
+    return out
+
+
+def _cache_shape(cache: Path) -> str:
+    c = store.open_cache(cache)
+    return f"{len(c):,} x {int(np.prod(c.output_info(c.outputs[0])['shape'])):,}"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -535,6 +669,11 @@ def main(argv=None) -> int:
     p.add_argument("--backbones", help="figure 10's backbones, comma-separated (default: lite0, the MobileNetV2 "
                    "port, resnet50)")
     p.add_argument("--from-json", type=Path, help="only re-render the table from a saved --json file")
+    p.add_argument("--bench-cache", type=Path, help="figure 9: a real cache to bench (e.g. 10,000 Fashion-MNIST rows)")
+    p.add_argument("--bench-heads", help="figure 9: today's heads to run in this piece (default: all)")
+    p.add_argument("--bench-sides", default="old,new", help="figure 9: old, new or both (pieces resume via --work)")
+    p.add_argument("--old-rev", default=OLD_REV, help="figure 9: the commit whose protocol is today's")
+    p.add_argument("--old-timeout", type=float, default=600.0, help="figure 9: today's per-head budget (s)")
     args = p.parse_args(argv)
     global PROFILE
     PROFILE = args.profile
@@ -557,6 +696,15 @@ def main(argv=None) -> int:
         steps = [({1, 2, 4}, "extraction", fig_extraction), ({3}, "classic", fig_classic), ({5}, "read", fig_read),
                  ({6}, "bench", lambda c, w: fig_bench(c, w, heads)), ({7}, "memory", fig_memory),
                  ({10}, "runtimes", fig_runtimes)]
+        if 9 in only:
+            if not args.bench_cache:
+                raise SystemExit("figure 9 needs --bench-cache DIR (a real cache)")
+            old_heads = (args.bench_heads.split(",") if args.bench_heads else
+                         ["logreg", "linear_svm", "ridge", "sgd", "knn", "random_forest", "hist_gb", "lda",
+                          "gaussian_nb", "mlp", "keras_linear", "keras_mlp", "classic", "logreg@pixels"])
+            steps.append(({9}, "default_bench", lambda c, w: fig_default_bench(
+                c, w, args.bench_cache.resolve(), old_heads, args.old_rev, args.old_timeout,
+                args.bench_sides.split(","))))
         for figures, name, fn in steps:
             if figures & only:
                 for r in fn(cfg, work / name):

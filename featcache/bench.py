@@ -17,6 +17,7 @@ the same cache key and settings.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -36,14 +37,24 @@ from .store import Cache, canonical_json, open_cache
 #: the regularisation sweeps and small grids, chosen on the validation split
 GRIDS = {
     "logreg": {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]},
-    "linear_svm": {"C": [1e-3, 1e-2, 1e-1, 1.0]},
-    "ridge": {"alpha": [1e-1, 1.0, 10.0, 100.0]},
+    "linear_svm": {"alpha": [1e-5, 1e-4, 1e-3]},
+    "ridge": {"alpha": [1e-1, 1.0, 10.0, 100.0, 1000.0]},  # all from one SVD
     "sgd": {"alpha": [1e-5, 1e-4, 1e-3]},
     "knn": {"n_neighbors": [5, 10, 20]},
 }
 #: memory-aware fallback: heads whose cost grows badly with rows are fitted on a stratified subsample
 SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000}
-DEFAULT_TIMEOUT = 600.0
+#: seconds per head: interactive (every default head takes well under a minute on 10k x 1,280 rows)
+DEFAULT_TIMEOUT = 180.0
+#: heads at once: each gets half the cores (BLAS capped), which hides one head's start-up behind another's work
+DEFAULT_N_JOBS = 2
+#: measured seconds per head (selection and fit) on 10,000 x 1,280 Fashion-MNIST rows with 2 cores, scaled
+#: by rows x features for an up-front estimate (docs/PERFORMANCE.md, figure 9); other heads count as 10 s
+COST_10K = {"logreg": 10.0, "linear_svm": 9.5, "ridge": 3.5, "sgd": 15.0, "knn": 5.0, "random_forest": 9.0,
+            "hist_gb": 8.0, "lda": 3.0, "gaussian_nb": 0.5, "mlp": 15.0, "keras_linear": 3.0, "keras_mlp": 12.0,
+            "classic": 10.0}
+#: a head's process start, its imports and loading the cache (Keras heads: importing TensorFlow)
+START_SECONDS = {"sklearn": 3.0, "keras": 7.0}
 RESULTS = "results.jsonl"
 BEST_MODEL = "best_model"
 
@@ -57,6 +68,7 @@ class Task:
     cv: int | None
     baseline: bool  # raw pixels instead of the cache's features
     pixel_size: int = 16
+    cores: int = 0  # the head's share of the CPUs (0: all); changes the speed, never the row
 
     @property
     def settings(self) -> str:
@@ -114,12 +126,77 @@ def _candidates(head: str, fixed: dict) -> list[dict]:
 
 
 def evaluate(task: Task) -> dict:
-    """Select on val (or CV in train), refit on train+val, test once. Runs in the child."""
+    """Select on val (or CV in train), refit on train+val, test once. Runs in the child.
+
+    How each kind of head is selected and fitted (measured in docs/PERFORMANCE.md, figure 9):
+
+    * Keras heads fit once on train, early-stopping on val (that is their selection).
+    * Heads in :data:`PATHS` (logistic regression) walk their grid in ascending
+      regularisation strength order, each fit warm-started from the last, and the
+      refit on train+val starts from the chosen point's solution.
+    * Heads in :data:`CALIBRATED_ON_VAL` (ridge, linear SVM) fit on train and
+      calibrate their decision function on val by temperature scaling, which
+      keeps every prediction's class, instead of refitting three folds; ridge
+      takes all its alphas from one SVD (``RidgeClassifierCV``'s GCV).
+    * Other heads with a grid score its points on val, spread across the
+      head's cores with BLAS threads capped per job, then refit on train+val.
+    * Heads without a grid fit once on train; val only scores them.
+    """
     from sklearn.metrics import confusion_matrix
+
+    from .heads import get_head_spec
+
+    cores = task.cores or os.cpu_count() or 1
+    _cap_threads(cores, get_head_spec(task.head).kind == "keras")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(cores):
+        out = _evaluate(task, cores)
+    est, best, val_acc, fit_idx, select_s, fit_s, note, X, y, tr, te = out
+    t2 = time.perf_counter()
+    proba = est.predict_proba(X[te])  # the test split, touched once
+    predict_s = time.perf_counter() - t2
+    from .train import metrics
+
+    m = metrics(y[te], proba, est.classes_)
+    pred = est.classes_[proba.argmax(1)]
+    labels = sorted(set(y[te].tolist()) | set(est.classes_.tolist()))
+    return {
+        **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")},
+        "val_accuracy": val_acc, "best_params": best, "fit_seconds": fit_s, "select_seconds": select_s,
+        "predict_seconds_per_1000": predict_s / max(len(te), 1) * 1000, "n_train": int(len(fit_idx)),
+        "n_test": int(len(te)), "note": note,
+        "fit_splits": ["train"] if len(fit_idx) == len(tr) else ["train", "val"],
+        "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
+        "confusion_labels": labels,
+    }
+
+
+#: heads whose grid is a regularisation path: (parameter, ascending = from strongest regularisation)
+PATHS = {"logreg": "C"}
+#: heads fitted on train and calibrated on val (temperature scaling) instead of 3-fold calibration refits
+CALIBRATED_ON_VAL = {"linear_svm", "ridge"}
+
+
+def _cap_threads(cores: int, keras: bool) -> None:
+    """Keep a head to its share of the cores: BLAS through threadpoolctl (in evaluate), TensorFlow here."""
+    if keras and cores < (os.cpu_count() or 1):
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(cores))
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(max(1, min(2, cores))))
+        try:
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(cores)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, cores)))
+        except (ImportError, RuntimeError):  # another backend, or TensorFlow already started
+            pass
+
+
+def _evaluate(task: Task, cores: int):
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    from .heads import get_head_spec, make_head
-    from .train import metrics, split_masks
+    from .heads import get_head_spec
+    from .train import split_masks
 
     cache = open_cache(task.cache)
     spec = get_head_spec(task.head)
@@ -130,61 +207,157 @@ def evaluate(task: Task) -> dict:
     tr, va, te = (np.flatnonzero(masks[s]) for s in ("train", "val", "test"))
     if not len(tr) or not len(te):
         raise FeatcacheError("the cache needs labelled train and test rows")
-    note = ""
+    notes = [f"PCA to {spec.preprocess.partition('pca:')[2]} dimensions first"] if "pca:" in spec.preprocess else []
     limit = SUBSAMPLE.get(task.head)
     if limit and len(tr) > limit:
         tr = _subsample(tr, y, limit)
-        note = f"train subsampled to {limit:,} rows"
+        notes.append(f"train subsampled to {limit:,} rows")
     t0 = time.perf_counter()
-    best, val_acc, est = dict(task.params), None, None
+    best, val_acc, est, fit_s = dict(task.params), None, None, None
+    cands = _candidates(task.head, task.params)
     if spec.kind == "keras":  # one fit: early stopping on val is its selection, and that model is the row's
-        est = make_head(task.head, **best)
+        est = _make(task.head, cores, **best)
         est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None)
         val_acc = float(est.score(X[va], y[va])) if len(va) else None
+        fit_idx, fit_s, select_s = tr, time.perf_counter() - t0, 0.0
+    elif task.cv:
+        grid = {k: v for k, v in GRIDS.get(task.head, {}).items() if k not in task.params}
+        folds = StratifiedKFold(task.cv, shuffle=True, random_state=0)
+        prefixed = {spec.param_prefix + k: v for k, v in grid.items()}
+        search = GridSearchCV(_make(task.head, cores, **task.params), prefixed or {}, cv=folds, n_jobs=1)
+        search.fit(X[tr], y[tr])
+        best = {**task.params, **{k[len(spec.param_prefix):]: v for k, v in search.best_params_.items()}}
+        val_acc = float(search.best_score_)
         fit_idx = tr
-    else:
-        cands = _candidates(task.head, task.params)
-        if task.cv:
-            grid = {k: v for k, v in GRIDS.get(task.head, {}).items() if k not in task.params}
-            folds = StratifiedKFold(task.cv, shuffle=True, random_state=0)
-            prefixed = {spec.param_prefix + k: v for k, v in grid.items()}
-            search = GridSearchCV(make_head(task.head, **task.params), prefixed or {}, cv=folds, n_jobs=1)
-            search.fit(X[tr], y[tr])
-            best = {**task.params, **{k[len(spec.param_prefix):]: v for k, v in search.best_params_.items()}}
-            val_acc = float(search.best_score_)
-            fit_idx = tr
-        elif len(cands) > 1 and len(va):
-            scores = []
-            for c in cands:
-                scores.append(make_head(task.head, **c).fit(X[tr], y[tr]).score(X[va], y[va]))
-            best = cands[int(np.argmax(scores))]
-            val_acc = float(max(scores))
-            fit_idx = np.concatenate([tr, va])  # refit on train+val with the chosen setting
+    elif task.head in CALIBRATED_ON_VAL and len(va):
+        est, best, val_acc, select_s, fit_s = _calibrated_on_val(task, cands, X, y, tr, va, cores)
+        fit_idx = tr
+        notes.append("fit on train, calibrated on val")
+    elif len(cands) > 1 and len(va):
+        if task.head in PATHS:
+            best, val_acc, warm = _path(task.head, cands, X, y, tr, va)
         else:
-            est = make_head(task.head, **best).fit(X[tr], y[tr])
-            val_acc = float(est.score(X[va], y[va])) if len(va) else None
-            fit_idx = np.concatenate([tr, va])
-    select_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    if spec.kind == "keras":
-        fit_s, select_s = select_s, 0.0
-    else:
-        est = make_head(task.head, **best)
+            best, val_acc, warm = _grid_on_val(task.head, cands, X, y, tr, va, cores)
+        fit_idx = np.concatenate([tr, va])  # refit on train+val with the chosen setting
+        select_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        est = _make(task.head, cores, **best)
+        if warm is not None:  # start the refit from the chosen point's solution
+            est.set_params(clf__warm_start=True)
+            for k, v in warm.items():
+                setattr(est.steps[-1][1], k, v)
         est.fit(X[fit_idx], y[fit_idx])
         fit_s = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    proba = est.predict_proba(X[te])  # the test split, touched once
-    predict_s = time.perf_counter() - t2
-    m = metrics(y[te], proba, est.classes_)
-    pred = est.classes_[proba.argmax(1)]
-    labels = sorted(set(y[te].tolist()) | set(est.classes_.tolist()))
-    return {
-        **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")},
-        "val_accuracy": val_acc, "best_params": best, "fit_seconds": fit_s, "select_seconds": select_s,
-        "predict_seconds_per_1000": predict_s / max(len(te), 1) * 1000, "n_train": int(len(fit_idx)),
-        "n_test": int(len(te)), "note": note, "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
-        "confusion_labels": labels,
-    }
+    else:  # no grid: one fit on train; val scores it
+        est = _make(task.head, cores, **best).fit(X[tr], y[tr])
+        val_acc = float(est.score(X[va], y[va])) if len(va) else None
+        fit_idx, fit_s, select_s = tr, time.perf_counter() - t0, 0.0
+    if fit_s is None:  # CV: refit the chosen setting on the whole training split
+        select_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        est = _make(task.head, cores, **best).fit(X[fit_idx], y[fit_idx])
+        fit_s = time.perf_counter() - t1
+    return est, best, val_acc, fit_idx, select_s, fit_s, "; ".join(notes), X, y, tr, te
+
+
+def _path(head: str, cands: list[dict], X, y, tr, va):
+    """A regularisation path: one pipeline, its preprocessing fitted once, each point warm-started."""
+    key = PATHS[head]
+    order = sorted(range(len(cands)), key=lambda i: cands[i].get(key, 0))
+    pipe = _make(head, 0, **cands[order[0]])
+    pre, clf = pipe[:-1], pipe.steps[-1][1]
+    Xtr = pre.fit_transform(X[tr]) if len(pipe) > 1 else X[tr]
+    Xva = pre.transform(X[va]) if len(pipe) > 1 else X[va]
+    clf.set_params(warm_start=True)
+    scores, states = {}, {}
+    for i in order:
+        clf.set_params(**{k: v for k, v in cands[i].items()})
+        clf.fit(Xtr, y[tr])
+        scores[i] = float(clf.score(Xva, y[va]))
+        states[i] = {"coef_": clf.coef_.copy(), "intercept_": clf.intercept_.copy()}
+    b = max(order, key=lambda i: (scores[i], -order.index(i)))  # ties: the more regularised
+    return cands[b], scores[b], states[b]
+
+
+def _grid_on_val(head: str, cands: list[dict], X, y, tr, va, cores: int):
+    """Score every grid point on val, the points spread across ``cores`` with BLAS threads capped per job."""
+    from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
+
+    jobs = max(1, min(cores, len(cands)))
+
+    def score(c):
+        return _make(head, max(1, cores // jobs), **c).fit(X[tr], y[tr]).score(X[va], y[va])
+
+    with threadpool_limits(max(1, cores // jobs)):
+        scores = Parallel(n_jobs=jobs, backend="threading")(delayed(score)(c) for c in cands)
+    b = int(np.argmax(scores))
+    return cands[b], float(scores[b]), None
+
+
+#: heads whose classifier takes ``n_jobs``: given the head's cores unless the parameters fix it
+THREADED = {"random_forest", "knn", "sgd", "linear_svm"}
+
+
+def _make(head: str, cores: int, **params):
+    """``make_head``, with the classifier's own ``n_jobs`` set to the head's cores (for THREADED heads)."""
+    from .heads import get_head_spec, make_head
+
+    est = make_head(head, **params)
+    if head in THREADED and cores and "n_jobs" not in params:
+        est.set_params(**{get_head_spec(head).param_prefix + "n_jobs": int(cores)})
+    return est
+
+
+def _calibrated_on_val(task: Task, cands: list[dict], X, y, tr, va, cores: int):
+    """Fit the base classifier on train (choosing its setting on val), then calibrate it on val.
+
+    Temperature scaling fits one number on val and keeps every row's
+    predicted class, so the row's validation accuracy is the base
+    classifier's own. Returns (estimator, params, val_acc, select_s, fit_s).
+    """
+    from joblib import Parallel, delayed
+    from sklearn.base import clone
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.pipeline import Pipeline
+    from threadpoolctl import threadpool_limits
+
+    from .heads import get_head_spec, make_head
+
+    t0 = time.perf_counter()
+    spec = get_head_spec(task.head)
+    pipe = make_head(task.head, **cands[0])
+    pre = pipe[:-1] if len(pipe) > 1 else None
+    Xtr = pre.fit_transform(X[tr]) if pre is not None else X[tr]
+    Xva = pre.transform(X[va]) if pre is not None else X[va]
+
+    def base_for(c, n_jobs=cores):
+        p = _make(task.head, n_jobs, **c)
+        return clone(p.steps[-1][1].estimator)
+
+    if task.head == "ridge" and len(cands) > 1:  # every alpha from one SVD (generalised cross-validation)
+        from sklearn.linear_model import RidgeClassifierCV
+
+        alphas = sorted({c["alpha"] for c in cands})
+        others = {k: v for k, v in base_for(cands[0]).get_params().items() if k != "alpha"}
+        cv = RidgeClassifierCV(alphas=alphas, fit_intercept=others.get("fit_intercept", True)).fit(Xtr, y[tr])
+        best = {**task.params, "alpha": float(cv.alpha_)}
+        base = base_for(best).fit(Xtr, y[tr])
+    else:
+        jobs = max(1, min(cores, len(cands)))
+        with threadpool_limits(max(1, cores // jobs)):
+            fitted = Parallel(n_jobs=jobs, backend="threading")(
+                delayed(lambda c: base_for(c, max(1, cores // jobs)).fit(Xtr, y[tr]))(c) for c in cands)
+        scores = [float(b.score(Xva, y[va])) for b in fitted]
+        i = int(np.argmax(scores))
+        best, base = cands[i], fitted[i]
+    val_acc = float(base.score(Xva, y[va]))
+    select_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    calibrated = CalibratedClassifierCV(FrozenEstimator(base), method="temperature").fit(Xva, y[va])
+    steps = (list(pre.steps) if pre is not None else []) + [("clf", calibrated)]
+    return Pipeline(steps), best, val_acc, select_s, time.perf_counter() - t1
 
 
 def _child(task: Task, conn) -> None:
@@ -305,7 +478,45 @@ def _run_tasks(todo: list, timeout: float | None, n_jobs: int, backend: str):
         yield from Parallel(n_jobs=n_jobs, backend="ray")(delayed(job)(t) for t in todo[a:a + width])
 
 
-def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=1, pixel_size=16, backend="threading",
+def _cores_per_head(n_jobs: int, n_tasks: int, backend: str) -> int:
+    """Each head's share of this machine's cores when ``n_jobs`` heads run at once (0: all, for Ray)."""
+    if backend == "ray":
+        return 0
+    cpus = os.cpu_count() or 1
+    at_once = max(1, min(cpus if n_jobs < 0 else n_jobs, n_tasks))
+    return max(1, cpus // at_once)
+
+
+def estimate_seconds(heads, n_rows: int, n_features: int, n_jobs: int = 1) -> float:
+    """About how long ``heads`` take on an ``n_rows`` x ``n_features`` cache, ``n_jobs`` at a time.
+
+    A rough, up-front figure from :data:`COST_10K` (this project's 2-core
+    machine), scaled linearly by rows x features and by the cores each head
+    gets; said before the run so that a long one is no surprise.
+
+    Args:
+        heads: head names (a raw-pixel baseline counts as its head).
+        n_rows, n_features: the cache's shape.
+        n_jobs: heads at once (-1: every CPU).
+
+    Returns:
+        Seconds of wall time, the whole run.
+
+    Examples:
+        >>> round(estimate_seconds(["logreg"], 10_000, 1280)) >= 10
+        True
+    """
+    from .heads import get_head_spec
+
+    cpus = os.cpu_count() or 1
+    at_once = max(1, min(cpus if n_jobs < 0 else n_jobs, len(heads) or 1))
+    share = (min(cpus, 2) / max(1, cpus // at_once)) if cpus // at_once < 2 else 1.0  # the figures used 2 cores
+    scale = n_rows * n_features / (10_000 * 1280)
+    total = sum(START_SECONDS[get_head_spec(h).kind] + COST_10K.get(h, 10.0) * scale * share for h in heads)
+    return total / at_once
+
+
+def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pixel_size=16, backend="threading",
                   name=lambda key: key) -> None:
     """Refuse a bad benchmark setting before any work; ``name(key)`` is how the error names the setting."""
     from numbers import Integral, Real
@@ -327,7 +538,8 @@ def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=1, pixel_size=16, 
 
 
 def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
-          timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = 1, out="report", baseline_heads=("logreg",),
+          timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = DEFAULT_N_JOBS, out="report",
+          baseline_heads=("logreg",),
           pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
           ray_address: str | None = None) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
@@ -344,7 +556,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         params: fixed parameters per head, e.g. ``{"knn": {"n_neighbors": 5}}``.
         cv: choose hyper-parameters by K-fold CV inside train instead of on val.
         timeout: seconds per head before its row says "timed out" (None: no limit).
-        n_jobs: heads run at once (-1: every CPU of the backend).
+        n_jobs: heads run at once (-1: every CPU of the backend), each with
+            its share of the cores; with n_jobs=1 a head has them all.
         out: the report directory (new, empty, or an earlier featcache report).
         baseline_heads: heads also run on raw pixels of the first cache's images.
         pixel_size: side of the downsampled raw-pixel baseline.
@@ -400,6 +613,18 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     done = {r["settings"]: r for r in _load_rows(results_path)}
     rows = [done[t.settings] for t in tasks if t.settings in done]
     todo = [t for t in tasks if t.settings not in done]
+    todo = [dataclasses.replace(t, cores=_cores_per_head(n_jobs, len(todo), backend)) for t in todo]
+    if progress and todo:
+        from .console import console
+
+        groups: dict = {}
+        for t in todo:
+            width = 3 * t.pixel_size ** 2 if t.baseline else _n_features(opened[t.cache])
+            groups.setdefault((len(opened[t.cache]), width), []).append(t.head)
+        est = sum(estimate_seconds(h, n, d, n_jobs) for (n, d), h in groups.items())
+        budget = f", at most {timeout:g} s a head" if timeout else ""
+        console.print(f"about {est:.0f} s for these {len(todo)} heads ({min(n_jobs if n_jobs > 0 else 99, len(todo))} "
+                      f"at a time{budget})")
     live = LiveTable(tasks, rows, enabled=progress)
     with live, _joblib_backend(backend if todo else "threading", ray_address):  # no Ray when nothing is left
         for task in todo:
@@ -422,9 +647,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
 
         best_dir = out / BEST_MODEL
         params = best.get("best_params") or {}
-        # refit like the row it stands for: scikit-learn heads on train+val, Keras heads on train with
-        # early stopping on val
-        fit_splits = ["train"] if get_head_spec(best["head"]).kind == "keras" else ["train", "val"]
+        # refit like the row it stands for: on train+val where its row refit there after choosing on val, else
+        # on train (Keras heads early-stop on val; heads without a grid and heads calibrated on val fit once)
+        fit_splits = best.get("fit_splits") or (["train"] if get_head_spec(best["head"]).kind == "keras"
+                                                else ["train", "val"])
         card = current_card(best_dir, best["head"], best["cache_key"], params)
         if card is None or card.get("fit_splits", ["train"]) != fit_splits:
             train(best["cache"], best["head"], params=params, out=best_dir, fit_splits=fit_splits)
@@ -434,6 +660,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         raise FeatcacheError(f"cannot write the report in {out}: {exc.strerror or exc}; the rows are kept in "
                              f"{results_path}") from None
     return rows
+
+
+def _n_features(cache) -> int:
+    return int(np.prod(cache.output_info(cache.output_name(None))["shape"]))
 
 
 def check_report_target(out) -> Path:

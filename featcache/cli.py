@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import inspect
 import os
 import re
@@ -177,9 +178,10 @@ def cmd_train(args) -> int:
     from .train import train
 
     out = args.out or os.path.join("models", f"{Path(args.cache).name}-{args.head}")
-    res = train(args.cache, args.head, params=_parse_params(args.param), preprocess=args.preprocess, out=out,
-                output=args.output, stream=args.stream, val_fraction=args.val_fraction,
-                test_fraction=args.test_fraction)
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
+        res = train(args.cache, args.head, params=_parse_params(args.param), preprocess=args.preprocess, out=out,
+                    output=args.output, stream=args.stream, val_fraction=args.val_fraction,
+                    test_fraction=args.test_fraction, verbose=0 if args.quiet else 2)
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("balanced_accuracy")), _fmt(m.get("macro_f1")),
              _fmt(m.get("log_loss"), pct=False)] for split, m in res.metrics.items()]
     stdout.print(table(f"{args.head} on {args.cache} (fit {res.fit_seconds:.2f} s)",
@@ -406,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=_api_default(train, "test_fraction"),
                    help="share of rows without a source split that go to test (hashed by id)")
     p.add_argument("--out", help="model directory (default models/<cache>-<head>)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress from Keras heads (on stderr)")
     p.set_defaults(func=cmd_train)
 
     from .finetune import finetune

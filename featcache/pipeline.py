@@ -281,12 +281,12 @@ def run(path, *, progress: bool = True) -> dict:
             result["exported"] = str(target)
     bench_cfg = cfg.get("bench")
     if bench_cfg is not None:
-        from .bench import bench
+        from .bench import DEFAULT_N_JOBS, DEFAULT_TIMEOUT, bench
 
         names = bench_cfg.get("caches") or list(result["caches"])
         report = out / bench_cfg.get("out", "report")
         bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
-              timeout=bench_cfg.get("timeout", 600.0), n_jobs=bench_cfg.get("n_jobs", 1), out=report,
+              timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS), out=report,
               baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress)
         _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
         result["report"] = str(report)

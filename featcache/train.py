@@ -131,7 +131,7 @@ def _custom_fields(head: str, pipe) -> dict:
 
 def train(cache, head="logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
           output: str | None = None, stream: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
-          stream_epochs: int = 5, fit_splits=("train",)) -> TrainResult:
+          stream_epochs: int = 5, fit_splits=("train",), verbose: int = 0) -> TrainResult:
     """Fit ``head`` on the train split of ``cache`` and measure it on every split.
 
     Args:
@@ -157,6 +157,8 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
             scikit-learn head on train+val once its settings are chosen (what
             ``bench`` does for its best head; its val metrics are then not held
             out). Keras heads early-stop on val, so they fit on train alone.
+        verbose: Keras heads' progress, as in ``Model.fit``: 0 silent, 1 a
+            progress bar, 2 one line per epoch (unless ``params`` sets ``verbose``).
 
     Returns:
         A :class:`TrainResult`: the fitted scikit-learn Pipeline, metrics per
@@ -184,6 +186,8 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
 
         head, pipe = user_head(head, preprocess_steps(preprocess or "none"), params)
         streams, default_preprocess = hasattr(pipe.steps[-1][1], "partial_fit"), "none"
+    if verbose and is_keras(pipe) and "verbose" not in params:
+        pipe.set_params(clf__verbose=int(verbose))
     if "val" in fit_splits and is_keras(pipe):
         raise FeatcacheError(f"head {head!r} is a Keras head: it early-stops on the val split, so it fits on train "
                              "alone")

@@ -153,6 +153,54 @@ def test_best_model_is_refit_like_its_row_and_keras_rows_fit_once(tmp_path):
     assert keras_row["status"] == "ok" and keras_row["select_seconds"] == 0.0  # its one fit is its selection
     best = read_card(tmp_path / "r" / "best_model")
     chosen = next(r for r in rows if r["head"] == best["head"])
-    assert best["fit_splits"] == (["train"] if best["head"] == "keras_linear" else ["train", "val"])
-    assert chosen["n_train"] == best["splits"]["rows"]["train"] + (best["splits"]["rows"]["val"]
-                                                                  if best["head"] == "lda" else 0)
+    assert best["fit_splits"] == chosen["fit_splits"] == ["train"]  # neither has a grid: one fit, on train
+    assert chosen["n_train"] == best["splits"]["rows"]["train"]
+
+
+@pytest.fixture(scope="module")
+def two_class_cache(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (90, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(90) % 2
+    images[labels == 1] //= 2  # learnable
+    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("c") / "c", backbone="mobilenet_v2",
+                             weights="none", image_size=32)
+
+
+def test_each_kind_of_head_is_selected_and_fitted_by_its_protocol(two_class_cache, tmp_path):
+    from featcache.bench import GRIDS
+
+    rows = {r["head"]: r for r in featcache.bench(two_class_cache, ["logreg", "ridge", "linear_svm", "lda"],
+                                                  out=tmp_path, baseline_heads=(), save_best=False)}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    from featcache.train import split_masks
+
+    n = {s: int(m.sum()) for s, m in split_masks(two_class_cache).items()}
+    # a regularisation path chosen on val, refit on train+val
+    assert rows["logreg"]["best_params"]["C"] in GRIDS["logreg"]["C"]
+    assert rows["logreg"]["fit_splits"] == ["train", "val"] and rows["logreg"]["n_train"] == n["train"] + n["val"]
+    # fitted on train, calibrated on val (no refit); ridge's alpha from its GCV over the grid
+    for head in ("ridge", "linear_svm"):
+        assert rows[head]["fit_splits"] == ["train"] and rows[head]["n_train"] == n["train"]
+        assert "calibrated on val" in rows[head]["note"]
+        assert rows[head]["best_params"]["alpha"] in GRIDS[head]["alpha"]
+    # no grid: one fit on train, nothing spent on selection
+    assert rows["lda"]["fit_splits"] == ["train"] and rows["lda"]["select_seconds"] == 0.0
+
+
+def test_each_head_gets_its_share_of_the_cores():
+    from featcache.bench import _cores_per_head
+
+    cpus = os.cpu_count()
+    assert _cores_per_head(1, 5, "threading") == cpus
+    assert _cores_per_head(-1, 5, "threading") == 1 or cpus > 5
+    assert _cores_per_head(2, 1, "threading") == cpus  # one head left: all of them
+    assert _cores_per_head(2, 5, "ray") == 0  # Ray places its tasks itself
+
+
+def test_train_shows_a_keras_heads_epochs_on_stderr(two_class_cache, tmp_path):
+    args = ("train", two_class_cache.path, "--head", "keras_linear", "--param", "epochs=2", "--param", "patience=5")
+    proc = run_featcache(*args, "--out", tmp_path / "a")
+    assert "Epoch 1/2" in proc.stderr and "Epoch 2/2" in proc.stderr and "Epoch" not in proc.stdout
+    quiet = run_featcache(*args, "--out", tmp_path / "b", "--quiet")
+    assert "Epoch" not in quiet.stderr + quiet.stdout

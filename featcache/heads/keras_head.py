@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import batches as _batches
 
@@ -39,7 +39,12 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         Batch normalisation after each hidden Dense layer.
     standardize : bool
         Standardise inputs with the training mean and variance, inside the model.
-    epochs, batch_size, learning_rate : training schedule (Adam).
+    epochs, learning_rate : training schedule (Adam).
+    batch_size : int or "auto"
+        Rows per step; ``"auto"`` takes about 1/50 of the training rows,
+        rounded to a power of two between 16 and 256 (128 for 6,700 rows):
+        large enough that a step's matrix products, not Python, dominate it,
+        and small enough for tens of updates an epoch.
     validation_fraction : float
         Share of the training rows held out for early stopping when no
         ``validation_data`` is given (none below 20 rows).
@@ -47,9 +52,15 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         Early-stopping patience in epochs, on validation loss; best weights are restored.
     class_weight : None or "balanced"
     random_state : int
-        Seeds weight initialisation, dropout and batch order.
+        Seeds weight initialisation, dropout and batch order; every seed is
+        derived from it, nothing process-wide is seeded.
     verbose : int
-        Keras' fit verbosity.
+        Keras' fit verbosity: 0 silent, 1 a progress bar per epoch, 2 one line
+        per epoch (loss and val_loss).
+    callbacks : list of keras.callbacks.Callback, or None
+        Called as in ``Model.fit`` (``on_epoch_end`` gets ``loss`` and
+        ``val_loss``), e.g. ``CSVLogger`` or ``TensorBoard``; a callback that
+        sets ``model.stop_training`` (``EarlyStopping``) stops the run.
     """
 
     #: scikit-learn's declared constraints, checked by ``_validate_params`` (at fit, and by
@@ -60,18 +71,19 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         "batch_norm": ["boolean"],
         "standardize": ["boolean"],
         "epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "patience": [Interval(Integral, 0, None, closed="left")],
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "random_state": [Interval(Integral, 0, 2**32 - 1, closed="both")],
         "verbose": ["verbose"],
+        "callbacks": [list, tuple, None],
     }
 
-    def __init__(self, hidden=(), dropout=0.0, batch_norm=False, standardize=True, epochs=100, batch_size=64,
-                 learning_rate=1e-3, validation_fraction=0.1, patience=5, class_weight=None, random_state=0,
-                 verbose=0):
+    def __init__(self, hidden=(), dropout=0.0, batch_norm=False, standardize=True, epochs=100, batch_size="auto",
+                 learning_rate=1e-2, validation_fraction=0.1, patience=5, class_weight=None, random_state=0,
+                 verbose=0, callbacks=None):
         self.hidden = hidden
         self.dropout = dropout
         self.batch_norm = batch_norm
@@ -84,6 +96,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.random_state = random_state
         self.verbose = verbose
+        self.callbacks = callbacks
 
     # ------------------------------------------------------------------ model
 
@@ -95,14 +108,18 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         x = inputs
         if self.standardize:
             x = layers.Normalization(mean=mean, variance=np.maximum(var, 1e-12), name="standardize")(x)
+        seed = int(self.random_state)
+        init = keras.initializers.GlorotUniform
         for i, units in enumerate(self._hidden_sizes()):
-            x = layers.Dense(units, use_bias=not self.batch_norm, name=f"dense_{i}")(x)
+            x = layers.Dense(units, use_bias=not self.batch_norm, kernel_initializer=init(seed=seed + 101 * i),
+                             name=f"dense_{i}")(x)
             if self.batch_norm:
                 x = layers.BatchNormalization(name=f"bn_{i}")(x)
             x = layers.ReLU(name=f"relu_{i}")(x)
             if self.dropout:
-                x = layers.Dropout(float(self.dropout), seed=int(self.random_state) + i, name=f"dropout_{i}")(x)
-        outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+                x = layers.Dropout(float(self.dropout), seed=seed + 101 * i + 1, name=f"dropout_{i}")(x)
+        outputs = layers.Dense(n_classes, activation="softmax", kernel_initializer=init(seed=seed + 7),
+                               name="probabilities")(x)
         return keras.Model(inputs, outputs, name="featcache_head")
 
     def _validate_params(self):
@@ -136,35 +153,52 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             return out
         return {int(np.searchsorted(self.classes_, k)): float(v) for k, v in self.class_weight.items()}
 
-    def _train(self, n_features, mean, var, take, y_enc, block_sizes, val):
+    def _train(self, n_features, mean, var, take, y_enc, block_sizes, val, sample_weight=None):
         """The training loop: Adam on fixed-order batches, early stopping on validation loss.
 
         ``take(idx)`` returns training feature rows; ``val`` is None or
-        ``(take_val, y_val, weights_val)``. A hand loop over ``train_on_batch``
-        keeps per-epoch overhead near zero on small caches and gives the
-        in-memory and streamed paths the very same batches.
+        ``(take_val, y_val, weights_val)``; ``sample_weight`` (per training
+        row) multiplies the class weights, which weigh the validation loss
+        too. A hand loop over ``train_on_batch`` keeps per-epoch overhead near zero on small caches and gives the
+        in-memory and streamed paths the very same batches; Keras callbacks
+        (and, with ``verbose``, Keras' own progress logger) see it as a ``fit``.
         """
         import keras
 
-        keras.utils.set_random_seed(int(self.random_state))
         n_classes = len(self.classes_)
         model = self._build(n_features, n_classes, mean, var)
         model.compile(optimizer=keras.optimizers.Adam(float(self.learning_rate)),
                       loss="sparse_categorical_crossentropy")
         cw = self._class_weights(y_enc, n_classes)
         sw = None if cw is None else np.array([cw[int(c)] for c in y_enc], np.float32)
+        if sample_weight is not None:
+            sw = np.asarray(sample_weight, np.float32) * (1.0 if sw is None else sw)
+        if val is not None and cw is not None:  # early stopping watches the objective being fitted
+            take_val, y_val, w_val = val
+            cw_val = np.array([cw[int(c)] for c in y_val], np.float64)
+            val = (take_val, y_val, cw_val if w_val is None else cw_val * w_val)
         history = {"loss": []} if val is None else {"loss": [], "val_loss": []}
         best, best_weights, wait = np.inf, None, 0
-        bs = int(self.batch_size)
+        bs = self._batch_size(len(y_enc))
+        steps = -(-len(y_enc) // bs)
+        callbacks = keras.callbacks.CallbackList(list(self.callbacks or ()), add_history=False,
+                                                 add_progbar=bool(self.verbose), model=model,
+                                                 verbose=int(self.verbose), epochs=int(self.epochs), steps=steps)
+        model.stop_training = False
+        callbacks.on_train_begin()
         for epoch in range(int(self.epochs)):
+            callbacks.on_epoch_begin(epoch)
             order = _batches.epoch_order(block_sizes, int(self.random_state), epoch)
             total = 0.0
-            for Xb, yb, wb in _batches.batches_in_order(take, y_enc, order, bs, sw):
-                loss = model.train_on_batch(Xb, yb, sample_weight=wb)
-                total += float(np.asarray(loss).reshape(-1)[0]) * len(yb)
+            for step, (Xb, yb, wb) in enumerate(_batches.batches_in_order(take, y_enc, order, bs, sw)):
+                callbacks.on_train_batch_begin(step)
+                loss = float(np.asarray(model.train_on_batch(Xb, yb, sample_weight=wb)).reshape(-1)[0])
+                total += loss * len(yb)
+                callbacks.on_train_batch_end(step, {"loss": loss})
             history["loss"].append(total / max(len(order), 1))
             if val is not None:
                 history["val_loss"].append(self._loss(model, *val))
+            callbacks.on_epoch_end(epoch, {k: v[-1] for k, v in history.items()})
             current = history["val_loss" if val is not None else "loss"][-1]
             if current < best - 1e-6:
                 best, wait = current, 0
@@ -173,12 +207,20 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
                 wait += 1
                 if wait >= int(self.patience):
                     break
+            if model.stop_training:
+                break
+        callbacks.on_train_end({k: v[-1] for k, v in history.items() if v})
         if best_weights is not None:
             model.set_weights(best_weights)
         self.model_ = model
         self.history_ = history
         self.n_iter_ = len(history["loss"])
         return self
+
+    def _batch_size(self, n_rows: int) -> int:
+        if self.batch_size == "auto":
+            return int(2 ** np.clip(np.round(np.log2(max(n_rows, 1) / 50)), 4, 8))
+        return int(self.batch_size)
 
     @staticmethod
     def _loss(model, take, y, weights):
@@ -194,11 +236,16 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ sklearn API
 
-    def fit(self, X, y, validation_data=None, block_sizes=None):
-        """Fit on arrays. ``validation_data=(X_val, y_val)`` drives early stopping when given."""
+    def fit(self, X, y, sample_weight=None, validation_data=None, block_sizes=None):
+        """Fit on arrays. ``validation_data=(X_val, y_val)`` drives early stopping when given.
+
+        ``sample_weight`` weighs each training row's loss (times its class
+        weight, when ``class_weight`` is set).
+        """
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=1)
         check_classification_targets(y)
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float32)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         y_enc = y_enc.astype(np.int64)
         X = np.ascontiguousarray(X, dtype=np.float32)
@@ -208,21 +255,23 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             yv = np.asarray(validation_data[1])
             known = np.isin(yv, self.classes_)
             if known.any():
-                val = (np.ascontiguousarray(Xv[known]), np.searchsorted(self.classes_, yv[known]).astype(np.int64))
+                val = (np.ascontiguousarray(Xv[known]), np.searchsorted(self.classes_, yv[known]).astype(np.int64),
+                       None)
         elif self.validation_fraction and len(X) >= 20:
             rng = np.random.default_rng(int(self.random_state))
             perm = rng.permutation(len(X))
             n_val = max(1, int(round(len(X) * float(self.validation_fraction))))
             vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-            val = (X[vi], y_enc[vi])
+            val = (X[vi], y_enc[vi], None if sw is None else sw[vi])
             X, y_enc = X[ti], y_enc[ti]
+            sw = None if sw is None else sw[ti]
             block_sizes = None  # the split breaks block boundaries
         mean, var = X.mean(0), X.var(0)
         sizes = list(block_sizes) if block_sizes is not None else [len(X)]
         if sum(sizes) != len(X):
             raise ValueError(f"block_sizes add up to {sum(sizes)}, X has {len(X)} rows")
-        val_spec = None if val is None else ((lambda idx, Xv=val[0]: Xv[idx]), val[1], None)
-        return self._train(X.shape[1], mean, var, lambda idx: X[idx], y_enc, sizes, val_spec)
+        val_spec = None if val is None else ((lambda idx, Xv=val[0]: Xv[idx]), val[1], val[2])
+        return self._train(X.shape[1], mean, var, lambda idx: X[idx], y_enc, sizes, val_spec, sw)
 
     def fit_cache(self, cache, train_mask, val_mask=None, output=None):
         """Fit on the rows of ``cache`` selected by ``train_mask``, streaming shard by shard.
@@ -278,6 +327,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        state["callbacks"] = None  # callbacks hold files and models of their own run: not part of the head
         model = state.pop("model_", None)
         if model is not None:
             state["_model_bytes"] = model_to_bytes(model)
