@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import resource
 import time
@@ -32,6 +31,7 @@ import numpy as np
 from .errors import FeatcacheError
 from .model_dir import current_card
 from .store import Cache, canonical_json, open_cache
+from .versions import HEAD_PACKAGES, versions
 
 #: the regularisation sweeps and small grids, chosen on the validation split
 GRIDS = {
@@ -40,6 +40,7 @@ GRIDS = {
     "ridge": {"alpha": [1e-1, 1.0, 10.0, 100.0]},
     "sgd": {"alpha": [1e-5, 1e-4, 1e-3]},
     "knn": {"n_neighbors": [5, 10, 20]},
+    "knn_cosine": {"n_neighbors": [10, 20, 100, 200]},  # DINOv2's k-NN protocol
 }
 #: memory-aware fallback: heads whose cost grows badly with rows are fitted on a stratified subsample
 SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000}
@@ -184,47 +185,195 @@ def evaluate(task: Task) -> dict:
         "predict_seconds_per_1000": predict_s / max(len(te), 1) * 1000, "n_train": int(len(fit_idx)),
         "n_test": int(len(te)), "note": note, "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
         "confusion_labels": labels,
+        # in test-row order: the child turns these into bootstrap intervals; the report's leakage check and
+        # per-class table read the predictions
+        "y_test": y[te].tolist(), "test_predictions": pred.tolist(),
     }
 
 
-def _child(task: Task, conn) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def bootstrap_intervals(y_true, y_pred, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap intervals of test accuracy and macro-F1, resampling the test rows.
+
+    Args:
+        y_true: the test labels.
+        y_pred: the head's predictions for them, in the same order.
+        n_boot: bootstrap resamples.
+        level: the interval's coverage (0.95: the 2.5th to the 97.5th percentile).
+        seed: the resampling seed, so a row's interval is reproducible.
+
+    Returns:
+        ``{"accuracy_ci": [low, high], "macro_f1_ci": [low, high]}`` (fractions, like the metrics);
+        macro-F1 is scikit-learn's (``average="macro"``, ``zero_division=0``) over the
+        classes that occur in each resample's labels or predictions.
+
+    Examples:
+        >>> ci = bootstrap_intervals([0, 1, 1, 0], [0, 1, 0, 0])
+        >>> 0 <= ci["accuracy_ci"][0] <= 0.75 <= ci["accuracy_ci"][1] <= 1
+        True
+    """
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    n = len(t)
+    if n == 0:
+        return {"accuracy_ci": None, "macro_f1_ci": None}
+    classes, codes = np.unique(np.concatenate([t, p]), return_inverse=True)
+    k = len(classes)
+    tc, pc = codes[:n], codes[n:]
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    tt, pp = tc[idx], pc[idx]
+    hit = tt == pp
+    acc = hit.mean(1)
+    rows = np.arange(n_boot)[:, None] * k
+    size = n_boot * k
+    tp = np.bincount((rows + tt)[hit], minlength=size).reshape(n_boot, k)
+    n_true = np.bincount((rows + tt).ravel(), minlength=size).reshape(n_boot, k)
+    n_pred = np.bincount((rows + pp).ravel(), minlength=size).reshape(n_boot, k)
+    denom = n_true + n_pred
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    present = denom > 0
+    macro = (f1 * present).sum(1) / present.sum(1)
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    return {"accuracy_ci": [float(v) for v in np.percentile(acc, q)],
+            "macro_f1_ci": [float(v) for v in np.percentile(macro, q)]}
+
+
+def _rss_mb(field: str) -> float | None:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in MB; None off Linux."""
     try:
-        result = {"status": "ok", **evaluate(task)}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: ``echo 5 > /proc/self/clear_refs``); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _child(task: Task) -> dict:
+    """Evaluate one task in the head's own process: the row's result, with its own peak memory."""
+    from .heads import get_head_spec
+
+    result = {}
+    try:
+        get_head_spec(task.head).make()  # import the head's libraries (Keras too) before memory is measured
+        start = _rss_mb("VmRSS")
+        own = _reset_peak_rss() and start is not None
+        base = start if own else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        try:
+            result = {"status": "ok", **evaluate(task)}
+        finally:
+            peak = _rss_mb("VmHWM") if own else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            result["peak_memory_mb"] = max(0.0, (peak or 0.0) - base)
+        y_test = result.pop("y_test")
+        result.update(bootstrap_intervals(y_test, result["test_predictions"]))
     except BaseException as exc:  # noqa: BLE001 - reported in the row
         msg = str(exc) or exc.__class__.__name__
         result = {"status": "failed", "error": f"{exc.__class__.__name__}: {msg}",
-                  "traceback": traceback.format_exc(limit=4)}
-    result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    conn.send(result)
-    conn.close()
+                  "traceback": traceback.format_exc(limit=4), "peak_memory_mb": result.get("peak_memory_mb")}
+    return result
+
+
+def _child_main(result_path: str) -> None:
+    """The head process's entry point: a pickled Task on stdin, a pickled result into ``result_path``.
+
+    It runs ``python -c`` (never the parent's ``__main__``), so a script that
+    calls :func:`bench` without an ``if __name__ == "__main__":`` guard works.
+    Once the task is read, a thread waits for stdin's end: if the parent dies,
+    the head does too.
+    """
+    import pickle
+    import sys
+    import threading
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    task = pickle.load(sys.stdin.buffer)
+
+    def orphaned():
+        sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe or died
+        os._exit(3)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    result = _child(task)
+    tmp = result_path + ".part"
+    with open(tmp, "wb") as f:
+        pickle.dump(result, f)
+    os.replace(tmp, result_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown (Keras/TF can hang or crash there)
+
+
+#: how much of a failed head process's stderr its row keeps (the end, where the error is)
+STDERR_TAIL = 2000
 
 
 def run_task(task: Task, timeout: float | None) -> dict:
-    """Run one task in a spawned process; kill it past ``timeout`` seconds."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(task, child), daemon=True)
-    t0 = time.perf_counter()
-    proc.start()
-    child.close()
-    result = None
-    if parent.poll(timeout):
-        try:
-            result = parent.recv()
-        except EOFError:
-            result = None
-    proc.join(5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    wall = time.perf_counter() - t0
+    """Run one task in a fresh Python process; kill it past ``timeout`` seconds.
+
+    The process runs ``python -c`` with featcache's own entry point rather
+    than multiprocessing's spawn, which re-runs the caller's ``__main__``
+    script (and so fails in a script or notebook without a
+    ``if __name__ == "__main__":`` guard). A process that dies without a
+    result leaves the end of its stderr in the row.
+    """
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    root = str(Path(__file__).resolve().parents[1])  # the child imports this very featcache
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with tempfile.TemporaryDirectory(prefix="featcache-head-") as tmp:
+        result_path = os.path.join(tmp, "result.pkl")
+        code = "import sys; from featcache.bench import _child_main; _child_main(sys.argv[1])"
+        t0 = time.perf_counter()
+        with open(os.path.join(tmp, "stderr"), "w+b") as err:
+            proc = subprocess.Popen([sys.executable, "-c", code, result_path], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=err, env=env)
+            timed_out = False
+            try:
+                try:
+                    pickle.dump(task, proc.stdin)
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    pass  # died at start: its stderr says why
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            wall = time.perf_counter() - t0
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace").strip()
+        result = None
+        if not timed_out and os.path.isfile(result_path):
+            with open(result_path, "rb") as f:
+                result = pickle.load(f)
     if result is None:
-        if timeout is not None and wall >= timeout:
+        if timed_out:
             result = {"status": "timed out", "error": f"no result within the {timeout:g} s budget"}
         else:
-            result = {"status": "failed", "error": f"the head's process died (exit code {proc.exitcode})"}
+            last = stderr.splitlines()[-1] if stderr else ""
+            result = {"status": "failed", "error": f"the head's process died (exit code {proc.returncode})"
+                                                   + (f": {last}" if last else "")}
+            if stderr:
+                result["stderr"] = stderr[-STDERR_TAIL:]
     result["wall_seconds"] = wall
+    result["budget_seconds"] = timeout
     return result
 
 
@@ -238,8 +387,49 @@ def _row(task: Task, cache, result: dict) -> dict:
         "features": (f"pixels {task.pixel_size}x{task.pixel_size}" if task.baseline
                      else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"),
         "head": task.head, "baseline": task.baseline, "params": task.params, "settings": task.settings,
+        "versions": versions(HEAD_PACKAGES, backend=False),
         **{k: v for k, v in result.items() if k != "traceback"},
     }
+
+
+def retry_reason(row: dict, timeout: float | None) -> str | None:
+    """Why a kept row is run again under these settings, or None when it stands.
+
+    A row that finished stands. A timed-out row is retried when the budget is
+    now larger (or gone); a failed row when featcache, scikit-learn, Keras or
+    NumPy changed since it failed (its cause may be fixed). A failure that the
+    same code would repeat is kept, so a re-run costs nothing.
+
+    Args:
+        row: a row from ``results.jsonl``.
+        timeout: this run's per-head budget in seconds (None: no limit).
+
+    Returns:
+        A short reason (shown in the live table), or None.
+
+    Examples:
+        >>> retry_reason({"status": "timed out", "budget_seconds": 60.0}, 600.0)
+        'budget 60 s -> 600 s'
+        >>> retry_reason({"status": "timed out", "budget_seconds": 60.0}, 60.0) is None
+        True
+    """
+    import re
+
+    status = row.get("status")
+    if status == "timed out":
+        budget = row.get("budget_seconds")
+        if budget is None:  # rows written before the budget was recorded name it in their error
+            m = re.search(r"within the ([0-9.e+-]+) s budget", row.get("error") or "")
+            budget = float(m.group(1)) if m else None
+        if budget is None or timeout is None or timeout > budget:
+            return f"budget {budget:g} s -> " + ("no limit" if timeout is None else f"{timeout:g} s") \
+                if budget is not None else "budget unknown"
+        return None
+    if status == "failed":
+        now = versions(HEAD_PACKAGES, backend=False)
+        if row.get("versions") != now:
+            return "versions changed"
+    return None
 
 
 def _load_rows(path: Path) -> list[dict]:
@@ -397,7 +587,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     except OSError as exc:
         raise FeatcacheError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
     results_path = out / RESULTS
-    done = {r["settings"]: r for r in _load_rows(results_path)}
+    done = {r["settings"]: r for r in _load_rows(results_path)}  # a retried row's later line wins
+    for key, r in list(done.items()):
+        if retry_reason(r, timeout):
+            del done[key]
     rows = [done[t.settings] for t in tasks if t.settings in done]
     todo = [t for t in tasks if t.settings not in done]
     live = LiveTable(tasks, rows, enabled=progress)
