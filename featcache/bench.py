@@ -58,6 +58,8 @@ class Task:
     cv: int | None
     baseline: bool  # raw pixels instead of the cache's features
     pixel_size: int = 16
+    #: a learning-curve point: the same protocol on this share of the train and val rows
+    train_fraction: float = 1.0
 
     @property
     def settings(self) -> str:
@@ -65,6 +67,8 @@ class Task:
         body = {"key": self.cache_key, "head": self.head, "params": self.params, "cv": self.cv,
                 "baseline": self.baseline, "pixels": self.pixel_size if self.baseline else None,
                 "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v1"}
+        if self.train_fraction != 1.0:  # absent at 1.0, so the rows of earlier reports keep their hashes
+            body["train_fraction"] = self.train_fraction
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
@@ -105,6 +109,17 @@ def _subsample(idx: np.ndarray, y: np.ndarray, limit: int, seed: int = 0) -> np.
     return np.sort(keep)
 
 
+def _fraction(idx: np.ndarray, y: np.ndarray, fraction: float) -> np.ndarray:
+    """A stratified ``fraction`` of ``idx`` (a plain seeded draw when a class is too small to stratify)."""
+    n = max(1, int(round(fraction * len(idx))))
+    if n >= len(idx):
+        return idx
+    try:
+        return _subsample(idx, y, n, seed=1)
+    except ValueError:
+        return np.sort(np.random.default_rng(1).choice(idx, n, replace=False))
+
+
 def _candidates(head: str, fixed: dict) -> list[dict]:
     grid = {k: v for k, v in GRIDS.get(head, {}).items() if k not in fixed}
     if not grid:
@@ -132,6 +147,9 @@ def evaluate(task: Task) -> dict:
     if not len(tr) or not len(te):
         raise FeatcacheError("the cache needs labelled train and test rows")
     note = ""
+    if task.train_fraction < 1.0:  # a learning-curve point
+        tr, va = _fraction(tr, y, task.train_fraction), _fraction(va, y, task.train_fraction)
+        note = f"learning curve: {task.train_fraction:.0%} of the train and val rows"
     limit = SUBSAMPLE.get(task.head)
     if limit and len(tr) > limit:
         tr = _subsample(tr, y, limit)
@@ -519,7 +537,7 @@ def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=1, pixel_size=16, 
 def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
           timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = 1, out="report", baseline_heads=("logreg",),
           pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
-          ray_address: str | None = None) -> list[dict]:
+          ray_address: str | None = None, learning_curve=(0.1, 0.25, 0.5), leakage: bool = True) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
     Hyper-parameters are chosen on the validation split (or ``cv`` folds
@@ -533,7 +551,9 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         heads: head names (default: every head).
         params: fixed parameters per head, e.g. ``{"knn": {"n_neighbors": 5}}``.
         cv: choose hyper-parameters by K-fold CV inside train instead of on val.
-        timeout: seconds per head before its row says "timed out" (None: no limit).
+        timeout: seconds per head before its row says "timed out" (None: no limit). A
+            kept timed-out row is run again when this budget is larger than its
+            own; a kept failed row when featcache or its libraries changed.
         n_jobs: heads run at once (-1: every CPU of the backend).
         out: the report directory (new, empty, or an earlier featcache report).
         baseline_heads: heads also run on raw pixels of the first cache's images.
@@ -544,6 +564,12 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
             caches and ``out`` must then be on storage every node sees.
         progress: show the live table.
         save_best: refit and save the best head to ``out/best_model``.
+        learning_curve: shares of the train and val rows at which the best head
+            is run again (its chosen parameters fixed) for the report's learning
+            curve; empty or None: none.
+        leakage: look for test rows whose nearest train/val row has cosine >= 0.98 on
+            the cached features (:mod:`featcache.leakage`) and report the best
+            head's accuracy with and without them.
 
     Returns:
         The rows, one dict per (cache, head): test accuracy, macro-F1,
@@ -557,6 +583,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     from .train import split_masks, train_classes
 
     check_options(cv=cv, timeout=timeout, n_jobs=n_jobs, pixel_size=pixel_size, backend=backend)
+    learning_curve = tuple(learning_curve or ())
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in learning_curve):
+        raise FeatcacheError(f"learning_curve must be shares of the training rows between 0 and 1 (exclusive), "
+                             f"got {learning_curve!r}")
     caches = [caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches)
     caches = [c.path if isinstance(c, Cache) else c for c in caches]  # each head's process reopens its cache
     if not caches:
@@ -606,6 +636,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
                                      "recorded so far are kept, run the same command again to go on") from None
             rows.append(row)
             live.finished(row)
+        live.summarise(rows)  # the best head and its ties, once every row is in
     order = {t.settings: i for i, t in enumerate(tasks)}
     rows.sort(key=lambda r: order.get(r["settings"], 1 << 30))
     best_dir = None
@@ -621,12 +652,43 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         card = current_card(best_dir, best["head"], best["cache_key"], params)
         if card is None or card.get("fit_splits", ["train"]) != fit_splits:
             train(best["cache"], best["head"], params=params, out=best_dir, fit_splits=fit_splits)
+    curve = _learning_curve(best, learning_curve, done, results_path, timeout, n_jobs, cv, pixel_size)
+    leaks = None
+    if leakage and best is not None:
+        from .leakage import near_duplicates
+
+        leaks = near_duplicates(opened[best["cache"]])
+        leaks["cache"] = best["cache"]
     try:
-        write_report(out, rows, best_dir=best_dir)
+        write_report(out, rows, best_dir=best_dir, curve=curve, leakage=leaks)
     except OSError as exc:
         raise FeatcacheError(f"cannot write the report in {out}: {exc.strerror or exc}; the rows are kept in "
                              f"{results_path}") from None
     return rows
+
+
+def _learning_curve(best, fractions, done, results_path, timeout, n_jobs, cv, pixel_size) -> list[dict]:
+    """The best head's rows at each share of the train and val rows, its chosen parameters fixed.
+
+    Each point is a row like any other (its own process and budget, kept in
+    ``results.jsonl`` and reused by a re-run); the 100% point is the best row.
+    """
+    if best is None or not fractions:
+        return []
+    params = {**(best.get("params") or {}), **(best.get("best_params") or {})}
+    tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size, float(f))
+             for f in sorted(set(fractions)) if 0 < f < 1]
+    rows = {t.settings: done[t.settings] for t in tasks if t.settings in done}
+    todo = [t for t in tasks if t.settings not in rows]
+    cache = open_cache(best["cache"]) if todo else None
+    for task, result in _run_tasks(todo, timeout, n_jobs, "threading"):
+        row = {**_row(task, cache, result), "train_fraction": task.train_fraction}
+        with contextlib.suppress(OSError):  # a lost point costs a re-run, not the report
+            _append_row(results_path, row)
+        rows[task.settings] = row
+    points = [rows[t.settings] for t in tasks] + [{**best, "train_fraction": 1.0}]
+    return [{k: r.get(k) for k in ("head", "features", "train_fraction", "status", "accuracy", "accuracy_ci",
+                                   "macro_f1", "n_train", "error")} for r in points]
 
 
 def check_report_target(out) -> Path:
