@@ -46,6 +46,8 @@ GRIDS = {
 SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000}
 DEFAULT_TIMEOUT = 600.0
 RESULTS = "results.jsonl"
+#: the best head's learning-curve rows, apart from the table's rows so each file has one kind of row
+CURVE = "learning_curve.jsonl"
 BEST_MODEL = "best_model"
 
 
@@ -652,7 +654,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         card = current_card(best_dir, best["head"], best["cache_key"], params)
         if card is None or card.get("fit_splits", ["train"]) != fit_splits:
             train(best["cache"], best["head"], params=params, out=best_dir, fit_splits=fit_splits)
-    curve = _learning_curve(best, learning_curve, done, results_path, timeout, n_jobs, cv, pixel_size)
+    curve = _learning_curve(best, learning_curve, out / CURVE, timeout, n_jobs, cv, pixel_size)
     leaks = None
     if leakage and best is not None:
         from .leakage import near_duplicates
@@ -667,14 +669,19 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     return rows
 
 
-def _learning_curve(best, fractions, done, results_path, timeout, n_jobs, cv, pixel_size) -> list[dict]:
+def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size) -> list[dict]:
     """The best head's rows at each share of the train and val rows, its chosen parameters fixed.
 
-    Each point is a row like any other (its own process and budget, kept in
-    ``results.jsonl`` and reused by a re-run); the 100% point is the best row.
+    Each point is a row like the table's (its own process and budget), kept in
+    ``learning_curve.jsonl`` and reused by a re-run under the same rules; the
+    100% point is the best row itself.
     """
     if best is None or not fractions:
         return []
+    done = {r["settings"]: r for r in _load_rows(path) if isinstance(r, dict) and "settings" in r}
+    for key, r in list(done.items()):
+        if retry_reason(r, timeout):
+            del done[key]
     params = {**(best.get("params") or {}), **(best.get("best_params") or {})}
     tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size, float(f))
              for f in sorted(set(fractions)) if 0 < f < 1]
@@ -684,7 +691,7 @@ def _learning_curve(best, fractions, done, results_path, timeout, n_jobs, cv, pi
     for task, result in _run_tasks(todo, timeout, n_jobs, "threading"):
         row = {**_row(task, cache, result), "train_fraction": task.train_fraction}
         with contextlib.suppress(OSError):  # a lost point costs a re-run, not the report
-            _append_row(results_path, row)
+            _append_row(path, row)
         rows[task.settings] = row
     points = [rows[t.settings] for t in tasks] + [{**best, "train_fraction": 1.0}]
     return [{k: r.get(k) for k in ("head", "features", "train_fraction", "status", "accuracy", "accuracy_ci",
@@ -696,7 +703,8 @@ def check_report_target(out) -> Path:
 
     ``out`` may be new, empty, or a report of featcache's: one holding a
     ``results.jsonl`` of benchmark rows. featcache then writes only its own
-    file names there (results.*, report.*, best_model/).
+    file names there (results.*, report.*, best_model/, learning_curve.jsonl,
+    leakage.json and the report's figures, *.png).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -103,7 +103,7 @@ def test_report_has_per_class_table_and_learning_curve_of_the_best_head(bench_ro
     for share in ("| 10% |", "| 25% |", "| 50% |", "| 100% |"):
         assert share in curve
     assert (out / "learning_curve.png").is_file()
-    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "learning_curve.jsonl").read_text().splitlines()]
     points = sorted(r["n_train"] for r in lines if r.get("train_fraction"))
     assert len(points) == 3 and points[0] < points[1] < points[2]  # fewer rows at smaller shares
 
