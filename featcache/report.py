@@ -244,14 +244,18 @@ def plots(rows: list[dict], class_names: list[str] | None, curve: list[dict] | N
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(heads) + 2), 4.5))
         width = 0.8 / len(groups)
         for gi, g in enumerate(groups):
-            acc = {r["head"]: 100 * r["accuracy"] for r in ok if r["features"] == g}
+            mine = {r["head"]: r for r in ok if r["features"] == g}
+            acc = {h: 100 * r["accuracy"] for h, r in mine.items()}
             xs = np.arange(len(heads)) + gi * width
-            ax.bar(xs, [acc.get(h, 0) for h in heads], width, label=g)
+            # the 95% interval as an error bar, where the row has one
+            err = np.array([[100 * (r["accuracy"] - r["accuracy_ci"][0]), 100 * (r["accuracy_ci"][1] - r["accuracy"])]
+                            if (r := mine.get(h)) and r.get("accuracy_ci") else [0.0, 0.0] for h in heads]).T
+            ax.bar(xs, [acc.get(h, 0) for h in heads], width, label=g, yerr=err, capsize=2,
+                   error_kw={"lw": 0.8, "alpha": 0.7})
         ax.set_xticks(np.arange(len(heads)) + 0.4 - width / 2, heads, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("Accuracy per backbone (feature set) and head")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside, never over
-        ax.set_xlim(-0.5, len(heads) - 0.5 + 0.8)
         ax.grid(axis="y", alpha=0.3)
         out["accuracy_per_backbone.png"] = _fig_png(fig)
 
@@ -375,7 +379,7 @@ def _leakage_summary(leakage, best) -> tuple[str, dict | None]:
     if not leakage:
         return "", None
     n, total = leakage["n_leaked"], leakage["n_test"]
-    text = (f"Leakage check: {n:,} of {total:,} test rows ({100 * n / max(total, 1):.1f}%) have a train or val row "
+    text = (f"Leakage check: {n:,} of {total:,} test rows ({100 * n / max(total, 1):.2f}%) have a train or val row "
             f"with cosine similarity >= {leakage['threshold']:g} on the cached features.")
     acc = None
     preds = best.get("test_predictions") if best else None
