@@ -34,7 +34,8 @@ def _ci(v) -> str:
     return f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]" if v else ""
 
 
-def _with_ci(row, key) -> str:
+def with_interval(row, key) -> str:
+    """A row's metric as ``85.44% [83.9, 86.9]`` (its 95% interval, where it has one), or ``-``."""
     v = row.get(key)
     return _pct(v) + (" " + _ci(row.get(key + "_ci")) if row.get(key + "_ci") else "") if v is not None else "-"
 
@@ -126,8 +127,8 @@ class LiveTable:
         if s is None:
             return
         s["status"] = (row.get("status", "?") + (" " + note if note else "")).strip()
-        s["acc"] = _with_ci(row, "accuracy")
-        s["f1"] = _with_ci(row, "macro_f1")
+        s["acc"] = with_interval(row, "accuracy")
+        s["f1"] = with_interval(row, "macro_f1")
         s["fit"] = _num(row.get("fit_seconds"))
         if refresh:
             self._refresh()
@@ -333,8 +334,8 @@ HEADERS = ["features", "head", "status", "test acc. [95% CI]", "vs. best", "bal.
 
 
 def _cells(r, width=160) -> list[str]:
-    return [r["features"], r["head"], r.get("status", "?"), _with_ci(r, "accuracy"), r.get("versus_best") or "",
-            _pct(r.get("balanced_accuracy")), _with_ci(r, "macro_f1"), _num(r.get("log_loss"), "{:.3f}"),
+    return [r["features"], r["head"], r.get("status", "?"), with_interval(r, "accuracy"), r.get("versus_best") or "",
+            _pct(r.get("balanced_accuracy")), with_interval(r, "macro_f1"), _num(r.get("log_loss"), "{:.3f}"),
             _pct(r.get("val_accuracy")), _num(r.get("select_seconds")), _num(r.get("fit_seconds")),
             _num(r.get("predict_seconds_per_1000"), "{:.3f}"), _num(r.get("peak_memory_mb"), "{:.0f}"),
             json.dumps(r.get("best_params") or {}), (r.get("note") or r.get("error") or "")[:width]]
@@ -360,7 +361,7 @@ def _markdown_table(rows):
 
 def _curve_body(curve):
     return [[f"{100 * p['train_fraction']:g}%", "-" if p.get("n_train") is None else f"{p['n_train']:,}",
-             p.get("status") or "?", _with_ci(p, "accuracy"), _pct(p.get("macro_f1")), (p.get("error") or "")[:120]]
+             p.get("status") or "?", with_interval(p, "accuracy"), _pct(p.get("macro_f1")), (p.get("error") or "")[:120]]
             for p in curve]
 
 
