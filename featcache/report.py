@@ -307,7 +307,7 @@ def per_class(row: dict, class_names: list[str] | None = None) -> list[dict]:
 
     Examples:
         >>> per_class({"confusion": [[3, 1], [0, 4]], "confusion_labels": [0, 1]}, ["cat", "dog"])[0]
-        {'class': 'cat', 'precision': 1.0, 'recall': 0.75, 'f1': 0.8571428571428571, 'support': 3}
+        {'class': 'cat', 'precision': 1.0, 'recall': 0.75, 'f1': 0.8571428571428571, 'support': 4}
     """
     import numpy as np
 
