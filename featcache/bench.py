@@ -6,12 +6,15 @@ setting is refit on train+val and the test split is touched once. Linear
 heads sweep their regularisation on a log grid, as linear probes do. Keras
 heads early-stop on the validation split and are evaluated once.
 
-Each (cache, head) runs in its own process (spawned, so a crash or a
-runaway head cannot take the run down), at most ``n_jobs`` at a time through
-joblib, with a per-head time budget after which the process is killed and the
-row says "timed out". Rows are appended to ``results.jsonl`` as they finish,
-so an interrupted run keeps what it did and a re-run skips finished rows for
-the same cache key and settings.
+Each (cache, head) runs in its own fresh Python process (so a crash or a
+runaway head cannot take the run down, and a script without a ``__main__``
+guard works), at most ``n_jobs`` at a time through joblib, with a per-head
+time budget after which the process is killed and the row says "timed out".
+Rows are appended to ``results.jsonl`` as they finish, so an interrupted run
+keeps what it did and a re-run skips finished rows for the same cache key and
+settings; it retries a timed-out row under a larger budget and a failed one
+when the code changed (:func:`retry_reason`). Every row carries 95% bootstrap
+intervals on its test accuracy and macro-F1 and its own peak memory.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import resource
 import time
@@ -33,6 +35,7 @@ import numpy as np
 from .errors import FeatcacheError
 from .model_dir import current_card
 from .store import Cache, canonical_json, open_cache
+from .versions import HEAD_PACKAGES, versions
 
 #: the regularisation sweeps and small grids, chosen on the validation split
 GRIDS = {
@@ -41,6 +44,7 @@ GRIDS = {
     "ridge": {"alpha": [1e-1, 1.0, 10.0, 100.0, 1000.0]},  # all from one SVD
     "sgd": {"alpha": [1e-5, 1e-4, 1e-3]},
     "knn": {"n_neighbors": [5, 10, 20]},
+    "knn_cosine": {"n_neighbors": [10, 20, 100, 200]},  # DINOv2's k-NN protocol
 }
 #: memory-aware fallback: heads whose cost grows badly with rows are fitted on a stratified subsample
 SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000}
@@ -56,6 +60,8 @@ COST_10K = {"logreg": 10.0, "linear_svm": 9.5, "ridge": 3.5, "sgd": 15.0, "knn":
 #: a head's process start, its imports and loading the cache (Keras heads: importing TensorFlow)
 START_SECONDS = {"sklearn": 3.0, "keras": 7.0}
 RESULTS = "results.jsonl"
+#: the best head's learning-curve rows, apart from the table's rows so each file has one kind of row
+CURVE = "learning_curve.jsonl"
 BEST_MODEL = "best_model"
 
 
@@ -69,6 +75,8 @@ class Task:
     baseline: bool  # raw pixels instead of the cache's features
     pixel_size: int = 16
     cores: int = 0  # the head's share of the CPUs (0: all); changes the speed, never the row
+    #: a learning-curve point: the same protocol on this share of the train and val rows
+    train_fraction: float = 1.0
 
     @property
     def settings(self) -> str:
@@ -76,6 +84,8 @@ class Task:
         body = {"key": self.cache_key, "head": self.head, "params": self.params, "cv": self.cv,
                 "baseline": self.baseline, "pixels": self.pixel_size if self.baseline else None,
                 "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v1"}
+        if self.train_fraction != 1.0:  # absent at 1.0, so the rows of earlier reports keep their hashes
+            body["train_fraction"] = self.train_fraction
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
@@ -114,6 +124,17 @@ def _subsample(idx: np.ndarray, y: np.ndarray, limit: int, seed: int = 0) -> np.
         return idx
     keep, _ = train_test_split(idx, train_size=limit, stratify=y[idx], random_state=seed)
     return np.sort(keep)
+
+
+def _fraction(idx: np.ndarray, y: np.ndarray, fraction: float) -> np.ndarray:
+    """A stratified ``fraction`` of ``idx`` (a plain seeded draw when a class is too small to stratify)."""
+    n = max(1, int(round(fraction * len(idx))))
+    if n >= len(idx):
+        return idx
+    try:
+        return _subsample(idx, y, n, seed=1)
+    except ValueError:
+        return np.sort(np.random.default_rng(1).choice(idx, n, replace=False))
 
 
 def _candidates(head: str, fixed: dict) -> list[dict]:
@@ -169,6 +190,9 @@ def evaluate(task: Task) -> dict:
         "fit_splits": ["train"] if len(fit_idx) == len(tr) else ["train", "val"],
         "confusion": confusion_matrix(y[te], pred, labels=labels).tolist(),
         "confusion_labels": labels,
+        # in test-row order: the child turns these into bootstrap intervals; the report's leakage check and
+        # per-class table read the predictions
+        "y_test": y[te].tolist(), "test_predictions": pred.tolist(),
     }
 
 
@@ -208,6 +232,9 @@ def _evaluate(task: Task, cores: int):
     if not len(tr) or not len(te):
         raise FeatcacheError("the cache needs labelled train and test rows")
     notes = [f"PCA to {spec.preprocess.partition('pca:')[2]} dimensions first"] if "pca:" in spec.preprocess else []
+    if task.train_fraction < 1.0:  # a learning-curve point
+        tr, va = _fraction(tr, y, task.train_fraction), _fraction(va, y, task.train_fraction)
+        notes.append(f"learning curve: {task.train_fraction:.0%} of the train and val rows")
     limit = SUBSAMPLE.get(task.head)
     if limit and len(tr) > limit:
         tr = _subsample(tr, y, limit)
@@ -360,44 +387,189 @@ def _calibrated_on_val(task: Task, cands: list[dict], X, y, tr, va, cores: int):
     return Pipeline(steps), best, val_acc, select_s, time.perf_counter() - t1
 
 
-def _child(task: Task, conn) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def bootstrap_intervals(y_true, y_pred, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap intervals of test accuracy and macro-F1, resampling the test rows.
+
+    Args:
+        y_true: the test labels.
+        y_pred: the head's predictions for them, in the same order.
+        n_boot: bootstrap resamples.
+        level: the interval's coverage (0.95: the 2.5th to the 97.5th percentile).
+        seed: the resampling seed, so a row's interval is reproducible.
+
+    Returns:
+        ``{"accuracy_ci": [low, high], "macro_f1_ci": [low, high]}`` (fractions, like the metrics);
+        macro-F1 is scikit-learn's (``average="macro"``, ``zero_division=0``) over the
+        classes that occur in each resample's labels or predictions.
+
+    Examples:
+        >>> ci = bootstrap_intervals([0, 1, 1, 0], [0, 1, 0, 0])
+        >>> 0 <= ci["accuracy_ci"][0] <= 0.75 <= ci["accuracy_ci"][1] <= 1
+        True
+    """
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    n = len(t)
+    if n == 0:
+        return {"accuracy_ci": None, "macro_f1_ci": None}
+    classes, codes = np.unique(np.concatenate([t, p]), return_inverse=True)
+    k = len(classes)
+    tc, pc = codes[:n], codes[n:]
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    tt, pp = tc[idx], pc[idx]
+    hit = tt == pp
+    acc = hit.mean(1)
+    rows = np.arange(n_boot)[:, None] * k
+    size = n_boot * k
+    tp = np.bincount((rows + tt)[hit], minlength=size).reshape(n_boot, k)
+    n_true = np.bincount((rows + tt).ravel(), minlength=size).reshape(n_boot, k)
+    n_pred = np.bincount((rows + pp).ravel(), minlength=size).reshape(n_boot, k)
+    denom = n_true + n_pred
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    present = denom > 0
+    macro = (f1 * present).sum(1) / present.sum(1)
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    return {"accuracy_ci": [float(v) for v in np.percentile(acc, q)],
+            "macro_f1_ci": [float(v) for v in np.percentile(macro, q)]}
+
+
+def _rss_mb(field: str) -> float | None:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in MB; None off Linux."""
     try:
-        result = {"status": "ok", **evaluate(task)}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: ``echo 5 > /proc/self/clear_refs``); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _child(task: Task) -> dict:
+    """Evaluate one task in the head's own process: the row's result, with its own peak memory."""
+    from .heads import get_head_spec
+
+    result = {}
+    try:
+        get_head_spec(task.head).make()  # import the head's libraries (Keras too) before memory is measured
+        start = _rss_mb("VmRSS")
+        own = _reset_peak_rss() and start is not None
+        base = start if own else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        try:
+            result = {"status": "ok", **evaluate(task)}
+        finally:
+            peak = _rss_mb("VmHWM") if own else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            result["peak_memory_mb"] = max(0.0, (peak or 0.0) - base)
+        y_test = result.pop("y_test")
+        result.update(bootstrap_intervals(y_test, result["test_predictions"]))
     except BaseException as exc:  # noqa: BLE001 - reported in the row
         msg = str(exc) or exc.__class__.__name__
         result = {"status": "failed", "error": f"{exc.__class__.__name__}: {msg}",
-                  "traceback": traceback.format_exc(limit=4)}
-    result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    conn.send(result)
-    conn.close()
+                  "traceback": traceback.format_exc(limit=4), "peak_memory_mb": result.get("peak_memory_mb")}
+    return result
+
+
+def _child_main(result_path: str) -> None:
+    """The head process's entry point: a pickled Task on stdin, a pickled result into ``result_path``.
+
+    It runs ``python -c`` (never the parent's ``__main__``), so a script that
+    calls :func:`bench` without an ``if __name__ == "__main__":`` guard works.
+    Once the task is read, a thread waits for stdin's end: if the parent dies,
+    the head does too.
+    """
+    import pickle
+    import sys
+    import threading
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    task = pickle.load(sys.stdin.buffer)
+
+    def orphaned():
+        sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe or died
+        os._exit(3)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    result = _child(task)
+    tmp = result_path + ".part"
+    with open(tmp, "wb") as f:
+        pickle.dump(result, f)
+    os.replace(tmp, result_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown (Keras/TF can hang or crash there)
+
+
+#: how much of a failed head process's stderr its row keeps (the end, where the error is)
+STDERR_TAIL = 2000
 
 
 def run_task(task: Task, timeout: float | None) -> dict:
-    """Run one task in a spawned process; kill it past ``timeout`` seconds."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(task, child), daemon=True)
-    t0 = time.perf_counter()
-    proc.start()
-    child.close()
-    result = None
-    if parent.poll(timeout):
-        try:
-            result = parent.recv()
-        except EOFError:
-            result = None
-    proc.join(5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    wall = time.perf_counter() - t0
+    """Run one task in a fresh Python process; kill it past ``timeout`` seconds.
+
+    The process runs ``python -c`` with featcache's own entry point rather
+    than multiprocessing's spawn, which re-runs the caller's ``__main__``
+    script (and so fails in a script or notebook without a
+    ``if __name__ == "__main__":`` guard). A process that dies without a
+    result leaves the end of its stderr in the row.
+    """
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    root = str(Path(__file__).resolve().parents[1])  # the child imports this very featcache
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with tempfile.TemporaryDirectory(prefix="featcache-head-") as tmp:
+        result_path = os.path.join(tmp, "result.pkl")
+        code = "import sys; from featcache.bench import _child_main; _child_main(sys.argv[1])"
+        t0 = time.perf_counter()
+        with open(os.path.join(tmp, "stderr"), "w+b") as err:
+            proc = subprocess.Popen([sys.executable, "-c", code, result_path], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=err, env=env)
+            timed_out = False
+            try:
+                try:
+                    pickle.dump(task, proc.stdin)
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    pass  # died at start: its stderr says why
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            wall = time.perf_counter() - t0
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace").strip()
+        result = None
+        if not timed_out and os.path.isfile(result_path):
+            with open(result_path, "rb") as f:
+                result = pickle.load(f)
     if result is None:
-        if timeout is not None and wall >= timeout:
+        if timed_out:
             result = {"status": "timed out", "error": f"no result within the {timeout:g} s budget"}
         else:
-            result = {"status": "failed", "error": f"the head's process died (exit code {proc.exitcode})"}
+            last = stderr.splitlines()[-1] if stderr else ""
+            result = {"status": "failed", "error": f"the head's process died (exit code {proc.returncode})"
+                                                   + (f": {last}" if last else "")}
+            if stderr:
+                result["stderr"] = stderr[-STDERR_TAIL:]
     result["wall_seconds"] = wall
+    result["budget_seconds"] = timeout
     return result
 
 
@@ -411,8 +583,49 @@ def _row(task: Task, cache, result: dict) -> dict:
         "features": (f"pixels {task.pixel_size}x{task.pixel_size}" if task.baseline
                      else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"),
         "head": task.head, "baseline": task.baseline, "params": task.params, "settings": task.settings,
+        "versions": versions(HEAD_PACKAGES, backend=False),
         **{k: v for k, v in result.items() if k != "traceback"},
     }
+
+
+def retry_reason(row: dict, timeout: float | None) -> str | None:
+    """Why a kept row is run again under these settings, or None when it stands.
+
+    A row that finished stands. A timed-out row is retried when the budget is
+    now larger (or gone); a failed row when featcache, scikit-learn, Keras or
+    NumPy changed since it failed (its cause may be fixed). A failure that the
+    same code would repeat is kept, so a re-run costs nothing.
+
+    Args:
+        row: a row from ``results.jsonl``.
+        timeout: this run's per-head budget in seconds (None: no limit).
+
+    Returns:
+        A short reason (shown in the live table), or None.
+
+    Examples:
+        >>> retry_reason({"status": "timed out", "budget_seconds": 60.0}, 600.0)
+        'budget 60 s -> 600 s'
+        >>> retry_reason({"status": "timed out", "budget_seconds": 60.0}, 60.0) is None
+        True
+    """
+    import re
+
+    status = row.get("status")
+    if status == "timed out":
+        budget = row.get("budget_seconds")
+        if budget is None:  # rows written before the budget was recorded name it in their error
+            m = re.search(r"within the ([0-9.e+-]+) s budget", row.get("error") or "")
+            budget = float(m.group(1)) if m else None
+        if budget is None or timeout is None or timeout > budget:
+            return f"budget {budget:g} s -> " + ("no limit" if timeout is None else f"{timeout:g} s") \
+                if budget is not None else "budget unknown"
+        return None
+    if status == "failed":
+        now = versions(HEAD_PACKAGES, backend=False)
+        if row.get("versions") != now:
+            return "versions changed"
+    return None
 
 
 def _load_rows(path: Path) -> list[dict]:
@@ -541,7 +754,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
           timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = DEFAULT_N_JOBS, out="report",
           baseline_heads=("logreg",),
           pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
-          ray_address: str | None = None) -> list[dict]:
+          ray_address: str | None = None, learning_curve=(0.1, 0.25, 0.5), leakage: bool = True) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
     Hyper-parameters are chosen on the validation split (or ``cv`` folds
@@ -555,7 +768,9 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         heads: head names (default: every head).
         params: fixed parameters per head, e.g. ``{"knn": {"n_neighbors": 5}}``.
         cv: choose hyper-parameters by K-fold CV inside train instead of on val.
-        timeout: seconds per head before its row says "timed out" (None: no limit).
+        timeout: seconds per head before its row says "timed out" (None: no limit). A
+            kept timed-out row is run again when this budget is larger than its
+            own; a kept failed row when featcache or its libraries changed.
         n_jobs: heads run at once (-1: every CPU of the backend), each with
             its share of the cores; with n_jobs=1 a head has them all.
         out: the report directory (new, empty, or an earlier featcache report).
@@ -567,6 +782,12 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
             caches and ``out`` must then be on storage every node sees.
         progress: show the live table.
         save_best: refit and save the best head to ``out/best_model``.
+        learning_curve: shares of the train and val rows at which the best head
+            is run again (its chosen parameters fixed) for the report's learning
+            curve; empty or None: none.
+        leakage: look for test rows whose nearest train/val row has cosine >= 0.98 on
+            the cached features (:mod:`featcache.leakage`) and report the best
+            head's accuracy with and without them.
 
     Returns:
         The rows, one dict per (cache, head): test accuracy, macro-F1,
@@ -580,6 +801,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     from .train import split_masks, train_classes
 
     check_options(cv=cv, timeout=timeout, n_jobs=n_jobs, pixel_size=pixel_size, backend=backend)
+    learning_curve = tuple(learning_curve or ())
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in learning_curve):
+        raise FeatcacheError(f"learning_curve must be shares of the training rows between 0 and 1 (exclusive), "
+                             f"got {learning_curve!r}")
     caches = [caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches)
     caches = [c.path if isinstance(c, Cache) else c for c in caches]  # each head's process reopens its cache
     if not caches:
@@ -610,7 +835,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     except OSError as exc:
         raise FeatcacheError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
     results_path = out / RESULTS
-    done = {r["settings"]: r for r in _load_rows(results_path)}
+    done = {r["settings"]: r for r in _load_rows(results_path)}  # a retried row's later line wins
+    for key, r in list(done.items()):
+        if retry_reason(r, timeout):
+            del done[key]
     rows = [done[t.settings] for t in tasks if t.settings in done]
     todo = [t for t in tasks if t.settings not in done]
     todo = [dataclasses.replace(t, cores=_cores_per_head(n_jobs, len(todo), backend)) for t in todo]
@@ -638,6 +866,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
                                      "recorded so far are kept, run the same command again to go on") from None
             rows.append(row)
             live.finished(row)
+        live.summarise(rows)  # the best head and its ties, once every row is in
     order = {t.settings: i for i, t in enumerate(tasks)}
     rows.sort(key=lambda r: order.get(r["settings"], 1 << 30))
     best_dir = None
@@ -654,8 +883,15 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         card = current_card(best_dir, best["head"], best["cache_key"], params)
         if card is None or card.get("fit_splits", ["train"]) != fit_splits:
             train(best["cache"], best["head"], params=params, out=best_dir, fit_splits=fit_splits)
+    curve = _learning_curve(best, learning_curve, out / CURVE, timeout, n_jobs, cv, pixel_size)
+    leaks = None
+    if leakage and best is not None:
+        from .leakage import near_duplicates
+
+        leaks = near_duplicates(opened[best["cache"]])
+        leaks["cache"] = best["cache"]
     try:
-        write_report(out, rows, best_dir=best_dir)
+        write_report(out, rows, best_dir=best_dir, curve=curve, leakage=leaks)
     except OSError as exc:
         raise FeatcacheError(f"cannot write the report in {out}: {exc.strerror or exc}; the rows are kept in "
                              f"{results_path}") from None
@@ -666,12 +902,42 @@ def _n_features(cache) -> int:
     return int(np.prod(cache.output_info(cache.output_name(None))["shape"]))
 
 
+def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size) -> list[dict]:
+    """The best head's rows at each share of the train and val rows, its chosen parameters fixed.
+
+    Each point is a row like the table's (its own process and budget), kept in
+    ``learning_curve.jsonl`` and reused by a re-run under the same rules; the
+    100% point is the best row itself.
+    """
+    if best is None or not fractions:
+        return []
+    done = {r["settings"]: r for r in _load_rows(path) if isinstance(r, dict) and "settings" in r}
+    for key, r in list(done.items()):
+        if retry_reason(r, timeout):
+            del done[key]
+    params = {**(best.get("params") or {}), **(best.get("best_params") or {})}
+    tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size, float(f))
+             for f in sorted(set(fractions)) if 0 < f < 1]
+    rows = {t.settings: done[t.settings] for t in tasks if t.settings in done}
+    todo = [t for t in tasks if t.settings not in rows]
+    cache = open_cache(best["cache"]) if todo else None
+    for task, result in _run_tasks(todo, timeout, n_jobs, "threading"):
+        row = {**_row(task, cache, result), "train_fraction": task.train_fraction}
+        with contextlib.suppress(OSError):  # a lost point costs a re-run, not the report
+            _append_row(path, row)
+        rows[task.settings] = row
+    points = [rows[t.settings] for t in tasks] + [{**best, "train_fraction": 1.0}]
+    return [{k: r.get(k) for k in ("head", "features", "train_fraction", "status", "accuracy", "accuracy_ci",
+                                   "macro_f1", "n_train", "error")} for r in points]
+
+
 def check_report_target(out) -> Path:
     """Refuse, before any work, a report directory that is not featcache's; returns it as a Path.
 
     ``out`` may be new, empty, or a report of featcache's: one holding a
     ``results.jsonl`` of benchmark rows. featcache then writes only its own
-    file names there (results.*, report.*, best_model/).
+    file names there (results.*, report.*, best_model/, learning_curve.jsonl,
+    leakage.json and the report's figures, *.png).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -249,10 +249,13 @@ def cmd_bench(args) -> int:
                  out=args.out, baseline_heads=_csv_list(args.baseline_heads) if args.baseline_heads else (),
                  pixel_size=args.pixel_size, progress=not args.quiet, backend=args.backend,
                  ray_address=args.ray_address)
-    body = [[r["features"], r["head"], r.get("status"), _fmt(r.get("accuracy")), _fmt(r.get("macro_f1")),
-             "-" if r.get("fit_seconds") is None else f"{r['fit_seconds']:.2f}",
+    from .report import with_interval
+
+    body = [[r["features"], r["head"], r.get("status"), with_interval(r, "accuracy"), with_interval(r, "macro_f1"),
+             r.get("versus_best") or "", "-" if r.get("fit_seconds") is None else f"{r['fit_seconds']:.2f}",
              (r.get("note") or r.get("error") or "")[:70]] for r in rows]
-    stdout.print(table("benchmark", ["features", "head", "status", "test acc.", "macro-F1", "fit s", "note"], body))
+    stdout.print(table("benchmark", ["features", "head", "status", "test acc. [95% CI]", "macro-F1 [95% CI]",
+                                     "vs. best", "fit s", "note"], body))
     stdout.print(f"report: {os.path.join(args.out, 'report.html')}")
     return 0
 

@@ -20,9 +20,58 @@ from rich.text import Text
 from .console import console
 from .files import atomic_write_bytes, spreadsheet_safe
 
-COLUMNS = ["cache", "backbone", "features", "head", "baseline", "status", "accuracy", "balanced_accuracy", "macro_f1",
+COLUMNS = ["cache", "backbone", "features", "head", "baseline", "status", "accuracy", "accuracy_ci_low",
+           "accuracy_ci_high", "balanced_accuracy", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "versus_best",
            "log_loss", "val_accuracy", "fit_seconds", "select_seconds", "predict_seconds_per_1000", "peak_memory_mb",
-           "n_train", "n_test", "best_params", "params", "note", "error", "cache_key", "settings", "wall_seconds"]
+           "n_train", "n_test", "best_params", "params", "note", "error", "cache_key", "settings", "wall_seconds",
+           "budget_seconds"]
+#: per-row lists kept in results.jsonl (the leakage check reads them) but left out of results.json/csv
+BULKY = ("test_predictions",)
+
+
+def _ci(v) -> str:
+    """A 95% interval as ``[84.1, 86.7]`` (percent), or empty."""
+    return f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]" if v else ""
+
+
+def with_interval(row, key) -> str:
+    """A row's metric as ``85.44% [83.9, 86.9]`` (its 95% interval, where it has one), or ``-``."""
+    v = row.get(key)
+    return _pct(v) + (" " + _ci(row.get(key + "_ci")) if row.get(key + "_ci") else "") if v is not None else "-"
+
+
+def mark_ties(rows: list[dict]) -> dict | None:
+    """Set each successful row's ``versus_best`` from its test-accuracy interval; return the best row.
+
+    ``best`` for the best head (chosen by validation accuracy, :func:`best_row`),
+    ``tie`` where a row's 95% interval overlaps the best's, else ``below`` or
+    ``above`` (a head the validation split ranked lower can still score higher on test).
+
+    Args:
+        rows: benchmark rows (changed in place).
+
+    Returns:
+        The best row, or None.
+
+    Examples:
+        >>> rows = [{"head": "a", "status": "ok", "val_accuracy": .9, "accuracy_ci": [.8, .9]},
+        ...         {"head": "b", "status": "ok", "val_accuracy": .8, "accuracy_ci": [.85, .95]}]
+        >>> mark_ties(rows)["head"], rows[1]["versus_best"]
+        ('a', 'tie')
+    """
+    best = best_row(rows)
+    for r in rows:
+        r.pop("versus_best", None)
+    if best is None:
+        return None
+    b = best.get("accuracy_ci")
+    for r in rows:
+        c = r.get("accuracy_ci")
+        if r is best:
+            r["versus_best"] = "best"
+        elif r.get("status") == "ok" and b and c:
+            r["versus_best"] = "tie" if c[0] <= b[1] and b[0] <= c[1] else ("below" if c[1] < b[0] else "above")
+    return best
 
 
 def _pct(v):
@@ -50,15 +99,24 @@ class LiveTable:
 
     def _table(self) -> Table:
         t = Table(title="featcache bench", title_justify="left")
-        for c in ("features", "head", "status", "test acc.", "macro-F1", "fit s"):
+        for c in ("features", "head", "status", "test acc. [95% CI]", "macro-F1 [95% CI]", "vs. best", "fit s"):
             t.add_column(c)
         for key in self.order:
             s = self.state[key]
             style = {"ok": "green", "failed": "red", "timed out": "yellow", "running": "cyan"}.get(
                 s["status"].split()[0] if s["status"] != "timed out" else "timed out", "")
             t.add_row(Text(s["features"]), Text(s["head"]), Text(s["status"], style=style), s.get("acc", ""),
-                      s.get("f1", ""), s.get("fit", ""))
+                      s.get("f1", ""), s.get("vs", ""), s.get("fit", ""))
         return t
+
+    def summarise(self, rows):
+        """Mark the best head and its ties (overlapping intervals) once every row is in."""
+        mark_ties(rows)
+        for r in rows:
+            s = self.state.get(r["settings"])
+            if s is not None:
+                s["vs"] = r.get("versus_best", "")
+        self._refresh()
 
     def running(self, task):
         self.state[task.settings]["status"] = "running"
@@ -69,8 +127,8 @@ class LiveTable:
         if s is None:
             return
         s["status"] = (row.get("status", "?") + (" " + note if note else "")).strip()
-        s["acc"] = _pct(row.get("accuracy"))
-        s["f1"] = _pct(row.get("macro_f1"))
+        s["acc"] = with_interval(row, "accuracy")
+        s["f1"] = with_interval(row, "macro_f1")
         s["fit"] = _num(row.get("fit_seconds"))
         if refresh:
             self._refresh()
@@ -88,6 +146,8 @@ class LiveTable:
     def __exit__(self, *exc):
         if self._live is not None:
             self._live.__exit__(*exc)
+            if not self._live.console.is_terminal:  # rich ends the last line only on a terminal
+                self._live.console.line()
             self._live = None
 
 
@@ -95,6 +155,10 @@ def _flat(row):
     out = {}
     for c in COLUMNS:
         v = row.get(c)
+        for metric in ("accuracy", "macro_f1"):
+            ci = row.get(metric + "_ci")
+            if c in (metric + "_ci_low", metric + "_ci_high") and ci:
+                v = ci[0] if c.endswith("low") else ci[1]
         out[c] = json.dumps(v) if isinstance(v, (dict, list)) else v
     return out
 
@@ -108,11 +172,15 @@ def _fig_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plots(rows: list[dict], class_names: list[str] | None) -> dict[str, bytes]:
+def plots(rows: list[dict], class_names: list[str] | None, curve: list[dict] | None = None,
+          leakage: dict | None = None, thumbs=None) -> dict[str, bytes]:
+    """The report's figures as PNG bytes by file name (matplotlib, Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import NullFormatter
 
     ok = [r for r in rows if r.get("status") == "ok"]
     out = {}
@@ -120,19 +188,28 @@ def plots(rows: list[dict], class_names: list[str] | None) -> dict[str, bytes]:
         return out
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     groups = sorted({r["features"] for r in ok})
+    def fit_s(r):
+        return max(r.get("fit_seconds") or 0.0, 1e-3)
+
+    def total_s(r):  # the selection (grid sweep) and the final fit
+        return max((r.get("fit_seconds") or 0.0) + (r.get("select_seconds") or 0.0), 1e-3)
+
     for g in groups:
         pts = [r for r in ok if r["features"] == g]
-        ax.scatter([max(r["fit_seconds"], 1e-3) for r in pts], [100 * r["accuracy"] for r in pts], label=g, s=42)
+        dots = ax.scatter([total_s(r) for r in pts], [100 * r["accuracy"] for r in pts], label=g, s=42)
         for r in pts:
-            ax.annotate(r["head"], (max(r["fit_seconds"], 1e-3), 100 * r["accuracy"]), fontsize=7,
+            if total_s(r) > fit_s(r):
+                ax.hlines(100 * r["accuracy"], fit_s(r), total_s(r), colors=dots.get_facecolor()[:1], lw=1.2,
+                          alpha=0.6)
+            ax.annotate(r["head"], (total_s(r), 100 * r["accuracy"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("fit time (s, log scale)")
+    ax.set_xlabel("selection + final fit time (s, log scale); each line starts at the final fit alone")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy against fit time, every head")
+    ax.set_title("Accuracy against the time to select and fit, every head")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out["accuracy_vs_fit_time.png"] = _fig_png(fig)
@@ -168,29 +245,162 @@ def plots(rows: list[dict], class_names: list[str] | None) -> dict[str, bytes]:
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(heads) + 2), 4.5))
         width = 0.8 / len(groups)
         for gi, g in enumerate(groups):
-            acc = {r["head"]: 100 * r["accuracy"] for r in ok if r["features"] == g}
+            mine = {r["head"]: r for r in ok if r["features"] == g}
+            acc = {h: 100 * r["accuracy"] for h, r in mine.items()}
             xs = np.arange(len(heads)) + gi * width
-            ax.bar(xs, [acc.get(h, 0) for h in heads], width, label=g)
+            # the 95% interval as an error bar, where the row has one
+            err = np.array([[100 * (r["accuracy"] - r["accuracy_ci"][0]), 100 * (r["accuracy_ci"][1] - r["accuracy"])]
+                            if (r := mine.get(h)) and r.get("accuracy_ci") else [0.0, 0.0] for h in heads]).T
+            ax.bar(xs, [acc.get(h, 0) for h in heads], width, label=g, yerr=err, capsize=2,
+                   error_kw={"lw": 0.8, "alpha": 0.7})
         ax.set_xticks(np.arange(len(heads)) + 0.4 - width / 2, heads, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("Accuracy per backbone (feature set) and head")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside, never over
         ax.grid(axis="y", alpha=0.3)
         out["accuracy_per_backbone.png"] = _fig_png(fig)
+
+    points = [p for p in (curve or []) if p.get("status") == "ok"]
+    if len(points) > 1:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        xs = [100 * p["train_fraction"] for p in points]
+        ax.plot(xs, [100 * p["accuracy"] for p in points], "o-", label="test accuracy")
+        cis = [p.get("accuracy_ci") for p in points]
+        if all(cis):
+            ax.fill_between(xs, [100 * c[0] for c in cis], [100 * c[1] for c in cis], alpha=0.2, label="95% CI")
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}%\n({p['n_train']:,})" for x, p in zip(xs, points)])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("share of the train and val rows (rows fitted on)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Learning curve of the best head: {points[-1]['head']} on {points[-1]['features']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        out["learning_curve.png"] = _fig_png(fig)
+
+    if thumbs:
+        n = len(thumbs)
+        fig, axes = plt.subplots(2, n, figsize=(1.3 * n + 0.6, 3.0), squeeze=False)
+        for j, ((a, b), pair) in enumerate(zip(thumbs, leakage["pairs"])):
+            for i, (im, who) in enumerate(((a, "test"), (b, "train"))):
+                axes[i][j].imshow(im)
+                axes[i][j].set_xticks([])
+                axes[i][j].set_yticks([])
+                if j == 0:
+                    axes[i][j].set_ylabel(who)
+            axes[0][j].set_title(f"cos {pair['cosine']:.3f}", fontsize=7)
+        fig.suptitle("Test rows and their nearest training rows (cached features)", fontsize=9)
+        out["leakage_pairs.png"] = _fig_png(fig)
     return out
 
 
+def per_class(row: dict, class_names: list[str] | None = None) -> list[dict]:
+    """Precision, recall, F1 and support per class, from a row's test confusion matrix.
+
+    Args:
+        row: a benchmark row with ``confusion`` and ``confusion_labels``.
+        class_names: names for the labels (label i is ``class_names[i]``).
+
+    Returns:
+        One dict per class: ``class``, ``precision``, ``recall``, ``f1``, ``support``
+        (scikit-learn's definitions, 0 where undefined).
+
+    Examples:
+        >>> per_class({"confusion": [[3, 1], [0, 4]], "confusion_labels": [0, 1]}, ["cat", "dog"])[0]
+        {'class': 'cat', 'precision': 1.0, 'recall': 0.75, 'f1': 0.8571428571428571, 'support': 4}
+    """
+    import numpy as np
+
+    cm = np.asarray(row.get("confusion") or [], float)
+    if cm.ndim != 2 or not cm.size:
+        return []
+    labels = row.get("confusion_labels") or list(range(len(cm)))
+    tp = np.diag(cm)
+    pred, true = cm.sum(0), cm.sum(1)
+    prec = np.divide(tp, pred, out=np.zeros_like(tp), where=pred > 0)
+    rec = np.divide(tp, true, out=np.zeros_like(tp), where=true > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    out = []
+    for i, lab in enumerate(labels):
+        name = class_names[lab] if class_names and isinstance(lab, int) and 0 <= lab < len(class_names) else str(lab)
+        out.append({"class": name, "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                    "support": int(true[i])})
+    return out
+
+
+#: the row table's columns, in the markdown and HTML reports alike
+HEADERS = ["features", "head", "status", "test acc. [95% CI]", "vs. best", "bal. acc.", "macro-F1 [95% CI]",
+           "log-loss", "val acc.", "select s", "fit s", "predict s/1k", "peak MB", "chosen params", "note / error"]
+
+
+def _cells(r, width=160) -> list[str]:
+    return [r["features"], r["head"], r.get("status", "?"), with_interval(r, "accuracy"), r.get("versus_best") or "",
+            _pct(r.get("balanced_accuracy")), with_interval(r, "macro_f1"), _num(r.get("log_loss"), "{:.3f}"),
+            _pct(r.get("val_accuracy")), _num(r.get("select_seconds")), _num(r.get("fit_seconds")),
+            _num(r.get("predict_seconds_per_1000"), "{:.3f}"), _num(r.get("peak_memory_mb"), "{:.0f}"),
+            json.dumps(r.get("best_params") or {}), (r.get("note") or r.get("error") or "")[:width]]
+
+
+def _md(headers, body) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |" for cells in body]
+    return lines
+
+
+def _html_table(headers, body, classes=None) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
+    rows = "".join(
+        (f"<tr class='{html.escape(classes[i])}'>" if classes else "<tr>")
+        + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>" for i, cells in enumerate(body))
+    return f"<table>{head}\n{rows}</table>"
+
+
 def _markdown_table(rows):
-    lines = ["| features | head | status | test acc. | bal. acc. | macro-F1 | log-loss | val acc. | fit s | "
-             "predict s/1k | peak MB | chosen params | note |", "|" + " --- |" * 13]
-    for r in rows:
-        lines.append("| " + " | ".join([
-            r["features"], r["head"], r.get("status", "?"), _pct(r.get("accuracy")), _pct(r.get("balanced_accuracy")),
-            _pct(r.get("macro_f1")), _num(r.get("log_loss"), "{:.3f}"), _pct(r.get("val_accuracy")),
-            _num(r.get("fit_seconds")), _num(r.get("predict_seconds_per_1000"), "{:.3f}"),
-            _num(r.get("peak_memory_mb"), "{:.0f}"), json.dumps(r.get("best_params") or {}),
-            (r.get("note") or r.get("error") or "").replace("|", "/")[:160]]) + " |")
-    return "\n".join(lines)
+    return "\n".join(_md(HEADERS, [_cells(r) for r in rows]))
+
+
+def _curve_body(curve):
+    return [[f"{100 * p['train_fraction']:g}%", "-" if p.get("n_train") is None else f"{p['n_train']:,}",
+             p.get("status") or "?", with_interval(p, "accuracy"), _pct(p.get("macro_f1")), (p.get("error") or "")[:120]]
+            for p in curve]
+
+
+CURVE_HEADERS = ["share of train+val", "rows fitted", "status", "test acc. [95% CI]", "macro-F1", "error"]
+CLASS_HEADERS = ["class", "precision", "recall", "F1", "support"]
+
+
+def _class_body(classes):
+    return [[c["class"], _pct(c["precision"]), _pct(c["recall"]), _pct(c["f1"]), c["support"]] for c in classes]
+
+
+def _leakage_summary(leakage, best) -> tuple[str, dict | None]:
+    """One paragraph on the leakage check, and the best head's accuracy with and without the suspects."""
+    from .leakage import accuracy_with_and_without
+
+    if not leakage:
+        return "", None
+    n, total = leakage["n_leaked"], leakage["n_test"]
+    text = (f"Leakage check: {n:,} of {total:,} test rows ({100 * n / max(total, 1):.2f}%) have a train or val row "
+            f"with cosine similarity >= {leakage['threshold']:g} on the cached features.")
+    acc = None
+    preds = best.get("test_predictions") if best else None
+    if best and preds is not None and len(preds) == total:
+        from .store import open_cache
+        from .train import split_masks
+
+        import numpy as np
+
+        try:
+            cache = open_cache(best["cache"])
+            y = cache.labels()[np.flatnonzero(split_masks(cache)["test"])]
+            acc = accuracy_with_and_without(y, preds, leakage["leaked"])
+        except Exception:  # noqa: BLE001 - the count stands without the accuracies
+            acc = None
+    if acc:
+        text += (f" The best head ({best['head']}) scores {_pct(acc['all'])} on every test row and "
+                 f"{_pct(acc['without'])} without them" + (f" ({_pct(acc['leaked'])} on them)."
+                                                          if acc["leaked"] is not None else "."))
+    return text, acc
 
 
 def best_row(rows: list[dict]) -> dict | None:
@@ -207,9 +417,27 @@ def best_row(rows: list[dict]) -> dict | None:
     return next(r for r in ok if (r.get("val_accuracy") or 0.0) == top)
 
 
-def write_report(out: Path, rows: list[dict], best_dir: Path | None = None) -> None:
+def write_report(out: Path, rows: list[dict], best_dir: Path | None = None, curve: list[dict] | None = None,
+                 leakage: dict | None = None) -> None:
+    """Write results.json/csv, report.md and report.html (figures embedded) into ``out``.
+
+    Args:
+        out: the report directory.
+        rows: the benchmark rows (``versus_best`` is set on them).
+        best_dir: where the best head was saved, if it was.
+        curve: the best head's learning-curve points (``bench``'s ``learning_curve``).
+        leakage: :func:`featcache.leakage.near_duplicates` on the best head's cache.
+
+    Returns:
+        None.
+
+    Examples:
+        >>> write_report(Path("report"), rows)  # doctest: +SKIP
+    """
     out = Path(out)
-    atomic_write_bytes(out / "results.json", (json.dumps(rows, indent=2, default=str) + "\n").encode())
+    best = mark_ties(rows)
+    slim = [{k: v for k, v in r.items() if k not in BULKY} for r in rows]
+    atomic_write_bytes(out / "results.json", (json.dumps(slim, indent=2, default=str) + "\n").encode())
     table = io.StringIO(newline="")
     w = csv.DictWriter(table, fieldnames=COLUMNS)
     w.writeheader()
@@ -223,14 +451,34 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None) -> N
         class_names = open_cache(rows[0]["cache"]).class_names if rows else None
     except Exception:  # noqa: BLE001 - names are decoration
         pass
-    images = plots(rows, class_names)
+    thumbs = None
+    if leakage and leakage.get("pairs"):
+        from .leakage import pair_thumbnails
+        from .store import open_cache
+
+        try:
+            thumbs = pair_thumbnails(open_cache(leakage["cache"]), leakage["pairs"][:12])
+        except Exception:  # noqa: BLE001 - thumbnails are decoration
+            thumbs = None
+    leak_text, leak_acc = _leakage_summary(leakage, best)
+    if leakage:
+        shown = {k: v for k, v in leakage.items() if k != "leaked"}
+        atomic_write_bytes(out / "leakage.json", (json.dumps({**shown, "best_head_accuracy": leak_acc},
+                                                             indent=2, default=str) + "\n").encode())
+        if leakage.get("pairs") and thumbs is None:
+            leak_text += " (No thumbnails: the cache's source cannot be read back.)"
+    images = plots(rows, class_names, curve=curve, leakage=leakage, thumbs=thumbs)
     for name, data in images.items():
         atomic_write_bytes(out / name, data)
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "failed", "timed out")}
     protocol = ("Hyper-parameters chosen on the validation split (or by K-fold CV inside train); the chosen setting "
                 "refit on train+val; the test split touched once. Keras heads early-stop on the validation split. "
-                "The best head is picked by validation accuracy, never by test accuracy.")
+                "The best head is picked by validation accuracy, never by test accuracy. Intervals are 95% "
+                "percentile bootstraps over the test rows (1,000 resamples); 'tie' marks a head whose accuracy "
+                "interval overlaps the best head's. Peak MB is each head's own: the peak resident memory of its "
+                "process while it ran, above what the process held once its libraries were imported.")
     notes = [f"{r['head']} on {r['features']}: {r['note']}" for r in rows if r.get("note")]
+    classes = per_class(best, class_names) if best else []
     md = ["# featcache benchmark", "", protocol, "",
           f"{len(rows)} rows: {counts['ok']} ok, {counts['failed']} failed, {counts['timed out']} timed out.", ""]
     if best_dir is not None:
@@ -238,6 +486,16 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None) -> N
     md += [_markdown_table(rows), ""]
     if notes:
         md += ["Memory-aware fallbacks:", ""] + [f"* {n}" for n in notes] + [""]
+    if classes:
+        md += [f"## Per class: the best head ({best['head']} on {best['features']}), test split", ""]
+        md += _md(CLASS_HEADERS, _class_body(classes)) + [""]
+    if curve:
+        md += ["## Learning curve of the best head", ""] + _md(CURVE_HEADERS, _curve_body(curve)) + [""]
+    if leak_text:
+        md += ["## Leakage check", "", leak_text, ""]
+        if leakage.get("pairs"):
+            md += _md(["test id", "nearest train/val id", "cosine"],
+                      [[p["test_id"], p["train_id"], f"{p['cosine']:.4f}"] for p in leakage["pairs"][:20]]) + [""]
     for name in images:
         md += [f"![{name}]({name})", ""]
     atomic_write_bytes(out / "report.md", "\n".join(md).encode("utf-8", "surrogateescape"))
@@ -248,15 +506,18 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None) -> N
         data = base64.b64encode(images[name]).decode()
         return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
-    body_rows = "".join(
-        "<tr class='{cls}'>".format(cls=html.escape(r.get("status", "").replace(" ", "-")))
-        + "".join(f"<td>{html.escape(str(v))}</td>" for v in [
-            r["features"], r["head"], r.get("status"), _pct(r.get("accuracy")), _pct(r.get("balanced_accuracy")),
-            _pct(r.get("macro_f1")), _num(r.get("log_loss"), "{:.3f}"), _pct(r.get("val_accuracy")),
-            _num(r.get("fit_seconds")), _num(r.get("predict_seconds_per_1000"), "{:.3f}"),
-            _num(r.get("peak_memory_mb"), "{:.0f}"), json.dumps(r.get("best_params") or {}),
-            (r.get("note") or r.get("error") or "")[:200]])
-        + "</tr>" for r in rows)
+    main = _html_table(HEADERS, [_cells(r, 200) for r in rows],
+                       [r.get("status", "").replace(" ", "-") for r in rows])
+    extra = ""
+    if classes:
+        extra += (f"<h2>Per class: the best head ({html.escape(best['head'])} on {html.escape(best['features'])}), "
+                  f"test split</h2>" + _html_table(CLASS_HEADERS, _class_body(classes)))
+    if curve:
+        extra += ("<h2>Learning curve of the best head</h2>" + _html_table(CURVE_HEADERS, _curve_body(curve))
+                  + img("learning_curve.png", "Learning curve of the best head"))
+    if leak_text:
+        extra += f"<h2>Leakage check</h2><p>{html.escape(leak_text)}</p>" + img(
+            "leakage_pairs.png", "Near-duplicate pairs: test row above, its nearest train/val row below")
     best_line = f"<p>Best head saved to <code>{html.escape(str(best_dir))}</code>.</p>" if best_dir else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>featcache benchmark</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
@@ -264,11 +525,10 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}tr.failed{{backgro
 figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><body>
 <h1>featcache benchmark</h1><p>{html.escape(protocol)}</p>
 <p>{len(rows)} rows: {counts['ok']} ok, {counts['failed']} failed, {counts['timed out']} timed out.</p>{best_line}
-<div>{img('accuracy_vs_fit_time.png', 'Accuracy against fit time, every head')}
+<div>{img('accuracy_vs_fit_time.png', 'Accuracy against the time to select and fit, every head')}
 {img('confusion_best.png', 'Confusion matrix of the best head (test split)')}
 {img('accuracy_per_backbone.png', 'Accuracy per backbone and head')}</div>
-<table><tr><th>features</th><th>head</th><th>status</th><th>test acc.</th><th>bal. acc.</th><th>macro-F1</th>
-<th>log-loss</th><th>val acc.</th><th>fit s</th><th>predict s/1k</th><th>peak MB</th><th>chosen params</th><th>note / error</th></tr>
-{body_rows}</table></body></html>
+{main}
+{extra}</body></html>
 """
     atomic_write_bytes(out / "report.html", page.encode("utf-8", "surrogateescape"))

@@ -64,6 +64,11 @@ def _knn():
     return KNeighborsClassifier(n_neighbors=10, weights="distance")
 
 
+def _knn_cosine():
+    from .knn_cosine import CosineKNNClassifier
+    return CosineKNNClassifier(n_neighbors=20, temperature=0.07)
+
+
 def _random_forest():
     from sklearn.ensemble import RandomForestClassifier
     return RandomForestClassifier(n_estimators=200, random_state=0)
@@ -103,6 +108,7 @@ HEADS: dict[str, HeadSpec] = {s.name: s for s in [
     _sk("ridge", _ridge, "standard", "ridge classifier, calibrated probabilities", "clf__estimator__"),
     _sk("sgd", _sgd, "standard", "SGD logistic regression (averaged)", streams=True),
     _sk("knn", _knn, "standard", "k-nearest neighbours (k=10, distance-weighted)"),
+    _sk("knn_cosine", _knn_cosine, "none", "DINOv2's weighted k-NN probe (cosine, votes exp(sim/0.07))"),
     _sk("random_forest", _random_forest, "none", "random forest (200 trees)"),
     _sk("hist_gb", _hist_gb, "pca:128", "histogram gradient boosting on a PCA to 128 dimensions"),
     _sk("lda", _lda, "none", "linear discriminant analysis (shrinkage)"),
