@@ -83,10 +83,20 @@ class Task:
         """A hash of what makes this row: a re-run with the same settings skips it."""
         body = {"key": self.cache_key, "head": self.head, "params": self.params, "cv": self.cv,
                 "baseline": self.baseline, "pixels": self.pixel_size if self.baseline else None,
-                "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v1"}
+                "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v2", "head_is": _head_is(self.head)}
         if self.train_fraction != 1.0:  # absent at 1.0, so the rows of earlier reports keep their hashes
             body["train_fraction"] = self.train_fraction
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
+
+
+def _head_is(head: str) -> str:
+    """What a named head is (its pipeline's repr): a new default makes a new row, never a kept stale one."""
+    from .heads import make_head
+
+    from sklearn import config_context
+
+    with config_context(print_changed_only=False):  # every parameter, defaults too: a changed default counts
+        return repr(make_head(head))
 
 
 # --------------------------------------------------------------------------- the child process
@@ -458,7 +468,10 @@ def _child(task: Task) -> dict:
 
     result = {}
     try:
-        get_head_spec(task.head).make()  # import the head's libraries (Keras too) before memory is measured
+        spec = get_head_spec(task.head)
+        spec.make()  # import the head's libraries before memory is measured
+        if spec.kind == "keras":
+            import keras  # noqa: F401 - the head module itself imports Keras only when it builds a model
         start = _rss_mb("VmRSS")
         own = _reset_peak_rss() and start is not None
         base = start if own else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -530,7 +543,7 @@ def run_task(task: Task, timeout: float | None) -> dict:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with tempfile.TemporaryDirectory(prefix="featcache-head-") as tmp:
         result_path = os.path.join(tmp, "result.pkl")
-        code = "import sys; from featcache.bench import _child_main; _child_main(sys.argv[1])"
+        code = "import sys; sys.path.pop(0); from featcache.bench import _child_main; _child_main(sys.argv[1])"
         t0 = time.perf_counter()
         with open(os.path.join(tmp, "stderr"), "w+b") as err:
             proc = subprocess.Popen([sys.executable, "-c", code, result_path], stdin=subprocess.PIPE,
@@ -839,7 +852,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     for key, r in list(done.items()):
         if retry_reason(r, timeout):
             del done[key]
-    rows = [done[t.settings] for t in tasks if t.settings in done]
+    rows = [{**done[t.settings], "cache": t.cache} for t in tasks if t.settings in done]  # as this run spells it
     todo = [t for t in tasks if t.settings not in done]
     todo = [dataclasses.replace(t, cores=_cores_per_head(n_jobs, len(todo), backend)) for t in todo]
     if progress and todo:
@@ -916,7 +929,8 @@ def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size
         if retry_reason(r, timeout):
             del done[key]
     params = {**(best.get("params") or {}), **(best.get("best_params") or {})}
-    tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size, float(f))
+    tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size=pixel_size,
+                  train_fraction=float(f), cores=_cores_per_head(n_jobs, len(fractions), "threading"))
              for f in sorted(set(fractions)) if 0 < f < 1]
     rows = {t.settings: done[t.settings] for t in tasks if t.settings in done}
     todo = [t for t in tasks if t.settings not in rows]

@@ -194,9 +194,11 @@ def cmd_finetune(args) -> int:
     from .finetune import finetune
 
     out = args.out or os.path.join("models", f"{Path(args.cache).name}-finetune")
-    res = finetune(args.cache, from_layer=args.from_layer, to_layer=args.to_layer, output=args.output,
-                   epochs=args.epochs, head_epochs=args.head_epochs, learning_rate=args.learning_rate,
-                   batch_size=args.batch_size, random_state=args.random_state, verbose=0 if args.quiet else 2, out=out)
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
+        res = finetune(args.cache, from_layer=args.from_layer, to_layer=args.to_layer, output=args.output,
+                       epochs=args.epochs, head_epochs=args.head_epochs, learning_rate=args.learning_rate,
+                       batch_size=args.batch_size, random_state=args.random_state, verbose=0 if args.quiet else 2,
+                       out=out)
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("macro_f1")), _fmt(m.get("log_loss"), pct=False)]
             for split, m in res.metrics.items()]
     ft = res.card["finetune"]

@@ -147,7 +147,7 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
     labels = cache.labels()
     shape = tuple(cache.output_info(output)["shape"])
     X = cache.features(output).reshape(len(cache), -1)
-    tr, va = masks["train"], masks["val"]
+    tr, va = masks["train"], masks["val"] & np.isin(labels, classes)  # val of a class train never saw: no score
     if not va.any():
         raise FeatcacheError(f"{cache.path} has no validation rows; fine-tuning early-stops on them")
     y_enc = np.searchsorted(classes, labels)

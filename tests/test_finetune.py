@@ -74,7 +74,8 @@ def test_finetune_trains_the_block_keeps_batchnorm_and_exports_the_cached_route(
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""})
     assert run.returncode == 0, run.stderr
     cached = featcache.predict(tmp_path / "ft", imgs[:12], cache_dir=tmp_path / "pc", return_as="proba")
-    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), cached, atol=1e-5)
+    # the cached route's maps may come from OpenVINO (cosine >= 0.9999 to Keras'): agreement, not bits
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), cached, atol=1e-4)
 
 
 def test_finetune_refuses_pooled_caches_and_unknown_layers_in_one_line(tmp_path, map_cache):

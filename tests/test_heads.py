@@ -44,7 +44,7 @@ def test_heads_compose_with_grid_search():
 
 def test_params_reach_the_classifier_and_bad_ones_are_named():
     assert make_head("logreg", C=0.5).get_params()["clf__C"] == 0.5
-    assert make_head("linear_svm", C=2.0).get_params()["clf__estimator__C"] == 2.0
+    assert make_head("linear_svm", alpha=2e-4).get_params()["clf__estimator__alpha"] == 2e-4
     assert [n for n, _ in make_head("knn", preprocess="standard+pca:4").steps] == ["scale", "pca", "clf"]
     with pytest.raises(FeatcacheError, match="invalid parameter for head 'logreg'"):
         make_head("logreg", nonsense=1)
@@ -58,7 +58,7 @@ def test_validate_head_checks_every_parameter_with_the_estimators_own_constraint
         assert validate_head(h.name).steps[-1][0] == "clf"  # every default is valid
     for name, preprocess, params, message in [
         ("logreg", None, {"C": "abc"}, "The 'C' parameter of LogisticRegression must be a float"),
-        ("linear_svm", None, {"C": -1}, "The 'C' parameter of LinearSVC"),  # nested inside the calibration
+        ("linear_svm", None, {"alpha": -1}, "The 'alpha' parameter of SGDClassifier"),  # nested in the calibration
         ("knn", None, {"n_neighbors": 0}, "The 'n_neighbors' parameter of KNeighborsClassifier"),
         ("keras_mlp", None, {"dropout": 1.5}, "The 'dropout' parameter of KerasHeadClassifier"),
         ("keras_mlp", None, {"hidden": (64, 0)}, "The 'hidden' parameter of KerasHeadClassifier"),
@@ -129,6 +129,9 @@ def test_source_splits_are_kept_and_val_is_carved_from_train():
 _EXPECTED_FAILURES = {
     # Keras runs in float32; a prediction can differ in the last bits with the row order.
     "check_methods_sample_order_invariance": "float32 inference: batch composition changes the last bits",
+    # minibatch Adam: weighting a row by 2 is not the same run as showing it twice (scikit-learn's SGD
+    # estimators fail this check for the same reason)
+    "check_sample_weight_equivalence_on_dense_data": "stochastic minibatch training",
 }
 
 

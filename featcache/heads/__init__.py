@@ -151,8 +151,9 @@ def parse_value(text: str):
 
 def _preprocess_steps(prep) -> list:
     """The pipeline steps a preprocess string names; an error naming the bad text otherwise."""
-    from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
+
+    from .pca import AtMostPCA
 
     usage = "preprocess must be none, standard, pca[:N] or standard+pca[:N]"
     if not isinstance(prep, str):
@@ -162,7 +163,7 @@ def _preprocess_steps(prep) -> list:
         if part == "standard":
             step = ("scale", StandardScaler())
         elif part == "pca" or part.startswith("pca:"):
-            step = ("pca", PCA(n_components=_pca_components(part, prep), random_state=0))
+            step = ("pca", AtMostPCA(n_components=_pca_components(part, prep), random_state=0))
         else:
             raise FeatcacheError(f"{usage}; got {prep!r} ({part!r} is none of them)")
         if any(name == step[0] for name, _ in steps):
