@@ -225,6 +225,7 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
             with _head_errors(head):
                 pipe.fit(X[fit_mask], labels[fit_mask])
     fit_seconds = time.perf_counter() - t0
+    one_hot = _custom_fields(head, pipe).get("probabilities", "").startswith("one-hot")
     results = {}
     for split in SPLITS:
         m = masks[split]
@@ -234,7 +235,7 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
         with _head_errors(head):
             proba = pipe.predict_proba(X[m]) if X is not None else _predict_stream(pipe, cache, m, output)
         res = metrics(labels[m], proba, pipe.classes_)
-        if _custom_fields(head, pipe).get("probabilities", "").startswith("one-hot"):
+        if one_hot:
             res.pop("log_loss", None)  # the log loss of one-hot guesses measures nothing
         res["predict_seconds_per_1000"] = (time.perf_counter() - t1) / max(int(m.sum()), 1) * 1000
         results[split] = res

@@ -149,7 +149,7 @@ def parse_value(text: str):
     return text
 
 
-def _preprocess_steps(prep) -> list:
+def preprocess_steps(prep) -> list:
     """The pipeline steps a preprocess string names; an error naming the bad text otherwise."""
     from sklearn.preprocessing import StandardScaler
 
@@ -170,11 +170,6 @@ def _preprocess_steps(prep) -> list:
             raise FeatcacheError(f"{usage}; got {prep!r} ({part!r} twice)")
         steps.append(step)
     return steps
-
-
-def preprocess_steps(prep: str) -> list:
-    """The scikit-learn steps a preprocess string (``none``, ``standard``, ``pca[:N]``, ``standard+pca[:N]``) names."""
-    return _preprocess_steps(prep)
 
 
 def _pca_components(part: str, prep: str):
@@ -204,7 +199,7 @@ def make_head(name: str, preprocess: str | None = None, **params):
 
     spec = get_head_spec(name)
     prep = preprocess if preprocess is not None else spec.preprocess
-    pipe = Pipeline(_preprocess_steps(prep) + [("clf", clone(spec.make()))])
+    pipe = Pipeline(preprocess_steps(prep) + [("clf", clone(spec.make()))])
     full = {}
     valid = pipe.get_params(deep=True)
     for k, v in params.items():
