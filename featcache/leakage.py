@@ -23,8 +23,9 @@ THRESHOLD = 0.98
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, np.float32).reshape(len(X), -1)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    from sklearn.preprocessing import normalize
+
+    return normalize(np.asarray(X, np.float32).reshape(len(X), -1))  # L2 rows, float32 kept
 
 
 def near_duplicates(cache: Cache, threshold: float = THRESHOLD, block: int = 1024) -> dict:

@@ -14,14 +14,10 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.preprocessing import normalize  # L2 rows; an all-zero row stays zero (similarity 0)
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-
-
-def _unit_rows(X: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norm, np.finfo(X.dtype).tiny)  # an all-zero row stays zero (similarity 0)
 
 
 class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
@@ -65,7 +61,7 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         self.classes_, self._codes = np.unique(y, return_inverse=True)
-        self._train = _unit_rows(X)
+        self._train = normalize(X)
         return self
 
     def predict_proba(self, X):
@@ -78,7 +74,7 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
             Probabilities, shape (m, n_classes), in the order of ``classes_``.
         """
         check_is_fitted(self)
-        X = _unit_rows(validate_data(self, X, reset=False, dtype=[np.float64, np.float32]))
+        X = normalize(validate_data(self, X, reset=False, dtype=[np.float64, np.float32]))
         train = self._train.astype(X.dtype, copy=False)
         k = min(self.n_neighbors, len(train))
         n_classes = len(self.classes_)
