@@ -92,6 +92,25 @@ def build_top(cache: Cache, layer: str, to_layer: str | None = None):
     return top
 
 
+_INTEGERS = {"epochs": 1, "head_epochs": 0, "batch_size": 1, "patience": 0, "random_state": 0}  # name: minimum
+_RATES = ("learning_rate", "head_learning_rate")
+
+
+def check_settings(**settings) -> None:
+    """Refuse a bad fine-tuning setting with a one-line error before any work (``finetune`` and pipelines)."""
+    for name, value in settings.items():
+        if name in _INTEGERS:
+            low = _INTEGERS[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise FeatcacheError(f"{name} must be an integer >= {low}, got {value!r}")
+        elif name in _RATES:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise FeatcacheError(f"{name} must be a number > 0, got {value!r}")
+        elif name == "dropout":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                raise FeatcacheError(f"dropout must be in [0, 1), got {value!r}")
+
+
 def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = None, output: str | None = None,
              epochs: int = 30, head_epochs: int = 20, learning_rate: float = 1e-4, head_learning_rate: float = 1e-3,
              batch_size: int = 32, dropout: float = 0.2, patience: int = 4, random_state: int = 0, verbose: int = 0,
@@ -128,15 +147,9 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
     from .model_dir import check_model_dir_target, save_model_dir
     from .train import SPLITS, card_for, metrics, split_masks, train_classes
 
-    for name, value, low in (("epochs", epochs, 1), ("head_epochs", head_epochs, 0), ("batch_size", batch_size, 1),
-                             ("patience", patience, 0), ("random_state", random_state, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise FeatcacheError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name, value in (("learning_rate", learning_rate), ("head_learning_rate", head_learning_rate)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
-            raise FeatcacheError(f"{name} must be a number > 0, got {value!r}")
-    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise FeatcacheError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_settings(epochs=epochs, head_epochs=head_epochs, learning_rate=learning_rate,
+                   head_learning_rate=head_learning_rate, batch_size=batch_size, dropout=dropout, patience=patience,
+                   random_state=random_state)
     if out is not None:
         check_model_dir_target(out)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)

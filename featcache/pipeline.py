@@ -8,9 +8,12 @@ the file, before any work), then runs, in order: source-domain pre-training
 pipeline owns, under its ``out``, is rebuilt when the file or the pre-trained
 model changed, while one elsewhere is refused as ``extract`` refuses it),
 training of the ``[train]`` heads (skipped when a model directory already
-holds the same head on the same cache), the ``[bench]`` report (resumable by
-row, keyed by cache) and the export of one Keras head. A thin layer over the
-Python API.
+holds the same head on the same cache), the ``[finetune]`` of the
+backbone's top block on a cached mid-level map (skipped when its settings and
+cache are unchanged), the ``[bench]`` report (resumable by row, keyed by
+cache) and the export of one Keras model: a named head, ``"finetune"``, or
+``"best"``, whichever trained model scored highest on the validation split.
+A thin layer over the Python API.
 """
 
 from __future__ import annotations
@@ -40,10 +43,14 @@ SCHEMA = {
     "extract": {"name": _STR, "backbone": _STR, "weights": _STR, "layer": _STR, "cache": _STR,
                 **{s.name: _LIST_STR if s.many else (s.type,) + ((bool,) if s.bools else ()) for s in SETTINGS}},
     "train": {"heads": _LIST_STR, "cache": _STR, "params": _TABLE, "export": _STR},
+    # the keyword arguments of featcache.finetune, but its cache (an [[extract]] name) and out
+    "finetune": {"cache": _STR, "from_layer": _STR, "to_layer": _STR, "output": _STR, "epochs": _INT,
+                 "head_epochs": _INT, "learning_rate": _FLOAT, "head_learning_rate": _FLOAT, "batch_size": _INT,
+                 "dropout": _FLOAT, "patience": _INT, "random_state": _INT},
     "bench": {"heads": _LIST_STR, "caches": _LIST_STR, "n_jobs": _INT, "timeout": _FLOAT, "cv": _INT,
               "baseline_heads": _LIST_STR, "out": _STR},
 }
-REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"]}
+REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"], "finetune": ["cache"]}
 #: the [[extract]] keys that are ExtractOptions
 EXTRACT_OPTIONS = tuple(s.name for s in SETTINGS)
 
@@ -164,8 +171,21 @@ def _resolve(path: Path, cfg: dict) -> dict:
     for c in cfg.get("bench", {}).get("caches", []):
         if c not in names:
             raise FeatcacheError(f"{path}: bench.caches: {c!r} names no [[extract]] (have {names})")
-    if "export" in train and train["export"] not in train.get("heads", []):
-        raise FeatcacheError(f"{path}: train.export = {train['export']!r} is not one of train.heads")
+    ft = cfg.get("finetune")
+    if ft is not None:
+        if ft["cache"] not in names:
+            raise FeatcacheError(f"{path}: finetune.cache = {ft['cache']!r} names no [[extract]] (have {names})")
+        ex = cfg["extract"][names.index(ft["cache"])]
+        if ex.get("pooling") != "none" or not (ex.get("outputs") or ex.get("layer")):
+            raise FeatcacheError(f"{path}: finetune.cache = {ft['cache']!r} must store a mid-level map whole: give "
+                                 "that [[extract]] outputs = [\"LAYER\"] and pooling = \"none\"")
+    # only Keras heads export to one end-to-end Keras model
+    exportable = [h for h in train.get("heads", []) if HEADS[h].kind == "keras"] + (["finetune"] if ft else [])
+    if "export" in train and train["export"] not in exportable + ["best"] * bool(exportable):
+        raise FeatcacheError(f"{path}: train.export = {train['export']!r} is not one of the Keras heads in "
+                             f"train.heads, 'finetune' (with a [finetune] table) or 'best' (of those): have "
+                             f"{exportable or 'none'}")
+    cfg["exportable"] = exportable
     for head, params in train.get("params", {}).items():
         if head not in train.get("heads", []) or not isinstance(params, dict):
             raise FeatcacheError(f"{path}: train.params.{head}: must be a table for one of train.heads")
@@ -186,6 +206,14 @@ def _check_values(path: Path, cfg: dict) -> None:
             validate_head(head, None, train.get("params", {}).get(head, {}))
         except FeatcacheError as exc:
             raise FeatcacheError(f"{path}: 'train.params.{head}': {exc}") from None
+    if "finetune" in cfg:
+        from .finetune import check_settings
+
+        try:
+            check_settings(**{k: v for k, v in cfg["finetune"].items() if k not in ("cache", "from_layer", "to_layer",
+                                                                                   "output")})
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"{path}: finetune: {exc}") from None
     if "bench" in cfg:
         b = cfg["bench"]
         check_options(**{k: b[k] for k in ("cv", "timeout", "n_jobs") if k in b},
@@ -196,6 +224,28 @@ def _check_values(path: Path, cfg: dict) -> None:
             ExtractOptions(**opts).check()
         except FeatcacheError as exc:
             raise FeatcacheError(f"{path}: extract[{i}]: {exc}") from None
+
+
+def _current_finetune(mdir: Path, cache_key: str, settings: dict) -> dict | None:
+    """The fine-tuned model's card if ``mdir`` holds one trained on ``cache_key`` with ``settings``, else None.
+
+    The card records every setting ``finetune`` used (``card["finetune"]``);
+    a key the file leaves out is compared at ``finetune``'s default.
+    """
+    import inspect
+
+    from .finetune import finetune
+
+    card = current_card(mdir, "finetune", cache_key, {})
+    if card is None:
+        return None
+    recorded = dict(card.get("finetune", {}), output=card["features"].get("output"))
+    defaults = {k: p.default for k, p in inspect.signature(finetune).parameters.items()
+                if k in recorded and k not in ("from_layer", "output")}  # those two resolve to the cache's own
+    for key, value in {**defaults, **settings}.items():
+        if recorded.get(key) != value:
+            return None
+    return card
 
 
 def _say(msg: str) -> None:
@@ -250,6 +300,7 @@ def run(path, *, progress: bool = True) -> dict:
         _say(f"[bold]extract[/] {ex['name']}: {cache.path} ({len(cache):,} rows; {state})")
         result["caches"][ex["name"]] = str(cache.path)
     train_cfg = cfg.get("train", {})
+    val_accuracy = {}  # model name: validation accuracy, for export = "best"
     if train_cfg.get("heads"):
         from .train import train
 
@@ -262,32 +313,62 @@ def run(path, *, progress: bool = True) -> dict:
             if card is not None:
                 _say(f"[bold]train[/] {head}: up to date ({mdir}, test accuracy "
                      f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
-                result["models"][head] = str(mdir)
-                continue
-            res = train(cache, head, params=params, out=mdir)
-            _say(f"[bold]train[/] {head}: test accuracy {100 * res.metrics['test']['accuracy']:.2f}% "
-                 f"(fit {res.fit_seconds:.2f} s) -> {mdir}")
-            result["models"][head] = str(mdir)
-        if train_cfg.get("export"):
-            target = out / f"{train_cfg['export']}.keras"
-            source = read_card(result["models"][train_cfg["export"]])["sha256"]
-            stamp = target.with_name(target.name + ".json")
-            if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("head_sha256") == source:
-                _say(f"[bold]export[/] {target}: up to date")
             else:
-                export(result["models"][train_cfg["export"]], target)
-                atomic_write_bytes(stamp, (json.dumps({"head_sha256": source}) + "\n").encode())
-                _say(f"[bold]export[/] {target}: one Keras model, images of any size in, probabilities out")
-            result["exported"] = str(target)
+                card = train(cache, head, params=params, out=mdir).card
+                _say(f"[bold]train[/] {head}: test accuracy {100 * card['metrics']['test']['accuracy']:.2f}% "
+                     f"(fit {card['fit_seconds']:.2f} s) -> {mdir}")
+            result["models"][head] = str(mdir)
+            val_accuracy[head] = card["metrics"].get("val", {}).get("accuracy", float("-inf"))
+    if "finetune" in cfg:
+        from .finetune import finetune
+
+        settings = {k: v for k, v in cfg["finetune"].items() if k != "cache"}
+        cache = open_cache(result["caches"][cfg["finetune"]["cache"]])
+        mdir = out / "models" / f"{cfg['finetune']['cache']}-finetune"
+        card = _current_finetune(mdir, cache.key, settings)
+        if card is not None:
+            _say(f"[bold]finetune[/] up to date ({mdir}, test accuracy {100 * card['metrics']['test']['accuracy']:.2f}%)")
+        else:
+            card = finetune(cache, out=mdir, **settings).card
+            ft = card["finetune"]
+            _say(f"[bold]finetune[/] {ft['from_layer']} and above: test accuracy "
+                 f"{100 * card['metrics']['test']['accuracy']:.2f}% ({card['fit_seconds']:.1f} s, "
+                 f"{ft['trainable_weights']:,} weights trained) -> {mdir}")
+        result["models"]["finetune"] = str(mdir)
+        val_accuracy["finetune"] = card["metrics"].get("val", {}).get("accuracy", float("-inf"))
+    if train_cfg.get("export"):
+        name = train_cfg["export"]
+        if name == "best":
+            name = max(cfg["exportable"], key=val_accuracy.get)
+            _say(f"[bold]export[/] best on validation: {name} ({100 * val_accuracy[name]:.2f}%)")
+        target = out / f"{train_cfg['export']}.keras"
+        source = read_card(result["models"][name])["sha256"]
+        stamp = target.with_name(target.name + ".json")
+        if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("head_sha256") == source:
+            _say(f"[bold]export[/] {target}: up to date")
+        else:
+            export(result["models"][name], target)
+            atomic_write_bytes(stamp, (json.dumps({"head_sha256": source, "model": name}) + "\n").encode())
+            _say(f"[bold]export[/] {target}: one Keras model, images of any size in, probabilities out")
+        result["exported"] = str(target)
     bench_cfg = cfg.get("bench")
     if bench_cfg is not None:
         from .bench import DEFAULT_N_JOBS, DEFAULT_TIMEOUT, bench
 
         names = bench_cfg.get("caches") or list(result["caches"])
         report = out / bench_cfg.get("out", "report")
-        bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
+        rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
               timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS), out=report,
               baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress)
         _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
         result["report"] = str(report)
+        if "finetune" in result["models"]:
+            from .report import best_row
+
+            top, ft = best_row(rows), read_card(result["models"]["finetune"])["metrics"]["test"]["accuracy"]
+            if top is not None:
+                _say(f"[bold]compare[/] test accuracy: fine-tuned top block {100 * ft:.2f}%, best frozen head "
+                     f"({top['head']} on {top['features']}) {100 * top['accuracy']:.2f}%")
+                result["compare"] = {"finetune": ft, "best_frozen": {k: top[k] for k in ("head", "features",
+                                                                                         "accuracy")}}
     return result

@@ -48,6 +48,13 @@ image_size = 32
     (lambda t: t + "[bench]\nn_jobs = 0\n", "'bench.n_jobs' must be a non-zero integer (-1: every CPU), got 0"),
     (lambda t: t.replace("image_size = 32", "image_size = 32\nbatch_size = 0"),
      "extract[0]: batch_size must be an integer of at least 1, got 0"),
+    (lambda t: t + '[finetune]\ncache = "a"\n', "finetune.cache = 'a' must store a mid-level map whole"),
+    (lambda t: t + '[finetune]\ncache = "b"\n', "finetune.cache = 'b' names no [[extract]]"),
+    (lambda t: t + '[finetune]\nepochs = 10\n', "'finetune.cache' is required"),
+    (lambda t: t.replace('image_size = 32', 'image_size = 32\npooling = "none"\noutputs = ["block_15_add"]')
+     + '[finetune]\ncache = "a"\nlearning_rate = 0\n', "finetune: learning_rate must be a number > 0, got 0"),
+    (lambda t: t + '[train]\nheads = ["logreg"]\nexport = "finetune"\n', "train.export = 'finetune' is not one"),
+    (lambda t: t + '[train]\nheads = ["logreg"]\nexport = "best"\n', "or 'best' (of those): have none"),
 ])
 def test_bad_pipeline_fails_before_any_work_naming_key_and_file(tmp_path, edit, message):
     path = _write(tmp_path, edit(GOOD))
@@ -58,7 +65,7 @@ def test_bad_pipeline_fails_before_any_work_naming_key_and_file(tmp_path, edit, 
 
 
 def test_shipped_pipelines_validate(tmp_path):
-    for name in ("quickstart", "source_to_target", "cifar10", "cifar10_to_cifar100"):
+    for name in ("quickstart", "source_to_target", "cifar10", "cifar10_to_cifar100", "finetune"):
         cfg = load(REPO / "pipelines" / f"{name}.toml")
         assert cfg["pipeline"]["name"] == name
     # the folder template validates once its folder exists
@@ -113,6 +120,36 @@ def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mn
     again = run_featcache("run", path, "--quiet", timeout=600)
     assert "unchanged, kept" in again.stderr
     shutil.rmtree(out)
+
+
+FINETUNE = GOOD.replace('image_size = 32', 'image_size = 32\npooling = "none"\noutputs = ["block_15_add"]') + """
+[train]
+heads = ["logreg", "keras_linear"]
+export = "best"
+[finetune]
+cache = "a"
+epochs = 1
+head_epochs = 1
+"""
+
+
+def test_finetune_pipeline_trains_exports_the_best_on_validation_and_reruns_only_what_changed(
+        tmp_path, fashion_mnist_available):
+    path = _write(tmp_path, FINETUNE)
+    first = run_featcache("run", path, "--quiet", timeout=600).stderr
+    out = tmp_path / "out" / "t"
+    assert "finetune block_15_add and above: test accuracy" in first
+    cards = {n: json.loads((out / "models" / f"a-{n}" / "card.json").read_text()) for n in ("keras_linear", "finetune")}
+    val = {n: c["metrics"]["val"]["accuracy"] for n, c in cards.items()}
+    chosen = json.loads((out / "best.keras.json").read_text())["model"]
+    assert val[chosen] == max(val.values()) and f"export best on validation: {chosen}" in first
+    assert (out / "best.keras").is_file()
+    again = run_featcache("run", path, "--quiet", timeout=600).stderr
+    assert "finetune up to date" in again and "best.keras: up to date" in again
+    edited = _write(tmp_path, FINETUNE.replace("epochs = 1\n", "epochs = 2\n", 1))
+    third = run_featcache("run", edited, "--quiet", timeout=600).stderr
+    assert "finetune block_15_add and above" in third  # a changed setting retrains
+    assert json.loads((out / "models" / "a-finetune" / "card.json").read_text())["finetune"]["epochs"] == 2
 
 
 def test_an_edited_pipeline_rebuilds_its_own_cache_and_retrains_but_never_replaces_another(
