@@ -65,6 +65,9 @@ def test_info_reports_parameters_counts_and_completeness(fm_cache):
     # per-class counts add up to the rows
     counts = featcache.open_cache(out).labels()
     assert f"│ 9     │ Ankle boot  │ {int((counts == 9).sum())}" in proc.stdout
+    cache = featcache.open_cache(out)  # MobileNetV2's 1,280 pooled features, float16
+    assert cache.output_info()["shape"] == [1280] and cache.output_info()["dtype"] == "float16"
+    assert f"bytes per image  2,560 (" in proc.stdout and f"for all {cache.n_items:,} items)" in proc.stdout
 
 
 def test_one_file_view_slices_across_shards(fm_cache):
