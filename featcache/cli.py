@@ -105,9 +105,7 @@ def cmd_export_features(args) -> int:
 
 
 def cmd_info(args) -> int:
-    import numpy as np
-
-    from .store import open_cache
+    from .store import bytes_per_image, open_cache
 
     cache = open_cache(args.dir, allow_partial=True)
     p = cache.params
@@ -125,7 +123,7 @@ def cmd_info(args) -> int:
         ("source", cache.source), ("items", f"{cache.n_items:,}"), ("rows", f"{len(cache):,}"),
         ("skipped", f"{len(cache.skipped):,}"), ("size on disk", human_bytes(cache.disk_bytes())),
     ]
-    per_image = sum(int(np.prod(v["shape"])) * np.dtype(v["dtype"]).itemsize for v in outputs.values())
+    per_image = bytes_per_image(outputs)
     if per_image:  # what the features cost, before HDF5's overhead: the figure to size a bigger run by
         rows.append(("bytes per image", f"{per_image:,} ({human_bytes(per_image * cache.n_items)} for all "
                                         f"{cache.n_items:,} items)"))

@@ -411,6 +411,11 @@ def shard_problems(directory: Path, record: dict, key: str, *, deep: bool = True
     return []
 
 
+def bytes_per_image(outputs: dict) -> int:
+    """What one row's stored features take, every output together, from ``{name: {"shape", "dtype"}}``."""
+    return sum(int(np.prod(v["shape"])) * np.dtype(v["dtype"]).itemsize for v in outputs.values())
+
+
 def write_view(directory: Path, manifest: dict) -> None:
     """Write features.h5: virtual datasets that stitch every shard, in row order."""
     directory = Path(directory)
@@ -1038,6 +1043,8 @@ class CacheSink:
         self.directory = Path(directory)
         self.key, self.dtype, self.compression, self.n_items = key, dtype, compression, int(n_items)
         self.manifest: dict | None = None
+        #: called once with the outputs' ``{name: {"shape", "dtype"}}`` as soon as they are known (the driver's)
+        self.on_outputs = None
 
     def worker_copy(self) -> "CacheSink":
         """The same sink without the manifest: what a worker needs to write shards."""
@@ -1096,6 +1103,12 @@ class CacheSink:
     def set_outputs(self, outputs: dict) -> None:
         """``{name: {"shape", "dtype"}}`` of the stored outputs, known once the model is built."""
         self.manifest["outputs"] = outputs
+        self._announce()
+
+    def _announce(self) -> None:
+        if self.on_outputs is not None and self.manifest.get("outputs"):
+            self.on_outputs(self.manifest["outputs"])
+            self.on_outputs = None
 
     def commit(self, record: dict, shard: ShardData | None = None) -> None:
         """Add a written shard's record to the manifest and save it."""
@@ -1103,6 +1116,7 @@ class CacheSink:
         self.manifest["shards"].sort(key=lambda s: s["index"])
         if not self.manifest["outputs"] and record["n_rows"]:  # engines that never built the model here
             self.manifest["outputs"] = self._outputs_from_shards([record])
+            self._announce()
         if shard is None:
             write_manifest(self.directory, self.manifest)
         else:

@@ -28,6 +28,9 @@ def test_cli_extract_writes_a_complete_cache(fm_cache):
     out, proc = fm_cache
     assert "extraction summary" in proc.stdout and "600" in proc.stdout
     assert "img/s" in proc.stderr  # the progress bar ran
+    # the size the features will take, said once the model is built and before any image runs through it
+    assert "2,560 bytes per image: about 1.5 MiB of features for 600 images" in proc.stderr
+    assert proc.stderr.index("bytes per image") < proc.stderr.index("img/s")
     cache = featcache.open_cache(out)
     assert cache.complete and len(cache) == 600
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.h5", "00001.h5", "00002.h5"]
