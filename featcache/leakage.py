@@ -28,13 +28,21 @@ def _unit(X: np.ndarray) -> np.ndarray:
     return normalize(np.asarray(X, np.float32).reshape(len(X), -1))  # L2 rows, float32 kept
 
 
-def near_duplicates(cache: Cache, threshold: float = THRESHOLD, block: int = 1024) -> dict:
+#: the working memory of the search: each block of reference rows and each block of similarities stays below it
+WORK_BYTES = 256 * 1024 * 1024
+
+
+def near_duplicates(cache: Cache, threshold: float = THRESHOLD, work_bytes: int = WORK_BYTES) -> dict:
     """Each test row's most similar fitting row (train or val) and the pairs at or above ``threshold``.
+
+    Memory stays bounded on any cache: the fitting rows are read from the
+    shards a block at a time, and each block of similarities is at most
+    ``work_bytes``; only the test rows' unit vectors are held whole.
 
     Args:
         cache: an open cache.
         threshold: cosine similarity from which a pair counts (0.98: near-duplicates; 1.0: exact copies).
-        block: test rows per similarity block (memory: ``block`` x fitting rows floats).
+        work_bytes: the bound on each block of fitting rows and of similarities (float32).
 
     Returns:
         ``{"threshold", "n_test", "n_leaked", "leaked" (bool per test row, in test-row order),
@@ -51,16 +59,22 @@ def near_duplicates(cache: Cache, threshold: float = THRESHOLD, block: int = 102
     masks = split_masks(cache)
     fit = np.flatnonzero(masks["train"] | masks["val"])
     te = np.flatnonzero(masks["test"])
-    X = cache.features()
-    ref = _unit(X[fit])
+    width = int(np.prod(cache.output_info()["shape"]))
+    test = _unit(cache.read_rows(te).features) if len(te) else np.zeros((0, width), np.float32)
+    ref_rows = max(1, work_bytes // (4 * max(width, 1)))  # fitting rows per block read from the shards
     best_sim = np.full(len(te), -np.inf, np.float32)
     best_row = np.zeros(len(te), np.int64)
-    if len(fit):
-        for a in range(0, len(te), block):
-            sim = _unit(X[te[a:a + block]]) @ ref.T
+    for r in range(0, len(fit), ref_rows):
+        rows = fit[r:r + ref_rows]
+        ref = _unit(cache.read_rows(rows).features)
+        step = max(1, work_bytes // (4 * len(rows)))  # test rows per similarity block
+        for a in range(0, len(te), step):
+            sim = test[a:a + step] @ ref.T
             j = sim.argmax(1)
-            best_row[a:a + block] = fit[j]
-            best_sim[a:a + block] = sim[np.arange(len(j)), j]
+            s = sim[np.arange(len(j)), j]
+            better = s > best_sim[a:a + step]  # strict: a tie keeps the earlier fitting row
+            best_sim[a:a + step][better] = s[better]
+            best_row[a:a + step][better] = rows[j[better]]
     leaked = best_sim >= threshold - 1e-6  # float32 rounding: an exact copy can score 0.9999999
     ids = cache.ids()
     order = np.flatnonzero(leaked)[np.argsort(-best_sim[leaked], kind="stable")]

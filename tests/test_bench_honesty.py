@@ -191,6 +191,11 @@ def test_leakage_check_finds_the_planted_duplicates(leaky_folder, tmp_path):
     assert all(p["cosine"] > 0.9999 for p in found["pairs"])
     # the default threshold flags at least those
     assert near_duplicates(cache)["n_leaked"] >= 3
+    # a search held to a few kilobytes (one fitting row and a few test rows per block) finds the same
+    small = near_duplicates(cache, threshold=0.9999, work_bytes=4 * 2 * int(np.prod(cache.output_info()["shape"])))
+    assert small["leaked"] == found["leaked"] and small["n_leaked"] == 3  # float sums differ in the last bit
+    assert {(p["test_row"], p["train_row"]) for p in small["pairs"]} == {(p["test_row"], p["train_row"])
+                                                                        for p in found["pairs"]}
 
     out = tmp_path / "report"
     rows = featcache.bench(cache, ["logreg"], out=out, baseline_heads=(), save_best=False, learning_curve=())
