@@ -397,6 +397,10 @@ def _calibrated_on_val(task: Task, cands: list[dict], X, y, tr, va, cores: int):
     return Pipeline(steps), best, val_acc, select_s, time.perf_counter() - t1
 
 
+#: resampled rows drawn at a time by bootstrap_intervals (8 M: about 64 MB of indices)
+_BOOTSTRAP_CELLS = 8 * 1024 * 1024
+
+
 def bootstrap_intervals(y_true, y_pred, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """Percentile bootstrap intervals of test accuracy and macro-F1, resampling the test rows.
 
@@ -424,19 +428,24 @@ def bootstrap_intervals(y_true, y_pred, n_boot: int = 1000, level: float = 0.95,
     classes, codes = np.unique(np.concatenate([t, p]), return_inverse=True)
     k = len(classes)
     tc, pc = codes[:n], codes[n:]
-    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
-    tt, pp = tc[idx], pc[idx]
-    hit = tt == pp
-    acc = hit.mean(1)
-    rows = np.arange(n_boot)[:, None] * k
-    size = n_boot * k
-    tp = np.bincount((rows + tt)[hit], minlength=size).reshape(n_boot, k)
-    n_true = np.bincount((rows + tt).ravel(), minlength=size).reshape(n_boot, k)
-    n_pred = np.bincount((rows + pp).ravel(), minlength=size).reshape(n_boot, k)
-    denom = n_true + n_pred
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    present = denom > 0
-    macro = (f1 * present).sum(1) / present.sum(1)
+    rng = np.random.default_rng(seed)
+    acc, macro = np.empty(n_boot), np.empty(n_boot)
+    step = max(1, _BOOTSTRAP_CELLS // n)  # resamples at a time: memory bounded on any test split
+    for a in range(0, n_boot, step):
+        b = min(n_boot, a + step)
+        idx = rng.integers(0, n, (b - a, n))  # the same stream as one (n_boot, n) draw
+        tt, pp = tc[idx], pc[idx]
+        hit = tt == pp
+        acc[a:b] = hit.mean(1)
+        rows = np.arange(b - a)[:, None] * k
+        size = (b - a) * k
+        tp = np.bincount((rows + tt)[hit], minlength=size).reshape(b - a, k)
+        n_true = np.bincount((rows + tt).ravel(), minlength=size).reshape(b - a, k)
+        n_pred = np.bincount((rows + pp).ravel(), minlength=size).reshape(b - a, k)
+        denom = n_true + n_pred
+        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+        present = denom > 0
+        macro[a:b] = (f1 * present).sum(1) / present.sum(1)
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     return {"accuracy_ci": [float(v) for v in np.percentile(acc, q)],
             "macro_f1_ci": [float(v) for v in np.percentile(macro, q)]}

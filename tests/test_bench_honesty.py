@@ -66,6 +66,19 @@ def test_bootstrap_intervals_bracket_the_score_and_narrow_with_more_rows():
     assert bootstrap_intervals([1, 2, 3], [1, 2, 3]) == {"accuracy_ci": [1.0, 1.0], "macro_f1_ci": [1.0, 1.0]}
 
 
+def test_bootstrap_drawn_in_bounded_chunks_gives_the_same_interval(monkeypatch):
+    """A huge test split is resampled a few resamples at a time: the same interval, bounded memory."""
+    import importlib
+
+    bench = importlib.import_module("featcache.bench")  # the module; featcache.bench is the function
+    rng = np.random.default_rng(2)
+    t = rng.integers(0, 10, 3000)
+    p = np.where(rng.random(3000) < 0.7, t, rng.integers(0, 10, 3000))
+    whole = bootstrap_intervals(t, p)
+    monkeypatch.setattr(bench, "_BOOTSTRAP_CELLS", 3000 * 7)  # 7 resamples a chunk, the last one short
+    assert bootstrap_intervals(t, p) == whole
+
+
 @pytest.mark.slow
 def test_rows_carry_intervals_in_csv_json_and_report_with_ties_marked(bench_rows):
     out, rows = bench_rows
