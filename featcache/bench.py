@@ -307,8 +307,9 @@ def _path(head: str, cands: list[dict], X, y, tr, va):
     Xva = pre.transform(X[va]) if len(pipe) > 1 else X[va]
     clf.set_params(warm_start=True)
     scores, states = {}, {}
-    for i in order:
-        clf.set_params(**{k: v for k, v in cands[i].items()})
+    for i in order:  # plain names and clf__NAME are the classifier's; the other steps' are fixed across the grid
+        own = {k.removeprefix("clf__"): v for k, v in cands[i].items()}
+        clf.set_params(**{k: v for k, v in own.items() if "__" not in k})
         clf.fit(Xtr, y[tr])
         scores[i] = float(clf.score(Xva, y[va]))
         states[i] = {"coef_": clf.coef_.copy(), "intercept_": clf.intercept_.copy()}

@@ -327,7 +327,8 @@ def run(path, *, progress: bool = True) -> dict:
         mdir = out / "models" / f"{cfg['finetune']['cache']}-finetune"
         card = _current_finetune(mdir, cache.key, settings)
         if card is not None:
-            _say(f"[bold]finetune[/] up to date ({mdir}, test accuracy {100 * card['metrics']['test']['accuracy']:.2f}%)")
+            _say(f"[bold]finetune[/] up to date ({mdir}, test accuracy "
+                 f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
         else:
             card = finetune(cache, out=mdir, **settings).card
             ft = card["finetune"]

@@ -290,3 +290,11 @@ def test_piped_live_table_ends_its_last_line(small_cache, tmp_path):
                          "--baseline-heads", "")
     bottom = [line for line in proc.stderr.splitlines() if "└" in line]
     assert bottom and all(line.rstrip().endswith("┘") for line in bottom), proc.stderr
+
+
+def test_logreg_path_takes_the_classifiers_own_parameters_by_either_name(small_cache, tmp_path):
+    """--param logreg:clf__max_iter=... reached the warm-started path as a key the classifier lacks."""
+    rows = featcache.bench(small_cache, ["logreg"], params={"logreg": {"clf__max_iter": 7, "tol": 1e-2}},
+                           out=tmp_path / "r", baseline_heads=(), save_best=False, learning_curve=(), leakage=False)
+    assert rows[0]["status"] == "ok", rows[0].get("error")
+    assert rows[0]["params"]["clf__max_iter"] == 7 and rows[0]["params"]["tol"] == 1e-2
