@@ -641,6 +641,7 @@ def _row(task: Task, cache, result: dict) -> dict:
         "features": (f"pixels {task.pixel_size}x{task.pixel_size}" if task.baseline
                      else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"),
         "head": task.head, "baseline": task.baseline, "params": task.params, "settings": task.settings,
+        **({"estimator": repr(task.estimator)} if task.estimator is not None else {}),  # what custom:X was
         "versions": versions(HEAD_PACKAGES, backend=False),
         **{k: v for k, v in result.items() if k != "traceback"},
     }

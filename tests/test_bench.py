@@ -223,6 +223,7 @@ def test_bench_takes_your_own_estimator_from_a_notebook_style_script(two_class_c
     own = rows["custom:RidgeClassifier"]
     assert own["status"] == "ok" and 0 <= own["accuracy"] <= 1, own
     assert own["fit_splits"] == ["train"] and own["select_seconds"] == 0.0  # no grid: one fit on train
+    assert own["estimator"] == "RidgeClassifier()"
 
 
 def test_your_own_estimators_resume_by_their_parameters_and_can_be_the_best_model(two_class_cache, tmp_path):
