@@ -77,26 +77,70 @@ class Task:
     cores: int = 0  # the head's share of the CPUs (0: all); changes the speed, never the row
     #: a learning-curve point: the same protocol on this share of the train and val rows
     train_fraction: float = 1.0
+    #: a user's own scikit-learn classifier (an unfitted clone) for a ``custom:`` head; None for a named head
+    estimator: object = None
 
     @property
     def settings(self) -> str:
         """A hash of what makes this row: a re-run with the same settings skips it."""
         body = {"key": self.cache_key, "head": self.head, "params": self.params, "cv": self.cv,
                 "baseline": self.baseline, "pixels": self.pixel_size if self.baseline else None,
-                "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v2", "head_is": _head_is(self.head)}
+                "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v2",
+                "head_is": _head_is(self.head, self.estimator)}
         if self.train_fraction != 1.0:  # absent at 1.0, so the rows of earlier reports keep their hashes
             body["train_fraction"] = self.train_fraction
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
-def _head_is(head: str) -> str:
-    """What a named head is (its pipeline's repr): a new default makes a new row, never a kept stale one."""
+def _head_is(head: str, estimator=None) -> str:
+    """What a head is (its pipeline's repr, or a user's estimator's with every parameter): a new default or a
+    changed parameter makes a new row, never a kept stale one."""
     from .heads import make_head
 
     from sklearn import config_context
 
     with config_context(print_changed_only=False):  # every parameter, defaults too: a changed default counts
-        return repr(make_head(head))
+        return repr(estimator) if estimator is not None else repr(make_head(head))
+
+
+def _spec(task: Task):
+    """The task's HeadSpec: the named head's, or one for a user's own estimator (no preprocessing, no grid)."""
+    from .heads import HeadSpec, get_head_spec
+
+    if task.estimator is None:
+        return get_head_spec(task.head)
+    est = task.estimator
+    return HeadSpec(task.head, lambda: est, "sklearn", "none", f"your own {type(est).__name__}")
+
+
+def user_heads(heads) -> tuple[list[str], dict]:
+    """Head names for ``heads`` (names, or a user's estimators named ``custom:ClassName``, ``#2`` ... when two
+    share a class) and ``{name: unfitted clone}`` of the estimators; a bad object is a FeatcacheError first."""
+    import pickle
+
+    from sklearn.base import clone
+
+    from .heads.custom import head_name, user_head
+
+    names, estimators = [], {}
+    for h in heads:
+        if isinstance(h, str):
+            names.append(h)
+            continue
+        user_head(h, [])  # not a classifier, a class, unclonable: one line naming it
+        base = name = head_name(h)
+        n = 1
+        while name in names:
+            n += 1
+            name = f"{base}#{n}"
+        est = clone(h)
+        try:
+            pickle.dumps(est)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure: the head's process cannot get it
+            raise FeatcacheError(f"head {name} cannot be pickled for its process: {exc}") from None
+        names.append(name)
+        estimators[name] = est
+    return names, estimators
 
 
 # --------------------------------------------------------------------------- the child process
@@ -175,10 +219,8 @@ def evaluate(task: Task) -> dict:
     """
     from sklearn.metrics import confusion_matrix
 
-    from .heads import get_head_spec
-
     cores = task.cores or os.cpu_count() or 1
-    _cap_threads(cores, get_head_spec(task.head).kind == "keras")
+    _cap_threads(cores, _spec(task).kind == "keras")
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(cores):
@@ -229,11 +271,10 @@ def _cap_threads(cores: int, keras: bool) -> None:
 def _evaluate(task: Task, cores: int):
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    from .heads import get_head_spec
     from .train import split_masks
 
     cache = open_cache(task.cache)
-    spec = get_head_spec(task.head)
+    spec = _spec(task)
     X = pixel_features(cache, task.pixel_size) if task.baseline else cache.features().reshape(len(cache), -1)
     X = np.asarray(X, np.float32)
     y = cache.labels()
@@ -253,7 +294,7 @@ def _evaluate(task: Task, cores: int):
     best, val_acc, est, fit_s = dict(task.params), None, None, None
     cands = _candidates(task.head, task.params)
     if spec.kind == "keras":  # one fit: early stopping on val is its selection, and that model is the row's
-        est = _make(task.head, cores, **best)
+        est = _make(task.head, cores, task.estimator, **best)
         est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None)
         val_acc = float(est.score(X[va], y[va])) if len(va) else None
         fit_idx, fit_s, select_s = tr, time.perf_counter() - t0, 0.0
@@ -261,7 +302,8 @@ def _evaluate(task: Task, cores: int):
         grid = {k: v for k, v in GRIDS.get(task.head, {}).items() if k not in task.params}
         folds = StratifiedKFold(task.cv, shuffle=True, random_state=0)
         prefixed = {spec.param_prefix + k: v for k, v in grid.items()}
-        search = GridSearchCV(_make(task.head, cores, **task.params), prefixed or {}, cv=folds, n_jobs=1)
+        search = GridSearchCV(_make(task.head, cores, task.estimator, **task.params), prefixed or {}, cv=folds,
+                              n_jobs=1)
         search.fit(X[tr], y[tr])
         best = {**task.params, **{k[len(spec.param_prefix):]: v for k, v in search.best_params_.items()}}
         val_acc = float(search.best_score_)
@@ -278,7 +320,7 @@ def _evaluate(task: Task, cores: int):
         fit_idx = np.concatenate([tr, va])  # refit on train+val with the chosen setting
         select_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        est = _make(task.head, cores, **best)
+        est = _make(task.head, cores, task.estimator, **best)
         if warm is not None:  # start the refit from the chosen point's solution
             est.set_params(clf__warm_start=True)
             for k, v in warm.items():
@@ -286,13 +328,13 @@ def _evaluate(task: Task, cores: int):
         est.fit(X[fit_idx], y[fit_idx])
         fit_s = time.perf_counter() - t1
     else:  # no grid: one fit on train; val scores it
-        est = _make(task.head, cores, **best).fit(X[tr], y[tr])
+        est = _make(task.head, cores, task.estimator, **best).fit(X[tr], y[tr])
         val_acc = float(est.score(X[va], y[va])) if len(va) else None
         fit_idx, fit_s, select_s = tr, time.perf_counter() - t0, 0.0
     if fit_s is None:  # CV: refit the chosen setting on the whole training split
         select_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        est = _make(task.head, cores, **best).fit(X[fit_idx], y[fit_idx])
+        est = _make(task.head, cores, task.estimator, **best).fit(X[fit_idx], y[fit_idx])
         fit_s = time.perf_counter() - t1
     return est, best, val_acc, fit_idx, select_s, fit_s, "; ".join(notes), X, y, tr, te
 
@@ -337,10 +379,15 @@ def _grid_on_val(head: str, cands: list[dict], X, y, tr, va, cores: int):
 THREADED = {"random_forest", "knn", "sgd", "linear_svm"}
 
 
-def _make(head: str, cores: int, **params):
-    """``make_head``, with the classifier's own ``n_jobs`` set to the head's cores (for THREADED heads)."""
+def _make(head: str, cores: int, estimator=None, **params):
+    """``make_head``, with the classifier's own ``n_jobs`` set to the head's cores (for THREADED heads); a
+    user's ``estimator``: a clone with ``params`` in featcache's Pipeline shape (its ``n_jobs`` its own)."""
     from .heads import get_head_spec, make_head
 
+    if estimator is not None:
+        from .heads.custom import user_head
+
+        return user_head(estimator, [], params)[1]
     est = make_head(head, **params)
     if head in THREADED and cores and "n_jobs" not in params:
         est.set_params(**{get_head_spec(head).param_prefix + "n_jobs": int(cores)})
@@ -474,11 +521,9 @@ def _reset_peak_rss() -> bool:
 
 def _child(task: Task) -> dict:
     """Evaluate one task in the head's own process: the row's result, with its own peak memory."""
-    from .heads import get_head_spec
-
     result = {}
     try:
-        spec = get_head_spec(task.head)
+        spec = _spec(task)
         spec.make()  # import the head's libraries before memory is measured
         if spec.kind == "keras":
             import keras  # noqa: F401 - the head module itself imports Keras only when it builds a model
@@ -606,6 +651,7 @@ def _row(task: Task, cache, result: dict) -> dict:
         "features": (f"pixels {task.pixel_size}x{task.pixel_size}" if task.baseline
                      else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"),
         "head": task.head, "baseline": task.baseline, "params": task.params, "settings": task.settings,
+        **({"estimator": repr(task.estimator)} if task.estimator is not None else {}),  # what custom:X was
         "versions": versions(HEAD_PACKAGES, backend=False),
         **{k: v for k, v in result.items() if k != "traceback"},
     }
@@ -788,7 +834,12 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
 
     Args:
         caches: one cache (a :class:`~featcache.store.Cache` or its directory) or several.
-        heads: head names (default: every head).
+        heads: head names (default: every head), or your own unfitted scikit-learn
+            classifiers among them (``["logreg", SVC()]``): each is cloned into its
+            head's process, fitted once on train (no grid) and shown as
+            ``custom:ClassName`` (``custom:SVC#2`` for a second ``SVC``); its
+            parameters are part of the row's settings, so a changed one re-runs.
+            ``params`` for it are keyed by that name.
         params: fixed parameters per head, e.g. ``{"knn": {"n_neighbors": 5}}``.
         cv: choose hyper-parameters by K-fold CV inside train instead of on val.
         timeout: seconds per head before its row says "timed out" (None: no limit). A
@@ -818,6 +869,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
 
     Examples:
         >>> rows = featcache.bench("caches/fm", ["logreg", "knn"], out="report")  # doctest: +SKIP
+        >>> from sklearn.svm import SVC
+        >>> rows = featcache.bench("caches/fm", ["logreg", SVC()], out="report")  # doctest: +SKIP
     """
     from .heads import HEADS, get_head_spec, validate_head
     from .report import LiveTable, best_row, write_report
@@ -832,22 +885,28 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     caches = [c.path if isinstance(c, Cache) else c for c in caches]  # each head's process reopens its cache
     if not caches:
         raise FeatcacheError("bench needs at least one cache directory")
-    heads = list(heads) if heads else list(HEADS)
-    for h in list(heads) + list(baseline_heads or ()):
+    heads, estimators = user_heads(list(heads) if heads else list(HEADS))  # your own estimators: custom:Name
+    for h in [h for h in heads if h not in estimators] + list(baseline_heads or ()):
         get_head_spec(h)
     params = params or {}
     unknown = set(params) - set(heads)
     if unknown:
         raise FeatcacheError(f"parameters given for heads that are not benchmarked: {', '.join(sorted(unknown))}")
     for h in heads:  # a bad parameter fails here, not in every head's process
-        validate_head(h, None, params.get(h))
+        if h in estimators:
+            from .heads.custom import user_head
+
+            user_head(estimators[h], [], params.get(h))
+        else:
+            validate_head(h, None, params.get(h))
     opened = {str(c): open_cache(c) for c in caches}
     for cache in opened.values():  # before any work: a one-class cache would fail every head
         train_classes(cache, split_masks(cache))
     tasks = []
     for path, cache in opened.items():
         for h in heads:
-            tasks.append(Task(path, cache.key, h, dict(params.get(h, {})), cv, False, pixel_size))
+            tasks.append(Task(path, cache.key, h, dict(params.get(h, {})), cv, False, pixel_size,
+                              estimator=estimators.get(h)))
     first = opened[str(caches[0])]
     for h in baseline_heads or ():
         if h in heads:
@@ -871,7 +930,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         groups: dict = {}
         for t in todo:
             width = 3 * t.pixel_size ** 2 if t.baseline else _n_features(opened[t.cache])
-            groups.setdefault((len(opened[t.cache]), width), []).append(t.head)
+            groups.setdefault((len(opened[t.cache]), width), []).append("logreg" if t.estimator is not None
+                                                                        else t.head)  # your own: a linear head's
         est = sum(estimate_seconds(h, n, d, n_jobs) for (n, d), h in groups.items())
         budget = f", at most {timeout:g} s a head" if timeout else ""
         console.print(f"about {est:.0f} s for these {len(todo)} heads ({min(n_jobs if n_jobs > 0 else 99, len(todo))} "
@@ -901,12 +961,21 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         params = best.get("best_params") or {}
         # refit like the row it stands for: on train+val where its row refit there after choosing on val, else
         # on train (Keras heads early-stop on val; heads without a grid and heads calibrated on val fit once)
-        fit_splits = best.get("fit_splits") or (["train"] if get_head_spec(best["head"]).kind == "keras"
-                                                else ["train", "val"])
-        card = current_card(best_dir, best["head"], best["cache_key"], params)
+        own = estimators.get(best["head"])  # a user's estimator: train names it custom:ClassName
+        keras = own is None and get_head_spec(best["head"]).kind == "keras"
+        fit_splits = best.get("fit_splits") or (["train"] if keras else ["train", "val"])
+        card = current_card(best_dir, best["head"] if own is None else best["head"].partition("#")[0],
+                            best["cache_key"], params)
+        if own is not None and card is not None:  # the same name, the same estimator?
+            from .train import _custom_fields
+
+            same = card.get("estimator") == _custom_fields("custom:", _make("", 0, own, **params))["estimator"]
+            card = card if same else None
         if card is None or card.get("fit_splits", ["train"]) != fit_splits:
-            train(best["cache"], best["head"], params=params, out=best_dir, fit_splits=fit_splits)
-    curve = _learning_curve(best, learning_curve, out / CURVE, timeout, n_jobs, cv, pixel_size)
+            train(best["cache"], best["head"] if own is None else own, params=params, out=best_dir,
+                  fit_splits=fit_splits)
+    curve = _learning_curve(best, learning_curve, out / CURVE, timeout, n_jobs, cv, pixel_size,
+                            estimators.get(best["head"]) if best is not None else None)
     leaks = None
     if leakage and best is not None:
         from .leakage import near_duplicates
@@ -925,7 +994,7 @@ def _n_features(cache) -> int:
     return int(np.prod(cache.output_info(cache.output_name(None))["shape"]))
 
 
-def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size) -> list[dict]:
+def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size, estimator=None) -> list[dict]:
     """The best head's rows at each share of the train and val rows, its chosen parameters fixed.
 
     Each point is a row like the table's (its own process and budget), kept in
@@ -940,7 +1009,8 @@ def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size
             del done[key]
     params = {**(best.get("params") or {}), **(best.get("best_params") or {})}
     tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size=pixel_size,
-                  train_fraction=float(f), cores=_cores_per_head(n_jobs, len(fractions), "threading"))
+                  train_fraction=float(f), cores=_cores_per_head(n_jobs, len(fractions), "threading"),
+                  estimator=estimator)
              for f in sorted(set(fractions)) if 0 < f < 1]
     rows = {t.settings: done[t.settings] for t in tasks if t.settings in done}
     todo = [t for t in tasks if t.settings not in rows]

@@ -204,3 +204,57 @@ def test_train_shows_a_keras_heads_epochs_on_stderr(two_class_cache, tmp_path):
     assert "Epoch 1/2" in proc.stderr and "Epoch 2/2" in proc.stderr and "Epoch" not in proc.stdout
     quiet = run_featcache(*args, "--out", tmp_path / "b", "--quiet")
     assert "Epoch" not in quiet.stderr + quiet.stdout
+
+
+def test_bench_takes_your_own_estimator_from_a_notebook_style_script(two_class_cache, tmp_path):
+    script = tmp_path / "notebook.py"  # no __main__ guard: each head's process must not re-run it
+    script.write_text(
+        "import featcache\n"
+        "from sklearn.linear_model import RidgeClassifier\n"
+        f"rows = featcache.bench({str(two_class_cache.path)!r}, heads=['logreg', RidgeClassifier()],\n"
+        f"                       out={str(tmp_path / 'r')!r}, baseline_heads=(), learning_curve=())\n"
+        "print('ROWS', len(rows))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ROWS 2") == 1  # the script ran once, not once per head
+    rows = {r["head"]: r for r in json.loads((tmp_path / "r" / "results.json").read_text())}
+    assert set(rows) == {"logreg", "custom:RidgeClassifier"}
+    own = rows["custom:RidgeClassifier"]
+    assert own["status"] == "ok" and 0 <= own["accuracy"] <= 1, own
+    assert own["fit_splits"] == ["train"] and own["select_seconds"] == 0.0  # no grid: one fit on train
+    assert own["estimator"] == "RidgeClassifier()"
+
+
+def test_your_own_estimators_resume_by_their_parameters_and_can_be_the_best_model(two_class_cache, tmp_path):
+    from sklearn.linear_model import RidgeClassifier
+
+    out = tmp_path / "r"
+    kw = dict(out=out, baseline_heads=(), learning_curve=(0.5,), leakage=False)
+    rows = featcache.bench(two_class_cache, [RidgeClassifier(), RidgeClassifier(alpha=10.0)], **kw)
+    assert [r["head"] for r in rows] == ["custom:RidgeClassifier", "custom:RidgeClassifier#2"]
+    assert all(r["status"] == "ok" for r in rows), rows
+    card = read_card(out / "best_model")  # the best head is a user's estimator: refit through train(head=est)
+    assert card["head"] == "custom:RidgeClassifier" and "RidgeClassifier" in card["estimator"]
+    assert len(featcache.predict(out / "best_model", two_class_cache.path)) == len(two_class_cache)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    again = featcache.bench(two_class_cache, [RidgeClassifier(), RidgeClassifier(alpha=20.0)], **kw)
+    new = (out / "results.jsonl").read_text().splitlines()[len(lines):]
+    assert [json.loads(line)["head"] for line in new] == ["custom:RidgeClassifier#2"]  # only the changed one ran
+    assert again[0]["settings"] == rows[0]["settings"] and again[1]["settings"] != rows[1]["settings"]
+
+
+def test_a_bad_estimator_head_is_one_line_naming_it_before_any_work(two_class_cache, tmp_path):
+    from sklearn.linear_model import LinearRegression
+    from sklearn.svm import SVC
+
+    class Unclonable(SVC):
+        def __init__(self, C=1.0):
+            super().__init__(C=C * 2)  # get_params then disagrees with what was given: clone refuses
+
+    for bad, says in [(LinearRegression(), "LinearRegression is not a classifier"), (SVC, "not the class SVC"),
+                      (object(), "got object"), (Unclonable(), "custom:Unclonable")]:
+        with pytest.raises(featcache.FeatcacheError, match=says) as err:
+            featcache.bench(two_class_cache, ["logreg", bad], out=tmp_path / "r", baseline_heads=())
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / "r").exists()
