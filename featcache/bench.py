@@ -967,9 +967,9 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         card = current_card(best_dir, best["head"] if own is None else best["head"].partition("#")[0],
                             best["cache_key"], params)
         if own is not None and card is not None:  # the same name, the same estimator?
-            from .train import _custom_fields
+            from .train import custom_fields
 
-            same = card.get("estimator") == _custom_fields("custom:", _make("", 0, own, **params))["estimator"]
+            same = card.get("estimator") == custom_fields("custom:", _make("", 0, own, **params))["estimator"]
             card = card if same else None
         if card is None or card.get("fit_splits", ["train"]) != fit_splits:
             train(best["cache"], best["head"] if own is None else own, params=params, out=best_dir,

@@ -210,8 +210,7 @@ def _check_values(path: Path, cfg: dict) -> None:
         from .finetune import check_settings
 
         try:
-            check_settings(**{k: v for k, v in cfg["finetune"].items() if k not in ("cache", "from_layer", "to_layer",
-                                                                                   "output")})
+            check_settings(**cfg["finetune"])  # it judges the numbers; the names were judged above
         except FeatcacheError as exc:
             raise FeatcacheError(f"{path}: finetune: {exc}") from None
     if "bench" in cfg:
@@ -301,6 +300,7 @@ def run(path, *, progress: bool = True) -> dict:
         result["caches"][ex["name"]] = str(cache.path)
     train_cfg = cfg.get("train", {})
     val_accuracy = {}  # model name: validation accuracy, for export = "best"
+    finetune_test = None  # the fine-tuned block's test accuracy, for the comparison after bench
     if train_cfg.get("heads"):
         from .train import train
 
@@ -337,6 +337,7 @@ def run(path, *, progress: bool = True) -> dict:
                  f"{ft['trainable_weights']:,} weights trained) -> {mdir}")
         result["models"]["finetune"] = str(mdir)
         val_accuracy["finetune"] = card["metrics"].get("val", {}).get("accuracy", float("-inf"))
+        finetune_test = card["metrics"]["test"]["accuracy"]
     if train_cfg.get("export"):
         name = train_cfg["export"]
         if name == "best":
@@ -359,14 +360,14 @@ def run(path, *, progress: bool = True) -> dict:
         names = bench_cfg.get("caches") or list(result["caches"])
         report = out / bench_cfg.get("out", "report")
         rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
-              timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS), out=report,
-              baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress)
+                     timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS),
+                     out=report, baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress)
         _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
         result["report"] = str(report)
-        if "finetune" in result["models"]:
+        if finetune_test is not None:
             from .report import best_row
 
-            top, ft = best_row(rows), read_card(result["models"]["finetune"])["metrics"]["test"]["accuracy"]
+            top, ft = best_row(rows), finetune_test
             if top is not None:
                 _say(f"[bold]compare[/] test accuracy: fine-tuned top block {100 * ft:.2f}%, best frozen head "
                      f"({top['head']} on {top['features']}) {100 * top['accuracy']:.2f}%")

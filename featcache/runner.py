@@ -106,13 +106,14 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         t_compute = time.perf_counter()
         if todo:
             engine = engine or make_engine("local")
-            def projected(outputs):  # before the first image runs (local), after the first shard (Ray)
-                if progress:
-                    per_image = store.bytes_per_image(outputs)
-                    console.print(f"  {per_image:,} bytes per image: about {human_bytes(per_image * len(src))} of "
-                                  f"features for {len(src):,} images", highlight=False)
 
-            sink.on_outputs = projected
+            def projected(outputs):  # before the first image runs (local), after the first shard (Ray)
+                per_image = store.bytes_per_image(outputs)
+                console.print(f"  {per_image:,} bytes per image: about {human_bytes(per_image * len(src))} of "
+                              f"features for {len(src):,} images", highlight=False)
+
+            if progress:
+                sink.on_outputs = projected
             with ProgressBar(n_todo, f"extract {plan.backbone.name}", enabled=progress) as bar:
                 stats = engine.compute(plan, todo, sink, on_items=bar.advance)
         compute_s = time.perf_counter() - t_compute

@@ -117,7 +117,7 @@ def _head_errors(head: str):
                              f"{lines[0] if lines else type(exc).__name__}") from exc
 
 
-def _custom_fields(head: str, pipe) -> dict:
+def custom_fields(head: str, pipe) -> dict:
     """What a card says of a user's own estimator: its repr, and whether its probabilities are one-hot."""
     if not head.startswith("custom:"):
         return {}
@@ -225,7 +225,7 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
             with _head_errors(head):
                 pipe.fit(X[fit_mask], labels[fit_mask])
     fit_seconds = time.perf_counter() - t0
-    one_hot = _custom_fields(head, pipe).get("probabilities", "").startswith("one-hot")
+    one_hot = custom_fields(head, pipe).get("probabilities", "").startswith("one-hot")
     results = {}
     for split in SPLITS:
         m = masks[split]
@@ -265,7 +265,7 @@ def card_for(cache: Cache, head: str, pipe, *, params: dict, preprocess: str, ou
                      "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
                      "dtype": cache.params.get("dtype"),
                      "backbone_ref": cache.backbone_ref},
-        **_custom_fields(head, pipe),
+        **custom_fields(head, pipe),
         "classes": pipe.classes_.tolist(), "class_names": class_names, "metrics": results,
         "fit_seconds": round(fit_seconds, 4), "streamed": bool(streamed), "fit_splits": list(fit_splits),
         "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
