@@ -36,20 +36,43 @@ class Extractor:
     the one asked for, or None.
     """
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, *, input_size: tuple[int, int] | None = None):
         from .backbones.graph import build_extractor
         from .runtimes import make_runtime
 
         opts = plan.options
+        self.plan = plan
         self.batch_size = int(opts.batch_size)
+        input_size = tuple(input_size or plan.input_size)
         self.model, self.names = build_extractor(
-            plan.backbone, input_size=plan.input_size, image_size=plan.image_size, pooling=opts.pooling,
+            plan.backbone, input_size=input_size, image_size=plan.image_size, pooling=opts.pooling,
             outputs=opts.outputs, preprocess=opts.preprocess, compute_dtype=opts.compute_dtype)
         jit = {"auto": "auto", "true": True, "false": False}[opts.jit]
         self.model.compile(jit_compile=jit)
         identity = {k: v for k, v in plan.params.items() if k not in ("dtype", "shard_size", "compression")}
+        identity["input_size"] = list(input_size)
         self.run, self.note = make_runtime(opts.runtime, self.model, self.names, self.batch_size, identity=identity)
         self.runtime = self.run.name
+        self._views: "Extractor | None" = None
+
+    def for_views(self) -> "Extractor":
+        """The extractor of augmented views: built once, on first use, taking images at the model's input size.
+
+        Views are resized and augmented before the CNN (:func:`featcache.augment.augment_images`),
+        so their graph has no resize of its own.
+        """
+        if self._views is None:
+            self._views = self if tuple(self.plan.input_size) == tuple(self.plan.image_size) else \
+                Extractor(self.plan, input_size=self.plan.image_size)
+        return self._views
+
+    def view(self, images: np.ndarray, ids: Sequence[str], view: int) -> dict[str, np.ndarray]:
+        """Features of augmented view ``view`` of ``images`` (whose item ids are ``ids``)."""
+        from .augment import augment_images, parse_recipe
+
+        size = tuple(self.plan.image_size)
+        params = parse_recipe(self.plan.options.augment).params(ids, view, size)
+        return self.for_views()(augment_images(images, params, size))
 
     def output_info(self, dtype: str) -> dict:
         return {n: {"shape": [int(d) for d in self.model.output[n].shape[1:]], "dtype": dtype} for n in self.names}
@@ -67,6 +90,8 @@ class _Accumulator:
         self.labels, self.ids, self.splits, self.skipped = [], [], [], []
 
     def add(self, feats: dict | None, batch) -> None:
+        if batch is None:  # a view shard of a plain shard without train images: written empty
+            return
         if feats is not None:
             for k, v in feats.items():
                 self.features.setdefault(k, []).append(v)
@@ -97,11 +122,12 @@ def default_decode_threads(runtime: str) -> int:
 
 
 def read_batches(plan: Plan, indices: Sequence[int], executor) -> Iterable:
-    """Reader: (shard index, item range, batch, last-of-shard) in order."""
+    """Reader: (shard index, item range, batch, last-of-shard) in order; a shard without items is one None batch."""
     bs = plan.options.batch_size
     for index in indices:
         item_range, items = plan.shard_items(index)
         if not items:
+            yield index, item_range, None, True
             continue
         for a in range(0, len(items), bs):
             chunk = items[a:a + bs]
@@ -155,13 +181,20 @@ def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, wri
             if acc is None or acc.index != index:
                 acc = _Accumulator(index, item_range, plan.source.has_splits)
             t0 = time.perf_counter()
-            feats = extractor(batch.images) if len(batch.items) else None
+            view = plan.view_of(index)
+            if batch is None or not len(batch.items):
+                feats = None
+            elif view:
+                feats = extractor.view(batch.images, [it.id for it in batch.items], view)
+            else:
+                feats = extractor(batch.images)
             took = time.perf_counter() - t0
             stats["model_s"] = stats.get("model_s", 0.0) + took
             if feats is not None and "first_batch_s" not in stats:  # includes tracing / XLA compilation
                 stats["first_batch_s"], stats["first_batch_items"] = took, len(batch.items)
             acc.add(feats, batch)
-            on_batch(len(batch.items) + len(batch.skipped))
+            if batch is not None:
+                on_batch(len(batch.items) + len(batch.skipped))
             if last:
                 write(acc.finish(extractor.names, shapes))
                 acc = None

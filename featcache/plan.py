@@ -10,18 +10,23 @@ Keras is touched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import store
 from .backbones import Backbone, resolve
 from .backbones.graph import COMPUTE_DTYPES, POOLINGS
 from .backbones.layers import PREPROCESS_MODES
+from .augment import DEFAULT_RECIPE, MAX_VIEWS, parse_recipe
 from .errors import BackboneError, FeatcacheError
 from .runtimes import RUNTIMES
 from .sources import Source
+from .splits import assign_splits
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: the largest model input side; CNNs are trained at 224-600 px, and 4096 px is already 64 MB a float image
@@ -76,6 +81,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decode_threads", None, "Pillow decode threads (default: cores + 2, at most 8; cores with openvino)", int,
             minimum=1),
     Setting("prefetch", 4, "decoded batches queued ahead of the model", int, minimum=1),
+    Setting("views", 0, "augmented views stored per training image, beside the plain one (val and test rows keep "
+            "the plain one only); raising it later computes only the new views; not part of the cache key", int,
+            minimum=0),
+    Setting("augment", None, "the views' recipe, e.g. 'flip,crop=0.6,rotate=10,contrast=0.2,brightness=0.1,seed=0' "
+            f"(default: {DEFAULT_RECIPE}); part of the cache key"),
 )
 SETTING = {s.name: s for s in SETTINGS}
 
@@ -108,6 +118,8 @@ class ExtractOptions:
     jit: bool | str = _default("jit")
     decode_threads: int | None = _default("decode_threads")
     prefetch: int = _default("prefetch")
+    views: int = _default("views")
+    augment: str | None = _default("augment")
 
     def __post_init__(self):
         if self.compression is None:  # the Python API's None is the command line's "none"
@@ -143,6 +155,9 @@ class ExtractOptions:
         if size is not None and not (integer(size) and size > 0 or (
                 isinstance(size, (tuple, list)) and len(size) == 2 and all(integer(v) and v > 0 for v in size))):
             raise FeatcacheError(f"image size must be a positive integer (or a pair of them), got {size!r}")
+        if self.views > MAX_VIEWS:
+            raise FeatcacheError(f"views must be at most {MAX_VIEWS}, got {self.views}")
+        parse_recipe(self.augment)  # a bad recipe is refused even before views are asked for
 
 
 @dataclass
@@ -160,10 +175,32 @@ class Plan:
     key: str
     #: how to rebuild the backbone later (predict, export): not part of the key
     backbone_ref: dict = field(default_factory=dict)
+    #: shards of the plain view (every item); shards ``n_base * v`` to ``n_base * (v + 1) - 1`` hold view ``v``
+    n_base: int = field(init=False)
     n_shards: int = field(init=False)
 
     def __post_init__(self):
-        self.n_shards = max(1, math.ceil(len(self.source) / self.options.shard_size))
+        self.n_base = max(1, math.ceil(len(self.source) / self.options.shard_size))
+        self.n_shards = self.n_base * (1 + int(self.options.views))
+
+    @property
+    def views(self) -> int:
+        return int(self.options.views)
+
+    def with_views(self, views: int) -> "Plan":
+        """The same plan with ``views`` augmented views (the cache key does not change)."""
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, views=int(views)))
+
+    def view_of(self, index: int) -> int:
+        """The view shard ``index`` holds: 0 for the plain view, 1 ... K for the augmented ones."""
+        return index // self.n_base
+
+    @functools.cached_property
+    def _train_items(self) -> np.ndarray:
+        """Whether each source item is a labelled train item under the default split: the items views are for."""
+        items = self.source.items
+        names = assign_splits([it.id for it in items], [it.split for it in items] if self.source.has_splits else None)
+        return (names == "train") & np.array([it.label is not None and it.label >= 0 for it in items], bool)
 
     def at(self, out) -> "Plan":
         """The same plan writing to ``out`` (a plan made with ``out=None`` is placed once its key is known)."""
@@ -175,8 +212,13 @@ class Plan:
                                compression=self.options.shard_compression, n_items=len(self.source))
 
     def shard_items(self, index: int):
+        """``(item range, items)`` of shard ``index``: a view shard holds the train items of its plain shard."""
         start, stop = store.shard_item_range(index, self.options.shard_size, len(self.source))
-        return (start, stop), self.source.items[start:stop]
+        items = self.source.items[start:stop]
+        if self.view_of(index):
+            keep = self._train_items[start:stop]
+            items = [it for it, k in zip(items, keep) if k]
+        return (start, stop), items
 
 
 def _size_pair(value, default: int) -> tuple[int, int]:
@@ -230,6 +272,9 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
         "shard_size": int(options.shard_size),
         "compression": options.shard_compression,
     }
+    recipe = parse_recipe(options.augment).text
+    if recipe != parse_recipe(DEFAULT_RECIPE).text:  # absent for the default: caches made before views keep their key
+        params["augment"] = recipe
     fingerprint = source.fingerprint()
     return Plan(source, backbone, options, None if out is None else Path(out), image_size, input_size, params,
                 fingerprint, store.cache_key(params, fingerprint), ref)

@@ -19,6 +19,7 @@ from . import store
 from .backbones import Backbone
 from .engines import make_engine
 from .errors import CacheError, FeatcacheError
+from .augment import parse_recipe
 from .plan import DEFAULT_BACKBONE, ExtractOptions, Plan, make_plan
 from .sources import LIMIT_SEED, open_source
 from .versions import versions
@@ -75,7 +76,6 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         lock = store.DirectoryLock(out, wait=wait).acquire()
     except store.ReadOnlyError as exc:
         return _run_read_only(plan, t_start, exc)
-    shape = {"key": plan.key, "n_shards": plan.n_shards}
     try:
         store.remove_temporaries(out)
         try:
@@ -87,6 +87,11 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         old, kept = store.claim(out, old, key=plan.key, params=plan.params, fingerprint=plan.fingerprint,
                                 overwrite=overwrite)
         notes = [f"not featcache's, left alone: {k}" for k in kept]
+        stored_views = int((old or {}).get("views", 0))
+        if stored_views > plan.views:  # views are never thrown away: asking for fewer keeps them all
+            notes.append(f"the cache keeps the {stored_views} views it holds (asked for {plan.views})")
+            plan = plan.with_views(stored_views)
+        shape = {"key": plan.key, "n_shards": plan.n_shards}
         done, problems = store.existing_shards(out, old, repair=repair, shard_size=plan.options.shard_size,
                                                n_items=len(plan.source), **shape)
         if not problems and len(done) == plan.n_shards and store.up_to_date(out, old, check_shards=False, **shape):
@@ -99,7 +104,8 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
                    dataset={"source": src.describe(), "n_items": len(src), "class_names": list(src.class_names),
                             "has_splits": src.has_splits, "reopen": src.address},
                    n_shards=plan.n_shards, shards=list(done.values()), old=old,
-                   save=bool(done) or old is not None)  # a run that has written no shard claims nothing
+                   save=bool(done) or old is not None, views=plan.views,
+                   augment=parse_recipe(plan.options.augment).text)  # a run that has written no shard claims nothing
         todo = [i for i in range(plan.n_shards) if i not in done]
         stats: dict = {}
         n_todo = sum(len(plan.shard_items(i)[1]) for i in todo)
@@ -107,10 +113,14 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         if todo:
             engine = engine or make_engine("local")
 
+            n_views = sum(len(plan.shard_items(i)[1]) for i in range(plan.n_base, plan.n_shards))
+
             def projected(outputs):  # before the first image runs (local), after the first shard (Ray)
                 per_image = store.bytes_per_image(outputs)
-                console.print(f"  {per_image:,} bytes per image: about {human_bytes(per_image * len(src))} of "
-                              f"features for {len(src):,} images", highlight=False)
+                rows = len(src) + n_views
+                also = f" and {n_views:,} augmented views" if n_views else ""
+                console.print(f"  {per_image:,} bytes per image: about {human_bytes(per_image * rows)} of "
+                              f"features for {len(src):,} images{also}", highlight=False)
 
             if progress:
                 sink.on_outputs = projected
@@ -155,6 +165,8 @@ def _noop_summary(plan: Plan, t_start: float, notes: list[str]) -> tuple[store.C
 def _run_read_only(plan: Plan, t_start: float, exc: store.ReadOnlyError) -> tuple[store.Cache, RunSummary]:
     """A cache on read-only media: an up-to-date one is a no-op; anything else says why it cannot go on."""
     old = store.read_manifest(plan.out)
+    if old is not None and int(old.get("views", 0)) > plan.views:
+        plan = plan.with_views(int(old["views"]))
     if store.up_to_date(plan.out, old, key=plan.key, n_shards=plan.n_shards):
         if old["dataset"].get("class_names") != list(plan.source.class_names):
             raise CacheError(f"{exc}; the class names changed and cannot be recorded there")

@@ -271,9 +271,18 @@ def shard_name(index: int) -> str:
     return f"{index:05d}.h5"
 
 
+def base_shards(shard_size: int, n_items: int) -> int:
+    """Shards of the plain view: every source item once (docs/FORMAT.md)."""
+    return max(1, -(-int(n_items) // int(shard_size)))
+
+
 def shard_item_range(index: int, shard_size: int, n_items: int) -> tuple[int, int]:
-    """``[start, stop)`` of the source items shard ``index`` covers (docs/FORMAT.md)."""
-    start = index * shard_size
+    """``[start, stop)`` of the source items shard ``index`` covers (docs/FORMAT.md).
+
+    Shards past the plain view's hold augmented views: shard ``index`` covers the
+    items of plain shard ``index % base_shards`` (its train items only).
+    """
+    start = (index % base_shards(shard_size, n_items)) * shard_size
     return start, min(start + shard_size, n_items)
 
 
@@ -419,7 +428,8 @@ def bytes_per_image(outputs: dict) -> int:
 def write_view(directory: Path, manifest: dict) -> None:
     """Write features.h5: virtual datasets that stitch every shard, in row order."""
     directory = Path(directory)
-    shards = sorted(manifest["shards"], key=lambda s: s["index"])
+    n_base = base_shards(manifest["params"]["shard_size"], manifest["dataset"].get("n_items", 0))
+    shards = sorted((s for s in manifest["shards"] if s["index"] < n_base), key=lambda s: s["index"])  # plain view
     total = sum(s["n_rows"] for s in shards)
     image = io.BytesIO()  # built in memory, written atomically like the manifest
     with h5py.File(image, "w", libver=("earliest", "v110")) as out:
@@ -621,13 +631,23 @@ class Cache:
             raise CacheError(f"{self.path} is incomplete ({done} of {manifest.get('n_shards', '?')} shards); "
                              "re-run the same `featcache extract` command to finish it")
         self.manifest = manifest
-        self._shards = sorted(manifest.get("shards", []), key=lambda s: s["index"])
+        records = sorted(manifest.get("shards", []), key=lambda s: s["index"])
+        n_base = base_shards(manifest["params"]["shard_size"], manifest["dataset"].get("n_items", 0))
+        #: every shard record, views' too (what verify checks)
+        self._all_shards = records
+        #: the plain view's records: the cache's rows
+        self._shards = [r for r in records if r["index"] < n_base]
         self._row_columns: dict | None = None
-        row, self.shards = 0, []
-        for rec in self._shards:
-            self.shards.append(ShardInfo(rec["index"], self.path / rec["file"], (row, row + rec["n_rows"]),
-                                         tuple(rec["items"])))
-            row += rec["n_rows"]
+        self._view_columns: dict[int, dict] = {}
+        self._view_shards: dict[int, list[ShardInfo]] = {}
+        for rec in records:
+            view = rec["index"] // n_base
+            shards = self._view_shards.setdefault(view, [])
+            row = shards[-1].rows[1] if shards else 0
+            shards.append(ShardInfo(rec["index"], self.path / rec["file"], (row, row + rec["n_rows"]),
+                                    tuple(rec["items"])))
+        self.shards = self._view_shards.pop(0, [])
+        self._n_base = n_base
 
     # -- metadata
     @property
@@ -678,7 +698,7 @@ class Cache:
     @property
     def n_shards(self) -> int:
         """Shards the finished cache has (more than :attr:`shards` while it is incomplete)."""
-        return int(self.manifest.get("n_shards", len(self._shards)))
+        return int(self.manifest.get("n_shards", len(self._all_shards)))
 
     @property
     def source(self) -> str:
@@ -704,6 +724,96 @@ class Cache:
     def timings(self) -> dict:
         """Seconds, images/s and where the time went, for the run that finished the cache."""
         return dict(self.manifest.get("timings") or {})
+
+    @property
+    def n_shards_done(self) -> int:
+        """Shards written so far, views' included (:attr:`n_shards` when complete)."""
+        return len(self._all_shards)
+
+    @property
+    def views(self) -> int:
+        """Augmented views stored per training image (0: the plain view only); see :meth:`views_of`."""
+        return int(self.manifest.get("views", 0))
+
+    @property
+    def augment(self) -> str | None:
+        """The recipe of the stored views (``featcache.augment``), or None when there are none."""
+        return self.manifest.get("augment") if self.views else None
+
+    def view_shards(self, view: int) -> list[ShardInfo]:
+        """The shards of augmented view ``view`` (1 ... :attr:`views`), in the order of :attr:`shards`.
+
+        Shard ``j`` of a view holds the train-split images of the plain shard
+        ``j``, in source order; its ``rows`` number the view's own rows.
+        """
+        if not 1 <= int(view) <= self.views:
+            raise CacheError(f"{self.path} has views 1 to {self.views}, not {view!r}")
+        return list(self._view_shards.get(int(view), []))
+
+    def view_ids(self, view: int) -> list[str]:
+        """The item ids of every row of augmented view ``view``, in its row order."""
+        view = int(view)
+        if view not in self._view_columns:
+            ids: list[str] = []
+            for shard in self.view_shards(view):
+                with self._open(shard) as f:
+                    ids.extend(decode_strings(f["ids"][:]))
+            self._view_columns[view] = {"ids": ids, "position": {i: r for r, i in enumerate(ids)}}
+        return list(self._view_columns[view]["ids"])
+
+    def view_positions(self, view: int, rows) -> np.ndarray:
+        """For each of the cache's ``rows``, the row of augmented view ``view`` showing the same image (-1: none).
+
+        Only train-split images have views, so a val or test row is always -1.
+        """
+        self.view_ids(view)
+        position = self._view_columns[int(view)]["position"]
+        ids = self._columns()["ids"]
+        return np.array([position.get(ids[int(r)], -1) for r in np.asarray(rows).reshape(-1)], np.int64)
+
+    def views_of(self, rows, output: str | None = None, views: int | None = None) -> np.ndarray:
+        """The augmented views of the cache's ``rows``: an array ``(K, len(rows), *shape)`` (storage dtype).
+
+        ``K`` is ``views`` (default: every stored view, :attr:`views`). A row
+        without views (a val or test image) gets its own plain features in
+        each, so stacking the result with the plain rows never adds a view of
+        an image outside the train split.
+
+        Examples:
+            >>> X, y = cache.split("train")                                        # doctest: +SKIP
+            >>> V = cache.views_of(cache.split_rows("train"))                      # doctest: +SKIP
+            >>> X_all, y_all = np.concatenate([X, *V]), np.tile(y, 1 + len(V))     # doctest: +SKIP
+        """
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        k = self.views if views is None else int(views)
+        if not 0 <= k <= self.views:
+            raise CacheError(f"{self.path} holds {self.views} views, not {views!r}")
+        name = self.output_name(output)
+        info = self.output_info(name)
+        out = np.empty((k, len(rows)) + tuple(info["shape"]), info["dtype"])
+        plain = None
+        for v in range(1, k + 1):
+            pos = self.view_positions(v, rows)
+            missing = pos < 0
+            if missing.any():
+                if plain is None:
+                    plain = self.read_rows(rows[missing], name).features
+                out[v - 1][missing] = plain
+            if (~missing).any():
+                out[v - 1][~missing] = self._read_view_rows(v, pos[~missing], name)
+        return out
+
+    def _read_view_rows(self, view: int, positions: np.ndarray, name: str) -> np.ndarray:
+        shards = self.view_shards(view)
+        info = self.output_info(name)
+        out = np.empty((len(positions),) + tuple(info["shape"]), info["dtype"])
+        starts = np.array([sh.rows[0] for sh in shards] + [shards[-1].rows[1] if shards else 0], np.int64)
+        owner = np.searchsorted(starts, positions, side="right") - 1
+        for b in np.unique(owner):
+            shard = shards[int(b)]
+            sel = np.flatnonzero(owner == b)
+            out[sel] = self.read_shard_features(shard, name)[positions[sel] - shard.rows[0]]
+        return out
 
     def output_name(self, output: str | None = None) -> str:
         """``output`` checked against the stored outputs; the first one when None."""
@@ -933,12 +1043,12 @@ class Cache:
     def verify(self, *, deep: bool = True) -> list[str]:
         """Every problem found (missing, truncated or altered shards, a broken view); [] if none."""
         problems = []
-        for shard in self._shards:
+        for shard in self._all_shards:
             problems += shard_problems(self.path, shard, self.key, deep=deep)
         if self.complete:
             expected = self.manifest.get("n_shards")
-            if expected is not None and len(self._shards) != expected:
-                problems.append(f"manifest lists {len(self._shards)} shards of {expected}")
+            if expected is not None and len(self._all_shards) != expected:
+                problems.append(f"manifest lists {len(self._all_shards)} shards of {expected}")
             if not (self.path / VIEW).is_file():
                 problems.append(f"{VIEW}: missing")
         return problems
@@ -1082,8 +1192,13 @@ class CacheSink:
 
     # -- the driver
     def begin(self, *, params: dict, fingerprint: str, dataset: dict, backbone_ref: dict, n_shards: int,
-              shards: list[dict], old: dict | None, save: bool) -> dict:
-        """Start (or resume) the manifest with the shards already on disk; ``save`` writes it now."""
+              shards: list[dict], old: dict | None, save: bool, views: int = 0, augment: str | None = None) -> dict:
+        """Start (or resume) the manifest with the shards already on disk; ``save`` writes it now.
+
+        ``views`` augmented views per train image (made with the recipe
+        ``augment``) are recorded beside the plain view; they are not part of
+        the key, so a later run may add more.
+        """
         self.manifest = {
             "format_version": FORMAT_VERSION,
             "key": self.key,
@@ -1093,6 +1208,8 @@ class CacheSink:
             "outputs": (old or {}).get("outputs") or {},
             "backbone_ref": backbone_ref,
             "n_shards": n_shards,
+            "views": int(views),
+            **({"augment": augment} if views else {}),
             "shards": sorted(shards, key=lambda s: s["index"]),
             "created": (old or {}).get("created") or _now(),
         }
@@ -1137,16 +1254,24 @@ class CacheSink:
         """
         manifest = self.manifest
         shards = sorted(manifest["shards"], key=lambda s: s["index"])
-        row = 0
-        for s in shards:
-            s["rows"] = [row, row + s["n_rows"]]
-            row += s["n_rows"]
+        n_items = manifest["dataset"].get("n_items", 0)
+        n_base = base_shards(manifest["params"]["shard_size"], n_items)
+        rows: dict[int, int] = {}
+        for s in shards:  # each view numbers its own rows; view 0 (the plain one) is the cache's rows
+            view = s["index"] // n_base
+            start = rows.get(view, 0)
+            s["rows"] = [start, start + s["n_rows"]]
+            rows[view] = start + s["n_rows"]
+        row = rows.get(0, 0)
+        plain = [s for s in shards if s["index"] < n_base]
         if not manifest["outputs"]:
             manifest["outputs"] = self._outputs_from_shards(shards)
-        skipped = [dict(x) for s in shards for x in s["skipped"]]
-        n_items = manifest["dataset"].get("n_items", 0)
-        manifest.update({"shards": shards, "counts": {"items": n_items, "rows": row, "skipped": len(skipped)},
-                         "skipped": skipped, "versions": versions, "timings": timings})
+        skipped = [dict(x) for s in plain for x in s["skipped"]]
+        counts = {"items": n_items, "rows": row, "skipped": len(skipped)}
+        if manifest.get("views"):
+            counts["view_rows"] = sum(n for v, n in rows.items() if v)
+        manifest.update({"shards": shards, "counts": counts, "skipped": skipped, "versions": versions,
+                         "timings": timings})
         if not manifest["outputs"] or (row == 0 and n_items):
             reasons = collections.Counter(x["reason"] for x in skipped).most_common(1)
             raise CacheError(f"every one of the {n_items:,} images was skipped, so {self.directory} is left "
