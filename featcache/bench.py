@@ -79,6 +79,9 @@ class Task:
     train_fraction: float = 1.0
     #: a user's own scikit-learn classifier (an unfitted clone) for a ``custom:`` head; None for a named head
     estimator: object = None
+    #: the cache's augmented views the head trains on (0: none) and how (:mod:`featcache.heads.views`)
+    views: int = 0
+    views_mode: str = "none"
 
     @property
     def settings(self) -> str:
@@ -89,6 +92,8 @@ class Task:
                 "head_is": _head_is(self.head, self.estimator)}
         if self.train_fraction != 1.0:  # absent at 1.0, so the rows of earlier reports keep their hashes
             body["train_fraction"] = self.train_fraction
+        if self.views:  # absent without views, likewise; K is not in the cache key, so it is here
+            body["views"] = [self.views, self.views_mode]
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
@@ -269,7 +274,7 @@ def _cap_threads(cores: int, keras: bool) -> None:
 
 
 def _evaluate(task: Task, cores: int):
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 
     from .train import split_masks
 
@@ -290,21 +295,40 @@ def _evaluate(task: Task, cores: int):
     if limit and len(tr) > limit:
         tr = _subsample(tr, y, limit)
         notes.append(f"train subsampled to {limit:,} rows")
+    views, groups = None, None
+    if task.views:  # the train images' views: more rows (appended to X), their mean, or a Keras head's draw
+        from .heads import views as head_views
+
+        V = cache.views_of(tr, views=task.views).reshape(task.views, len(tr), -1).astype(np.float32)
+        if task.views_mode == "draw":
+            views = V
+        else:
+            Xt, yt, g = head_views.expand(X[tr], y[tr], V, task.views_mode)
+            if task.views_mode == "mean":
+                X[tr] = Xt
+            else:
+                extra = np.arange(len(X), len(X) + len(Xt) - len(tr))
+                X, y = np.concatenate([X, Xt[len(tr):]]), np.concatenate([y, yt[len(tr):]])
+                groups, tr = np.concatenate([tr, tr[g[len(tr):]]]), np.concatenate([tr, extra])
+        notes.append(f"{task.views} augmented views per train image as {task.views_mode}")
     t0 = time.perf_counter()
     best, val_acc, est, fit_s = dict(task.params), None, None, None
     cands = _candidates(task.head, task.params)
     if spec.kind == "keras":  # one fit: early stopping on val is its selection, and that model is the row's
         est = _make(task.head, cores, task.estimator, **best)
-        est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None)
+        est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None,
+                **({"clf__views": views} if views is not None else {}))
         val_acc = float(est.score(X[va], y[va])) if len(va) else None
         fit_idx, fit_s, select_s = tr, time.perf_counter() - t0, 0.0
     elif task.cv:
         grid = {k: v for k, v in GRIDS.get(task.head, {}).items() if k not in task.params}
-        folds = StratifiedKFold(task.cv, shuffle=True, random_state=0)
+        # views of one image stay in one fold: a view of a held-out image is never trained on
+        folds = (StratifiedKFold(task.cv, shuffle=True, random_state=0) if groups is None
+                 else StratifiedGroupKFold(task.cv, shuffle=True, random_state=0))
         prefixed = {spec.param_prefix + k: v for k, v in grid.items()}
         search = GridSearchCV(_make(task.head, cores, task.estimator, **task.params), prefixed or {}, cv=folds,
                               n_jobs=1)
-        search.fit(X[tr], y[tr])
+        search.fit(X[tr], y[tr], **({"groups": groups} if groups is not None else {}))
         best = {**task.params, **{k[len(spec.param_prefix):]: v for k, v in search.best_params_.items()}}
         val_acc = float(search.best_score_)
         fit_idx = tr
@@ -651,6 +675,8 @@ def _row(task: Task, cache, result: dict) -> dict:
         "features": (f"pixels {task.pixel_size}x{task.pixel_size}" if task.baseline
                      else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"),
         "head": task.head, "baseline": task.baseline, "params": task.params, "settings": task.settings,
+        "views": task.views, "views_mode": task.views_mode,
+        **({"augment": cache.augment} if task.views else {}),
         **({"estimator": repr(task.estimator)} if task.estimator is not None else {}),  # what custom:X was
         "versions": versions(HEAD_PACKAGES, backend=False),
         **{k: v for k, v in result.items() if k != "traceback"},
@@ -823,7 +849,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
           timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = DEFAULT_N_JOBS, out="report",
           baseline_heads=("logreg",),
           pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
-          ray_address: str | None = None, learning_curve=(0.1, 0.25, 0.5), leakage: bool = True) -> list[dict]:
+          ray_address: str | None = None, learning_curve=(0.1, 0.25, 0.5), leakage: bool = True,
+          views: str = "auto") -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
     Hyper-parameters are chosen on the validation split (or ``cv`` folds
@@ -862,6 +889,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         leakage: look for test rows whose nearest train/val row has cosine >= 0.98 on
             the cached features (:mod:`featcache.leakage`) and report the best
             head's accuracy with and without them.
+        views: how heads train on a cache's augmented views (``extract --views
+            K``): ``auto`` (each head's own way, ``featcache heads``), ``rows``,
+            ``mean``, ``none``; each row records the K it used. Selection and
+            test rows are always the plain view.
 
     Returns:
         The rows, one dict per (cache, head): test accuracy, macro-F1,
@@ -873,6 +904,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         >>> rows = featcache.bench("caches/fm", ["logreg", SVC()], out="report")  # doctest: +SKIP
     """
     from .heads import HEADS, get_head_spec, validate_head
+    from .heads.views import resolve_mode
     from .report import LiveTable, best_row, write_report
     from .train import split_masks, train_classes
 
@@ -885,6 +917,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     caches = [c.path if isinstance(c, Cache) else c for c in caches]  # each head's process reopens its cache
     if not caches:
         raise FeatcacheError("bench needs at least one cache directory")
+    if views not in ("auto", "rows", "mean", "none"):
+        raise FeatcacheError(f"views must be one of auto, rows, mean, none, got {views!r}")
     heads, estimators = user_heads(list(heads) if heads else list(HEADS))  # your own estimators: custom:Name
     for h in [h for h in heads if h not in estimators] + list(baseline_heads or ()):
         get_head_spec(h)
@@ -905,8 +939,14 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     tasks = []
     for path, cache in opened.items():
         for h in heads:
+            spec = None if h in estimators else get_head_spec(h)
+            keras = spec is not None and spec.kind == "keras"
+            # one choice for every head: rows or mean for the scikit-learn heads, Keras heads still draw
+            mode = resolve_mode("auto" if keras and views in ("rows", "mean") else views,
+                                "rows" if spec is None else spec.views, keras, cache.views)
             tasks.append(Task(path, cache.key, h, dict(params.get(h, {})), cv, False, pixel_size,
-                              estimator=estimators.get(h)))
+                              estimator=estimators.get(h), views=cache.views if mode != "none" else 0,
+                              views_mode=mode))
     first = opened[str(caches[0])]
     for h in baseline_heads or ():
         if h in heads:
@@ -965,7 +1005,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         keras = own is None and get_head_spec(best["head"]).kind == "keras"
         fit_splits = best.get("fit_splits") or (["train"] if keras else ["train", "val"])
         card = current_card(best_dir, best["head"] if own is None else best["head"].partition("#")[0],
-                            best["cache_key"], params)
+                            best["cache_key"], params, best.get("views") or 0)
         if own is not None and card is not None:  # the same name, the same estimator?
             from .train import custom_fields
 
@@ -973,7 +1013,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
             card = card if same else None
         if card is None or card.get("fit_splits", ["train"]) != fit_splits:
             train(best["cache"], best["head"] if own is None else own, params=params, out=best_dir,
-                  fit_splits=fit_splits)
+                  fit_splits=fit_splits, views=best.get("views_mode") or "none")
     curve = _learning_curve(best, learning_curve, out / CURVE, timeout, n_jobs, cv, pixel_size,
                             estimators.get(best["head"]) if best is not None else None)
     leaks = None
@@ -1010,7 +1050,7 @@ def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size
     params = {**(best.get("params") or {}), **(best.get("best_params") or {})}
     tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size=pixel_size,
                   train_fraction=float(f), cores=_cores_per_head(n_jobs, len(fractions), "threading"),
-                  estimator=estimator)
+                  estimator=estimator, views=best.get("views") or 0, views_mode=best.get("views_mode") or "none")
              for f in sorted(set(fractions)) if 0 < f < 1]
     rows = {t.settings: done[t.settings] for t in tasks if t.settings in done}
     todo = [t for t in tasks if t.settings not in rows]

@@ -64,8 +64,12 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args) -> int:
+    from .augment import parse_recipe
     from .plan import SETTINGS, ExtractOptions
     from .runner import prepare, run
+
+    def cache_recipe(text):
+        return parse_recipe(text).text
 
     opts = ExtractOptions(**{s.name: getattr(args, s.name) for s in SETTINGS})
     out = args.out or _default_out(args.source, args.backbone)
@@ -77,13 +81,16 @@ def cmd_extract(args) -> int:
     src = plan.source
     console.print(f"[bold]featcache extract[/] {src.describe()} ({len(src):,} images) -> {out}\n"
                   f"  backbone {plan.backbone.name} · weights {plan.params['weights'].get('kind')} · "
-                  f"{plan.image_size[0]}x{plan.image_size[1]} · pooling {opts.pooling} · key {plan.key[:12]}")
+                  f"{plan.image_size[0]}x{plan.image_size[1]} · pooling {opts.pooling} · key {plan.key[:12]}"
+                  + (f"\n  {plan.views} augmented views of each train image ({cache_recipe(opts.augment)})"
+                     if plan.views else ""))
     cache, s = run(plan, overwrite=args.overwrite, repair=args.repair, progress=not args.quiet, wait=args.wait,
                    engine=engine)
     for note in s.notes:
         console.print(Text(note, style="yellow"))
     rows = [("cache", str(s.out)), ("key", s.key[:16]), ("rows", f"{s.rows:,}"), ("skipped", f"{s.skipped:,}"),
             ("shards", f"{s.computed_shards} computed, {s.reused_shards} reused"),
+            *([("views", f"{cache.views} per train image ({cache.augment})")] if cache.views else []),
             ("seconds", f"{s.seconds:.2f}"),
             ("images/s", f"{s.images_per_s:,.1f}" if s.images_per_s else "-"),
             ("bytes written", human_bytes(s.bytes_written))]
@@ -114,7 +121,7 @@ def cmd_info(args) -> int:
     outputs = {name: cache.output_info(name) for name in cache.outputs}
     rows = [
         ("directory", str(cache.path)),
-        ("complete", "yes" if cache.complete else f"no ({len(cache.shards)}/{cache.n_shards} shards)"),
+        ("complete", "yes" if cache.complete else f"no ({cache.n_shards_done}/{cache.n_shards} shards)"),
         ("key", cache.key), ("backbone", f"{p['backbone']} ({p['origin']})"), ("weights", weights),
         ("layer", p.get("layer") or "-"), ("image size", "x".join(map(str, p["image_size"]))),
         ("preprocess", p["preprocess"]), ("pooling", p["pooling"]),
@@ -123,6 +130,9 @@ def cmd_info(args) -> int:
         ("source", cache.source), ("items", f"{cache.n_items:,}"), ("rows", f"{len(cache):,}"),
         ("skipped", f"{len(cache.skipped):,}"), ("size on disk", human_bytes(cache.disk_bytes())),
     ]
+    if cache.views:
+        rows.append(("views", f"{cache.views} per train image ({cache.augment}), "
+                              f"{sum(s.n_rows for v in range(1, cache.views + 1) for s in cache.view_shards(v)):,} rows"))
     per_image = bytes_per_image(outputs)
     if per_image:  # what the features cost, before HDF5's overhead: the figure to size a bigger run by
         rows.append(("bytes per image", f"{per_image:,} ({human_bytes(per_image * cache.n_items)} for all "
@@ -158,7 +168,7 @@ def cmd_verify(args) -> int:
         stdout.print("Re-run the same `featcache extract` command with --repair to recompute the damaged shards.")
         return 1
     state = "complete" if cache.complete else "incomplete"
-    stdout.print(f"[green]ok[/]: {len(cache.shards)} shards, {len(cache):,} rows, {state}")
+    stdout.print(f"[green]ok[/]: {cache.n_shards_done} shards, {len(cache):,} rows, {state}")
     return 0
 
 
@@ -185,10 +195,12 @@ def cmd_train(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
         res = train(args.cache, args.head, params=_parse_params(args.param), preprocess=args.preprocess, out=out,
                     output=args.output, stream=args.stream, val_fraction=args.val_fraction,
-                    test_fraction=args.test_fraction, verbose=0 if args.quiet else 2)
+                    test_fraction=args.test_fraction, verbose=0 if args.quiet else 2, views=args.use_views)
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("balanced_accuracy")), _fmt(m.get("macro_f1")),
              _fmt(m.get("log_loss"), pct=False)] for split, m in res.metrics.items()]
-    stdout.print(table(f"{args.head} on {args.cache} (fit {res.fit_seconds:.2f} s)",
+    used = res.card.get("views")
+    seen = f", {used['count']} views as {used['mode']}" if used else ""
+    stdout.print(table(f"{args.head} on {args.cache} (fit {res.fit_seconds:.2f} s{seen})",
                        ["split", "rows", "accuracy", "balanced acc.", "macro-F1", "log-loss"], rows))
     stdout.print(f"model saved to {res.model_dir}")
     return 0
@@ -254,7 +266,7 @@ def cmd_bench(args) -> int:
     rows = bench(args.caches, heads, params=params, cv=args.cv, timeout=args.timeout, n_jobs=args.n_jobs,
                  out=args.out, baseline_heads=_csv_list(args.baseline_heads) if args.baseline_heads else (),
                  pixel_size=args.pixel_size, progress=not args.quiet, backend=args.backend,
-                 ray_address=args.ray_address)
+                 ray_address=args.ray_address, views=args.use_views)
     from .report import with_interval
 
     body = [[r["features"], r["head"], r.get("status"), with_interval(r, "accuracy"), with_interval(r, "macro_f1"),
@@ -294,8 +306,8 @@ def cmd_pretrain(args) -> int:
 def cmd_heads(args) -> int:
     from .heads import list_heads
 
-    stdout.print(table("heads", ["name", "kind", "default preprocess", "streams", "what"],
-                       [[h.name, h.kind, h.preprocess, "yes" if h.streams else "no", h.description]
+    stdout.print(table("heads", ["name", "kind", "default preprocess", "streams", "views", "what"],
+                       [[h.name, h.kind, h.preprocess, "yes" if h.streams else "no", h.views, h.description]
                         for h in list_heads()]))
     return 0
 
@@ -369,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .plan import DEFAULT_BACKBONE
     from .pretrain import ARCHS, pretrain
     from .runner import extract
+    from .heads.views import MODES as head_view_modes
     from .train import train
 
     p = sub.add_parser("extract", help="extract features of SOURCE into a cache directory")
@@ -417,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=_api_default(train, "test_fraction"),
                    help="share of rows without a source split that go to test (hashed by id)")
     p.add_argument("--out", help="model directory (default models/<cache>-<head>)")
+    p.add_argument("--use-views", default=_api_default(train, "views"), choices=head_view_modes,
+                   help="how to train on the cache's augmented views (extract --views): auto (the head's own way, "
+                   "featcache heads), rows, mean, draw (Keras heads) or none")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress from Keras heads (on stderr)")
     p.set_defaults(func=cmd_train)
 
@@ -491,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=int, default=_api_default(bench, "pixel_size"),
                    help="side of the downsampled raw-pixel baseline")
     p.add_argument("--out", default=_api_default(bench, "out"), help="report directory")
+    p.add_argument("--use-views", default=_api_default(bench, "views"), choices=("auto", "rows", "mean", "none"),
+                   help="how heads train on the caches' augmented views: auto (each head's own way), rows, mean "
+                   "(Keras heads draw one a epoch either way) or none")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
 

@@ -114,7 +114,7 @@ def check_settings(**settings) -> None:
 def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = None, output: str | None = None,
              epochs: int = 30, head_epochs: int = 20, learning_rate: float = 1e-4, head_learning_rate: float = 1e-3,
              batch_size: int = 32, dropout: float = 0.2, patience: int = 4, random_state: int = 0, verbose: int = 0,
-             out=None, val_fraction: float = 0.1, test_fraction: float = 0.2):
+             out=None, val_fraction: float = 0.1, test_fraction: float = 0.2, views: str = "auto"):
     """Fine-tune the backbone's top block and a softmax head on a cache of a mid-level map.
 
     Args:
@@ -135,6 +135,9 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
         verbose: Keras' fit verbosity (1: a progress bar per epoch).
         out: a model directory to save into (as ``featcache.train`` does).
         val_fraction, test_fraction: the hashed split of rows whose source gave none.
+        views: ``auto`` draws one of each train image's cached augmented views
+            (``extract --views K``) per epoch, as Keras heads do; ``none``
+            trains on the plain maps only.
 
     Returns:
         A :class:`~featcache.train.TrainResult` (head ``finetune``).
@@ -164,6 +167,9 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
     if not va.any():
         raise FeatcacheError(f"{cache.path} has no validation rows; fine-tuning early-stops on them")
     y_enc = np.searchsorted(classes, labels)
+    if views not in ("auto", "none"):
+        raise FeatcacheError(f"views must be 'auto' or 'none', got {views!r}")
+    n_views = cache.views if views == "auto" else 0
     import keras  # only now: every refusal above comes without loading Keras
     from sklearn.pipeline import Pipeline
 
@@ -188,6 +194,7 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
     probs = keras.layers.Dense(len(classes), activation="softmax", kernel_initializer=init, name="probabilities")(x)
     model = keras.Model(flat, probs, name="featcache_finetune")
     Xtr, ytr = X[tr], y_enc[tr]
+    V = cache.views_of(np.flatnonzero(tr), output) if n_views else None
     val = (X[va].astype(np.float32), y_enc[va])
     history = []
     t0 = time.perf_counter()
@@ -203,7 +210,7 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
         model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True, monitor="val_loss")
-        fit = model.fit(shuffled_batches(Xtr, ytr, batch_size, random_state + 1000 * phase), epochs=n_epochs,
+        fit = model.fit(shuffled_batches(Xtr, ytr, batch_size, random_state + 1000 * phase, V), epochs=n_epochs,
                         validation_data=val, callbacks=[stop], verbose=verbose)
         history.append({"phase": "head" if phase == 0 else "block+head", "epochs": len(fit.history["loss"]),
                         "best_val_loss": float(min(fit.history["val_loss"]))})
@@ -223,10 +230,12 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
                 "learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "batch_size": batch_size,
                 "dropout": dropout, "patience": patience, "random_state": random_state,
                 "trainable_weights": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-                "history": history, "batch_norm": "frozen, inference mode"}
+                "history": history, "batch_norm": "frozen, inference mode", "views": views}
     card = card_for(cache, "finetune", pipe, params={}, preprocess="none", output=output, masks=masks,
                     results=results, fit_seconds=fit_seconds, val_fraction=val_fraction, test_fraction=test_fraction)
     card["finetune"] = settings
+    if n_views:
+        card["views"] = {"count": n_views, "mode": "draw", "recipe": cache.augment}
     model_dir = save_model_dir(out, pipe, card) if out is not None else None
     from .train import TrainResult
 

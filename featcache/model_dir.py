@@ -165,18 +165,21 @@ def read_card(path) -> dict:
     return card
 
 
-def current_card(path, head: str, cache_key: str, params: dict) -> dict | None:
+def current_card(path, head: str, cache_key: str, params: dict, views: int = 0) -> dict | None:
     """The card at ``path`` if it holds ``head`` trained with ``params`` on the cache ``cache_key``, else None.
 
     What the benchmark's best model and a pipeline's heads ask before
-    retraining; a missing or damaged card is simply not current.
+    retraining; a missing or damaged card is simply not current. ``views``:
+    the augmented views it must have trained on (the cache key does not
+    change when a cache gains views).
     """
     try:
         card = read_card(path)
     except FeatcacheError:
         return None
     same = (card["head"] == head and card["features"]["cache_key"] == cache_key
-            and card.get("head_params") == json.loads(json.dumps(params, default=_json_default)))
+            and card.get("head_params") == json.loads(json.dumps(params, default=_json_default))
+            and (card.get("views") or {}).get("count", 0) == views)
     return card if same else None
 
 

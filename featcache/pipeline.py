@@ -225,7 +225,7 @@ def _check_values(path: Path, cfg: dict) -> None:
             raise FeatcacheError(f"{path}: extract[{i}]: {exc}") from None
 
 
-def _current_finetune(mdir: Path, cache_key: str, settings: dict) -> dict | None:
+def _current_finetune(mdir: Path, cache_key: str, settings: dict, views: int = 0) -> dict | None:
     """The fine-tuned model's card if ``mdir`` holds one trained on ``cache_key`` with ``settings``, else None.
 
     The card records every setting ``finetune`` used (``card["finetune"]``);
@@ -235,7 +235,7 @@ def _current_finetune(mdir: Path, cache_key: str, settings: dict) -> dict | None
 
     from .finetune import finetune
 
-    card = current_card(mdir, "finetune", cache_key, {})
+    card = current_card(mdir, "finetune", cache_key, {}, views if settings.get("views", "auto") == "auto" else 0)
     if card is None:
         return None
     recorded = dict(card.get("finetune", {}), output=card["features"].get("output"))
@@ -309,7 +309,7 @@ def run(path, *, progress: bool = True) -> dict:
         for head in train_cfg["heads"]:
             params = train_cfg.get("params", {}).get(head, {})
             mdir = out / "models" / f"{cache_name}-{head}"
-            card = current_card(mdir, head, cache.key, params)
+            card = current_card(mdir, head, cache.key, params, cache.views)
             if card is not None:
                 _say(f"[bold]train[/] {head}: up to date ({mdir}, test accuracy "
                      f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
@@ -325,7 +325,7 @@ def run(path, *, progress: bool = True) -> dict:
         settings = {k: v for k, v in cfg["finetune"].items() if k != "cache"}
         cache = open_cache(result["caches"][cfg["finetune"]["cache"]])
         mdir = out / "models" / f"{cfg['finetune']['cache']}-finetune"
-        card = _current_finetune(mdir, cache.key, settings)
+        card = _current_finetune(mdir, cache.key, settings, cache.views)
         if card is not None:
             _say(f"[bold]finetune[/] up to date ({mdir}, test accuracy "
                  f"{100 * card['metrics']['test']['accuracy']:.2f}%)")

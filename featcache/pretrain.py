@@ -88,33 +88,47 @@ def validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(train), np.sort(val)
 
 
-def shuffled_batches(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+def shuffled_batches(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, views: np.ndarray | None = None):
     """A Keras ``PyDataset`` that draws a new seeded permutation every epoch.
 
     Not ``model.fit(X, y, shuffle=True)``: with a seeded run on the TensorFlow
     backend that replays one permutation in every epoch (its tf.data shuffle is
     re-created per epoch from the same seed), which cost about two points of
     accuracy in benchmarks/run.py's figure 3. Batches are cast to float32 one
-    at a time, so the uint8 images are never copied whole.
+    at a time, so the uint8 images are never copied whole. With ``views``
+    (``(K, len(X), ...)``, a cache's augmented views of each row), each epoch
+    shows every row once, as itself or one of its K views
+    (:func:`featcache.heads.views.choice`).
     """
     import keras
+
+    from .heads.views import choice
 
     class _Shuffled(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
             self.epoch = 0
             self.order = np.random.default_rng([seed, 0]).permutation(len(y))
+            self.shown = None if views is None else choice(seed, 0, len(y), len(views))
 
         def __len__(self):
             return -(-len(y) // batch_size)
 
         def __getitem__(self, i):
             idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
-            return X[idx].astype(np.float32), y[idx]
+            out = X[idx].astype(np.float32)
+            if self.shown is not None:
+                which = self.shown[idx]
+                for v in range(1, len(views) + 1):
+                    sel = which == v
+                    if sel.any():
+                        out[sel] = views[v - 1][idx[sel]].reshape(int(sel.sum()), *out.shape[1:])
+            return out, y[idx]
 
         def on_epoch_end(self):
             self.epoch += 1
             self.order = np.random.default_rng([seed, self.epoch]).permutation(len(y))
+            self.shown = None if views is None else choice(seed, self.epoch, len(y), len(views))
 
     return _Shuffled()
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import FeatcacheError
 from .heads import get_head_spec, is_keras, list_heads, validate_head
-from .heads.batches import CacheRows
+from .heads import views as head_views
+from .heads.batches import CacheRows, ViewRows
 from .model_dir import check_model_dir_target, feature_params, save_model_dir
 from .store import Cache, open_cache
 from .store import split_masks as store_split_masks
@@ -80,25 +81,30 @@ def _predict_stream(pipe, cache: Cache, mask: np.ndarray, output) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
-def _partial_fit_stream(pipe, cache: Cache, mask, y, classes, output, epochs: int) -> None:
+def _partial_fit_stream(pipe, cache: Cache, mask, y, classes, output, epochs: int, views: int = 0) -> None:
+    """``partial_fit`` shard by shard; with ``views``, each view's shards are more blocks of training rows."""
     rows = CacheRows(cache, mask, output)
+    sources = [rows] + [ViewRows(rows, v) for v in range(1, views + 1)]
     pre = pipe.steps[:-1]
     clf = pipe.steps[-1][1]
     for name, step in pre:
         if not hasattr(step, "partial_fit"):
             raise FeatcacheError(f"step {name!r} cannot be fitted by streaming; use preprocess='standard' or 'none'")
     for i, (_name, step) in enumerate(pre):  # one pass per preprocessing step
-        for _b, block in rows.iter_blocks():
-            for _n, prev in pre[:i]:
-                block = prev.transform(block)
-            step.partial_fit(block)
+        for source in sources:
+            for _b, block in source.iter_blocks():
+                for _n, prev in pre[:i]:
+                    block = prev.transform(block)
+                step.partial_fit(block)
     yrows = y[rows.global_rows]
     rng = np.random.default_rng(0)
+    n_blocks = len(rows.block_sizes)
     for _epoch in range(epochs):
-        for b in rng.permutation(len(rows.block_sizes)):
+        for j in rng.permutation(n_blocks * len(sources)):
+            source, b = sources[j // n_blocks], j % n_blocks
             if not rows.block_sizes[b]:
                 continue
-            block = rows.block(b)
+            block = source.block(b)
             yb = yrows[rows.offsets[b]:rows.offsets[b + 1]]
             for _n, step in pre:
                 block = step.transform(block)
@@ -131,7 +137,7 @@ def custom_fields(head: str, pipe) -> dict:
 
 def train(cache, head="logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
           output: str | None = None, stream: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
-          stream_epochs: int = 5, fit_splits=("train",), verbose: int = 0) -> TrainResult:
+          stream_epochs: int = 5, fit_splits=("train",), verbose: int = 0, views: str = "auto") -> TrainResult:
     """Fit ``head`` on the train split of ``cache`` and measure it on every split.
 
     Args:
@@ -159,6 +165,11 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
             out). Keras heads early-stop on val, so they fit on train alone.
         verbose: Keras heads' progress, as in ``Model.fit``: 0 silent, 1 a
             progress bar, 2 one line per epoch (unless ``params`` sets ``verbose``).
+        views: how to train on the cache's augmented views (``extract
+            --views K``): ``auto`` (the head's own way, ``featcache heads``),
+            ``rows``, ``mean``, ``draw`` (Keras heads) or ``none`` (the plain
+            view only); see :mod:`featcache.heads.views`. Val and test rows are
+            always the plain view.
 
     Returns:
         A :class:`TrainResult`: the fitted scikit-learn Pipeline, metrics per
@@ -196,6 +207,14 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
                              f"with preprocess {preprocess!r}; use preprocess 'none'")
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     output = cache.output_name(output)
+    head_mode = get_head_spec(head).views if isinstance(head, str) and not head.startswith("custom:") else "rows"
+    mode = head_views.resolve_mode(views, head_mode, is_keras(pipe), cache.views)
+    if mode == "draw" and len(pipe.steps) > 1:
+        raise FeatcacheError(f"head {head!r} draws augmented views of the raw features; train it with preprocess "
+                             "'none' (it standardises inside the model), or views 'none'")
+    if stream and mode == "mean":
+        raise FeatcacheError("views 'mean' needs the features in memory; stream with views 'rows' or 'none'")
+    n_views = cache.views if mode != "none" else 0
     labels = cache.labels()
     masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
     classes = train_classes(cache, masks)
@@ -205,10 +224,10 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
     if stream:
         if is_keras(pipe):
             with _head_errors(head):
-                pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output)
+                pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output, views=n_views)
         elif streams:
             with _head_errors(head):
-                _partial_fit_stream(pipe, cache, fit_mask, labels, classes, output, stream_epochs)
+                _partial_fit_stream(pipe, cache, fit_mask, labels, classes, output, stream_epochs, n_views)
         else:
             streaming = ", ".join(s.name for s in list_heads() if s.streams)
             raise FeatcacheError(f"head {head!r} cannot stream from the cache; heads that can: {streaming}")
@@ -219,11 +238,19 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
         if is_keras(pipe):
             validation = (X[va], labels[va]) if va.any() else None
             blocks = _shard_blocks(cache, tr)
+            extra = {"clf__views": cache.views_of(np.flatnonzero(tr), output)} if n_views else {}
             with _head_errors(head):
-                pipe.fit(X[tr], labels[tr], clf__validation_data=validation, clf__block_sizes=blocks)
+                pipe.fit(X[tr], labels[tr], clf__validation_data=validation, clf__block_sizes=blocks, **extra)
         else:
+            X_fit, y_fit = X[fit_mask], labels[fit_mask]
+            if n_views:  # the train rows' views; val rows (fit_splits with val) stay plain
+                rows = np.flatnonzero(fit_mask)
+                is_train = tr[rows]
+                V = cache.views_of(rows[is_train], output).reshape(n_views, int(is_train.sum()), -1)
+                Xt, yt, _groups = head_views.expand(X_fit[is_train], y_fit[is_train], V, mode)
+                X_fit, y_fit = np.concatenate([Xt, X_fit[~is_train]]), np.concatenate([yt, y_fit[~is_train]])
             with _head_errors(head):
-                pipe.fit(X[fit_mask], labels[fit_mask])
+                pipe.fit(X_fit, y_fit)
     fit_seconds = time.perf_counter() - t0
     one_hot = custom_fields(head, pipe).get("probabilities", "").startswith("one-hot")
     results = {}
@@ -242,6 +269,8 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
     card = card_for(cache, head, pipe, params=params, preprocess=preprocess or default_preprocess, output=output,
                     masks=masks, results=results, fit_seconds=fit_seconds, val_fraction=val_fraction,
                     test_fraction=test_fraction, streamed=stream, fit_splits=fit_splits)
+    if n_views:
+        card["views"] = {"count": n_views, "mode": mode, "recipe": cache.augment}
     class_names = card["class_names"]
     model_dir = save_model_dir(out, pipe, card) if out is not None else None
     return TrainResult(pipe, head, results, fit_seconds, pipe.classes_.tolist(), class_names, model_dir, card)

@@ -147,3 +147,8 @@ def assert_same_cache(a, b):
     np.testing.assert_array_equal(ca.labels(), cb.labels())
     assert ca.manifest["params"] == cb.manifest["params"]
     assert [s["n_rows"] for s in ca.manifest["shards"]] == [s["n_rows"] for s in cb.manifest["shards"]]
+    assert ca.views == cb.views and ca.augment == cb.augment
+    for v in range(1, ca.views + 1):  # augmented views, row for row
+        assert ca.view_ids(v) == cb.view_ids(v)
+    if ca.views:
+        np.testing.assert_array_equal(ca.views_of(np.arange(len(ca))), cb.views_of(np.arange(len(cb))))

@@ -27,10 +27,14 @@ class HeadSpec:
     param_prefix: str = "clf__"
     #: supports streaming from a cache (partial_fit or fit_cache)
     streams: bool = False
+    #: how it trains on a cache's augmented views (:mod:`featcache.heads.views`): ``rows`` (every view a
+    #: training row), ``mean`` (each image's mean over its views: as many rows as without views) or ``draw``
+    #: (Keras heads: one view per image per epoch)
+    views: str = "rows"
 
 
-def _sk(name, factory, preprocess, description, prefix="clf__", streams=False):
-    return HeadSpec(name, factory, "sklearn", preprocess, description, prefix, streams)
+def _sk(name, factory, preprocess, description, prefix="clf__", streams=False, views="rows"):
+    return HeadSpec(name, factory, "sklearn", preprocess, description, prefix, streams, views)
 
 
 def _logreg():
@@ -107,22 +111,25 @@ HEADS: dict[str, HeadSpec] = {s.name: s for s in [
         "clf__estimator__"),
     _sk("ridge", _ridge, "standard", "ridge classifier, calibrated probabilities", "clf__estimator__"),
     _sk("sgd", _sgd, "standard", "SGD logistic regression (averaged)", streams=True),
-    _sk("knn", _knn, "standard", "k-nearest neighbours (k=10, distance-weighted)"),
-    _sk("knn_cosine", _knn_cosine, "none", "DINOv2's weighted k-NN probe (cosine, votes exp(sim/0.07))"),
-    _sk("random_forest", _random_forest, "none", "random forest (200 trees)"),
-    _sk("hist_gb", _hist_gb, "pca:128", "histogram gradient boosting on a PCA to 128 dimensions"),
+    # views as rows would make these K + 1 times slower to fit (forests, boosting) or to predict (k-NN)
+    _sk("knn", _knn, "standard", "k-nearest neighbours (k=10, distance-weighted)", views="mean"),
+    _sk("knn_cosine", _knn_cosine, "none", "DINOv2's weighted k-NN probe (cosine, votes exp(sim/0.07))",
+        views="mean"),
+    _sk("random_forest", _random_forest, "none", "random forest (200 trees)", views="mean"),
+    _sk("hist_gb", _hist_gb, "pca:128", "histogram gradient boosting on a PCA to 128 dimensions", views="mean"),
     _sk("lda", _lda, "none", "linear discriminant analysis (shrinkage)"),
     _sk("gaussian_nb", _gaussian_nb, "standard", "Gaussian naive Bayes", streams=True),
     _sk("mlp", _mlp, "standard", "scikit-learn MLP (256)", streams=True),
     HeadSpec("keras_linear", _keras(hidden=(), learning_rate=1e-2), "keras", "none",
              "Keras softmax regression (Adam, early stopping)",
-             streams=True),
+             streams=True, views="draw"),
     # tuned on 10k Fashion-MNIST rows (85.9% vs logreg's 85.4%; 512 wide, dropout 0.3: 83.3%), checked on
     # scikit-learn's digits (97.6% vs logreg's 97.0%): docs/PERFORMANCE.md
     HeadSpec("keras_mlp", _keras(hidden=(1024,), dropout=0.5, batch_norm=True, learning_rate=1e-3), "keras", "none",
-             "Keras MLP 1024, batch norm, dropout 0.5", streams=True),
+             "Keras MLP 1024, batch norm, dropout 0.5", streams=True, views="draw"),
     HeadSpec("classic", _keras(hidden=(512,), standardize=False, learning_rate=1e-3, batch_size=64), "keras", "none",
-             "the classic recipe's head: Flatten -> Dense(512, relu) -> Dense(classes, softmax)", streams=True),
+             "the classic recipe's head: Flatten -> Dense(512, relu) -> Dense(classes, softmax)", streams=True,
+             views="draw"),
 ]}
 
 

@@ -69,3 +69,37 @@ class CacheRows:
         for b in range(len(self.shards)):
             if self.block_sizes[b]:
                 yield b, self.block(b)
+
+
+class ViewRows(CacheRows):
+    """The same selected rows as ``plain`` (a :class:`CacheRows`), shown as augmented view ``view``.
+
+    Block ``b`` is view ``view``'s shard of plain shard ``b``; a selected row
+    whose image has no such view (not in the train split when the views were
+    extracted) reads as its plain row. Positions are ``plain``'s, so a batch
+    can mix views row by row.
+    """
+
+    def __init__(self, plain: CacheRows, view: int):
+        self.cache, self.output, self.plain = plain.cache, plain.output, plain
+        self.shards = plain.cache.view_shards(view)
+        pos = plain.cache.view_positions(view, plain.global_rows)
+        self.local = []
+        for b, shard in enumerate(self.shards):
+            part = pos[plain.offsets[b]:plain.offsets[b + 1]]
+            self.local.append(np.where(part >= 0, part - shard.rows[0], -1))
+        self.block_sizes, self.global_rows, self.offsets = plain.block_sizes, plain.global_rows, plain.offsets
+        self._loaded = None
+
+    def block(self, b: int) -> np.ndarray:
+        if self._loaded is None or self._loaded[0] != b:
+            local = self.local[b]
+            have = local >= 0
+            data = self.cache.read_shard_features(self.shards[b], self.output) if have.any() else None
+            out = np.empty((len(local), self.plain.block(b).shape[1]), np.float32)
+            if have.any():
+                out[have] = data[local[have]].reshape(int(have.sum()), -1)
+            if not have.all():
+                out[~have] = self.plain.block(b)[~have]
+            self._loaded = (b, out)
+        return self._loaded[1]

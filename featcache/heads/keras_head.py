@@ -23,6 +23,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import batches as _batches
+from . import views as _views
 
 
 class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
@@ -153,13 +154,14 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             return out
         return {int(np.searchsorted(self.classes_, k)): float(v) for k, v in self.class_weight.items()}
 
-    def _train(self, n_features, mean, var, take, y_enc, block_sizes, val, sample_weight=None):
+    def _train(self, n_features, mean, var, take, y_enc, block_sizes, val, sample_weight=None, draw=None):
         """The training loop: Adam on fixed-order batches, early stopping on validation loss.
 
         ``take(idx)`` returns training feature rows; ``val`` is None or
         ``(take_val, y_val, weights_val)``; ``sample_weight`` (per training
         row) multiplies the class weights, which weigh the validation loss
-        too. A hand loop over ``train_on_batch`` keeps per-epoch overhead near zero on small caches and gives the
+        too; ``draw(epoch)``, when given, returns that epoch's ``take`` (augmented
+        views, :func:`featcache.heads.views.drawing`). A hand loop over ``train_on_batch`` keeps per-epoch overhead near zero on small caches and gives the
         in-memory and streamed paths the very same batches; Keras callbacks
         (and, with ``verbose``, Keras' own progress logger) see it as a ``fit``.
         """
@@ -190,7 +192,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             callbacks.on_epoch_begin(epoch)
             order = _batches.epoch_order(block_sizes, int(self.random_state), epoch)
             total = 0.0
-            for step, (Xb, yb, wb) in enumerate(_batches.batches_in_order(take, y_enc, order, bs, sw)):
+            take_epoch = take if draw is None else draw(epoch)
+            for step, (Xb, yb, wb) in enumerate(_batches.batches_in_order(take_epoch, y_enc, order, bs, sw)):
                 callbacks.on_train_batch_begin(step)
                 loss = float(np.asarray(model.train_on_batch(Xb, yb, sample_weight=wb)).reshape(-1)[0])
                 total += loss * len(yb)
@@ -236,11 +239,14 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ sklearn API
 
-    def fit(self, X, y, sample_weight=None, validation_data=None, block_sizes=None):
+    def fit(self, X, y, sample_weight=None, validation_data=None, block_sizes=None, views=None):
         """Fit on arrays. ``validation_data=(X_val, y_val)`` drives early stopping when given.
 
         ``sample_weight`` weighs each training row's loss (times its class
-        weight, when ``class_weight`` is set).
+        weight, when ``class_weight`` is set). ``views``, an array ``(K, len(X),
+        n_features)`` of augmented views of each row (``Cache.views_of``),
+        makes each epoch show every image once, as its plain row or one of its
+        K views, drawn with ``random_state`` and the epoch.
         """
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=1)
@@ -249,6 +255,11 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         y_enc = y_enc.astype(np.int64)
         X = np.ascontiguousarray(X, dtype=np.float32)
+        if views is not None:
+            views = np.asarray(views)
+            views = views.reshape((views.shape[0], views.shape[1], -1)) if views.ndim > 2 else views
+            if views.ndim != 3 or views.shape[1:] != X.shape:
+                raise ValueError(f"views must have shape (K, {X.shape[0]}, {X.shape[1]}), got {views.shape}")
         val = None
         if validation_data is not None:
             Xv = validate_data(self, validation_data[0], dtype=np.float32, reset=False)
@@ -264,6 +275,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
             val = (X[vi], y_enc[vi], None if sw is None else sw[vi])
             X, y_enc = X[ti], y_enc[ti]
+            views = None if views is None else views[:, ti]
             sw = None if sw is None else sw[ti]
             block_sizes = None  # the split breaks block boundaries
         mean, var = X.mean(0), X.var(0)
@@ -271,13 +283,20 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         if sum(sizes) != len(X):
             raise ValueError(f"block_sizes add up to {sum(sizes)}, X has {len(X)} rows")
         val_spec = None if val is None else ((lambda idx, Xv=val[0]: Xv[idx]), val[1], val[2])
-        return self._train(X.shape[1], mean, var, lambda idx: X[idx], y_enc, sizes, val_spec, sw)
+        draw = None
+        if views is not None and len(views):
+            draw = _views.drawing(lambda idx: X[idx], [lambda idx, V=V: V[idx].astype(np.float32) for V in views],
+                                  int(self.random_state), len(X))
+        return self._train(X.shape[1], mean, var, lambda idx: X[idx], y_enc, sizes, val_spec, sw, draw)
 
-    def fit_cache(self, cache, train_mask, val_mask=None, output=None):
+    def fit_cache(self, cache, train_mask, val_mask=None, output=None, views=0):
         """Fit on the rows of ``cache`` selected by ``train_mask``, streaming shard by shard.
 
         Uses the same batches as :meth:`fit` on those rows with
-        ``block_sizes`` = rows per shard, so both give the same model.
+        ``block_sizes`` = rows per shard, so both give the same model. With
+        ``views`` (how many of the cache's augmented views to draw from), each
+        epoch shows every image once, as in :meth:`fit`, and memory holds one
+        shard of each view.
         """
         self._validate_params()
         labels = cache.labels()
@@ -302,7 +321,11 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             known = np.isin(yv, self.classes_)
             yv_enc = np.searchsorted(self.classes_, np.where(known, yv, self.classes_[0])).astype(np.int64)
             val = (vrows.take, yv_enc, None if known.all() else known.astype(np.float64))
-        return self._train(n_features, mean, var, rows.take, y_enc, rows.block_sizes, val)
+        draw = None
+        if views:
+            draw = _views.drawing(rows.take, [_batches.ViewRows(rows, v).take for v in range(1, int(views) + 1)],
+                                  int(self.random_state), len(y_enc))
+        return self._train(n_features, mean, var, rows.take, y_enc, rows.block_sizes, val, draw=draw)
 
     def predict_proba(self, X):
         check_is_fitted(self, "model_")
