@@ -17,9 +17,13 @@ optimiser, epochs and early stopping:
 * the best frozen head for reference: logistic regression on the pooled
   features of the same backbone (one extraction, timed).
 
-Neither side augments: cached augmented views (issue 17, item 1) are not
-built yet, so the comparison is like for like without them. Results go to
-benchmarks/finetune.json; nothing is asserted.
+With ``--views K`` both sides augment with the same recipe (:data:`RECIPE`):
+the cache route extracts K augmented views of each train image's map and
+draws one per image per epoch; the classic route draws a fresh augmentation
+of every image every epoch (``featcache.augment``'s transform, live, before
+the CNN). Without it neither side augments. Results go to
+benchmarks/finetune.json (``finetune_views.json`` with ``--views``); nothing
+is asserted.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +46,7 @@ sys.path.insert(0, str(REPO))
 import featcache  # noqa: E402
 from featcache.datasets import load_arrays  # noqa: E402
 
+RECIPE = "flip,crop=0.6,rotate=10,seed=0"
 CUT = "block14_add"  # EfficientNet-Lite0: block 15 and the 1x1 head conv (1.0 M weights) lie above it
 FULL = dict(train=1000, val=200, test=1000, size=96, seeds=3, epochs=10, head_epochs=5)
 QUICK = dict(train=60, val=30, test=60, size=64, seeds=1, epochs=2, head_epochs=1)
@@ -63,7 +69,37 @@ def sample(n_per: dict, seed=0):
     return images, labels, np.array(splits), tr["class_names"]
 
 
-def classic(images, labels, splits, size, seed, epochs, head_epochs, batch_size=32, patience=4):
+def live_augmented(X, y, batch_size: int, seed: int, size: int):
+    """The classic recipe's live augmentation: every image freshly augmented every epoch, then the CNN."""
+    import keras
+
+    from featcache.augment import augment_images, parse_recipe
+
+    recipe = parse_recipe(RECIPE)
+    ids = [f"img{i}" for i in range(len(y))]
+
+    class _Live(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.order = np.random.default_rng([seed, 0]).permutation(len(y))
+
+        def __len__(self):
+            return -(-len(y) // batch_size)
+
+        def __getitem__(self, i):
+            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
+            params = recipe.params([ids[j] for j in idx], 1000 + seed * 100 + self.epoch, (size, size))
+            return augment_images(X[idx], params, (size, size)), y[idx]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = np.random.default_rng([seed, self.epoch]).permutation(len(y))
+
+    return _Live()
+
+
+def classic(images, labels, splits, size, seed, epochs, head_epochs, batch_size=32, patience=4, augment=False):
     """The guide's fine-tuning: the CNN inside the model, the layers up to CUT frozen, fit over images."""
     import keras
 
@@ -90,7 +126,9 @@ def classic(images, labels, splits, size, seed, epochs, head_epochs, batch_size=
         for layer in base.layers:
             layer.trainable = block and layer.name in above and not isinstance(layer, keras.layers.BatchNormalization)
         model.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.fit(shuffled_batches(rgb[tr], labels[tr], batch_size, seed + 1 + 1000 * phase), epochs=n,
+        batches = (live_augmented(rgb[tr], labels[tr], batch_size, seed + 1 + 1000 * phase, size) if augment
+                   else shuffled_batches(rgb[tr], labels[tr], batch_size, seed + 1 + 1000 * phase))
+        model.fit(batches, epochs=n,
                   validation_data=(rgb[va], labels[va]), verbose=0,
                   callbacks=[keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)])
     wall = time.perf_counter() - t0
@@ -118,15 +156,18 @@ def quiet_machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--work", default="/tmp/featcache-bench-finetune")
+    ap.add_argument("--work", help="where the caches go (default: a new temporary directory)")
+    ap.add_argument("--views", type=int, default=0, help="augmented views on the cache side, live augmentation on "
+                    "the classic side (default 0: neither augments)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
-    work = Path(args.work)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="featcache-bench-finetune-"))
     images, labels, splits, class_names = sample(cfg)
     source = featcache.ArraySource(images, labels, splits=list(splits), class_names=class_names, name="fashion_mnist")
     with quiet_machine():
         t0 = time.perf_counter()
-        maps = featcache.extract(source, outputs=[CUT], pooling="none", out=work / "maps", image_size=cfg["size"])
+        maps = featcache.extract(source, outputs=[CUT], pooling="none", out=work / "maps", image_size=cfg["size"],
+                                 views=args.views, augment=RECIPE)
         extract_maps = time.perf_counter() - t0
     with quiet_machine():
         t0 = time.perf_counter()
@@ -142,13 +183,15 @@ def main():
             res = featcache.finetune(maps, epochs=cfg["epochs"], head_epochs=cfg["head_epochs"], random_state=seed)
             cached.append((res.metrics["test"]["accuracy"], time.perf_counter() - t0))
         with quiet_machine():
-            classic_runs.append(classic(images, labels, splits, cfg["size"], seed, cfg["epochs"], cfg["head_epochs"]))
+            classic_runs.append(classic(images, labels, splits, cfg["size"], seed, cfg["epochs"], cfg["head_epochs"],
+                                        augment=bool(args.views)))
         print(f"seed {seed}: cache route {cached[-1][0]:.4f} in {cached[-1][1]:.1f} s, classic {classic_runs[-1][0]:.4f} "
               f"in {classic_runs[-1][1]:.1f} s", flush=True)
     acc_c, t_c = np.array(cached).T
     acc_k, t_k = np.array(classic_runs).T
     result = {
-        "config": cfg, "cut": CUT, "backbone": "efficientnet_lite0",
+        "config": cfg, "cut": CUT, "backbone": "efficientnet_lite0", "views": args.views,
+        "recipe": RECIPE if args.views else None,
         "map_bytes_per_image": int(np.prod(maps.output_info()["shape"]) * 2),
         "extract_maps_seconds": extract_maps, "extract_pooled_seconds": extract_pooled,
         "frozen_logreg": {"test_accuracy": frozen.metrics["test"]["accuracy"], "fit_seconds": frozen_s},
@@ -161,7 +204,8 @@ def main():
     }
     print(json.dumps(result, indent=2, default=float))
     if not args.quick:
-        (REPO / "benchmarks" / "finetune.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+        name = f"finetune_views{args.views}.json" if args.views else "finetune.json"
+        (REPO / "benchmarks" / name).write_text(json.dumps(result, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":

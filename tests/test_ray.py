@@ -151,3 +151,10 @@ def test_the_readme_ray_command_runs_as_written(tmp_path, fashion_mnist_availabl
     assert "extraction summary" in proc.stdout
     cache = featcache.open_cache(tmp_path / "caches" / "fm-ray")
     assert len(cache) == 512 and cache.manifest["timings"]["engine"] == "ray"
+
+
+def test_views_built_on_ray_equal_the_local_engines_row_for_row(tmp_path, fashion_mnist_available):
+    args = ["fashion_mnist:test", *TINY_ARGS, "--limit", "300", "--shard-size", "64", "--views", "2", "--quiet"]
+    run_featcache("extract", *args, "--out", tmp_path / "local")
+    run_featcache("extract", *args, "--out", tmp_path / "ray", "--engine", "ray", "--workers", "2")
+    assert_same_cache(tmp_path / "local", tmp_path / "ray")  # every view of every image, bit for bit

@@ -229,6 +229,26 @@ def test_a_keras_head_draws_one_view_per_image_per_epoch_the_same_streamed_or_in
     assert memory.card["views"]["mode"] == "draw"
 
 
+def test_a_keras_head_standardises_over_the_views_it_trains_on(viewed):
+    from featcache.heads.keras_head import KerasHeadClassifier
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 2
+    X = rng.normal(size=(60, 4)).astype(np.float32) + y[:, None]
+    X[:, 3] = 0  # a feature the plain rows never use ...
+    V = np.stack([X + rng.normal(scale=0.1, size=X.shape)]).astype(np.float32)
+    V[0, :, 3] = rng.normal(scale=3.0, size=60)  # ... and a view does: divided by ~0, it swamped the head
+    clf = KerasHeadClassifier(epochs=3, validation_fraction=0.0).fit(X, y, views=V)
+    variance = np.asarray(clf.model_.get_layer("standardize").variance).reshape(-1)
+    np.testing.assert_allclose(variance, np.concatenate([X, V[0]]).var(0), rtol=1e-4)
+    # streamed from a cache: the same statistics, over the plain train rows and every view
+    streamed = featcache.train(viewed, "keras_linear", params={"epochs": 1}, stream=True).estimator.steps[-1][1]
+    tr = viewed.split_rows("train")
+    rows = np.concatenate([viewed.features()[tr], *viewed.views_of(tr)]).astype(np.float64)
+    np.testing.assert_allclose(np.asarray(streamed.model_.get_layer("standardize").mean).reshape(-1), rows.mean(0),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_streamed_partial_fit_heads_see_the_views_too(viewed):
     with_views = featcache.train(viewed, "sgd", stream=True)
     without = featcache.train(viewed, "sgd", stream=True, views="none")
@@ -256,3 +276,39 @@ def test_bench_rows_say_the_views_they_used_and_its_best_model_trained_on_them(v
     assert cv[0]["status"] == "ok" and cv[0]["n_train"] == 3 * n_train
     with pytest.raises(FeatcacheError, match="views must be one of"):
         featcache.bench(viewed, ["logreg"], out=tmp_path / "bad", views="draw")
+
+
+@pytest.mark.slow
+def test_a_pipeline_with_views_reruns_only_the_new_views_and_the_heads_that_saw_too_few(tmp_path,
+                                                                                       fashion_mnist_available):
+    text = """
+[pipeline]
+name = "v"
+out = "out"
+[data]
+source = "fashion_mnist:test"
+limit = 150
+[[extract]]
+name = "a"
+backbone = "mobilenet_v2"
+weights = "none"
+image_size = 32
+shard_size = 64
+views = 1
+augment = "flip,crop=0.7,seed=3"
+[train]
+heads = ["logreg"]
+"""
+    path = tmp_path / "v.toml"
+    path.write_text(text)
+    first = run_featcache("run", path, "--quiet", cwd=tmp_path)
+    assert "6 shards computed" in first.stderr  # 3 plain + 3 of the view
+    card = json.loads((tmp_path / "out" / "models" / "a-logreg" / "card.json").read_text())
+    assert card["views"] == {"count": 1, "mode": "rows", "recipe": "flip,crop=0.7,seed=3"}
+    same = run_featcache("run", path, "--quiet", cwd=tmp_path)
+    assert "nothing extracted" in same.stderr and "logreg: up to date" in same.stderr
+    path.write_text(text.replace("views = 1", "views = 2"))
+    more = run_featcache("run", path, "--quiet", cwd=tmp_path)
+    assert "3 shards computed" in more.stderr and "logreg: up to date" not in more.stderr
+    card = json.loads((tmp_path / "out" / "models" / "a-logreg" / "card.json").read_text())
+    assert card["views"]["count"] == 2

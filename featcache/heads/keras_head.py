@@ -278,7 +278,19 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             views = None if views is None else views[:, ti]
             sw = None if sw is None else sw[ti]
             block_sizes = None  # the split breaks block boundaries
-        mean, var = X.mean(0), X.var(0)
+        if views is not None and len(views):  # standardise over what training shows: plain rows and views
+            # (a feature the plain rows never use but a view does would otherwise be divided by ~0)
+            total, total_sq = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+            for rows in [X, *views]:
+                for a in range(0, len(rows), 4096):  # in float64, a block at a time
+                    block = rows[a:a + 4096].astype(np.float64)
+                    total += block.sum(0)
+                    total_sq += np.square(block).sum(0)
+            n_all = len(X) * (1 + len(views))
+            mean = (total / n_all).astype(np.float32)
+            var = np.maximum(total_sq / n_all - np.square(total / n_all), 0).astype(np.float32)
+        else:
+            mean, var = X.mean(0), X.var(0)
         sizes = list(block_sizes) if block_sizes is not None else [len(X)]
         if sum(sizes) != len(X):
             raise ValueError(f"block_sizes add up to {sum(sizes)}, X has {len(X)} rows")
@@ -308,10 +320,12 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         n_features = int(np.prod(cache.output_info(rows.output)["shape"]))
         self.n_features_in_ = n_features
         total, total_sq, n = np.zeros(n_features), np.zeros(n_features), 0
-        for _b, block in rows.iter_blocks():  # one pass for the standardisation statistics
-            total += block.sum(0, dtype=np.float64)
-            total_sq += np.square(block, dtype=np.float64).sum(0)
-            n += len(block)
+        shown = [rows] + [_batches.ViewRows(rows, v) for v in range(1, int(views) + 1)]
+        for source in shown:  # one pass for the standardisation statistics, over the views too (as in fit)
+            for _b, block in source.iter_blocks():
+                total += block.sum(0, dtype=np.float64)
+                total_sq += np.square(block, dtype=np.float64).sum(0)
+                n += len(block)
         mean = (total / max(n, 1)).astype(np.float32)
         var = np.maximum(total_sq / max(n, 1) - np.square(mean, dtype=np.float64), 0).astype(np.float32)
         val = None
@@ -323,8 +337,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             val = (vrows.take, yv_enc, None if known.all() else known.astype(np.float64))
         draw = None
         if views:
-            draw = _views.drawing(rows.take, [_batches.ViewRows(rows, v).take for v in range(1, int(views) + 1)],
-                                  int(self.random_state), len(y_enc))
+            draw = _views.drawing(rows.take, [v.take for v in shown[1:]], int(self.random_state), len(y_enc))
         return self._train(n_features, mean, var, rows.take, y_enc, rows.block_sizes, val, draw=draw)
 
     def predict_proba(self, X):
