@@ -69,7 +69,7 @@ def sample(n_per: dict, seed=0):
     return images, labels, np.array(splits), tr["class_names"]
 
 
-def live_augmented(X, y, batch_size: int, seed: int, size: int):
+def live_augmented(X, y, batch_size: int, seed: int):
     """The classic recipe's live augmentation: every image freshly augmented every epoch, then the CNN."""
     import keras
 
@@ -89,8 +89,8 @@ def live_augmented(X, y, batch_size: int, seed: int, size: int):
 
         def __getitem__(self, i):
             idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
-            params = recipe.params([ids[j] for j in idx], 1000 + seed * 100 + self.epoch, (size, size))
-            return augment_images(X[idx], params, (size, size)), y[idx]
+            params = recipe.params([ids[j] for j in idx], 1000 + seed * 100 + self.epoch, X.shape[1:3])
+            return augment_images(X[idx], params), y[idx]
 
         def on_epoch_end(self):
             self.epoch += 1
@@ -126,7 +126,7 @@ def classic(images, labels, splits, size, seed, epochs, head_epochs, batch_size=
         for layer in base.layers:
             layer.trainable = block and layer.name in above and not isinstance(layer, keras.layers.BatchNormalization)
         model.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        batches = (live_augmented(rgb[tr], labels[tr], batch_size, seed + 1 + 1000 * phase, size) if augment
+        batches = (live_augmented(rgb[tr], labels[tr], batch_size, seed + 1 + 1000 * phase) if augment
                    else shuffled_batches(rgb[tr], labels[tr], batch_size, seed + 1 + 1000 * phase))
         model.fit(batches, epochs=n,
                   validation_data=(rgb[va], labels[va]), verbose=0,

@@ -159,20 +159,18 @@ def parse_recipe(text: str | None) -> Recipe:
     return recipe
 
 
-def augment_images(images: np.ndarray, params: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Apply each row of ``params`` to its image: uint8 ``(B, h, w, 3)`` in, uint8 ``(B, *size, 3)`` out.
+def augment_images(images: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Apply each row of ``params`` (from :meth:`Recipe.params` at the images' size) to its image.
 
-    The image is first resized to ``size`` (the model's input size, bilinear)
-    so crops and rotations happen at the resolution the CNN sees; edges are
-    filled by reflection. Runs with ``keras.ops`` on the current backend.
+    uint8 ``(B, h, w, C)`` in, uint8 of the same shape out; edges are filled
+    by reflection. Runs with ``keras.ops`` on the current backend. The
+    identity transform returns the images unchanged.
     """
     from keras import ops
 
     if len(images) == 0:
-        return np.zeros((0,) + tuple(size) + (3,), np.uint8)
+        return np.asarray(images, np.uint8).copy()
     x = ops.convert_to_tensor(np.asarray(images), dtype="float32")
-    if tuple(images.shape[1:3]) != tuple(size):
-        x = ops.image.resize(x, tuple(size), interpolation="bilinear", antialias=True, data_format="channels_last")
     p = ops.convert_to_tensor(params, dtype="float32")
     x = ops.image.affine_transform(x, p[:, :8], interpolation="bilinear", fill_mode="reflect",
                                    data_format="channels_last")

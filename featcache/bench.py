@@ -292,9 +292,11 @@ def _evaluate(task: Task, cores: int):
         tr, va = _fraction(tr, y, task.train_fraction), _fraction(va, y, task.train_fraction)
         notes.append(f"learning curve: {task.train_fraction:.0%} of the train and val rows")
     limit = SUBSAMPLE.get(task.head)
+    if limit and task.views and task.views_mode == "rows":  # the cap is on rows fitted: views are rows too
+        limit = max(1, limit // (1 + task.views))
     if limit and len(tr) > limit:
         tr = _subsample(tr, y, limit)
-        notes.append(f"train subsampled to {limit:,} rows")
+        notes.append(f"train subsampled to {limit:,} images")
     views, groups = None, None
     if task.views:  # the train images' views: more rows (appended to X), their mean, or a Keras head's draw
         from .heads import views as head_views
@@ -1005,7 +1007,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         keras = own is None and get_head_spec(best["head"]).kind == "keras"
         fit_splits = best.get("fit_splits") or (["train"] if keras else ["train", "val"])
         card = current_card(best_dir, best["head"] if own is None else best["head"].partition("#")[0],
-                            best["cache_key"], params, best.get("views") or 0)
+                            best["cache_key"], params, best.get("views") or 0, best.get("views_mode"))
         if own is not None and card is not None:  # the same name, the same estimator?
             from .train import custom_fields
 

@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=_api_default(bench, "out"), help="report directory")
     p.add_argument("--use-views", default=_api_default(bench, "views"), choices=("auto", "rows", "mean", "none"),
                    help="how heads train on the caches' augmented views: auto (each head's own way), rows, mean "
-                   "(Keras heads draw one a epoch either way) or none")
+                   "(Keras heads draw one view an epoch either way) or none")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
 

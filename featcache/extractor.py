@@ -36,14 +36,14 @@ class Extractor:
     the one asked for, or None.
     """
 
-    def __init__(self, plan: Plan, *, input_size: tuple[int, int] | None = None):
+    def __init__(self, plan: Plan):
         from .backbones.graph import build_extractor
         from .runtimes import make_runtime
 
         opts = plan.options
-        self.plan = plan
+        self.plan = plan  # views read the recipe from it
         self.batch_size = int(opts.batch_size)
-        input_size = tuple(input_size or plan.input_size)
+        input_size = tuple(plan.input_size)
         self.model, self.names = build_extractor(
             plan.backbone, input_size=input_size, image_size=plan.image_size, pooling=opts.pooling,
             outputs=opts.outputs, preprocess=opts.preprocess, compute_dtype=opts.compute_dtype)
@@ -53,26 +53,20 @@ class Extractor:
         identity["input_size"] = list(input_size)
         self.run, self.note = make_runtime(opts.runtime, self.model, self.names, self.batch_size, identity=identity)
         self.runtime = self.run.name
-        self._views: "Extractor | None" = None
-
-    def for_views(self) -> "Extractor":
-        """The extractor of augmented views: built once, on first use, taking images at the model's input size.
-
-        Views are resized and augmented before the CNN (:func:`featcache.augment.augment_images`),
-        so their graph has no resize of its own.
-        """
-        if self._views is None:
-            self._views = self if tuple(self.plan.input_size) == tuple(self.plan.image_size) else \
-                Extractor(self.plan, input_size=self.plan.image_size)
-        return self._views
 
     def view(self, images: np.ndarray, ids: Sequence[str], view: int) -> dict[str, np.ndarray]:
-        """Features of augmented view ``view`` of ``images`` (whose item ids are ``ids``)."""
+        """Features of augmented view ``view`` of ``images`` (whose item ids are ``ids``).
+
+        The images are augmented as they are shipped to the model (decoded at
+        the model's size, or an array source's own), then go through the very
+        graph the plain view does: a view whose transform is the identity is
+        the plain view, so heads never learn a difference between the two.
+        """
         from .augment import augment_images, parse_recipe
 
-        size = tuple(self.plan.image_size)
+        size = tuple(images.shape[1:3])
         params = parse_recipe(self.plan.options.augment).params(ids, view, size)
-        return self.for_views()(augment_images(images, params, size))
+        return self(augment_images(images, params))
 
     def output_info(self, dtype: str) -> dict:
         return {n: {"shape": [int(d) for d in self.model.output[n].shape[1:]], "dtype": dtype} for n in self.names}

@@ -165,13 +165,14 @@ def read_card(path) -> dict:
     return card
 
 
-def current_card(path, head: str, cache_key: str, params: dict, views: int = 0) -> dict | None:
+def current_card(path, head: str, cache_key: str, params: dict, views: int = 0,
+                 views_mode: str | None = None) -> dict | None:
     """The card at ``path`` if it holds ``head`` trained with ``params`` on the cache ``cache_key``, else None.
 
     What the benchmark's best model and a pipeline's heads ask before
     retraining; a missing or damaged card is simply not current. ``views``:
     the augmented views it must have trained on (the cache key does not
-    change when a cache gains views).
+    change when a cache gains views), and ``views_mode`` how, when given.
     """
     try:
         card = read_card(path)
@@ -179,7 +180,8 @@ def current_card(path, head: str, cache_key: str, params: dict, views: int = 0) 
         return None
     same = (card["head"] == head and card["features"]["cache_key"] == cache_key
             and card.get("head_params") == json.loads(json.dumps(params, default=_json_default))
-            and (card.get("views") or {}).get("count", 0) == views)
+            and (card.get("views") or {}).get("count", 0) == views
+            and (views_mode is None or not views or card["views"].get("mode") == views_mode))
     return card if same else None
 
 

@@ -155,8 +155,8 @@ class ExtractOptions:
         if size is not None and not (integer(size) and size > 0 or (
                 isinstance(size, (tuple, list)) and len(size) == 2 and all(integer(v) and v > 0 for v in size))):
             raise FeatcacheError(f"image size must be a positive integer (or a pair of them), got {size!r}")
-        if self.views > MAX_VIEWS:
-            raise FeatcacheError(f"views must be at most {MAX_VIEWS}, got {self.views}")
+        if not integer(self.views) or not 0 <= self.views <= MAX_VIEWS:
+            raise FeatcacheError(f"views must be an integer from 0 to {MAX_VIEWS}, got {self.views!r}")
         parse_recipe(self.augment)  # a bad recipe is refused even before views are asked for
 
 

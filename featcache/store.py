@@ -41,8 +41,8 @@ STORAGE_DTYPES = ("float16", "float32")
 COMPRESSIONS = (None, "lzf", "gzip")
 _STR = h5py.string_dtype("utf-8")
 #: what featcache's own temporary files are called: ``.manifest.json.tmp-PID``, ``.00012.h5.tmp-PID``, ...
-_TEMPORARY = re.compile(r"^\.(manifest\.json|features\.h5|\d{5}\.h5)\.tmp-\d+$")
-_SHARD_FILE = re.compile(r"^\d{5}\.h5$")
+_TEMPORARY = re.compile(r"^\.(manifest\.json|features\.h5|\d{5,}\.h5)\.tmp-\d+$")
+_SHARD_FILE = re.compile(r"^\d{5,}\.h5$")  # five digits, more past shard 99,999 (augmented views)
 
 
 def encode_strings(values) -> np.ndarray:
@@ -426,7 +426,7 @@ def bytes_per_image(outputs: dict) -> int:
 
 
 def write_view(directory: Path, manifest: dict) -> None:
-    """Write features.h5: virtual datasets that stitch every shard, in row order."""
+    """Write features.h5: virtual datasets that stitch every shard of the plain view, in row order."""
     directory = Path(directory)
     n_base = base_shards(manifest["params"]["shard_size"], manifest["dataset"].get("n_items", 0))
     shards = sorted((s for s in manifest["shards"] if s["index"] < n_base), key=lambda s: s["index"])  # plain view
@@ -732,8 +732,11 @@ class Cache:
 
     @property
     def views(self) -> int:
-        """Augmented views stored per training image (0: the plain view only); see :meth:`views_of`."""
-        return int(self.manifest.get("views", 0))
+        """Augmented views stored per training image (0: the plain view only); see :meth:`views_of`.
+
+        An unfinished cache (opened with ``allow_partial``) offers none: its views may lack shards.
+        """
+        return int(self.manifest.get("views", 0)) if self.complete else 0
 
     @property
     def augment(self) -> str | None:
@@ -790,15 +793,21 @@ class Cache:
             raise CacheError(f"{self.path} holds {self.views} views, not {views!r}")
         name = self.output_name(output)
         info = self.output_info(name)
+        size = k * len(rows) * int(np.prod(info["shape"])) * np.dtype(info["dtype"]).itemsize
+        if self.max_load_bytes is not None and size > self.max_load_bytes:
+            raise CacheError(f"loading {k} views of {len(rows):,} rows would take {size:,} bytes, over this cache's "
+                             f"limit of {self.max_load_bytes:,}; stream them (train --stream)")
         out = np.empty((k, len(rows)) + tuple(info["shape"]), info["dtype"])
-        plain = None
-        for v in range(1, k + 1):
-            pos = self.view_positions(v, rows)
+        positions = [self.view_positions(v, rows) for v in range(1, k + 1)]
+        missing_any = np.zeros(len(rows), bool)
+        for pos in positions:
+            missing_any |= pos < 0
+        plain = self.read_rows(rows[missing_any], name).features if missing_any.any() else None
+        where = np.cumsum(missing_any) - 1  # a row's place among the plain rows read
+        for v, pos in enumerate(positions, start=1):
             missing = pos < 0
             if missing.any():
-                if plain is None:
-                    plain = self.read_rows(rows[missing], name).features
-                out[v - 1][missing] = plain
+                out[v - 1][missing] = plain[where[missing]]
             if (~missing).any():
                 out[v - 1][~missing] = self._read_view_rows(v, pos[~missing], name)
         return out

@@ -82,12 +82,14 @@ class ViewRows(CacheRows):
 
     def __init__(self, plain: CacheRows, view: int):
         self.cache, self.output, self.plain = plain.cache, plain.output, plain
-        self.shards = plain.cache.view_shards(view)
+        by_plain = {s.items: s for s in plain.cache.view_shards(view)}  # a view's shard covers its plain shard's items
+        self.shards = [by_plain[s.items] for s in plain.shards]
         pos = plain.cache.view_positions(view, plain.global_rows)
         self.local = []
         for b, shard in enumerate(self.shards):
             part = pos[plain.offsets[b]:plain.offsets[b + 1]]
-            self.local.append(np.where(part >= 0, part - shard.rows[0], -1))
+            inside = (part >= shard.rows[0]) & (part < shard.rows[1])
+            self.local.append(np.where(inside, part - shard.rows[0], -1))
         self.block_sizes, self.global_rows, self.offsets = plain.block_sizes, plain.global_rows, plain.offsets
         self._loaded = None
 
