@@ -42,7 +42,7 @@ from .errors import FeatcacheError
 
 #: what ``--views K`` uses when ``--augment`` is not given (the cache key of a cache made with it is unchanged);
 #: mild on purpose: on 1,000 Fashion-MNIST images at 96 px (4 views) it lifted the Keras heads by 2.5-2.7
-#: points where crop=0.6 with rotate=10 cost them up to 4 (benchmarks/NOTES.md)
+#: points where crop=0.6 with rotate=10 cost them up to 6.6 (benchmarks/NOTES.md)
 DEFAULT_RECIPE = "flip,crop=0.85,seed=0"
 #: the most views a cache may hold
 MAX_VIEWS = 64

@@ -59,6 +59,8 @@ COST_10K = {"logreg": 10.0, "linear_svm": 9.5, "ridge": 3.5, "sgd": 15.0, "knn":
             "classic": 10.0}
 #: a head's process start, its imports and loading the cache (Keras heads: importing TensorFlow)
 START_SECONDS = {"sklearn": 3.0, "keras": 7.0}
+#: how bench's heads may use a cache's augmented views (Keras heads draw one view an epoch whenever they do)
+VIEW_MODES = ("auto", "rows", "mean", "none")
 RESULTS = "results.jsonl"
 #: the best head's learning-curve rows, apart from the table's rows so each file has one kind of row
 CURVE = "learning_curve.jsonl"
@@ -827,7 +829,7 @@ def estimate_seconds(heads, n_rows: int, n_features: int, n_jobs: int = 1) -> fl
 
 
 def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pixel_size=16, backend="threading",
-                  name=lambda key: key) -> None:
+                  views="auto", name=lambda key: key) -> None:
     """Refuse a bad benchmark setting before any work; ``name(key)`` is how the error names the setting."""
     from numbers import Integral, Real
 
@@ -845,6 +847,8 @@ def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pi
         raise FeatcacheError(f"{name('pixel_size')} must be a positive integer, got {pixel_size!r}")
     if backend not in BACKENDS:
         raise FeatcacheError(f"{name('backend')} must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if views not in VIEW_MODES:
+        raise FeatcacheError(f"{name('views')} must be one of {', '.join(VIEW_MODES)}, got {views!r}")
 
 
 def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
@@ -910,7 +914,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     from .report import LiveTable, best_row, write_report
     from .train import split_masks, train_classes
 
-    check_options(cv=cv, timeout=timeout, n_jobs=n_jobs, pixel_size=pixel_size, backend=backend)
+    check_options(cv=cv, timeout=timeout, n_jobs=n_jobs, pixel_size=pixel_size, backend=backend, views=views)
     learning_curve = tuple(learning_curve or ())
     if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in learning_curve):
         raise FeatcacheError(f"learning_curve must be shares of the training rows between 0 and 1 (exclusive), "
@@ -919,8 +923,6 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     caches = [c.path if isinstance(c, Cache) else c for c in caches]  # each head's process reopens its cache
     if not caches:
         raise FeatcacheError("bench needs at least one cache directory")
-    if views not in ("auto", "rows", "mean", "none"):
-        raise FeatcacheError(f"views must be one of auto, rows, mean, none, got {views!r}")
     heads, estimators = user_heads(list(heads) if heads else list(HEADS))  # your own estimators: custom:Name
     for h in [h for h in heads if h not in estimators] + list(baseline_heads or ()):
         get_head_spec(h)

@@ -214,7 +214,7 @@ def cmd_finetune(args) -> int:
         res = finetune(args.cache, from_layer=args.from_layer, to_layer=args.to_layer, output=args.output,
                        epochs=args.epochs, head_epochs=args.head_epochs, learning_rate=args.learning_rate,
                        batch_size=args.batch_size, random_state=args.random_state, verbose=0 if args.quiet else 2,
-                       out=out)
+                       out=out, views=args.use_views)
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("macro_f1")), _fmt(m.get("log_loss"), pct=False)]
             for split, m in res.metrics.items()]
     ft = res.card["finetune"]
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"featcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .bench import BACKENDS, bench
+    from .bench import BACKENDS, VIEW_MODES, bench
     from .engines import ENGINES
     from .plan import DEFAULT_BACKBONE
     from .pretrain import ARCHS, pretrain
@@ -450,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=_api_default(finetune, name))
     p.add_argument("--learning-rate", type=float, default=_api_default(finetune, "learning_rate"),
                    help="Adam's rate for the block and head after the head-only phase")
+    p.add_argument("--use-views", default=_api_default(finetune, "views"), choices=("auto", "none"),
+                   help="auto: one of the cache's augmented views per train image per epoch; none: plain maps only")
     p.add_argument("--out", help="model directory (default models/<cache>-finetune)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=cmd_finetune)
@@ -507,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=int, default=_api_default(bench, "pixel_size"),
                    help="side of the downsampled raw-pixel baseline")
     p.add_argument("--out", default=_api_default(bench, "out"), help="report directory")
-    p.add_argument("--use-views", default=_api_default(bench, "views"), choices=("auto", "rows", "mean", "none"),
+    p.add_argument("--use-views", default=_api_default(bench, "views"), choices=VIEW_MODES,
                    help="how heads train on the caches' augmented views: auto (each head's own way), rows, mean "
                    "(Keras heads draw one view an epoch either way) or none")
     p.add_argument("--quiet", action="store_true")

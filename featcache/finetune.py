@@ -109,6 +109,8 @@ def check_settings(**settings) -> None:
         elif name == "dropout":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
                 raise FeatcacheError(f"dropout must be in [0, 1), got {value!r}")
+        elif name == "views" and value not in ("auto", "none"):
+            raise FeatcacheError(f"views must be 'auto' or 'none', got {value!r}")
 
 
 def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = None, output: str | None = None,
@@ -152,7 +154,7 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
 
     check_settings(epochs=epochs, head_epochs=head_epochs, learning_rate=learning_rate,
                    head_learning_rate=head_learning_rate, batch_size=batch_size, dropout=dropout, patience=patience,
-                   random_state=random_state)
+                   random_state=random_state, views=views)
     if out is not None:
         check_model_dir_target(out)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
@@ -167,8 +169,6 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
     if not va.any():
         raise FeatcacheError(f"{cache.path} has no validation rows; fine-tuning early-stops on them")
     y_enc = np.searchsorted(classes, labels)
-    if views not in ("auto", "none"):
-        raise FeatcacheError(f"views must be 'auto' or 'none', got {views!r}")
     n_views = cache.views if views == "auto" else 0
     import keras  # only now: every refusal above comes without loading Keras
     from sklearn.pipeline import Pipeline

@@ -46,9 +46,9 @@ SCHEMA = {
     # the keyword arguments of featcache.finetune, but its cache (an [[extract]] name) and out
     "finetune": {"cache": _STR, "from_layer": _STR, "to_layer": _STR, "output": _STR, "epochs": _INT,
                  "head_epochs": _INT, "learning_rate": _FLOAT, "head_learning_rate": _FLOAT, "batch_size": _INT,
-                 "dropout": _FLOAT, "patience": _INT, "random_state": _INT},
+                 "dropout": _FLOAT, "patience": _INT, "random_state": _INT, "views": _STR},
     "bench": {"heads": _LIST_STR, "caches": _LIST_STR, "n_jobs": _INT, "timeout": _FLOAT, "cv": _INT,
-              "baseline_heads": _LIST_STR, "out": _STR},
+              "baseline_heads": _LIST_STR, "out": _STR, "views": _STR},
 }
 REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"], "finetune": ["cache"]}
 #: the [[extract]] keys that are ExtractOptions
@@ -215,7 +215,7 @@ def _check_values(path: Path, cfg: dict) -> None:
             raise FeatcacheError(f"{path}: finetune: {exc}") from None
     if "bench" in cfg:
         b = cfg["bench"]
-        check_options(**{k: b[k] for k in ("cv", "timeout", "n_jobs") if k in b},
+        check_options(**{k: b[k] for k in ("cv", "timeout", "n_jobs", "views") if k in b},
                       name=lambda key: f"{path}: 'bench.{key}'")
     for i, ex in enumerate(cfg["extract"]):
         opts = {k: ex[k] for k in EXTRACT_OPTIONS if k in ex}
@@ -361,7 +361,8 @@ def run(path, *, progress: bool = True) -> dict:
         report = out / bench_cfg.get("out", "report")
         rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
                      timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS),
-                     out=report, baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress)
+                     out=report, baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress,
+                     views=bench_cfg.get("views", "auto"))
         _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
         result["report"] = str(report)
         if finetune_test is not None:
