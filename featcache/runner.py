@@ -87,13 +87,14 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         old, kept = store.claim(out, old, key=plan.key, params=plan.params, fingerprint=plan.fingerprint,
                                 overwrite=overwrite)
         notes = [f"not featcache's, left alone: {k}" for k in kept]
-        stored_views = int((old or {}).get("views", 0))
-        if stored_views > plan.views:  # views are never thrown away: asking for fewer keeps them all
+        stored_views = int((old or {}).get("views", 0)) if (old or {}).get("complete") else 0
+        if stored_views > plan.views:  # finished views are never thrown away: asking for fewer keeps them all
             notes.append(f"the cache keeps the {stored_views} views it holds (asked for {plan.views})")
             plan = plan.with_views(stored_views)
         shape = {"key": plan.key, "n_shards": plan.n_shards}
         done, problems = store.existing_shards(out, old, repair=repair, shard_size=plan.options.shard_size,
                                                n_items=len(plan.source), **shape)
+        done = {i: r for i, r in done.items() if i < plan.n_shards}  # views an earlier run began and this one drops
         if not problems and len(done) == plan.n_shards and store.up_to_date(out, old, check_shards=False, **shape):
             notes += store.refresh_class_names(out, old, plan.source.class_names)
             return _noop_summary(plan, t_start, notes)

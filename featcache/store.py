@@ -633,6 +633,8 @@ class Cache:
         self.manifest = manifest
         records = sorted(manifest.get("shards", []), key=lambda s: s["index"])
         n_base = base_shards(manifest["params"]["shard_size"], manifest["dataset"].get("n_items", 0))
+        if manifest.get("complete"):  # a cache gaining views stays complete with the views it had
+            records = [r for r in records if r["index"] < n_base * (1 + int(manifest.get("views", 0)))]
         #: every shard record, views' too (what verify checks)
         self._all_shards = records
         #: the plain view's records: the cache's rows
@@ -1206,8 +1208,17 @@ class CacheSink:
 
         ``views`` augmented views per train image (made with the recipe
         ``augment``) are recorded beside the plain view; they are not part of
-        the key, so a later run may add more.
+        the key, so a later run may add more. A complete cache gaining views
+        stays complete, and readable with the views it had, until
+        :meth:`finish` records the new ones (``views_target`` says how many
+        are on their way).
         """
+        if old is not None and old.get("complete") and old["key"] == self.key and views > int(old.get("views", 0)):
+            self.manifest = {**old, "shards": sorted(shards, key=lambda s: s["index"]), "views_target": int(views),
+                             "target_shards": n_shards}
+            if save:
+                write_manifest(self.directory, self.manifest)
+            return self.manifest
         self.manifest = {
             "format_version": FORMAT_VERSION,
             "key": self.key,
@@ -1262,6 +1273,8 @@ class CacheSink:
         error says the most common reason instead.
         """
         manifest = self.manifest
+        if "views_target" in manifest:  # the new views are all in: record them
+            manifest["views"], manifest["n_shards"] = manifest.pop("views_target"), manifest.pop("target_shards")
         shards = sorted(manifest["shards"], key=lambda s: s["index"])
         n_items = manifest["dataset"].get("n_items", 0)
         n_base = base_shards(manifest["params"]["shard_size"], n_items)

@@ -13,7 +13,7 @@ from featcache import store
 from featcache.augment import DEFAULT_RECIPE, augment_images, parse_recipe
 from featcache.errors import FeatcacheError
 
-from conftest import TINY, TINY_ARGS, assert_same_cache, reference_cache, run_featcache, start_featcache
+from conftest import TINY, TINY_ARGS, assert_same_cache, kill_at, reference_cache, run_featcache, start_featcache
 
 N = 72
 
@@ -178,6 +178,25 @@ def test_a_kill_during_view_extraction_resumes_to_the_same_cache(tmp_path_factor
     run_featcache("extract", *KILL_ARGS, "--out", out)
     assert_same_cache(reference, out)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_cache_gaining_views_stays_readable_with_the_views_it_had_even_when_killed(tmp_path,
+                                                                                      fashion_mnist_available):
+    args = ["fashion_mnist:test", *TINY_ARGS, "--limit", "120", "--shard-size", "64", "--quiet"]
+    out = tmp_path / "grow"
+    run_featcache("extract", *args, "--views", "1", "--out", out)
+    before = featcache.open_cache(out)
+    tr = before.split_rows("train")
+    first_view = before.views_of(tr)
+    kill_at("before-rename:shard", tmp_path / "paused", "extract", *args, "--views", "3", "--out", out)
+    during = featcache.open_cache(out)  # still complete, with its one view
+    assert during.complete and during.views == 1 and during.verify() == []
+    np.testing.assert_array_equal(during.views_of(tr), first_view)
+    assert store.read_manifest(out)["views_target"] == 3
+    run_featcache("extract", *args, "--views", "3", "--out", out)
+    after = featcache.open_cache(out)
+    assert after.views == 3 and after.verify() == [] and "views_target" not in after.manifest
+    np.testing.assert_array_equal(after.views_of(tr)[:1], first_view)
 
 
 # ---------------------------------------------------------------- heads
