@@ -677,7 +677,8 @@ def _row(task: Task, cache, result: dict) -> dict:
     return {
         "cache": task.cache, "cache_key": task.cache_key, "backbone": "raw pixels" if task.baseline else p["backbone"],
         "features": (f"pixels {task.pixel_size}x{task.pixel_size}" if task.baseline
-                     else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"),
+                     else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"
+                     + (f" + {task.views} views" if task.views else "")),  # the report shows the K a row used
         "head": task.head, "baseline": task.baseline, "params": task.params, "settings": task.settings,
         "views": task.views, "views_mode": task.views_mode,
         **({"augment": cache.augment} if task.views else {}),

@@ -1213,9 +1213,11 @@ class CacheSink:
         :meth:`finish` records the new ones (``views_target`` says how many
         are on their way).
         """
-        if old is not None and old.get("complete") and old["key"] == self.key and views > int(old.get("views", 0)):
+        finished = {r["index"] for r in (old or {}).get("shards", []) if r["index"] < (old or {}).get("n_shards", 0)}
+        if old is not None and old.get("complete") and old["key"] == self.key and views > int(old.get("views", 0)) \
+                and finished <= {s["index"] for s in shards}:  # nothing it had is being repaired
             self.manifest = {**old, "shards": sorted(shards, key=lambda s: s["index"]), "views_target": int(views),
-                             "target_shards": n_shards}
+                             "target_shards": n_shards, "augment": augment}
             if save:
                 write_manifest(self.directory, self.manifest)
             return self.manifest

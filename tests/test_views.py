@@ -115,9 +115,10 @@ def test_views_are_identical_on_every_run_and_whatever_the_batch_size(viewed, tm
 
 def test_raising_k_computes_only_the_new_views_and_keeps_the_first(viewed, tmp_path):
     out = tmp_path / "grow"
-    first, s1 = _extract(out, 1)
-    n_base = len(first.shards)
-    assert s1.computed_shards == 2 * n_base
+    plain, s0 = _extract(out, 0)
+    n_base = s0.computed_shards
+    first, s1 = _extract(out, 1)  # a cache made without views gains one, its plain shards kept
+    assert (s1.computed_shards, s1.reused_shards) == (n_base, n_base) and first.augment == DEFAULT_RECIPE
     kept = {p.name: _sha(p) for p in (out / "shards").glob("*.h5")}
     grown, s2 = _extract(out, 2)
     assert (s2.computed_shards, s2.reused_shards) == (n_base, 2 * n_base)
@@ -285,6 +286,8 @@ def test_bench_rows_say_the_views_they_used_and_its_best_model_trained_on_them(v
     for row in rows:
         assert row["status"] == "ok" and row["views"] == 2 and row["views_mode"] == "rows"
         assert row["augment"] == DEFAULT_RECIPE and "2 augmented views" in row["note"]
+        assert row["features"].endswith("+ 2 views")  # what the report's table shows
+    assert "+ 2 views" in (tmp_path / "report" / "report.md").read_text()
     card = json.loads((tmp_path / "report" / "best_model" / "card.json").read_text())
     assert card["views"]["count"] == 2
     again = featcache.bench(viewed, ["logreg", "lda"], out=tmp_path / "report", learning_curve=(),
