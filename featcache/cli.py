@@ -131,8 +131,8 @@ def cmd_info(args) -> int:
         ("skipped", f"{len(cache.skipped):,}"), ("size on disk", human_bytes(cache.disk_bytes())),
     ]
     if cache.views:
-        rows.append(("views", f"{cache.views} per train image ({cache.augment}), "
-                              f"{sum(s.n_rows for v in range(1, cache.views + 1) for s in cache.view_shards(v)):,} rows"))
+        view_rows = sum(s.n_rows for v in range(1, cache.views + 1) for s in cache.view_shards(v))
+        rows.append(("views", f"{cache.views} per train image ({cache.augment}), {view_rows:,} rows"))
     per_image = bytes_per_image(outputs)
     if per_image:  # what the features cost, before HDF5's overhead: the figure to size a bigger run by
         rows.append(("bytes per image", f"{per_image:,} ({human_bytes(per_image * cache.n_items)} for all "

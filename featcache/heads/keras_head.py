@@ -160,9 +160,11 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         ``take(idx)`` returns training feature rows; ``val`` is None or
         ``(take_val, y_val, weights_val)``; ``sample_weight`` (per training
         row) multiplies the class weights, which weigh the validation loss
-        too; ``draw(epoch)``, when given, returns that epoch's ``take`` (augmented
-        views, :func:`featcache.heads.views.drawing`). A hand loop over ``train_on_batch`` keeps per-epoch overhead near zero on small caches and gives the
-        in-memory and streamed paths the very same batches; Keras callbacks
+        too; ``draw(epoch)``, when given, returns that epoch's ``take``
+        (augmented views, :func:`featcache.heads.views.drawing`). A hand loop
+        over ``train_on_batch`` keeps per-epoch overhead near zero on small
+        caches and gives the in-memory and streamed paths the very same
+        batches; Keras callbacks
         (and, with ``verbose``, Keras' own progress logger) see it as a ``fit``.
         """
         import keras
