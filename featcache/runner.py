@@ -88,6 +88,10 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
                                 overwrite=overwrite)
         notes = [f"not featcache's, left alone: {k}" for k in kept]
         stored_views = int((old or {}).get("views", 0)) if (old or {}).get("complete") else 0
+        recipe = parse_recipe(plan.options.augment).text
+        if stored_views and old.get("augment") != recipe:  # the default recipe is not in the key: never mix two
+            raise CacheError(f"{out} holds views made with the recipe {old.get('augment')!r}, not {recipe!r}; pass "
+                             "that --augment, or --overwrite to start again")
         if stored_views > plan.views:  # finished views are never thrown away: asking for fewer keeps them all
             notes.append(f"the cache keeps the {stored_views} views it holds (asked for {plan.views})")
             plan = plan.with_views(stored_views)
@@ -105,8 +109,7 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
                    dataset={"source": src.describe(), "n_items": len(src), "class_names": list(src.class_names),
                             "has_splits": src.has_splits, "reopen": src.address},
                    n_shards=plan.n_shards, shards=list(done.values()), old=old,
-                   save=bool(done) or old is not None, views=plan.views,
-                   augment=parse_recipe(plan.options.augment).text)  # a run that has written no shard claims nothing
+                   save=bool(done) or old is not None, views=plan.views, augment=recipe)  # a run that has written no shard claims nothing
         todo = [i for i in range(plan.n_shards) if i not in done]
         stats: dict = {}
         n_todo = sum(len(plan.shard_items(i)[1]) for i in todo)

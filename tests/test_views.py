@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import signal
 import time
 
@@ -134,6 +135,12 @@ def test_the_recipe_is_part_of_the_key_and_the_default_keeps_older_keys(viewed, 
     assert plain.key == viewed.key  # adding views to a cache keeps its plain shards
     with pytest.raises(store.KeyMismatchError, match="augment"):
         _extract(viewed.path, 2, augment="flip,seed=1")
+    manifest = store.read_manifest(viewed.path)  # views made under another default recipe are never mixed in
+    forged = tmp_path / "forged"
+    shutil.copytree(viewed.path, forged)
+    store.write_manifest(forged, {**manifest, "augment": "flip,crop=0.6,rotate=10,seed=0"})
+    with pytest.raises(store.CacheError, match="holds views made with the recipe 'flip,crop=0.6"):
+        _extract(forged, 3)
     with pytest.raises(FeatcacheError, match="views must be an integer of at least 0"):
         _extract(tmp_path / "neg", -1)
 
