@@ -98,37 +98,37 @@ def shuffled_batches(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, v
     at a time, so the uint8 images are never copied whole. With ``views``
     (``(K, len(X), ...)``, a cache's augmented views of each row), each epoch
     shows every row once, as itself or one of its K views
-    (:func:`featcache.heads.views.choice`).
+    (:func:`featcache.heads.views.drawing`, as the Keras heads draw them).
     """
     import keras
 
-    from .heads.views import choice
+    from .heads.views import drawing
+
+    def take_plain(idx):
+        return X[idx].astype(np.float32)
+
+    draw = None if views is None else drawing(
+        take_plain, [lambda idx, V=V: V[idx].reshape((len(idx),) + X.shape[1:]).astype(np.float32) for V in views],
+        seed, len(y))
 
     class _Shuffled(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
             self.epoch = 0
             self.order = np.random.default_rng([seed, 0]).permutation(len(y))
-            self.shown = None if views is None else choice(seed, 0, len(y), len(views))
+            self.take = take_plain if draw is None else draw(0)
 
         def __len__(self):
             return -(-len(y) // batch_size)
 
         def __getitem__(self, i):
             idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
-            out = X[idx].astype(np.float32)
-            if self.shown is not None:
-                which = self.shown[idx]
-                for v in range(1, len(views) + 1):
-                    sel = which == v
-                    if sel.any():
-                        out[sel] = views[v - 1][idx[sel]].reshape(int(sel.sum()), *out.shape[1:])
-            return out, y[idx]
+            return self.take(idx), y[idx]
 
         def on_epoch_end(self):
             self.epoch += 1
             self.order = np.random.default_rng([seed, self.epoch]).permutation(len(y))
-            self.shown = None if views is None else choice(seed, self.epoch, len(y), len(views))
+            self.take = take_plain if draw is None else draw(self.epoch)
 
     return _Shuffled()
 

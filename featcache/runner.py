@@ -117,9 +117,8 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         if todo:
             engine = engine or make_engine("local")
 
-            n_views = sum(len(plan.shard_items(i)[1]) for i in range(plan.n_base, plan.n_shards))
-
             def projected(outputs):  # before the first image runs (local), after the first shard (Ray)
+                n_views = sum(len(plan.shard_items(i)[1]) for i in range(plan.n_base, plan.n_shards))
                 per_image = store.bytes_per_image(outputs)
                 rows = len(src) + n_views
                 also = f" and {n_views:,} augmented views" if n_views else ""

@@ -190,13 +190,13 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
     if isinstance(head, str):
         spec = get_head_spec(head)
         pipe = validate_head(head, preprocess, params)  # every parameter, before any work
-        streams, default_preprocess = spec.streams, spec.preprocess
+        streams, default_preprocess, head_mode = spec.streams, spec.preprocess, spec.views
     else:  # the user's own estimator
         from .heads import preprocess_steps
         from .heads.custom import user_head
 
         head, pipe = user_head(head, preprocess_steps(preprocess or "none"), params)
-        streams, default_preprocess = hasattr(pipe.steps[-1][1], "partial_fit"), "none"
+        streams, default_preprocess, head_mode = hasattr(pipe.steps[-1][1], "partial_fit"), "none", "rows"
     if verbose and is_keras(pipe) and "verbose" not in params:
         pipe.set_params(clf__verbose=int(verbose))
     if "val" in fit_splits and is_keras(pipe):
@@ -207,7 +207,6 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
                              f"with preprocess {preprocess!r}; use preprocess 'none'")
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     output = cache.output_name(output)
-    head_mode = get_head_spec(head).views if isinstance(head, str) and not head.startswith("custom:") else "rows"
     mode = head_views.resolve_mode(views, head_mode, is_keras(pipe), cache.views)
     if mode == "draw" and len(pipe.steps) > 1:
         raise FeatcacheError(f"head {head!r} draws augmented views of the raw features; train it with preprocess "

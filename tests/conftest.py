@@ -57,6 +57,19 @@ def paused_featcache(point, marker, *args, timeout=180):
     return proc
 
 
+def kill_when(proc, ready, timeout=240, poll=0.05):
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it ends first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"extract ended before it could be killed: {proc.stderr.read()}")
+        time.sleep(poll)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def kill_at(point, marker, *args):
     """SIGKILL a run exactly at the pause point ``point`` (a temporary written, a rename not yet made)."""
     proc = paused_featcache(point, marker, *args)

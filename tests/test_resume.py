@@ -1,6 +1,5 @@
 """A SIGKILL at any moment, then the same command, gives an uninterrupted run's cache."""
 
-import signal
 import time
 
 import pytest
@@ -8,7 +7,7 @@ import pytest
 import featcache
 from featcache import store
 
-from conftest import TINY_ARGS, assert_same_cache, reference_cache, run_featcache, start_featcache
+from conftest import TINY_ARGS, assert_same_cache, kill_when, reference_cache, run_featcache, start_featcache
 
 ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "1500", "--shard-size", "128", "--quiet"]
 
@@ -26,16 +25,7 @@ def reference(tmp_path_factory, fashion_mnist_available):
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted(reference, tmp_path):
     out = tmp_path / "killed"
     proc = _start(out)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        shards = list((out / "shards").glob("*.h5")) if (out / "shards").is_dir() else []
-        if len(shards) >= 3:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"extract ended before it could be killed: {proc.stderr.read()}")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: len(list((out / "shards").glob("*.h5")) if (out / "shards").is_dir() else []) >= 3)
     partial = store.read_manifest(out)
     assert partial is not None and not partial["complete"]
     n_before = len(list((out / "shards").glob("*.h5")))

@@ -3,8 +3,6 @@
 import hashlib
 import json
 import shutil
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +12,8 @@ from featcache import store
 from featcache.augment import DEFAULT_RECIPE, augment_images, parse_recipe
 from featcache.errors import FeatcacheError
 
-from conftest import TINY, TINY_ARGS, assert_same_cache, kill_at, reference_cache, run_featcache, start_featcache
+from conftest import (TINY, TINY_ARGS, assert_same_cache, kill_at, kill_when, reference_cache, run_featcache,
+                      start_featcache)
 
 N = 72
 
@@ -171,16 +170,12 @@ def test_a_kill_during_view_extraction_resumes_to_the_same_cache(tmp_path_factor
     out = tmp_path / "killed"
     proc = start_featcache("extract", *KILL_ARGS, "--out", out)
     n_base = 10  # 600 items in shards of 64
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait for the first shard of view 1
-        shards = [p for p in (out / "shards").glob("*.h5")] if (out / "shards").is_dir() else []
-        if any(p.name[0].isdigit() and int(p.stem) >= n_base for p in shards):
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"extract ended before it could be killed: {proc.stderr.read()}")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    def first_view_shard_written():
+        shards = list((out / "shards").glob("*.h5")) if (out / "shards").is_dir() else []
+        return any(p.name[0].isdigit() and int(p.stem) >= n_base for p in shards)
+
+    kill_when(proc, first_view_shard_written, timeout=300, poll=0.02)
     partial = store.read_manifest(out)
     assert partial is not None and not partial["complete"] and partial["views"] == 2
     run_featcache("extract", *KILL_ARGS, "--out", out)
