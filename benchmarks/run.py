@@ -17,6 +17,9 @@ Figures (see docs/PERFORMANCE.md for what each compares and its target):
    ``--only 9 --bench-cache DIR``; resumable in pieces with ``--work`` and ``--bench-heads``)
 10. each runtime's forward pass vs TensorFlow's (Keras), per backbone, with their
     row agreement; and figure 1 for the other backbones
+11. the default ``featcache bench`` on 100,000 x 1,280 rows: which heads fit in a minute, which
+    subsample (only with ``--only 11``; extracts its cache under ``--work`` unless
+    ``--bench-cache-100k DIR``)
 
 Extraction runs with the default runtime (``auto``: OpenVINO on this CPU when
 the extra is installed); "the CNN's limit" is the fastest runtime's forward
@@ -51,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from featcache import extractor as extraction, plan as planning, runner, store  # noqa: E402
+from featcache.runner import extract  # noqa: E402
 from featcache.sources import open_source  # noqa: E402
 
 FULL = dict(repeats=2, seeds=5, photos=1024, size=224, classic_train=1000, classic_test=1000, classic_size=224, epochs=10,
@@ -590,6 +594,45 @@ def fig_default_bench(cfg, work: Path, cache: Path, heads, rev: str, old_timeout
     return out
 
 
+def fig_bench_100k(cfg, work: Path, cache: Path | None, timeout: float) -> list[dict]:
+    """The default bench on 100,000 x 1,280 rows: which heads still fit in a minute, which subsample.
+
+    The rows are real features rather than synthetic ones: the 70,000 Fashion-MNIST images (train and
+    test) and the first 30,000 train images mirrored left to right, through the default backbone at 64 px
+    (``cache``, when given, is such a cache made earlier). The bench is the plain default command.
+    """
+    from featcache.bench import RESULTS
+    from featcache.datasets import load_fashion_mnist
+
+    work.mkdir(parents=True, exist_ok=True)
+    if cache is None:
+        cache = work / "fm100k"
+        (tr_x, tr_y, _), (te_x, te_y, _) = load_fashion_mnist("train"), load_fashion_mnist("test")
+        images = np.concatenate([tr_x, te_x, tr_x[:30_000, :, ::-1]])
+        labels = np.concatenate([tr_y, te_y, tr_y[:30_000]])
+        t0 = time.perf_counter()
+        extract(images, labels=labels, out=cache, image_size=64)
+        print(f"  extracted {len(images):,} images in {time.perf_counter() - t0:.0f} s", flush=True)
+    report = work / f"report-{int(time.time())}"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "featcache", "bench", str(cache), "--out", str(report), "--quiet",
+                           "--timeout", f"{timeout:g}"], cwd=REPO, capture_output=True, text=True)
+    total = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"featcache bench failed: {proc.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (report / RESULTS).read_text().splitlines() if line.strip()]
+    within = [r for r in rows if r.get("status") == "ok" and r["wall_seconds"] <= 60]
+    detail = "; ".join(
+        f"{r['head']}{'@pixels' if r.get('baseline') else ''} "
+        + (f"{r['wall_seconds']:.0f} s {100 * r['accuracy']:.2f}%" if r.get("status") == "ok" else r["status"])
+        + (f" ({r['note']})" if "subsampled" in (r.get("note") or "") else "") for r in rows)
+    return [{"figure": 11, "name": "default bench on 100,000 rows: heads within a minute", "value": len(within),
+             "target": "report", "ok": None,
+             "detail": f"{len(within)} of {len(rows)} rows took 60 s or less; the whole command {total:.0f} s "
+                       f"(budget {timeout:g} s a head) on {_cache_shape(cache)}; per head, wall s and test accuracy: "
+                       + detail}]
+
+
 def _cache_shape(cache: Path) -> str:
     c = store.open_cache(cache)
     return f"{len(c):,} x {int(np.prod(c.output_info(c.outputs[0])['shape'])):,}"
@@ -670,6 +713,8 @@ def main(argv=None) -> int:
                    "port, resnet50)")
     p.add_argument("--from-json", type=Path, help="only re-render the table from a saved --json file")
     p.add_argument("--bench-cache", type=Path, help="figure 9: a real cache to bench (e.g. 10,000 Fashion-MNIST rows)")
+    p.add_argument("--bench-cache-100k", type=Path, help="figure 11: a 100,000-row cache made by an earlier run "
+                   "(default: extract one under --work)")
     p.add_argument("--bench-heads", help="figure 9: today's heads to run in this piece (default: all)")
     p.add_argument("--bench-sides", default="old,new", help="figure 9: old, new or both (pieces resume via --work)")
     p.add_argument("--old-rev", default=OLD_REV, help="figure 9: the commit whose protocol is today's")
@@ -705,6 +750,9 @@ def main(argv=None) -> int:
             steps.append(({9}, "default_bench", lambda c, w: fig_default_bench(
                 c, w, args.bench_cache.resolve(), old_heads, args.old_rev, args.old_timeout,
                 args.bench_sides.split(","))))
+        if 11 in only:
+            steps.append(({11}, "bench_100k", lambda c, w: fig_bench_100k(
+                c, w, args.bench_cache_100k.resolve() if args.bench_cache_100k else None, 180.0)))
         for figures, name, fn in steps:
             if figures & only:
                 for r in fn(cfg, work / name):

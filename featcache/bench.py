@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import resource
 import time
 import traceback
@@ -47,21 +48,25 @@ GRIDS = {
     "knn_cosine": {"n_neighbors": [10, 20, 100, 200]},  # DINOv2's k-NN protocol
 }
 #: memory-aware fallback: heads whose cost grows badly with rows are fitted on a stratified subsample
-SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000}
+SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000,
+             "hist_gb": 20_000}
 #: seconds per head: interactive (every default head takes well under a minute on 10k x 1,280 rows)
 DEFAULT_TIMEOUT = 180.0
 #: heads at once: each gets half the cores (BLAS capped), which hides one head's start-up behind another's work
 DEFAULT_N_JOBS = 2
-#: measured seconds per head (selection and fit) on 10,000 x 1,280 Fashion-MNIST rows with 2 cores, scaled
-#: by rows x features for an up-front estimate (docs/PERFORMANCE.md, figure 9); other heads count as 10 s
-COST_10K = {"logreg": 10.0, "linear_svm": 9.5, "ridge": 3.5, "sgd": 15.0, "knn": 5.0, "random_forest": 9.0,
-            "hist_gb": 8.0, "lda": 3.0, "gaussian_nb": 0.5, "mlp": 15.0, "keras_linear": 3.0, "keras_mlp": 12.0,
-            "classic": 10.0}
+#: measured seconds per head (selection, fit and test) with one core each, two heads at a time, in the default
+#: bench on 10,000 x 1,280 Fashion-MNIST rows (docs/PERFORMANCE.md, figure 9): the up-front estimate scales them
+#: by rows x features; other heads count as 10 s. Also the order heads start in, the costliest first.
+COST_10K = {"logreg": 2.0, "linear_svm": 8.5, "ridge": 3.8, "sgd": 16.0, "knn": 3.5, "knn_cosine": 2.2,
+            "random_forest": 14.0, "hist_gb": 15.5, "lda": 1.5, "gaussian_nb": 0.4, "mlp": 2.4, "keras_linear": 1.4,
+            "keras_mlp": 8.0, "classic": 3.9}
 #: a head's process start, its imports and loading the cache (Keras heads: importing TensorFlow)
-START_SECONDS = {"sklearn": 3.0, "keras": 7.0}
+START_SECONDS = {"sklearn": 1.5, "keras": 5.0}
 #: how bench's heads may use a cache's augmented views (Keras heads draw one view an epoch whenever they do)
 VIEW_MODES = ("auto", "rows", "mean", "none")
 RESULTS = "results.jsonl"
+#: where each head's process of this run leaves its fitted head until the best is known (then removed)
+FITTED = ".featcache-fitted"
 #: the best head's learning-curve rows, apart from the table's rows so each file has one kind of row
 CURVE = "learning_curve.jsonl"
 BEST_MODEL = "best_model"
@@ -84,6 +89,9 @@ class Task:
     #: the cache's augmented views the head trains on (0: none) and how (:mod:`featcache.heads.views`)
     views: int = 0
     views_mode: str = "none"
+    #: where the head's process saves its fitted head, for bench to keep the best as best_model/ without fitting
+    #: it again ("": nowhere); like ``cores``, never part of the row
+    model_path: str = ""
 
     @property
     def settings(self) -> str:
@@ -198,6 +206,31 @@ def _fraction(idx: np.ndarray, y: np.ndarray, fraction: float) -> np.ndarray:
         return np.sort(np.random.default_rng(1).choice(idx, n, replace=False))
 
 
+#: in a head's process: the file where it says how far it has got (a timed-out row quotes it); None elsewhere
+_PROGRESS_FILE: str | None = None
+
+
+def _progress(text: str) -> None:
+    """Say how far this head's process has got, for its row should it run out of time (nothing outside one)."""
+    if _PROGRESS_FILE is None:
+        return
+    with contextlib.suppress(OSError):
+        with open(_PROGRESS_FILE + ".part", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(_PROGRESS_FILE + ".part", _PROGRESS_FILE)
+
+
+def _epoch_progress(what: str):
+    """A Keras callback that reports each finished epoch through :func:`_progress`."""
+    import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            _progress(f"{what}: {epoch + 1} epochs done")
+
+    return EpochProgress()
+
+
 def _candidates(head: str, fixed: dict) -> list[dict]:
     grid = {k: v for k, v in GRIDS.get(head, {}).items() if k not in fixed}
     if not grid:
@@ -222,6 +255,8 @@ def evaluate(task: Task) -> dict:
       takes all its alphas from one SVD (``RidgeClassifierCV``'s GCV).
     * Other heads with a grid score its points on val, spread across the
       head's cores with BLAS threads capped per job, then refit on train+val.
+    * Heads in :data:`OUT_OF_BAG` (random forest) fit once on train+val; their
+      out-of-bag accuracy is the row's validation figure.
     * Heads without a grid fit once on train; val only scores them.
     """
     from sklearn.metrics import confusion_matrix
@@ -233,13 +268,19 @@ def evaluate(task: Task) -> dict:
     with threadpool_limits(cores):
         out = _evaluate(task, cores)
     est, best, val_acc, fit_idx, select_s, fit_s, note, X, y, tr, te = out
-    t2 = time.perf_counter()
-    proba = est.predict_proba(X[te])  # the test split, touched once
-    predict_s = time.perf_counter() - t2
+    from .heads import proba_and_labels
     from .train import metrics
 
-    m = metrics(y[te], proba, est.classes_)
-    pred = est.classes_[proba.argmax(1)]
+    _progress("fitted; predicting the test split")
+    t2 = time.perf_counter()
+    proba, pred = proba_and_labels(est, X[te])  # the test split, touched once
+    predict_s = time.perf_counter() - t2
+    m = metrics(y[te], proba, est.classes_, pred)
+    if task.model_path:  # the row's own estimator: best_model/ is this very fit
+        import joblib
+
+        joblib.dump(est, task.model_path + ".part")
+        os.replace(task.model_path + ".part", task.model_path)
     labels = sorted(set(y[te].tolist()) | set(est.classes_.tolist()))
     return {
         **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")},
@@ -257,6 +298,8 @@ def evaluate(task: Task) -> dict:
 
 #: heads whose grid is a regularisation path: (parameter, ascending = from strongest regularisation)
 PATHS = {"logreg": "C"}
+#: bagged heads fitted once on train+val, their out-of-bag accuracy standing for val (no refit)
+OUT_OF_BAG = {"random_forest"}
 #: heads fitted on train and calibrated on val (temperature scaling) instead of 3-fold calibration refits
 CALIBRATED_ON_VAL = {"linear_svm", "ridge"}
 
@@ -280,6 +323,7 @@ def _evaluate(task: Task, cores: int):
 
     from .train import split_masks
 
+    _progress("loading the features")
     cache = open_cache(task.cache)
     spec = _spec(task)
     X = pixel_features(cache, task.pixel_size) if task.baseline else cache.features().reshape(len(cache), -1)
@@ -318,10 +362,14 @@ def _evaluate(task: Task, cores: int):
     t0 = time.perf_counter()
     best, val_acc, est, fit_s = dict(task.params), None, None, None
     cands = _candidates(task.head, task.params)
+    _progress(f"features loaded ({len(tr):,} train rows); fitting")
     if spec.kind == "keras":  # one fit: early stopping on val is its selection, and that model is the row's
         est = _make(task.head, cores, task.estimator, **best)
+        own = est.get_params()["clf__callbacks"]
+        est.set_params(clf__callbacks=[*(own or ()), _epoch_progress(f"fitting on {len(tr):,} train rows")])
         est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None,
                 **({"clf__views": views} if views is not None else {}))
+        est.set_params(clf__callbacks=own)  # the saved head carries no progress hook
         val_acc = float(est.score(X[va], y[va])) if len(va) else None
         fit_idx, fit_s, select_s = tr, time.perf_counter() - t0, 0.0
     elif task.cv:
@@ -336,6 +384,13 @@ def _evaluate(task: Task, cores: int):
         best = {**task.params, **{k[len(spec.param_prefix):]: v for k, v in search.best_params_.items()}}
         val_acc = float(search.best_score_)
         fit_idx = tr
+    elif task.head in OUT_OF_BAG and task.estimator is None:
+        # one fit on train+val: its out-of-bag accuracy is the held-out figure, and no refit is needed
+        fit_idx = np.concatenate([tr, va])
+        est = _make(task.head, cores, **best).set_params(clf__oob_score=True).fit(X[fit_idx], y[fit_idx])
+        val_acc = float(est.steps[-1][1].oob_score_)
+        fit_s, select_s = time.perf_counter() - t0, 0.0
+        notes.append("fit on train+val; val accuracy out-of-bag")
     elif task.head in CALIBRATED_ON_VAL and len(va):
         est, best, val_acc, select_s, fit_s = _calibrated_on_val(task, cands, X, y, tr, va, cores)
         fit_idx = tr
@@ -347,6 +402,7 @@ def _evaluate(task: Task, cores: int):
             best, val_acc, warm = _grid_on_val(task.head, cands, X, y, tr, va, cores)
         fit_idx = np.concatenate([tr, va])  # refit on train+val with the chosen setting
         select_s = time.perf_counter() - t0
+        _progress(f"chose {best} on val; refitting it on train+val ({len(fit_idx):,} rows)")
         t1 = time.perf_counter()
         est = _make(task.head, cores, task.estimator, **best)
         if warm is not None:  # start the refit from the chosen point's solution
@@ -360,6 +416,7 @@ def _evaluate(task: Task, cores: int):
         val_acc = float(est.score(X[va], y[va])) if len(va) else None
         fit_idx, fit_s, select_s = tr, time.perf_counter() - t0, 0.0
     if fit_s is None:  # CV: refit the chosen setting on the whole training split
+        _progress(f"chose {best} by {task.cv}-fold CV; refitting it on train")
         select_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         est = _make(task.head, cores, task.estimator, **best).fit(X[fit_idx], y[fit_idx])
@@ -382,6 +439,7 @@ def _path(head: str, cands: list[dict], X, y, tr, va):
         clf.set_params(**{k: v for k, v in own.items() if "__" not in k})
         clf.fit(Xtr, y[tr])
         scores[i] = float(clf.score(Xva, y[va]))
+        _progress(f"regularisation path: {len(scores)} of {len(cands)} settings scored on val")
         states[i] = {"coef_": clf.coef_.copy(), "intercept_": clf.intercept_.copy()}
     b = max(order, key=lambda i: (scores[i], -order.index(i)))  # ties: the more regularised
     return cands[b], scores[b], states[b]
@@ -393,9 +451,13 @@ def _grid_on_val(head: str, cands: list[dict], X, y, tr, va, cores: int):
     from threadpoolctl import threadpool_limits
 
     jobs = max(1, min(cores, len(cands)))
+    done = []
 
     def score(c):
-        return _make(head, max(1, cores // jobs), **c).fit(X[tr], y[tr]).score(X[va], y[va])
+        s = _make(head, max(1, cores // jobs), **c).fit(X[tr], y[tr]).score(X[va], y[va])
+        done.append(s)  # list.append is atomic across threads
+        _progress(f"grid: {len(done)} of {len(cands)} settings scored on val")
+        return s
 
     with threadpool_limits(max(1, cores // jobs)):
         scores = Parallel(n_jobs=jobs, backend="threading")(delayed(score)(c) for c in cands)
@@ -459,14 +521,22 @@ def _calibrated_on_val(task: Task, cands: list[dict], X, y, tr, va, cores: int):
         base = base_for(best).fit(Xtr, y[tr])
     else:
         jobs = max(1, min(cores, len(cands)))
+        done = []
+
+        def fit(c):
+            b = base_for(c, max(1, cores // jobs)).fit(Xtr, y[tr])
+            done.append(c)
+            _progress(f"grid: {len(done)} of {len(cands)} settings fitted on train")
+            return b
+
         with threadpool_limits(max(1, cores // jobs)):
-            fitted = Parallel(n_jobs=jobs, backend="threading")(
-                delayed(lambda c: base_for(c, max(1, cores // jobs)).fit(Xtr, y[tr]))(c) for c in cands)
+            fitted = Parallel(n_jobs=jobs, backend="threading")(delayed(fit)(c) for c in cands)
         scores = [float(b.score(Xva, y[va])) for b in fitted]
         i = int(np.argmax(scores))
         best, base = cands[i], fitted[i]
     val_acc = float(base.score(Xva, y[va]))
     select_s = time.perf_counter() - t0
+    _progress(f"chose {best} on val; calibrating on val")
     t1 = time.perf_counter()
     calibrated = CalibratedClassifierCV(FrozenEstimator(base), method="temperature").fit(Xva, y[va])
     steps = (list(pre.steps) if pre is not None else []) + [("clf", calibrated)]
@@ -584,8 +654,10 @@ def _child_main(result_path: str) -> None:
     import sys
     import threading
 
+    global _PROGRESS_FILE
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     task = pickle.load(sys.stdin.buffer)
+    _PROGRESS_FILE = result_path + ".progress"
 
     def orphaned():
         sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe or died
@@ -655,9 +727,14 @@ def run_task(task: Task, timeout: float | None) -> dict:
         if not timed_out and os.path.isfile(result_path):
             with open(result_path, "rb") as f:
                 result = pickle.load(f)
+        progress = None
+        with contextlib.suppress(OSError):
+            progress = Path(result_path + ".progress").read_text("utf-8").strip() or None
     if result is None:
         if timed_out:
-            result = {"status": "timed out", "error": f"no result within the {timeout:g} s budget"}
+            result = {"status": "timed out", "error": f"no result within the {timeout:g} s budget"
+                                                      + (f"; it had got as far as: {progress}" if progress else ""),
+                      "progress": progress}
         else:
             last = stderr.splitlines()[-1] if stderr else ""
             result = {"status": "failed", "error": f"the head's process died (exit code {proc.returncode})"
@@ -709,7 +786,6 @@ def retry_reason(row: dict, timeout: float | None) -> str | None:
         >>> retry_reason({"status": "timed out", "budget_seconds": 60.0}, 60.0) is None
         True
     """
-    import re
 
     status = row.get("status")
     if status == "timed out":
@@ -803,9 +879,10 @@ def _cores_per_head(n_jobs: int, n_tasks: int, backend: str) -> int:
 def estimate_seconds(heads, n_rows: int, n_features: int, n_jobs: int = 1) -> float:
     """About how long ``heads`` take on an ``n_rows`` x ``n_features`` cache, ``n_jobs`` at a time.
 
-    A rough, up-front figure from :data:`COST_10K` (this project's 2-core
-    machine), scaled linearly by rows x features and by the cores each head
-    gets; said before the run so that a long one is no surprise.
+    A rough, up-front figure from :data:`COST_10K` (one core a head on this
+    project's 2-core machine), scaled linearly by rows x features, capped
+    where :data:`SUBSAMPLE` caps a head's rows; said before the run so that a
+    long one is no surprise.
 
     Args:
         heads: head names (a raw-pixel baseline counts as its head).
@@ -813,20 +890,22 @@ def estimate_seconds(heads, n_rows: int, n_features: int, n_jobs: int = 1) -> fl
         n_jobs: heads at once (-1: every CPU).
 
     Returns:
-        Seconds of wall time, the whole run.
+        Seconds of wall time for the heads (not the best head's learning curve).
 
     Examples:
-        >>> round(estimate_seconds(["logreg"], 10_000, 1280)) >= 10
+        >>> round(estimate_seconds(["logreg"], 10_000, 1280)) >= 3
         True
     """
     from .heads import get_head_spec
 
     cpus = os.cpu_count() or 1
     at_once = max(1, min(cpus if n_jobs < 0 else n_jobs, len(heads) or 1))
-    share = (min(cpus, 2) / max(1, cpus // at_once)) if cpus // at_once < 2 else 1.0  # the figures used 2 cores
-    scale = n_rows * n_features / (10_000 * 1280)
-    total = sum(START_SECONDS[get_head_spec(h).kind] + COST_10K.get(h, 10.0) * scale * share for h in heads)
-    return total / at_once
+
+    def cost(h):
+        rows = min(n_rows, int(SUBSAMPLE.get(h, n_rows) / 0.67))  # the cap is on the ~67% of rows in train
+        return START_SECONDS[get_head_spec(h).kind] + COST_10K.get(h, 10.0) * rows * n_features / (10_000 * 1280)
+
+    return sum(cost(h) for h in heads) / at_once
 
 
 def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pixel_size=16, backend="threading",
@@ -968,7 +1047,12 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
             del done[key]
     rows = [{**done[t.settings], "cache": t.cache} for t in tasks if t.settings in done]  # as this run spells it
     todo = [t for t in tasks if t.settings not in done]
-    todo = [dataclasses.replace(t, cores=_cores_per_head(n_jobs, len(todo), backend)) for t in todo]
+    fitted = out / FITTED if save_best and todo else None  # each head's fit, until the best is known
+    if fitted is not None and (fitted.is_symlink() or (fitted.exists() and not fitted.is_dir())):
+        fitted = None  # not our folder: nothing is written there, and the best head is fitted again instead
+    todo = [dataclasses.replace(t, cores=_cores_per_head(n_jobs, len(todo), backend),
+                                model_path=str(fitted / f"{t.settings}.joblib") if fitted and not t.baseline else "")
+            for t in _longest_first(todo)]
     if progress and todo:
         from .console import console
 
@@ -981,46 +1065,43 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         budget = f", at most {timeout:g} s a head" if timeout else ""
         console.print(f"about {est:.0f} s for these {len(todo)} heads ({min(n_jobs if n_jobs > 0 else 99, len(todo))} "
                       f"at a time{budget})")
-    live = LiveTable(tasks, rows, enabled=progress)
-    with live, _joblib_backend(backend if todo else "threading", ray_address):  # no Ray when nothing is left
-        for task in todo:
-            live.running(task)
-        for task, result in _run_tasks(todo, timeout, n_jobs, backend):
-            row = _row(task, opened[task.cache], result)
-            try:
-                _append_row(results_path, row)
-            except OSError as exc:
-                raise FeatcacheError(f"cannot record a result in {results_path}: {exc.strerror or exc}; the rows "
-                                     "recorded so far are kept, run the same command again to go on") from None
-            rows.append(row)
-            live.finished(row)
-        live.summarise(rows)  # the best head and its ties, once every row is in
-    order = {t.settings: i for i, t in enumerate(tasks)}
-    rows.sort(key=lambda r: order.get(r["settings"], 1 << 30))
-    best_dir = None
-    best = best_row(rows)
-    if save_best and best is not None:
-        from .train import train
+    try:
+        if fitted:
+            fitted.mkdir(exist_ok=True)
+        live = LiveTable(tasks, rows, enabled=progress)
+        with live, _joblib_backend(backend if todo else "threading", ray_address):  # no Ray when nothing is left
+            for task in todo:
+                live.running(task)
+            for task, result in _run_tasks(todo, timeout, n_jobs, backend):
+                row = _row(task, opened[task.cache], result)
+                try:
+                    _append_row(results_path, row)
+                except OSError as exc:
+                    raise FeatcacheError(f"cannot record a result in {results_path}: {exc.strerror or exc}; the "
+                                         "rows recorded so far are kept, run the same command again to go on") from None
+                rows.append(row)
+                live.finished(row)
+                if fitted:  # only the best so far is kept: the others' files go as soon as they are beaten
+                    _remove_fitted(fitted, {r["settings"] for r in rows} - {(best_row(rows) or {}).get("settings")})
+            live.summarise(rows)  # the best head and its ties, once every row is in
+        order = {t.settings: i for i, t in enumerate(tasks)}
+        rows.sort(key=lambda r: order.get(r["settings"], 1 << 30))
+        best_dir = None
+        best = best_row(rows)
+        from concurrent.futures import ThreadPoolExecutor
 
-        best_dir = out / BEST_MODEL
-        params = best.get("best_params") or {}
-        # refit like the row it stands for: on train+val where its row refit there after choosing on val, else
-        # on train (Keras heads early-stop on val; heads without a grid and heads calibrated on val fit once)
-        own = estimators.get(best["head"])  # a user's estimator: train names it custom:ClassName
-        keras = own is None and get_head_spec(best["head"]).kind == "keras"
-        fit_splits = best.get("fit_splits") or (["train"] if keras else ["train", "val"])
-        card = current_card(best_dir, best["head"] if own is None else best["head"].partition("#")[0],
-                            best["cache_key"], params, best.get("views") or 0, best.get("views_mode"))
-        if own is not None and card is not None:  # the same name, the same estimator?
-            from .train import custom_fields
-
-            same = card.get("estimator") == custom_fields("custom:", _make("", 0, own, **params))["estimator"]
-            card = card if same else None
-        if card is None or card.get("fit_splits", ["train"]) != fit_splits:
-            train(best["cache"], best["head"] if own is None else own, params=params, out=best_dir,
-                  fit_splits=fit_splits, views=best.get("views_mode") or "none")
-    curve = _learning_curve(best, learning_curve, out / CURVE, timeout, n_jobs, cv, pixel_size,
-                            estimators.get(best["head"]) if best is not None else None)
+        with ThreadPoolExecutor(1) as pool:  # the best head is saved while the learning curve's processes run
+            saving = None
+            if save_best and best is not None:
+                best_dir = out / BEST_MODEL
+                saving = pool.submit(_save_best, best, best_dir, estimators.get(best["head"]), fitted)
+            curve = _learning_curve(best, learning_curve, out / CURVE, timeout, n_jobs, cv, pixel_size,
+                                    estimators.get(best["head"]) if best is not None else None)
+            if saving is not None:
+                saving.result()
+    finally:
+        if fitted:
+            _remove_fitted(fitted, None)
     leaks = None
     if leakage and best is not None:
         from .leakage import near_duplicates
@@ -1033,6 +1114,62 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         raise FeatcacheError(f"cannot write the report in {out}: {exc.strerror or exc}; the rows are kept in "
                              f"{results_path}") from None
     return rows
+
+
+def _longest_first(tasks: list) -> list:
+    """The tasks in the order to start them: the costliest first (by :data:`COST_10K`), so that two slots
+    finish together rather than one waiting on a long head started last."""
+    from .heads import get_head_spec
+
+    def cost(t):
+        kind = "sklearn" if t.estimator is not None else get_head_spec(t.head).kind
+        return START_SECONDS[kind] + COST_10K.get(t.head, 10.0)
+
+    return sorted(tasks, key=cost, reverse=True)
+
+
+def _save_best(best: dict, best_dir: Path, own, fitted: Path | None) -> None:
+    """Save the best row's head to ``best_dir``: the very estimator its process fitted when it left one in
+    ``fitted``, else (a row kept from an earlier run) fitted again like the row; a current card is kept."""
+    from .train import custom_fields, save_fitted, train
+
+    params = best.get("best_params") or {}
+    name = best["head"] if own is None else best["head"].partition("#")[0]  # train names yours custom:ClassName
+    fit_splits = best.get("fit_splits") or ["train"]
+    views = (best.get("views") or 0, best.get("views_mode") or "none")
+    card = current_card(best_dir, name, best["cache_key"], params, *views)
+    if own is not None and card is not None:  # the same name, the same estimator?
+        same = card.get("estimator") == custom_fields("custom:", _make("", 0, own, **params))["estimator"]
+        card = card if same else None
+    if card is not None and card.get("fit_splits", ["train"]) == fit_splits:
+        return
+    path = fitted / f"{best['settings']}.joblib" if fitted else None
+    if path is not None and path.is_file():
+        import joblib
+
+        save_fitted(best["cache"], name, joblib.load(path), out=best_dir, params=params, fit_splits=fit_splits,
+                    views=views, fit_seconds=best.get("fit_seconds") or 0.0)
+    else:
+        train(best["cache"], best["head"] if own is None else own, params=params, out=best_dir,
+              fit_splits=fit_splits, views=views[1])
+
+
+#: a fitted head's file in FITTED: the row's settings hash (a ``.part`` while it is written)
+_FITTED_FILE = re.compile(r"([0-9a-f]{16})\.joblib(\.part)?")
+
+
+def _remove_fitted(fitted: Path, settings: set | None) -> None:
+    """Remove the fitted heads of these rows' ``settings`` from ``fitted`` (None: all, and the folder itself).
+
+    Only files named as bench names them go; the folder is removed only when
+    nothing else is in it."""
+    with contextlib.suppress(OSError):
+        for p in fitted.iterdir():
+            m = _FITTED_FILE.fullmatch(p.name)
+            if m and p.is_file() and not p.is_symlink() and (settings is None or (m[1] in settings and not m[2])):
+                p.unlink()
+        if settings is None:
+            fitted.rmdir()  # refuses when something else is there: it stays
 
 
 def _n_features(cache) -> int:
@@ -1076,7 +1213,8 @@ def check_report_target(out) -> Path:
     ``out`` may be new, empty, or a report of featcache's: one holding a
     ``results.jsonl`` of benchmark rows. featcache then writes only its own
     file names there (results.*, report.*, best_model/, learning_curve.jsonl,
-    leakage.json and the report's figures, *.png).
+    leakage.json, the report's figures, *.png, and while it runs
+    .featcache-fitted/, each head's fit until the best is saved).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

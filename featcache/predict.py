@@ -177,11 +177,14 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
     output = card["features"]["output"]
     X = cache.features(output)
     X = X.reshape(len(X), -1).astype(np.float32)
-    proba = pipe.predict_proba(X) if len(X) else np.zeros((0, len(card["classes"])))
+    from .heads import proba_and_labels
+
+    proba, labels = proba_and_labels(pipe, X) if len(X) else (np.zeros((0, len(card["classes"]))), [])
     names = card["class_names"]
+    column = {c: k for k, c in enumerate(card["classes"])}
     rows = []
-    for rid, p in zip(cache.ids(), proba):
-        k = int(np.argmax(p))
+    for rid, p, label in zip(cache.ids(), proba, labels):
+        k = column[label.item() if hasattr(label, "item") else label]
         rows.append({"id": rid, "label": card["classes"][k], "class": names[k], "probability": float(p[k]),
                      "probabilities": {n: float(v) for n, v in zip(names, p)}})
     for s in cache.skipped:

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FeatcacheError
-from .heads import get_head_spec, is_keras, list_heads, validate_head
+from .heads import get_head_spec, is_keras, list_heads, proba_and_labels, validate_head
 from .heads import views as head_views
 from .heads.batches import CacheRows, ViewRows
 from .model_dir import check_model_dir_target, feature_params, save_model_dir
+from .splits import TEST_FRACTION, VAL_FRACTION
 from .store import Cache, open_cache
 from .store import split_masks as store_split_masks
 
@@ -56,12 +57,13 @@ def train_classes(cache: Cache, masks: dict[str, np.ndarray]) -> np.ndarray:
 split_masks = store_split_masks
 
 
-def metrics(y_true, proba, classes) -> dict:
+def metrics(y_true, proba, classes, pred=None) -> dict:
+    """Accuracy, balanced accuracy, macro-F1 and log loss of ``pred`` (default: the argmax of ``proba``)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 
     if len(y_true) == 0:
         return {"n": 0}
-    pred = np.asarray(classes)[np.argmax(proba, axis=1)]
+    pred = np.asarray(classes)[np.argmax(proba, axis=1)] if pred is None else np.asarray(pred)
     out = {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, pred)),
            "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
            "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0))}
@@ -75,10 +77,13 @@ def _shard_blocks(cache: Cache, mask: np.ndarray) -> list[int]:
     return [int(mask[s.rows[0]:s.rows[1]].sum()) for s in cache.shards]
 
 
-def _predict_stream(pipe, cache: Cache, mask: np.ndarray, output) -> np.ndarray:
+def _predict_stream(pipe, cache: Cache, mask: np.ndarray, output):
+    """``(probabilities, labels)`` of the ``mask`` rows, shard by shard."""
     rows = CacheRows(cache, mask, output)
-    parts = [pipe.predict_proba(block) for _b, block in rows.iter_blocks()]
-    return np.concatenate(parts) if parts else np.zeros((0, 0))
+    parts = [proba_and_labels(pipe, block) for _b, block in rows.iter_blocks()]
+    if not parts:
+        return np.zeros((0, 0)), np.zeros(0)
+    return np.concatenate([p for p, _ in parts]), np.concatenate([lab for _, lab in parts])
 
 
 def _partial_fit_stream(pipe, cache: Cache, mask, y, classes, output, epochs: int, views: int = 0) -> None:
@@ -136,7 +141,8 @@ def custom_fields(head: str, pipe) -> dict:
 
 
 def train(cache, head="logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
-          output: str | None = None, stream: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
+          output: str | None = None, stream: bool = False, val_fraction: float = VAL_FRACTION,
+          test_fraction: float = TEST_FRACTION,
           stream_epochs: int = 5, fit_splits=("train",), verbose: int = 0, views: str = "auto") -> TrainResult:
     """Fit ``head`` on the train split of ``cache`` and measure it on every split.
 
@@ -251,6 +257,46 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
             with _head_errors(head):
                 pipe.fit(X_fit, y_fit)
     fit_seconds = time.perf_counter() - t0
+    return _measured(cache, head, pipe, X, masks, output, out=out, params=params,
+                     preprocess=preprocess or default_preprocess, fit_seconds=fit_seconds, streamed=stream,
+                     fit_splits=fit_splits, views=(n_views, mode), val_fraction=val_fraction,
+                     test_fraction=test_fraction)
+
+
+def save_fitted(cache, head: str, pipe, *, out, params: dict | None = None, fit_splits=("train",),
+                views: tuple[int, str] = (0, "none"), fit_seconds: float = 0.0) -> TrainResult:
+    """Measure a head fitted elsewhere on every split of ``cache`` and save it as :func:`train` would.
+
+    ``bench`` saves its best head this way: the very estimator its row was
+    measured with, fitted in the head's own process, so ``best_model/`` is
+    that row's model (with its calibration on val, its out-of-bag fit) and
+    nothing is fitted twice.
+
+    Args:
+        cache: a :class:`~featcache.store.Cache` or its directory.
+        head: the head's name (``custom:ClassName`` for your own estimator).
+        pipe: the fitted Pipeline.
+        out: the model directory (new, empty, or featcache's).
+        params: the parameters it was fitted with, for the card.
+        fit_splits: the splits it was fitted on.
+        views: ``(K, mode)``: the augmented views it trained on.
+        fit_seconds: how long its fit took.
+    """
+    check_model_dir_target(out)
+    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    output = cache.output_name(None)
+    X = cache.features(output)
+    X = X.reshape(len(X), -1).astype(np.float32)
+    preprocess = get_head_spec(head).preprocess if not head.startswith("custom:") else "none"
+    return _measured(cache, head, pipe, X, split_masks(cache), output, out=out, params=dict(params or {}),
+                     preprocess=preprocess, fit_seconds=fit_seconds, fit_splits=tuple(fit_splits), views=views)
+
+
+def _measured(cache: Cache, head: str, pipe, X, masks: dict, output: str, *, out, params: dict, preprocess: str,
+              fit_seconds: float, streamed: bool = False, fit_splits=("train",), views=(0, "none"),
+              val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION) -> TrainResult:
+    """A fitted head's metrics on every split, its card, and its model directory when ``out`` is given."""
+    labels = cache.labels()
     one_hot = custom_fields(head, pipe).get("probabilities", "").startswith("one-hot")
     results = {}
     for split in SPLITS:
@@ -259,15 +305,16 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
             continue
         t1 = time.perf_counter()
         with _head_errors(head):
-            proba = pipe.predict_proba(X[m]) if X is not None else _predict_stream(pipe, cache, m, output)
-        res = metrics(labels[m], proba, pipe.classes_)
+            proba, pred = proba_and_labels(pipe, X[m]) if X is not None else _predict_stream(pipe, cache, m, output)
+        res = metrics(labels[m], proba, pipe.classes_, pred)
         if one_hot:
             res.pop("log_loss", None)  # the log loss of one-hot guesses measures nothing
         res["predict_seconds_per_1000"] = (time.perf_counter() - t1) / max(int(m.sum()), 1) * 1000
         results[split] = res
-    card = card_for(cache, head, pipe, params=params, preprocess=preprocess or default_preprocess, output=output,
+    card = card_for(cache, head, pipe, params=params, preprocess=preprocess, output=output,
                     masks=masks, results=results, fit_seconds=fit_seconds, val_fraction=val_fraction,
-                    test_fraction=test_fraction, streamed=stream, fit_splits=fit_splits)
+                    test_fraction=test_fraction, streamed=streamed, fit_splits=fit_splits)
+    n_views, mode = views
     if n_views:
         card["views"] = {"count": n_views, "mode": mode, "recipe": cache.augment}
     class_names = card["class_names"]

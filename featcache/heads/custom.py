@@ -82,7 +82,7 @@ def user_head(estimator, steps: list, params: dict | None = None):
         est = clone(estimator)
         if params:
             est.set_params(**params)
-        if hasattr(est, "_validate_params"):
+        if hasattr(est, "_validate_params") and hasattr(est, "_parameter_constraints"):  # optional in your own
             est._validate_params()
     except (ValueError, TypeError, AttributeError, RuntimeError) as exc:
         lines = str(exc).strip().splitlines()

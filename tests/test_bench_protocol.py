@@ -1,0 +1,123 @@
+"""The benchmark's protocol per kind of head: labels from the head's own predict, the forest's out-of-bag
+fit, the best model saved as its row fitted it, and a timed-out row saying how far it got."""
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+
+import featcache
+from featcache.bench import FITTED, Task, evaluate
+from featcache.model_dir import load_model_dir
+from featcache.store import split_masks
+
+from conftest import TINY
+
+QUICK = dict(baseline_heads=(), learning_curve=(), leakage=False)
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
+    """Three learnable classes of random 16 px images (brightness per class), 150 rows."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (150, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(150) % 3
+    images[labels == 1] //= 2
+    images[labels == 2] //= 4
+    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("protocol") / "cache", **TINY)
+
+
+class TiedProba(ClassifierMixin, BaseEstimator):
+    """Logistic regression whose probabilities all tie, as a one-vs-rest head's float32 sigmoids do when they
+    saturate at 1.0 (the sgd head on 1,280 standardised features): only its predict knows the class."""
+
+    def fit(self, X, y):
+        self.lr_ = LogisticRegression(max_iter=500).fit(X, y)
+        self.classes_ = self.lr_.classes_
+        return self
+
+    def predict(self, X):
+        return self.lr_.predict(X)
+
+    def predict_proba(self, X):
+        return np.full((len(X), len(self.classes_)), 1.0 / len(self.classes_))
+
+
+def test_labels_are_the_heads_predict_not_the_argmax_of_tied_probabilities(small_cache, tmp_path):
+    expected = featcache.train(small_cache, LogisticRegression(max_iter=500)).metrics["test"]["accuracy"]
+    assert expected > 0.6  # the argmax of tied probabilities is the first class: a third of the rows
+    trained = featcache.train(small_cache, TiedProba(), out=tmp_path / "model")
+    assert trained.metrics["test"]["accuracy"] == expected
+    row = evaluate(Task(str(small_cache.path), small_cache.key, "custom:TiedProba", {}, None, False,
+                        estimator=TiedProba()))  # what the head's process of bench runs
+    assert row["accuracy"] == expected
+    X = small_cache.features().reshape(len(small_cache), -1)
+    by_hand = [small_cache.class_name(c) for c in trained.estimator.predict(X)]
+    assert list(featcache.predict(tmp_path / "model", small_cache.path, return_as="labels")) == by_hand
+
+
+def test_random_forest_fits_once_on_train_and_val_and_reports_its_out_of_bag_accuracy(small_cache):
+    row = evaluate(Task(str(small_cache.path), small_cache.key, "random_forest", {"n_estimators": 40}, None, False,
+                        cores=1))
+    masks = split_masks(small_cache)
+    fit = np.concatenate([np.flatnonzero(masks["train"]), np.flatnonzero(masks["val"])])
+    assert row["fit_splits"] == ["train", "val"] and row["n_train"] == len(fit) and row["select_seconds"] == 0
+    assert "out-of-bag" in row["note"]
+    X, y = small_cache.features().reshape(len(small_cache), -1).astype(np.float32), small_cache.labels()
+    forest = RandomForestClassifier(n_estimators=40, random_state=0, oob_score=True, n_jobs=1).fit(X[fit], y[fit])
+    assert row["val_accuracy"] == forest.oob_score_
+    assert row["test_predictions"] == forest.predict(X[masks["test"]]).tolist()
+
+
+def test_best_model_is_the_rows_own_fit_and_each_heads_file_is_removed(small_cache, tmp_path):
+    out = tmp_path / "report"
+    row = featcache.bench(small_cache, ["ridge"], out=out, **QUICK)[0]
+    pipe, card = load_model_dir(out / "best_model")
+    calibrated = pipe.steps[-1][1]
+    # calibrated on val as its row was, not refitted with 3-fold calibration
+    assert isinstance(calibrated, CalibratedClassifierCV)
+    assert isinstance(calibrated.calibrated_classifiers_[0].estimator, FrozenEstimator)
+    X = small_cache.features().reshape(len(small_cache), -1).astype(np.float32)
+    test = split_masks(small_cache)["test"]
+    assert pipe.predict(X[test]).tolist() == row["test_predictions"]
+    assert card["metrics"]["test"]["accuracy"] == row["accuracy"] and card["fit_splits"] == ["train"]
+    assert not (out / FITTED).exists()
+
+
+def test_a_foreign_file_where_the_fits_go_is_left_alone(small_cache, tmp_path):
+    out = tmp_path / "report"
+    featcache.bench(small_cache, ["gaussian_nb"], out=out, **QUICK)
+    (out / FITTED).mkdir()
+    (out / FITTED / "notes.txt").write_text("mine")
+    (out / FITTED / "0123456789abcdef.joblib.old").write_text("mine too")
+    featcache.bench(small_cache, ["gaussian_nb", "lda"], out=out, **QUICK)
+    assert sorted(p.name for p in (out / FITTED).iterdir()) == ["0123456789abcdef.joblib.old", "notes.txt"]
+    assert (out / FITTED / "notes.txt").read_text() == "mine"
+    other = tmp_path / "report2"
+    featcache.bench(small_cache, ["gaussian_nb"], out=other, **QUICK)
+    (other / FITTED).write_text("a file, not our folder")
+    rows = featcache.bench(small_cache, ["gaussian_nb", "lda"], out=other, **QUICK)
+    assert (other / FITTED).read_text() == "a file, not our folder"
+    assert all(r["status"] == "ok" for r in rows) and (other / "best_model" / "card.json").is_file()
+
+
+def test_a_timed_out_row_says_how_far_it_got(small_cache, tmp_path):
+    endless = {"hidden_layer_sizes": (512, 512), "max_iter": 10 ** 6, "early_stopping": False, "tol": 0.0,
+               "n_iter_no_change": 10 ** 6}
+    row = featcache.bench(small_cache, ["mlp"], params={"mlp": endless}, timeout=20, out=tmp_path / "r",
+                          save_best=False, **QUICK)[0]
+    assert row["status"] == "timed out"
+    assert row["progress"].startswith("features loaded (")
+    assert "20 s budget; it had got as far as: features loaded" in row["error"]
+
+
+@pytest.mark.slow
+def test_a_timed_out_keras_head_counts_its_epochs(small_cache, tmp_path):
+    endless = {"epochs": 10 ** 6, "patience": 10 ** 6, "batch_size": 8}
+    row = featcache.bench(small_cache, ["keras_linear"], params={"keras_linear": endless}, timeout=40,
+                          out=tmp_path / "r", save_best=False, **QUICK)[0]
+    assert row["status"] == "timed out"
+    assert "epochs done" in row["progress"] and "train rows" in row["progress"], row["progress"]
