@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 
-from .errors import FeatcacheError
+from .errors import FeatcacheError, check_integer
 from .splits import TEST_FRACTION, VAL_FRACTION
 from .store import Cache, open_cache
 
@@ -26,10 +26,8 @@ class _SplitRows:
     def __init__(self, cache, split, output, batch_size, shuffle, seed, val_fraction, test_fraction):
         self.cache = cache if isinstance(cache, Cache) else open_cache(cache)
         self.output = self.cache.output_name(output)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise FeatcacheError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise FeatcacheError(f"seed must be an integer >= 0, got {seed!r}")
+        check_integer(batch_size, "batch_size")
+        check_integer(seed, "seed", minimum=0)
         self.rows = self.cache.split_rows(split, val_fraction, test_fraction)
         if split is not None and not len(self.rows):
             raise FeatcacheError(f"{self.cache.path}: the {split} split has no labelled rows")

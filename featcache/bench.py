@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatcacheError
+from .errors import FeatcacheError, check_integer, is_integer
 from .model_dir import current_card
 from .store import Cache, canonical_json, open_cache
 from .versions import HEAD_PACKAGES, versions
@@ -911,10 +911,9 @@ def estimate_seconds(heads, n_rows: int, n_features: int, n_jobs: int = 1) -> fl
 def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pixel_size=16, backend="threading",
                   views="auto", name=lambda key: key) -> None:
     """Refuse a bad benchmark setting before any work; ``name(key)`` is how the error names the setting."""
-    from numbers import Integral, Real
+    from numbers import Real
 
-    def integer(v):
-        return isinstance(v, Integral) and not isinstance(v, bool)
+    integer = is_integer
 
     if not integer(n_jobs) or n_jobs == 0:
         raise FeatcacheError(f"{name('n_jobs')} must be a non-zero integer (-1: every CPU), got {n_jobs!r}")
@@ -923,8 +922,7 @@ def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pi
         raise FeatcacheError(f"{name('timeout')} must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
     if cv is not None and (not integer(cv) or cv < 2):
         raise FeatcacheError(f"{name('cv')} must be an integer of at least 2 folds (or None), got {cv!r}")
-    if not integer(pixel_size) or pixel_size < 1:
-        raise FeatcacheError(f"{name('pixel_size')} must be a positive integer, got {pixel_size!r}")
+    check_integer(pixel_size, name("pixel_size"))
     if backend not in BACKENDS:
         raise FeatcacheError(f"{name('backend')} must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if views not in VIEW_MODES:

@@ -9,6 +9,28 @@ class FeatcacheError(Exception):
     """Base class: a problem the user can fix, with a message that says how."""
 
 
+def is_integer(value) -> bool:
+    """An int or a NumPy integer, never a bool: the one test of every integer setting."""
+    from numbers import Integral
+
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_integer(value, name: str, *, minimum: int = 1, error: type = None):
+    """``value`` when it is an integer of at least ``minimum``; else ``error`` (FeatcacheError) naming ``name``.
+
+    Examples:
+        >>> check_integer(3, "batch_size")
+        3
+        >>> check_integer(0, "seed", minimum=0)
+        0
+    """
+    if not (is_integer(value) and value >= minimum):
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise (error or FeatcacheError)(f"{name} must be {what}, got {value!r}")
+    return value
+
+
 class SourceError(FeatcacheError):
     """An image source (folder, CSV, array, named dataset) cannot be read."""
 

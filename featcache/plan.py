@@ -23,7 +23,7 @@ from .backbones import Backbone, resolve
 from .backbones.graph import COMPUTE_DTYPES, POOLINGS
 from .backbones.layers import PREPROCESS_MODES
 from .augment import DEFAULT_RECIPE, MAX_VIEWS, parse_recipe
-from .errors import BackboneError, FeatcacheError
+from .errors import BackboneError, FeatcacheError, is_integer
 from .runtimes import RUNTIMES
 from .sources import Source
 from .splits import assign_splits
@@ -134,11 +134,7 @@ class ExtractOptions:
 
     def check(self) -> None:
         """Refuse a bad option before any work, naming it (the CLI, pipelines and the Python API all come here)."""
-        from numbers import Integral
-
-        def integer(value) -> bool:
-            return isinstance(value, Integral) and not isinstance(value, bool)
-
+        integer = is_integer
         for setting in SETTINGS:
             value = getattr(self, setting.name)
             if value is None or setting.name == "image_size":

@@ -21,7 +21,7 @@ import numpy as np
 
 from .plan import ExtractOptions, make_plan
 from .runner import run
-from .errors import FeatcacheError
+from .errors import FeatcacheError, is_integer
 from .files import atomic_save, atomic_write_bytes, spreadsheet_safe
 from .homes import featcache_home
 from .model_dir import feature_mismatch, load_model_dir, read_card
@@ -316,7 +316,7 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
         check_ir_target(out)  # before anything is written
     if input_size is not None:
         if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in input_size)):
+                or not all(is_integer(v) and v >= 1 for v in input_size)):
             raise FeatcacheError(f"input_size must be (height, width) of positive integers or None, got {input_size!r}")
     card = read_card(model_dir)
     if card.get("kind") != "keras":

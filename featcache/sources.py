@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
-from .errors import DecodeError, SourceError
+from .errors import DecodeError, SourceError, check_integer
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 #: the seed of ``limit``'s stratified sample (``--limit-seed``), declared once
@@ -437,13 +437,11 @@ class SubsetSource(Source):
 
     def __init__(self, parent: Source, *, classes=None, limit=None, first=None, limit_seed: int = LIMIT_SEED):
         for name, value in (("limit", limit), ("first", first)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                                      or value <= 0):
-                raise SourceError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None:
+                check_integer(value, name, error=SourceError)
         if limit is not None and first is not None:
             raise SourceError("pass limit (a stratified sample) or first (the first N items), not both")
-        if isinstance(limit_seed, bool) or not isinstance(limit_seed, (int, np.integer)) or limit_seed < 0:
-            raise SourceError(f"limit_seed must be an integer >= 0, got {limit_seed!r}")
+        check_integer(limit_seed, "limit_seed", minimum=0, error=SourceError)
         keep = parent.items
         if classes is not None:
             wanted = {int(c) for c in classes}

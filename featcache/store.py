@@ -28,7 +28,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from .errors import CacheError, KeyMismatchError, LockedError, ReadOnlyError
+from .errors import CacheError, KeyMismatchError, LockedError, ReadOnlyError, check_integer
 from .files import atomic_write_bytes, fsync_dir, pause_point, sha256_path, temporary_name
 from .splits import SPLIT_NAMES, TEST_FRACTION, VAL_FRACTION, assign_splits
 
@@ -1025,8 +1025,7 @@ class Cache:
             >>> for b in cache.iter_batches(256, split="train", shuffle=True, seed=0):  # doctest: +SKIP
             ...     model.train_on_batch(b.features, b.labels)
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise CacheError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_integer(batch_size, "batch_size", error=CacheError)
         if shuffle or split is not None:
             rows = self.split_rows(split, val_fraction, test_fraction)
             if shuffle:
