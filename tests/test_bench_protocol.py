@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 import featcache
 from featcache.bench import FITTED, Task, evaluate
+from featcache.errors import FeatcacheWarning
 from featcache.model_dir import load_model_dir
 from featcache.store import split_masks
 
@@ -59,6 +60,24 @@ def test_labels_are_the_heads_predict_not_the_argmax_of_tied_probabilities(small
     assert list(featcache.predict(tmp_path / "model", small_cache.path, return_as="labels")) == by_hand
 
 
+def test_the_sgd_heads_saturated_sigmoids_tie_and_its_predict_decides():
+    """The fault itself: one-vs-rest sigmoids of float32 features saturate at 1.0 for two close classes."""
+    from featcache.heads import make_head, proba_and_labels
+
+    rng = np.random.default_rng(0)
+    y = np.arange(600) % 3
+    means = rng.normal(size=(3, 1280))
+    means[1] = means[0] + 0.3 * rng.normal(size=1280)  # two close classes, as shirts and T-shirts
+    X = (rng.normal(size=(600, 1280)) + 0.5 * means[y]).astype(np.float32)
+    sgd = make_head("sgd").fit(X[:300], y[:300])
+    proba = sgd.predict_proba(X[300:])
+    top = np.sort(proba, axis=1)[:, -2:]
+    assert (top[:, 0] == top[:, 1]).sum() >= 5  # tied rows: their argmax is the lower class, right or not
+    assert (sgd.classes_[proba.argmax(1)] != sgd.predict(X[300:])).any()
+    _, labels = proba_and_labels(sgd, X[300:])
+    assert labels.tolist() == sgd.predict(X[300:]).tolist()
+
+
 def test_random_forest_fits_once_on_train_and_val_and_reports_its_out_of_bag_accuracy(small_cache):
     row = evaluate(Task(str(small_cache.path), small_cache.key, "random_forest", {"n_estimators": 40}, None, False,
                         cores=1))
@@ -102,6 +121,12 @@ def test_a_foreign_file_where_the_fits_go_is_left_alone(small_cache, tmp_path):
     rows = featcache.bench(small_cache, ["gaussian_nb", "lda"], out=other, **QUICK)
     assert (other / FITTED).read_text() == "a file, not our folder"
     assert all(r["status"] == "ok" for r in rows) and (other / "best_model" / "card.json").is_file()
+
+
+def test_a_cache_of_arrays_gets_no_pixel_baseline_and_is_told_why(small_cache, tmp_path):
+    with pytest.warns(FeatcacheWarning, match="no raw-pixel baseline: .* in-memory arrays"):
+        rows = featcache.bench(small_cache, ["gaussian_nb"], out=tmp_path / "r", learning_curve=(), leakage=False)
+    assert [(r["head"], r["baseline"], r["status"]) for r in rows] == [("gaussian_nb", False, "ok")]
 
 
 def test_a_timed_out_row_says_how_far_it_got(small_cache, tmp_path):

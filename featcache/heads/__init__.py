@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from ..errors import FeatcacheError
 
 
@@ -257,10 +259,43 @@ def _first_line(exc: BaseException) -> str:
 
 
 def proba_and_labels(est, X):
-    """``(predict_proba(X), predict(X))``: the labels are the estimator's own ``predict``, never the argmax of
-    its probabilities, which can tie (a one-vs-rest head's sigmoids saturate at 1.0 in float32) or disagree
-    (Platt-scaled SVMs)."""
-    return est.predict_proba(X), est.predict(X)
+    """``(predict_proba(X), labels)``, the labels always those of the estimator's own ``predict``.
+
+    For featcache's heads ``predict`` is the argmax of the probabilities save
+    where the top two tie (a one-vs-rest head's sigmoids saturate at exactly
+    1.0 in float32), so only those rows ask ``predict``, and a k-NN or a forest
+    is not run twice. Your own estimator's ``predict`` may disagree with its
+    probabilities anywhere (a Platt-scaled ``SVC``): every row asks it.
+    """
+    proba = np.asarray(est.predict_proba(X))
+    clf = est.steps[-1][1] if hasattr(est, "steps") else est
+    if not isinstance(clf, _argmax_classifiers()) or proba.ndim != 2 or proba.shape[1] < 2:
+        return proba, np.asarray(est.predict(X))
+    labels = np.asarray(est.classes_)[proba.argmax(1)]
+    top = np.partition(proba, -2, axis=1)[:, -2:]
+    tied = np.flatnonzero(top[:, 0] == top[:, 1])
+    if len(tied):
+        labels[tied] = est.predict(X[tied])
+    return proba, labels
+
+
+def _argmax_classifiers() -> tuple:
+    """The classifier classes of featcache's heads, whose ``predict`` is the argmax of ``predict_proba``
+    wherever it is unique (each turns one score per class into probabilities by a rising function)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    from .keras_head import KerasHeadClassifier
+    from .knn_cosine import CosineKNNClassifier
+
+    return (CalibratedClassifierCV, LinearDiscriminantAnalysis, HistGradientBoostingClassifier,
+            RandomForestClassifier, LogisticRegression, SGDClassifier, GaussianNB, KNeighborsClassifier,
+            MLPClassifier, KerasHeadClassifier, CosineKNNClassifier)
 
 
 def is_keras(pipe) -> bool:
