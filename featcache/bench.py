@@ -48,8 +48,8 @@ GRIDS = {
     "knn_cosine": {"n_neighbors": [10, 20, 100, 200]},  # DINOv2's k-NN protocol
 }
 #: memory-aware fallback: heads whose cost grows badly with rows are fitted on a stratified subsample
-SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 50_000, "mlp": 50_000,
-             "hist_gb": 20_000}
+SUBSAMPLE = {"knn": 20_000, "linear_svm": 30_000, "ridge": 50_000, "random_forest": 20_000, "mlp": 50_000,
+             "hist_gb": 20_000, "sgd": 30_000}  # figure 11: random_forest and sgd took 180 s of 180 at 50k / all
 #: seconds per head: interactive (every default head takes well under a minute on 10k x 1,280 rows)
 DEFAULT_TIMEOUT = 180.0
 #: heads at once: each gets half the cores (BLAS capped), which hides one head's start-up behind another's work
@@ -1030,6 +1030,14 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
                               estimator=estimators.get(h), views=cache.views if mode != "none" else 0,
                               views_mode=mode))
     first = opened[str(caches[0])]
+    if baseline_heads and first.source_address is None:  # arrays: their pixels cannot be read again
+        import warnings
+
+        from .errors import FeatcacheWarning
+
+        warnings.warn(f"no raw-pixel baseline: {caches[0]} was made from in-memory arrays, whose pixels featcache "
+                      "cannot read again", FeatcacheWarning, stacklevel=2)
+        baseline_heads = ()
     for h in baseline_heads or ():
         if h in heads:
             tasks.append(Task(str(caches[0]), first.key, h, dict(params.get(h, {})), cv, True, pixel_size))

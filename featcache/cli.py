@@ -540,10 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """featcache's own warnings (a subset that drops classes) as one yellow line; others as Python shows them."""
-    from .sources import SubsetWarning
+    """featcache's own warnings (a subset that drops classes, no pixel baseline) as one yellow line; others as
+    Python shows them."""
+    from .errors import FeatcacheWarning
 
-    if issubclass(category, SubsetWarning):
+    if issubclass(category, FeatcacheWarning):
         console.print(Text("warning: ", style="bold yellow") + Text(str(message)), soft_wrap=True)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)

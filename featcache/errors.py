@@ -9,6 +9,10 @@ class FeatcacheError(Exception):
     """Base class: a problem the user can fix, with a message that says how."""
 
 
+class FeatcacheWarning(UserWarning):
+    """Something the user should know that stops nothing (the CLI shows it as one line)."""
+
+
 def is_integer(value) -> bool:
     """An int or a NumPy integer, never a bool: the one test of every integer setting."""
     from numbers import Integral

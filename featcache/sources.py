@@ -21,14 +21,14 @@ from typing import Sequence
 import numpy as np
 
 from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
-from .errors import DecodeError, SourceError, check_integer
+from .errors import DecodeError, FeatcacheWarning, SourceError, check_integer
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 #: the seed of ``limit``'s stratified sample (``--limit-seed``), declared once
 LIMIT_SEED = 0
 
 
-class SubsetWarning(UserWarning):
+class SubsetWarning(FeatcacheWarning):
     """A subset (``limit``, ``first``) left out every image of some class the source has."""
 
 
