@@ -184,6 +184,24 @@ def _parse_params(pairs) -> dict:
     return params
 
 
+def _your_estimator(text: str, params: dict):
+    """A head given as ``module:Class`` (``sklearn.svm:SVC``): your own scikit-learn classifier, built with
+    ``params``; a head name (no colon) comes back as it is."""
+    import importlib
+
+    if ":" not in text:
+        return text
+    module, _, name = text.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise FeatcacheError(f"cannot import the head {text!r} (module:Class, e.g. sklearn.svm:SVC): {exc}") from None
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise FeatcacheError(f"cannot build the head {text!r} with {params}: {exc}") from None
+
+
 def _fmt(v, pct=True):
     return "-" if v is None else (f"{100 * v:.2f}%" if pct else f"{v:.4f}")
 
@@ -191,16 +209,21 @@ def _fmt(v, pct=True):
 def cmd_train(args) -> int:
     from .train import train
 
-    out = args.out or os.path.join("models", f"{Path(args.cache).name}-{args.head}")
+    params = _parse_params(args.param)
+    head = _your_estimator(args.head, params)
+    if not isinstance(head, str):
+        params = {}  # they built it
+    name = args.head if isinstance(head, str) else f"custom-{args.head.partition(':')[2]}"
+    out = args.out or os.path.join("models", f"{Path(args.cache).name}-{name}")
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
-        res = train(args.cache, args.head, params=_parse_params(args.param), preprocess=args.preprocess, out=out,
+        res = train(args.cache, head, params=params, preprocess=args.preprocess, out=out,
                     output=args.output, stream=args.stream, val_fraction=args.val_fraction,
                     test_fraction=args.test_fraction, verbose=0 if args.quiet else 2, views=args.use_views)
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("balanced_accuracy")), _fmt(m.get("macro_f1")),
              _fmt(m.get("log_loss"), pct=False)] for split, m in res.metrics.items()]
     used = res.card.get("views")
     seen = f", {used['count']} views as {used['mode']}" if used else ""
-    stdout.print(table(f"{args.head} on {args.cache} (fit {res.fit_seconds:.2f} s{seen})",
+    stdout.print(table(f"{res.head} on {args.cache} (fit {res.fit_seconds:.2f} s{seen})",
                        ["split", "rows", "accuracy", "balanced acc.", "macro-F1", "log-loss"], rows))
     stdout.print(f"model saved to {res.model_dir}")
     return 0
@@ -258,11 +281,13 @@ def cmd_bench(args) -> int:
     heads = list(HEADS) if args.all or not args.heads else _csv_list(args.heads)
     params: dict = {}
     for pair in args.param or []:
-        head, sep, kv = pair.partition(":")
-        key, sep2, value = kv.partition("=")
-        if not sep or not sep2 or not key:
+        left, sep2, value = pair.partition("=")
+        head, sep, key = left.rpartition(":")  # the head may be module:Class itself
+        if not sep or not sep2 or not key or not head:
             raise FeatcacheError(f"bench --param takes HEAD:key=value, got {pair!r}")
         params.setdefault(head, {})[key] = parse_value(value)
+    built = {h: _your_estimator(h, params.pop(h, {})) for h in heads if ":" in h}
+    heads = [built.get(h, h) for h in heads]
     rows = bench(args.caches, heads, params=params, cv=args.cv, timeout=args.timeout, n_jobs=args.n_jobs,
                  out=args.out, baseline_heads=_csv_list(args.baseline_heads) if args.baseline_heads else (),
                  pixel_size=args.pixel_size, progress=not args.quiet, backend=args.backend,
@@ -344,7 +369,8 @@ EXAMPLES = {
     "info": ["featcache info caches/mine"],
     "verify": ["featcache verify caches/mine"],
     "train": ["featcache train caches/mine --head logreg --param C=0.5 --out models/mine",
-              "featcache train caches/mine --head keras_mlp --stream --out models/mine-mlp"],
+              "featcache train caches/mine --head keras_mlp --stream --out models/mine-mlp",
+              "featcache train caches/mine --head sklearn.svm:SVC --param C=2   # your own classifier"],
     "predict": ["featcache predict models/mine new_images/ --out predictions.csv"],
     "finetune": ["featcache extract images/ --image-size 96 --outputs block14_add --pooling none --out caches/map",
                  "featcache finetune caches/map --out models/ft && featcache export models/ft ft.keras"],
@@ -353,7 +379,8 @@ EXAMPLES = {
     "export-features": ["featcache export-features caches/mine mine.parquet",
                         "featcache export-features caches/mine mine.npz --output block10_add"],
     "bench": ["featcache bench caches/mine --heads logreg,lda,keras_linear --out report",
-              "featcache bench caches/a caches/b --out report   # compare backbones"],
+              "featcache bench caches/a caches/b --out report   # compare backbones",
+              "featcache bench caches/mine --heads logreg,sklearn.svm:SVC --param sklearn.svm:SVC:C=2"],
     "run": ["featcache run pipelines/quickstart.toml"],
     "pretrain": ["featcache pretrain fashion_mnist:train --classes 0,1,2,3,4 --epochs 3 --out source.keras"],
     "heads": ["featcache heads"],
@@ -420,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a head on a cache and save it")
     p.add_argument("cache", help="cache directory")
-    p.add_argument("--head", default=_api_default(train, "head"), help="head name (featcache heads lists them)")
+    p.add_argument("--head", default=_api_default(train, "head"), help="head name (featcache heads lists them), or your own "
+                   "classifier as module:Class (e.g. sklearn.svm:SVC, built with --param)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="head parameter, repeatable (e.g. C=0.5)")
     p.add_argument("--preprocess", help="none, standard, pca[:N] or standard+pca[:N] (default: the head's)")
     p.add_argument("--output", help="which stored output to train on (default: the first)")
@@ -493,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark heads on one or more caches, with a report")
     p.add_argument("caches", nargs="+", help="cache directories (several: compare backbones)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--heads", help="comma-separated head names (default: all)")
+    which.add_argument("--heads", help="comma-separated head names, or your own classifier as module:Class "
+                       "(e.g. logreg,sklearn.svm:SVC; --param sklearn.svm:SVC:C=2) (default: all)")
     which.add_argument("--all", action="store_true", help="every head (the default)")
     p.add_argument("--param", action="append", metavar="HEAD:KEY=VALUE", help="fix a head parameter, repeatable")
     p.add_argument("--cv", type=int, help="choose hyper-parameters by K-fold CV inside train instead of on val")
