@@ -26,6 +26,7 @@ import json
 import os
 import re
 import resource
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class Task:
         """A hash of what makes this row: a re-run with the same settings skips it."""
         body = {"key": self.cache_key, "head": self.head, "params": self.params, "cv": self.cv,
                 "baseline": self.baseline, "pixels": self.pixel_size if self.baseline else None,
-                "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v2",
+                "grid": GRIDS.get(self.head), "protocol": "val-select+trainval-refit/v3",
                 "head_is": _head_is(self.head, self.estimator)}
         if self.train_fraction != 1.0:  # absent at 1.0, so the rows of earlier reports keep their hashes
             body["train_fraction"] = self.train_fraction
@@ -208,13 +209,14 @@ def _fraction(idx: np.ndarray, y: np.ndarray, fraction: float) -> np.ndarray:
 
 #: in a head's process: the file where it says how far it has got (a timed-out row quotes it); None elsewhere
 _PROGRESS_FILE: str | None = None
+_PROGRESS_LOCK = threading.Lock()
 
 
 def _progress(text: str) -> None:
     """Say how far this head's process has got, for its row should it run out of time (nothing outside one)."""
     if _PROGRESS_FILE is None:
         return
-    with contextlib.suppress(OSError):
+    with _PROGRESS_LOCK, contextlib.suppress(OSError):  # a grid's threads report too
         with open(_PROGRESS_FILE + ".part", "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(_PROGRESS_FILE + ".part", _PROGRESS_FILE)
@@ -277,10 +279,7 @@ def evaluate(task: Task) -> dict:
     predict_s = time.perf_counter() - t2
     m = metrics(y[te], proba, est.classes_, pred)
     if task.model_path:  # the row's own estimator: best_model/ is this very fit
-        import joblib
-
-        joblib.dump(est, task.model_path + ".part")
-        os.replace(task.model_path + ".part", task.model_path)
+        _save_fit(est, task.model_path)
     labels = sorted(set(y[te].tolist()) | set(est.classes_.tolist()))
     return {
         **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")},
@@ -294,6 +293,20 @@ def evaluate(task: Task) -> dict:
         # per-class table read the predictions
         "y_test": y[te].tolist(), "test_predictions": pred.tolist(),
     }
+
+
+def _save_fit(est, path: str) -> None:
+    """Leave the row's fitted head at ``path`` for best_model/; best effort: a head that cannot be saved
+    (a full disk, state that does not pickle) costs a refit in the parent should it be the best, never its row."""
+    import joblib
+
+    _progress("fitted and measured; saving the fitted head")
+    try:
+        joblib.dump(est, path + ".part")
+        os.replace(path + ".part", path)
+    except Exception:  # noqa: BLE001 - any failure: the parent fits the best head again instead
+        with contextlib.suppress(OSError):
+            os.remove(path + ".part")
 
 
 #: heads whose grid is a regularisation path: (parameter, ascending = from strongest regularisation)
@@ -384,7 +397,9 @@ def _evaluate(task: Task, cores: int):
         best = {**task.params, **{k[len(spec.param_prefix):]: v for k, v in search.best_params_.items()}}
         val_acc = float(search.best_score_)
         fit_idx = tr
-    elif task.head in OUT_OF_BAG and task.estimator is None:
+    elif task.head in OUT_OF_BAG and task.estimator is None and groups is None \
+            and _make(task.head, 1, **best).get_params().get("clf__bootstrap", True):
+        # (not with views as rows: an image's views would be out of bag for trees that trained on its others)
         # one fit on train+val: its out-of-bag accuracy is the held-out figure, and no refit is needed
         fit_idx = np.concatenate([tr, va])
         est = _make(task.head, cores, **best).set_params(clf__oob_score=True).fit(X[fit_idx], y[fit_idx])
@@ -652,7 +667,6 @@ def _child_main(result_path: str) -> None:
     """
     import pickle
     import sys
-    import threading
 
     global _PROGRESS_FILE
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -1053,9 +1067,13 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
             del done[key]
     rows = [{**done[t.settings], "cache": t.cache} for t in tasks if t.settings in done]  # as this run spells it
     todo = [t for t in tasks if t.settings not in done]
-    fitted = out / FITTED if save_best and todo else None  # each head's fit, until the best is known
-    if fitted is not None and (fitted.is_symlink() or (fitted.exists() and not fitted.is_dir())):
-        fitted = None  # not our folder: nothing is written there, and the best head is fitted again instead
+    fitted = out.resolve() / FITTED  # each head's fit, until the best is known
+    ours = not fitted.is_symlink() and (fitted.is_dir() or not fitted.exists())
+    if ours and fitted.is_dir():
+        _remove_fitted(fitted, None)  # a killed run's leftovers: never trusted for a row recomputed since
+    # not under Ray (a worker may not see out/), and not in a folder that is not ours: the best is fitted again
+    fitted = fitted if save_best and todo and ours and backend != "ray" else None
+    order = {t.settings: i for i, t in enumerate(tasks)}
     todo = [dataclasses.replace(t, cores=_cores_per_head(n_jobs, len(todo), backend),
                                 model_path=str(fitted / f"{t.settings}.joblib") if fitted and not t.baseline else "")
             for t in _longest_first(todo)]
@@ -1088,9 +1106,9 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
                 rows.append(row)
                 live.finished(row)
                 if fitted:  # only the best so far is kept: the others' files go as soon as they are beaten
-                    _remove_fitted(fitted, {r["settings"] for r in rows} - {(best_row(rows) or {}).get("settings")})
+                    leader = best_row(sorted(rows, key=lambda r: order.get(r["settings"], 1 << 30)))
+                    _remove_fitted(fitted, {r["settings"] for r in rows} - {(leader or {}).get("settings")})
             live.summarise(rows)  # the best head and its ties, once every row is in
-        order = {t.settings: i for i, t in enumerate(tasks)}
         rows.sort(key=lambda r: order.get(r["settings"], 1 << 30))
         best_dir = None
         best = best_row(rows)
@@ -1137,11 +1155,13 @@ def _longest_first(tasks: list) -> list:
 def _save_best(best: dict, best_dir: Path, own, fitted: Path | None) -> None:
     """Save the best row's head to ``best_dir``: the very estimator its process fitted when it left one in
     ``fitted``, else (a row kept from an earlier run) fitted again like the row; a current card is kept."""
+    from .heads import get_head_spec
     from .train import custom_fields, save_fitted, train
 
     params = best.get("best_params") or {}
     name = best["head"] if own is None else best["head"].partition("#")[0]  # train names yours custom:ClassName
-    fit_splits = best.get("fit_splits") or ["train"]
+    keras = own is None and get_head_spec(best["head"]).kind == "keras"
+    fit_splits = best.get("fit_splits") or (["train"] if keras else ["train", "val"])  # rows before it was kept
     views = (best.get("views") or 0, best.get("views_mode") or "none")
     card = current_card(best_dir, name, best["cache_key"], params, *views)
     if own is not None and card is not None:  # the same name, the same estimator?
@@ -1225,11 +1245,17 @@ def check_report_target(out) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FeatcacheError(f"--out {out} exists and is not a directory; choose a new report directory")
-    if out.is_dir() and any(out.iterdir()) and not _is_report(out):
+    if out.is_dir() and any(p for p in out.iterdir() if not _is_fitted_leftover(p)) and not _is_report(out):
         shown = ", ".join(sorted(p.name for p in out.iterdir())[:3])
         raise FeatcacheError(f"--out {out} is not empty and holds no featcache report (it has {shown}); "
                              "choose a new or empty report directory")
     return out
+
+
+def _is_fitted_leftover(path: Path) -> bool:
+    """``out/.featcache-fitted`` of a run killed before its first row: a folder holding only our fits."""
+    return (path.name == FITTED and path.is_dir() and not path.is_symlink()
+            and all(_FITTED_FILE.fullmatch(p.name) and p.is_file() for p in path.iterdir()))
 
 
 def _is_report(out: Path) -> bool:

@@ -91,6 +91,31 @@ def test_random_forest_fits_once_on_train_and_val_and_reports_its_out_of_bag_acc
     assert row["test_predictions"] == forest.predict(X[masks["test"]]).tolist()
 
 
+def test_a_forest_without_bootstrap_has_no_out_of_bag_score_and_fits_on_train(small_cache):
+    row = evaluate(Task(str(small_cache.path), small_cache.key, "random_forest",
+                        {"n_estimators": 10, "bootstrap": False}, None, False, cores=1))
+    assert row["fit_splits"] == ["train"] and "out-of-bag" not in row["note"]
+
+
+def test_best_model_of_tied_rows_is_the_first_asked_and_still_its_own_fit(small_cache, tmp_path):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    same = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")  # the lda head itself: a tie on val
+    rows = featcache.bench(small_cache, ["lda", same], out=tmp_path / "r", **QUICK)
+    assert rows[0]["val_accuracy"] == rows[1]["val_accuracy"]
+    _, card = load_model_dir(tmp_path / "r" / "best_model")
+    # the first asked wins the tie; its file was kept though the other (started first) finished first
+    assert card["head"] == "lda" and card["fit_seconds"] == round(rows[0]["fit_seconds"], 4)
+
+
+def test_a_run_killed_before_its_first_row_leaves_a_folder_the_next_run_accepts(small_cache, tmp_path):
+    out = tmp_path / "r"
+    (out / FITTED).mkdir(parents=True)
+    (out / FITTED / "0123456789abcdef.joblib.part").write_bytes(b"half a pickle")
+    rows = featcache.bench(small_cache, ["gaussian_nb"], out=out, **QUICK)
+    assert rows[0]["status"] == "ok" and not (out / FITTED).exists()
+
+
 def test_best_model_is_the_rows_own_fit_and_each_heads_file_is_removed(small_cache, tmp_path):
     out = tmp_path / "report"
     row = featcache.bench(small_cache, ["ridge"], out=out, **QUICK)[0]
