@@ -290,7 +290,9 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
         out: the ``.keras`` file to write (new, or an earlier featcache export).
         input_size: a fixed ``(height, width)`` input instead of any size.
         format: ``openvino`` also writes an OpenVINO IR (``NAME.xml`` +
-            ``NAME.bin``) beside it, for deployment with OpenVINO alone. The IR
+            ``NAME.bin``) beside it, for deployment with OpenVINO alone
+            (compile it with ``{"INFERENCE_PRECISION_HINT": "f32"}``: on AMX
+            and AVX512-BF16 CPUs OpenVINO's default is bfloat16). The IR
             takes ``input_size`` (default: the size the backbone saw), since
             OpenVINO has no antialiased resize to put in the graph.
 

@@ -322,7 +322,10 @@ def export_ir(keras_file, model=None) -> Path:
 
     For deployment with nothing but OpenVINO: the same graph (images in,
     class probabilities out), converted by Keras' own OpenVINO export, weights
-    kept in float32. Existing IR files are replaced only when featcache wrote them.
+    kept in float32. Compile it with ``{"INFERENCE_PRECISION_HINT": "f32"}``:
+    on a CPU with AMX or AVX512-BF16, OpenVINO's default computes in bfloat16,
+    which moved a probability from 0.96 to 0.0 in this project's test (the IR
+    cannot carry the hint). Existing IR files are replaced only when featcache wrote them.
 
     Args:
         keras_file: a ``.keras`` file written by ``featcache export``; the IR

@@ -124,15 +124,16 @@ def test_the_exported_model_takes_any_size_grey_and_float_images_and_names_its_c
     arrays["grey96"] = grey
     arrays["float96"] = (arrays["rgb96"] / 255.0).astype(np.float32)
     got = _plain_predict(tmp_path / "any.keras", arrays, tmp_path)
-    # at the size the head was trained on, exactly the cached route
-    np.testing.assert_allclose(got["rgb96"], expected["rgb96"], atol=1e-5)
-    # other sizes: the same resize, in the model rather than before it (bilinear, antialiased)
+    # at the size the head was trained on, the cached route: its features come from OpenVINO, the export's from
+    # TensorFlow, and their last-bit differences can round a stored float16 feature the other way (1.1e-5 seen)
+    np.testing.assert_allclose(got["rgb96"], expected["rgb96"], atol=1e-4)
+    # other sizes: the same resize, in the model rather than before it (bilinear, antialiased); 1.2e-4 seen
     for side in (64, 224):
-        np.testing.assert_allclose(got[f"rgb{side}"], expected[f"rgb{side}"], atol=1e-4)
+        np.testing.assert_allclose(got[f"rgb{side}"], expected[f"rgb{side}"], atol=5e-4)
     # float 0-1 is read as such (not cast to 0 and 1), grey as its RGB copy
     np.testing.assert_allclose(got["float96"], got["rgb96"], atol=1e-5)
     grey_rgb = featcache.predict(tmp_path / "m", np.repeat(grey, 3, -1), cache_dir=tmp_path / "pc", return_as="proba")
-    np.testing.assert_allclose(got["grey96"], grey_rgb, atol=1e-5)
+    np.testing.assert_allclose(got["grey96"], grey_rgb, atol=1e-4)  # TensorFlow against OpenVINO, as above
     # a fixed input size on request
     featcache.export(tmp_path / "m", tmp_path / "fixed.keras", input_size=(96, 96))
     assert featcache.export_info(tmp_path / "fixed.keras")["input_size"] == [96, 96]

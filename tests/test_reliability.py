@@ -55,12 +55,14 @@ def test_kill_at_each_commit_point_then_rerun(reference, tmp_path, point):
 def test_kill_loop_at_random_moments(tmp_path, request, fashion_mnist_available):
     """SIGKILL at random moments (--kill-count, default 3; 20 for the full run), re-running each time.
 
-    The source has four shards per kill (a run can write a few shards between the
-    first one appearing and the kill), so every run is killed before it can finish.
+    The source has eight shards per kill and the kill comes within 0.05 s of a new
+    shard (a run writes a few shards in that time: tiny images run at thousands a
+    second under OpenVINO), so every run is killed before it can finish.
     """
     count = request.config.getoption("--kill-count")
     args = list(ARGS)
-    args[args.index("--limit") + 1] = str(64 * (4 * count + 4))
+    args[0] = "fashion_mnist:train"  # 20 kills want more images than the test split holds
+    args[args.index("--limit") + 1] = str(64 * (8 * count + 8))
     args[args.index("--shard-size") + 1] = "64"
     reference = tmp_path / "reference"
     run_featcache("extract", *args, "--out", reference)
@@ -75,7 +77,7 @@ def test_kill_loop_at_random_moments(tmp_path, request, fashion_mnist_available)
             if (out / "shards").exists() and len(list((out / "shards").glob("*.h5"))) > n_before:
                 break
             time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.15))
+        time.sleep(rng.uniform(0, 0.05))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
