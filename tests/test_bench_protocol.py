@@ -78,6 +78,25 @@ def test_the_sgd_heads_saturated_sigmoids_tie_and_its_predict_decides():
     assert labels.tolist() == sgd.predict(X[300:]).tolist()
 
 
+def test_logreg_walks_clips_wide_c_grid_as_a_path_that_stops_past_its_peak():
+    from featcache.bench import GRIDS, _path
+
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 4
+    X = (rng.normal(size=(400, 32)) + 0.7 * np.eye(4)[y] @ rng.normal(size=(4, 32))).astype(np.float32)
+    cands = [{"C": c} for c in GRIDS["logreg"]["C"]]
+    assert cands[0]["C"] == 1e-6 and cands[-1]["C"] == 1e6
+    tr, va = np.arange(300), np.arange(300, 400)
+    best, score, state, fitted = _path("logreg", cands, X, y, tr, va)
+    assert fitted < len(cands) + 2  # it stopped before the weakly regularised, slow end
+    by_hand = {}  # every decade the path passed and the two half decades beside the best, fitted cold
+    for c in [d["C"] for d in cands[:fitted - 2]] + [best["C"] / 10 ** 0.5, best["C"] * 10 ** 0.5]:
+        m = LogisticRegression(C=c, max_iter=2000).fit((X[tr] - X[tr].mean(0)) / X[tr].std(0), y[tr])
+        by_hand[c] = m.score((X[va] - X[tr].mean(0)) / X[tr].std(0), y[va])
+    assert score >= max(by_hand.values()) - 0.02  # warm starts at tol 1e-3 land within a row or two
+    assert state["coef_"].shape == (4, 32)
+
+
 def test_random_forest_fits_once_on_train_and_val_and_reports_its_out_of_bag_accuracy(small_cache):
     row = evaluate(Task(str(small_cache.path), small_cache.key, "random_forest", {"n_estimators": 40}, None, False,
                         cores=1))
