@@ -1186,7 +1186,8 @@ def _longest_first(tasks: list) -> list:
 
 def _save_best(best: dict, best_dir: Path, own, fitted: Path | None) -> None:
     """Save the best row's head to ``best_dir``: the very estimator its process fitted when it left one in
-    ``fitted``, else (a row kept from an earlier run) fitted again like the row; a current card is kept."""
+    ``fitted`` (this run measured it), else (a row kept from an earlier run) fitted again like the row unless
+    ``best_dir`` already holds a current one."""
     from .heads import get_head_spec
     from .train import custom_fields, save_fitted, train
 
@@ -1195,19 +1196,18 @@ def _save_best(best: dict, best_dir: Path, own, fitted: Path | None) -> None:
     keras = own is None and get_head_spec(best["head"]).kind == "keras"
     fit_splits = best.get("fit_splits") or (["train"] if keras else ["train", "val"])  # rows before it was kept
     views = (best.get("views") or 0, best.get("views_mode") or "none")
-    card = current_card(best_dir, name, best["cache_key"], params, *views)
-    if own is not None and card is not None:  # the same name, the same estimator?
-        same = card.get("estimator") == custom_fields("custom:", _make("", 0, own, **params))["estimator"]
-        card = card if same else None
-    if card is not None and card.get("fit_splits", ["train"]) == fit_splits:
-        return
     path = fitted / f"{best['settings']}.joblib" if fitted else None
     if path is not None and path.is_file():
         import joblib
 
         save_fitted(best["cache"], name, joblib.load(path), out=best_dir, params=params, fit_splits=fit_splits,
                     views=views, fit_seconds=best.get("fit_seconds") or 0.0)
-    else:
+        return
+    card = current_card(best_dir, name, best["cache_key"], params, *views)
+    if own is not None and card is not None:  # the same name, the same estimator?
+        same = card.get("estimator") == custom_fields("custom:", _make("", 0, own, **params))["estimator"]
+        card = card if same else None
+    if card is None or card.get("fit_splits", ["train"]) != fit_splits:
         train(best["cache"], best["head"] if own is None else own, params=params, out=best_dir,
               fit_splits=fit_splits, views=views[1])
 
