@@ -959,14 +959,12 @@ def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pi
     """Refuse a bad benchmark setting before any work; ``name(key)`` is how the error names the setting."""
     from numbers import Real
 
-    integer = is_integer
-
-    if not integer(n_jobs) or n_jobs == 0:
+    if not is_integer(n_jobs) or n_jobs == 0:
         raise FeatcacheError(f"{name('n_jobs')} must be a non-zero integer (-1: every CPU), got {n_jobs!r}")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, Real)
                                 or not 0 < timeout < float("inf")):  # NaN fails too
         raise FeatcacheError(f"{name('timeout')} must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
-    if cv is not None and (not integer(cv) or cv < 2):
+    if cv is not None and (not is_integer(cv) or cv < 2):
         raise FeatcacheError(f"{name('cv')} must be an integer of at least 2 folds (or None), got {cv!r}")
     check_integer(pixel_size, name("pixel_size"))
     if backend not in BACKENDS:

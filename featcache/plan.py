@@ -134,7 +134,6 @@ class ExtractOptions:
 
     def check(self) -> None:
         """Refuse a bad option before any work, naming it (the CLI, pipelines and the Python API all come here)."""
-        integer = is_integer
         for setting in SETTINGS:
             value = getattr(self, setting.name)
             if value is None or setting.name == "image_size":
@@ -145,13 +144,13 @@ class ExtractOptions:
             elif setting.choices is not None and value not in setting.choices:
                 raise FeatcacheError(f"{setting.name} must be one of {', '.join(map(str, setting.choices))}, "
                                      f"got {value!r}")
-            elif setting.minimum is not None and not (integer(value) and value >= setting.minimum):
+            elif setting.minimum is not None and not (is_integer(value) and value >= setting.minimum):
                 raise FeatcacheError(f"{setting.name} must be an integer of at least {setting.minimum}, got {value!r}")
         size = self.image_size
-        if size is not None and not (integer(size) and size > 0 or (
-                isinstance(size, (tuple, list)) and len(size) == 2 and all(integer(v) and v > 0 for v in size))):
+        if size is not None and not (is_integer(size) and size > 0 or (
+                isinstance(size, (tuple, list)) and len(size) == 2 and all(is_integer(v) and v > 0 for v in size))):
             raise FeatcacheError(f"image size must be a positive integer (or a pair of them), got {size!r}")
-        if not integer(self.views) or not 0 <= self.views <= MAX_VIEWS:
+        if not is_integer(self.views) or not 0 <= self.views <= MAX_VIEWS:
             raise FeatcacheError(f"views must be an integer from 0 to {MAX_VIEWS}, got {self.views!r}")
         parse_recipe(self.augment)  # a bad recipe is refused even before views are asked for
 
