@@ -14,8 +14,10 @@ reproducible ones.
 
 import importlib
 import itertools
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from featcache.store import MANIFEST
 FUZZ = settings(deadline=None, database=None, derandomize=not os.environ.get("FEATCACHE_FUZZ_RANDOM"),
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large, HealthCheck.filter_too_much])
+
+pytestmark = pytest.mark.slow  # over a thousand in-process CLI runs
 
 FLAG = object()  # a flag that takes no value
 _count = itertools.count()
@@ -317,3 +321,96 @@ def test_fuzz_bench_refuses_every_bad_value_before_any_work(world, data):
         argv += list(bad)
     assert run(argv) == 2
     assert not os.path.isdir(out)  # no report folder: nothing was written
+
+
+# --------------------------------------------------------------------------- what is read from disk
+
+
+def _paths(obj, prefix=()):
+    """Every key path into a JSON document, containers included."""
+    yield prefix
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        yield from _paths(v, prefix + (k,))
+
+
+def _deep(n):
+    out = []
+    for _ in range(n):
+        out = [out]
+    return out
+
+
+# What an attacker or a damaged disk puts in a field: wrong types, absurd sizes, paths out of the directory.
+HOSTILE_JSON = [None, True, 0, -1, -5, 57, 10**13, 2**63, 1.5, float("nan"), float("inf"), "", "abc", "4096x",
+                "lots", "object", "\x00", "a\nb", "<script>x</script>", "/etc/passwd", "../../etc/passwd",
+                "shards/00000.h5", [], [1e7, 1e7], [0], [-3], [1, 2, 3], {}, {"0": 1}, ["a", 2], _deep(60)]
+
+
+def _mutate(doc, data):
+    """One hostile edit of ``doc`` (a parsed JSON document): replace a field, delete it, or bury it deep."""
+    path = data.draw(st.sampled_from(sorted(_paths(doc), key=repr)[1:]))
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    op = data.draw(st.sampled_from(["replace"] * 4 + ["delete", "deep"]))
+    if op == "delete":
+        del parent[path[-1]]
+    elif op == "deep":
+        parent[path[-1]] = _deep(5000)
+    else:
+        parent[path[-1]] = data.draw(st.sampled_from(HOSTILE_JSON))
+    note(f"{op} {path}")
+
+
+def _dump(doc, path):
+    """JSON as Python writes it (NaN and Infinity included), nesting deeper than ``json.dumps`` recurses."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)
+    try:
+        Path(path).write_text(json.dumps(doc))
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+@settings(FUZZ, max_examples=250)
+@given(data=st.data())
+def test_fuzz_forged_manifests_are_one_line_errors(world, data):
+    """A manifest edited anywhere, to any hostile value, is read by every reader as exit 0, 1 or 2."""
+    w = world
+    cache = w.copy(w.cache)
+    manifest = json.loads((Path(cache) / MANIFEST).read_text())
+    _mutate(manifest, data)
+    _dump(manifest, Path(cache) / MANIFEST)
+    command = data.draw(st.sampled_from(["info", "verify", "train", "export-features"]))
+    argv = {"info": ["info", cache], "verify": ["verify", cache],
+            "train": ["train", cache, "--head", "logreg", "--out", w.fresh()],
+            "export-features": ["export-features", cache, w.fresh(".npz")]}[command]
+    run(argv, allowed=(0, 1, 2) if command == "verify" else (0, 2))
+
+
+@settings(FUZZ, max_examples=150)
+@given(data=st.data())
+def test_fuzz_forged_cards_are_one_line_errors(world, data):
+    """A model card edited anywhere is exit 0 or 2 for predict and export."""
+    w = world
+    model = w.copy(data.draw(st.sampled_from([w.model_sk, w.model_keras])))
+    card = json.loads((Path(model) / "card.json").read_text())
+    _mutate(card, data)
+    _dump(card, Path(model) / "card.json")
+    if data.draw(st.booleans()):
+        run(["predict", model, str(w.folder), "--out", w.fresh(".csv"), "--quiet"])
+    else:
+        run(["export", model, w.fresh(".keras")])
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "train", "export-features"])
+def test_a_truncated_shard_is_a_one_line_error(world, command):
+    w = world
+    cache = w.copy(w.cache)
+    shard = Path(cache) / "shards" / "00000.h5"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    argv = {"info": ["info", cache], "verify": ["verify", cache],
+            "train": ["train", cache, "--head", "logreg", "--out", w.fresh()],
+            "export-features": ["export-features", cache, w.fresh(".npz")]}[command]
+    run(argv, allowed=(1,) if command == "verify" else (0, 2) if command == "info" else (2,))
