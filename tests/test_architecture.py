@@ -1,11 +1,19 @@
-"""The layout docs/ARCHITECTURE.md promises, checked by reading the source: no import cycle, one manifest reader."""
+"""The layout docs/ARCHITECTURE.md promises, checked by reading the source: the stage rules, no cycle, one manifest reader."""
 
 import ast
 import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featcache"
-LEAVES = {"featcache.errors", "featcache.files", "featcache.homes", "featcache.versions", "featcache.splits"}
+LEAVES = {"featcache.errors", "featcache.files", "featcache.homes", "featcache.versions", "featcache.splits",
+          "featcache.console", "featcache.ray_cluster", "featcache.derived"}
+# Stage one, by module name prefix: sources to runner.
+STAGE_ONE = ("featcache.decode", "featcache.datasets", "featcache.sources", "featcache.backbones", "featcache.augment",
+             "featcache.plan", "featcache.runtimes", "featcache.extractor", "featcache.engines", "featcache.runner")
+# The stage-two modules that also drive stage one (docs/ARCHITECTURE.md names each and why).
+ABOVE_BOTH = {"featcache.predict", "featcache.export", "featcache.bench", "featcache.finetune", "featcache.leakage",
+              "featcache.pretrain"}
+TOP = {"featcache", "featcache.__main__", "featcache.cli", "featcache.pipeline"}
 
 
 def _modules() -> dict[str, Path]:
@@ -86,7 +94,7 @@ def test_no_import_cycle_between_featcache_modules():
 
 def test_the_store_and_the_leaf_utilities_import_nothing_above_them():
     _, graph = _graph()
-    for leaf in LEAVES:
+    for leaf in LEAVES & set(graph):  # derived.py: the checked caches under $FEATCACHE_HOME
         assert graph[leaf] <= LEAVES, (leaf, graph[leaf])
     assert graph["featcache.store"] <= LEAVES, graph["featcache.store"]
 
@@ -97,3 +105,38 @@ def test_only_the_store_reads_the_manifest_or_calls_private_cache_methods():
     offenders = [f"{n}:{i}" for n, p in modules.items() if n != "featcache.store"
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == [], offenders
+
+
+def _in(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _stage(name: str) -> str:
+    if name in TOP:
+        return "top"
+    if name in LEAVES:
+        return "leaf"
+    if _in(name, ("featcache.store",)):
+        return "store"
+    return "one" if _in(name, STAGE_ONE) else "two"
+
+
+def test_stage_one_never_imports_stage_two_and_nothing_imports_the_top():
+    _, graph = _graph()
+    backwards = [(n, d) for n, deps in graph.items() for d in deps
+                 if (_stage(n) == "one" and _stage(d) in ("two", "top"))
+                 or (_stage(d) == "top" and n not in TOP)]
+    assert backwards == [], backwards
+
+
+def test_only_the_declared_modules_of_stage_two_reach_into_stage_one():
+    _, graph = _graph()
+    reaching = {n for n, deps in graph.items() if _stage(n) == "two" and any(_stage(d) == "one" for d in deps)}
+    assert reaching <= ABOVE_BOTH, reaching - ABOVE_BOTH
+
+
+def test_the_heads_import_only_heads_and_leaves():
+    _, graph = _graph()
+    for name, deps in graph.items():
+        if _in(name, ("featcache.heads",)):
+            assert all(_in(d, ("featcache.heads",)) or d in LEAVES for d in deps), (name, deps)
