@@ -222,3 +222,24 @@ def test_report_md_escapes_class_names_in_its_tables(rare_bench):
         cells = line.replace("\\|", "").count("|")
         width = width or cells
         assert cells == width, line
+
+
+def test_train_refuses_a_label_outside_the_cache_class_names(cache3, tmp_path):
+    import shutil
+
+    import h5py
+
+    cache = tmp_path / "cache"
+    shutil.copytree(cache3, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    record = manifest["shards"][0]
+    shard = cache / record["file"]
+    with h5py.File(shard, "r+") as f:  # a shard's label rewritten past the 3 class names, its digest updated
+        labels = f["labels"][:]
+        labels[0] = 57
+        f["labels"][:] = labels
+    record.update(sha256=_sha256(shard), bytes=shard.stat().st_size)
+    (cache / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    proc = run_featcache("train", cache, "--head", "logreg", "--out", tmp_path / "model", check=False)
+    assert "57" in _one_line_exit_2(proc)
+    assert not (tmp_path / "model").exists()
