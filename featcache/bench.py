@@ -277,9 +277,10 @@ def evaluate(task: Task) -> dict:
 
     _progress("fitted; predicting the test split")
     t2 = time.perf_counter()
-    proba, pred = proba_and_labels(est, X[te])  # the test split, touched once
+    classes = np.unique(y[y >= 0])  # every class of the cache: one the head never saw has zero probability
+    proba, pred = proba_and_labels(est, X[te], classes)  # the test split, touched once
     predict_s = time.perf_counter() - t2
-    m = metrics(y[te], proba, est.classes_, pred)
+    m = metrics(y[te], proba, classes, pred)
     if task.model_path:  # the row's own estimator: best_model/ is this very fit
         _save_fit(est, task.model_path)
     labels = sorted(set(y[te].tolist()) | set(est.classes_.tolist()))
@@ -358,6 +359,11 @@ def _evaluate(task: Task, cores: int):
     if limit and len(tr) > limit:
         tr = _subsample(tr, y, limit)
         notes.append(f"train subsampled to {limit:,} images")
+    from .heads import absent_classes
+
+    absent = absent_classes(y[tr], np.unique(y[y >= 0]))
+    if absent:  # a rare class whose images are all in val or test: the heads give it zero probability
+        notes.append("classes absent from train: " + ", ".join(cache.class_name(c) for c in absent))
     views, groups = None, None
     if task.views:  # the train images' views: more rows (appended to X), their mean, or a Keras head's draw
         from .heads import views as head_views
@@ -423,7 +429,8 @@ def _evaluate(task: Task, cores: int):
         _progress(f"chose {best} on val; refitting it on train+val ({len(fit_idx):,} rows)")
         t1 = time.perf_counter()
         est = _make(task.head, cores, task.estimator, **best)
-        if warm is not None:  # start the refit from the chosen point's solution
+        if warm is not None and len(warm["coef_"]) == _coef_rows(np.unique(y[fit_idx])):
+            # start the refit from the chosen point's solution (not when val brings a class train lacks)
             est.set_params(clf__warm_start=True)
             for k, v in warm.items():
                 setattr(est.steps[-1][1], k, v)
@@ -440,6 +447,11 @@ def _evaluate(task: Task, cores: int):
         est = _make(task.head, cores, task.estimator, **best).fit(X[fit_idx], y[fit_idx])
         fit_s = time.perf_counter() - t1
     return est, best, val_acc, fit_idx, select_s, fit_s, "; ".join(notes), X, y, tr, te
+
+
+def _coef_rows(classes) -> int:
+    """The rows of a linear classifier's ``coef_`` for these classes: one for two classes, else one each."""
+    return 1 if len(classes) == 2 else len(classes)
 
 
 #: a regularisation path stops after this many points in a row below its best: past the peak, as CLIP's search
@@ -585,7 +597,8 @@ def _calibrated_on_val(task: Task, cands: list[dict], X, y, tr, va, cores: int):
     select_s = time.perf_counter() - t0
     _progress(f"chose {best} on val; calibrating on val")
     t1 = time.perf_counter()
-    calibrated = CalibratedClassifierCV(FrozenEstimator(base), method="temperature").fit(Xva, y[va])
+    known = np.isin(y[va], base.classes_)  # val rows of a class train lacks cannot calibrate its scores
+    calibrated = CalibratedClassifierCV(FrozenEstimator(base), method="temperature").fit(Xva[known], y[va][known])
     steps = (list(pre.steps) if pre is not None else []) + [("clf", calibrated)]
     return Pipeline(steps), best, val_acc, select_s, time.perf_counter() - t1
 

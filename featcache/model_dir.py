@@ -15,7 +15,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import FeatcacheError
+from .errors import FeatcacheError, is_integer
 from .files import atomic_write_bytes, commit_directory, fsync_file, remove_stale_siblings, sha256_path, temporary_name
 from .versions import HEAD_PACKAGES, versions
 
@@ -198,17 +198,71 @@ def _card_problem(card: dict) -> str | None:
             return f"{key!r} is missing or not a {kinds.__name__}"
     if len(card["classes"]) != len(card["class_names"]) or len(card["classes"]) < 2:
         return "classes and class_names must be two or more, one name per class"
+    if not all(is_integer(c) for c in card["classes"]) or len(set(card["classes"])) != len(card["classes"]):
+        return "classes must be distinct integers"
+    if not all(isinstance(n, str) for n in card["class_names"]):
+        bad = next(n for n in card["class_names"] if not isinstance(n, str))
+        return f"class_names must all be strings, one is {type(bad).__name__} {bad!r:.40}"
     feats = card["features"]
     for key, kinds in (("params", dict), ("output", str), ("cache_key", str)):
         if not isinstance(feats.get(key), kinds):
             return f"features.{key} is missing or not a {kinds.__name__}"
+    if "n_features" in feats and not (is_integer(feats["n_features"]) and feats["n_features"] >= 1):
+        return f"features.n_features is {feats['n_features']!r:.40}, not a positive integer"
+    for key, kinds in (("metrics", dict), ("head_params", dict), ("preprocess", str)):
+        if key in card and not isinstance(card[key], kinds):
+            return f"{key!r} is not a {kinds.__name__}"
     if kind == "keras":
         info = card.get("keras_head")
         if not isinstance(info, dict) or not isinstance(info.get("params"), dict) \
                 or not isinstance(info.get("classes"), list) or not isinstance(info.get("n_features_in"), int) \
                 or not isinstance(info.get("n_iter"), int):
             return "keras_head must hold params, classes, n_features_in and n_iter"
+        if info["classes"] != card["classes"]:
+            return f"keras_head.classes ({len(info['classes'])}) differ from the card's classes ({len(card['classes'])})"
+        if "n_features" in feats and info["n_features_in"] != feats["n_features"]:
+            return f"keras_head.n_features_in {info['n_features_in']} differs from features.n_features {feats['n_features']}"
     return None
+
+
+def _head_problem(pipe, card: dict) -> str | None:
+    """How a loaded head disagrees with its card (classes, output width, input width), or None.
+
+    A head swapped in with the sha256 updated, or a card edited, must fail
+    here in one line, not as a KeyError mid-prediction or an exported model
+    whose outputs do not match its class names.
+    """
+    import numpy as np
+
+    if not hasattr(pipe, "steps") or not hasattr(pipe, "predict_proba"):
+        return f"the head is a {type(pipe).__name__}, not a featcache Pipeline with predict_proba"
+    want, width = card["classes"], card["features"].get("n_features")
+    clf = pipe.steps[-1][1]
+    if card["kind"] == "keras":
+        model = getattr(clf, "model_", None)
+        try:
+            n_in, n_out = model.inputs[0].shape[-1], model.outputs[0].shape[-1]
+        except (AttributeError, IndexError, TypeError):
+            return "the Keras head has no single input and output"
+        if n_out != len(want):
+            return f"the Keras head has {n_out} outputs but the card names {len(want)} classes"
+        if width is not None and n_in != width:
+            return f"the Keras head takes {n_in} features but the card's features have {width}"
+        return None
+    got = getattr(clf, "classes_", None)
+    if got is None:
+        return "the head has no classes_"
+    got = np.asarray(got).tolist()
+    if got != want:
+        return f"the head predicts {len(got)} classes ({_preview(got)}) but the card names {len(want)} ({_preview(want)})"
+    n_in = getattr(pipe, "n_features_in_", None)
+    if width is not None and n_in is not None and n_in != width:
+        return f"the head takes {n_in} features but the card's features have {width}"
+    return None
+
+
+def _preview(values: list) -> str:
+    return ", ".join(map(str, values[:3])) + (", ..." if len(values) > 3 else "")
 
 
 def load_model_dir(path):
@@ -225,7 +279,7 @@ def load_model_dir(path):
         raise FeatcacheError(f"{head_file} does not match its card (sha256 {digest[:12]}… != {card['sha256'][:12]}…); "
                              "refusing to load a file that may have been tampered with")
     if card["kind"] == "sklearn":
-        return joblib.load(head_file), card
+        return _checked(joblib.load(head_file), card, head_file)
     import keras
     import numpy as np
     from sklearn.pipeline import Pipeline
@@ -241,4 +295,12 @@ def load_model_dir(path):
     head.classes_ = np.asarray(info["classes"])
     head.n_features_in_ = int(info["n_features_in"])
     head.n_iter_ = int(info["n_iter"])
-    return Pipeline([("clf", head)]), card
+    return _checked(Pipeline([("clf", head)]), card, head_file)
+
+
+def _checked(pipe, card: dict, head_file: Path):
+    """``(pipe, card)`` once the head agrees with its card; a one-line error naming the head file otherwise."""
+    problem = _head_problem(pipe, card)
+    if problem:
+        raise FeatcacheError(f"{head_file} does not match its card: {problem}; refusing to use it")
+    return pipe, card

@@ -341,9 +341,20 @@ def _cells(r, width=160) -> list[str]:
             json.dumps(r.get("best_params") or {}), (r.get("note") or r.get("error") or "")[:width]]
 
 
+#: what a table cell or a line of report.md must not hold as is: it would end the cell, the row or the line,
+#: open a code span, or reach a Markdown renderer as HTML
+_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`",
+                             "\r": " ", "\n": " ", "\t": " "})
+
+
+def md_text(value) -> str:
+    """``value`` as text that stays in its Markdown table cell or line and renders as the text itself."""
+    return str(value).translate(_MD_ESCAPES)
+
+
 def _md(headers, body) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
-    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |" for cells in body]
+    lines = ["| " + " | ".join(md_text(h) for h in headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(md_text(c) for c in cells) + " |" for cells in body]
     return lines
 
 
@@ -482,17 +493,18 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None, curv
     md = ["# featcache benchmark", "", protocol, "",
           f"{len(rows)} rows: {counts['ok']} ok, {counts['failed']} failed, {counts['timed out']} timed out.", ""]
     if best_dir is not None:
-        md += [f"Best head saved to `{best_dir}` (usable with `featcache predict`).", ""]
+        md += [f"Best head saved to {md_text(best_dir)} (usable with `featcache predict`).", ""]
     md += [_markdown_table(rows), ""]
     if notes:
-        md += ["Memory-aware fallbacks:", ""] + [f"* {n}" for n in notes] + [""]
+        md += ["Memory-aware fallbacks:", ""] + [f"* {md_text(n)}" for n in notes] + [""]
     if classes:
-        md += [f"## Per class: the best head ({best['head']} on {best['features']}), test split", ""]
+        md += [f"## Per class: the best head ({md_text(best['head'])} on {md_text(best['features'])}), test split",
+               ""]
         md += _md(CLASS_HEADERS, _class_body(classes)) + [""]
     if curve:
         md += ["## Learning curve of the best head", ""] + _md(CURVE_HEADERS, _curve_body(curve)) + [""]
     if leak_text:
-        md += ["## Leakage check", "", leak_text, ""]
+        md += ["## Leakage check", "", md_text(leak_text), ""]
         if leakage.get("pairs"):
             md += _md(["test id", "nearest train/val id", "cosine"],
                       [[p["test_id"], p["train_id"], f"{p['cosine']:.4f}"] for p in leakage["pairs"][:20]]) + [""]

@@ -245,7 +245,11 @@ class CsvSource(FileSource):
             rel = (row.get("path") or "").strip()
             if not rel:
                 raise SourceError(f"{csv_path}, line {lineno}: empty path")
-            rows.append((lineno, rel, (row.get("label") or "").strip(), (row.get("split") or "").strip() or None))
+            lab = (row.get("label") or "").strip()
+            for what, value in (("path", rel), ("label", lab)):
+                if "\0" in value:  # HDF5 strings end at NUL: it would fail the cache's write, after the work
+                    raise SourceError(f"{csv_path}, line {lineno}: the {what} {value!r} contains a NUL character")
+            rows.append((lineno, rel, lab, (row.get("split") or "").strip() or None))
         if not rows:
             raise SourceError(f"{csv_path} lists no images")
         labels = [r[2] for r in rows if r[2] != ""]
@@ -280,11 +284,15 @@ class CsvSource(FileSource):
                     raise SourceError(f"{csv_path}, line {lineno}: unknown split {split!r} (use train, val or test)")
                 split = SPLIT_DIRS[split.lower()]
             item_id = Path(rel).as_posix()
-            if item_id in seen:
-                raise SourceError(f"{csv_path}, line {lineno}: duplicate path {rel!r} (first on line {seen[item_id]})")
-            seen[item_id] = lineno
+            for key in (item_id, same_file_key(path)):  # one image twice, by .., a symlink or a case change
+                if key in seen:
+                    first, first_rel = seen[key]
+                    raise SourceError(f"{csv_path}, line {lineno}: duplicate path {rel!r} is the same image as "
+                                      f"{first_rel!r} on line {first}")
+                seen[key] = (lineno, rel)
             items.append(Item(i, item_id, label, split))
             paths.append(path)
+        check_class_names(names, str(csv_path))
         super().__init__(root, paths, items, names, max_pixels)
         self.csv_path = csv_path
         self.address = {"csv": str(csv_path.resolve()), "allow_outside": allow_outside,
@@ -292,6 +300,25 @@ class CsvSource(FileSource):
 
     def describe(self) -> str:
         return f"csv:{self.csv_path}"
+
+
+def same_file_key(path: Path) -> tuple:
+    """What two paths of one image share: the file's device and inode (symlinks, hard links, a case-insensitive
+    filesystem's other spelling), else, for a file that is not there, its resolved and case-folded path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.normcase(os.path.realpath(path)))
+    return ("file", st.st_dev, st.st_ino)
+
+
+def check_class_names(names, where: str) -> None:
+    """Refuse, before any work, a class name HDF5 cannot store (a NUL ends its strings) or one not a string."""
+    for name in names:
+        if not isinstance(name, str):
+            raise SourceError(f"{where}: class names must be strings, got {type(name).__name__} {name!r:.40}")
+        if "\0" in name:
+            raise SourceError(f"{where}: the class name {name!r:.60} contains a NUL character")
 
 
 def dense_labels(values: set[int]) -> bool:
@@ -394,6 +421,7 @@ class ArraySource(Source):
                               f"{max(present)}); map them to 0..{len(present) - 1} or pass class_names")
         top = int(labels.max()) if n else -1
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(top + 1)]
+        check_class_names(self.class_names, f"array source {name!r}")
         self.native_size = (images.shape[1], images.shape[2])
 
     def describe(self) -> str:

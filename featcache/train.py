@@ -42,8 +42,14 @@ class TrainResult:
 
 
 def train_classes(cache: Cache, masks: dict[str, np.ndarray]) -> np.ndarray:
-    """The classes of the train split; an error naming the cache unless there are two or more."""
-    classes = np.unique(cache.labels()[masks["train"]])
+    """The classes of the train split; an error naming the cache unless there are two or more, all named."""
+    labels = cache.labels()
+    names = cache.class_names
+    outside = np.unique(labels[labels >= len(names)]) if names else np.zeros(0, int)
+    if len(outside):  # a card's classes are the cache's: a label past them would become a class named '57'
+        raise FeatcacheError(f"{cache.path}: label {int(outside[0])} is outside its {len(names)} class names "
+                             f"(labels 0..{len(names) - 1}); the cache is damaged, extract it again")
+    classes = np.unique(labels[masks["train"]])
     if len(classes) == 0:
         raise FeatcacheError(f"{cache.path} has no labelled rows in its train split")
     if len(classes) == 1:

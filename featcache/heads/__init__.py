@@ -258,8 +258,12 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def proba_and_labels(est, X):
+def proba_and_labels(est, X, classes=None):
     """``(predict_proba(X), labels)``, the labels always those of the estimator's own ``predict``.
+
+    ``classes``: every class the probabilities must have a column for, in
+    order (e.g. the cache's); a class the head never saw (absent from its
+    train split) gets a column of zeros (:func:`widen_proba`).
 
     For featcache's heads ``predict`` is the argmax of the probabilities save
     where the top two tie (a one-vs-rest head's sigmoids saturate at exactly
@@ -270,13 +274,35 @@ def proba_and_labels(est, X):
     proba = np.asarray(est.predict_proba(X))
     clf = est.steps[-1][1] if hasattr(est, "steps") else est
     if not isinstance(clf, _argmax_classifiers()) or proba.ndim != 2 or proba.shape[1] < 2:
-        return proba, np.asarray(est.predict(X))
-    labels = np.asarray(est.classes_)[proba.argmax(1)]
-    top = np.partition(proba, -2, axis=1)[:, -2:]
-    tied = np.flatnonzero(top[:, 0] == top[:, 1])
-    if len(tied):
-        labels[tied] = est.predict(X[tied])
-    return proba, labels
+        labels = np.asarray(est.predict(X))
+    else:
+        labels = np.asarray(est.classes_)[proba.argmax(1)]
+        top = np.partition(proba, -2, axis=1)[:, -2:]
+        tied = np.flatnonzero(top[:, 0] == top[:, 1])
+        if len(tied):
+            labels[tied] = est.predict(X[tied])
+    return (proba if classes is None else widen_proba(proba, est.classes_, classes)), labels
+
+
+def widen_proba(proba, have, classes) -> np.ndarray:
+    """``proba`` over the head's classes ``have`` as columns of every one of ``classes``, zeros for the ones the
+    head never saw: a class absent from a train split is a class the head gives no probability, not an error."""
+    have, classes = np.asarray(have).tolist(), np.asarray(classes).tolist()
+    if have == classes:
+        return proba
+    column = {c: k for k, c in enumerate(classes)}
+    unknown = [c for c in have if c not in column]
+    if unknown:
+        raise FeatcacheError(f"the head predicts classes {unknown[:5]} that are not among the {len(classes)} expected")
+    out = np.zeros((len(proba), len(classes)), dtype=np.result_type(proba.dtype, np.float32))
+    out[:, [column[c] for c in have]] = proba
+    return out
+
+
+def absent_classes(y_train, classes) -> list:
+    """The classes of ``classes`` with no row in ``y_train``, in order."""
+    seen = set(np.asarray(y_train).tolist())
+    return [c for c in np.asarray(classes).tolist() if c not in seen]
 
 
 def _argmax_classifiers() -> tuple:
