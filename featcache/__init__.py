@@ -17,10 +17,12 @@ from .exports import export_features, load_features  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
 from .predict import export, export_info, predict  # noqa: E402
 from .finetune import finetune  # noqa: E402
+from .heads import make_head  # noqa: E402
 from .bench import bench  # noqa: E402
 
 __all__ = [
     "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
     "TrainResult", "__version__", "bench", "export", "export_features", "export_info", "extract", "finetune",
-    "keras_dataset", "load_features", "open_cache", "open_source", "predict", "split_masks", "tf_dataset", "train",
+    "keras_dataset", "load_features", "make_head", "open_cache", "open_source", "predict", "split_masks",
+    "tf_dataset", "train",
 ]
