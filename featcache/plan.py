@@ -194,7 +194,9 @@ class Plan:
     def _train_items(self) -> np.ndarray:
         """Whether each source item is a labelled train item under the default split: the items views are for."""
         items = self.source.items
-        names = assign_splits([it.id for it in items], [it.split for it in items] if self.source.has_splits else None)
+        labels = [-1 if it.label is None else it.label for it in items]  # the same splits as Cache.split_masks
+        names = assign_splits([it.id for it in items], [it.split for it in items] if self.source.has_splits else None,
+                              labels=labels)
         return (names == "train") & np.array([it.label is not None and it.label >= 0 for it in items], bool)
 
     def at(self, out) -> "Plan":
