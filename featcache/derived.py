@@ -88,7 +88,8 @@ class Entry:
     def discard(self, reason: str | None = None, action: str = "rebuilding it") -> None:
         """Remove the record, then the entry's own files (never anything else); say why in one line."""
         if reason:
-            warnings.warn(f"{self.what} {self.folder} is damaged ({reason}); {action}", FeatcacheWarning,
+            where = self.paths()[0] if len(self.names) == 1 else self.folder
+            warnings.warn(f"{self.what} {where} is damaged ({reason}); {action}", FeatcacheWarning,
                           stacklevel=2)
         for path in [self.record_path, *self.paths()]:  # the record first: a kill here leaves an entry without one
             try:

@@ -334,8 +334,11 @@ def probe_error(got: dict, expected: dict) -> float:
         if a.shape != b.shape:
             return float("inf")
         scale = np.maximum(np.maximum(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)), 1e-12)
-        worst = max(worst, float((np.linalg.norm(a - b, axis=1) / scale).max()))
-    return worst if np.isfinite(worst) else float("inf")
+        rel = np.linalg.norm(a - b, axis=1) / scale
+        if not np.isfinite(rel).all():  # a NaN compares false with any tolerance
+            return float("inf")
+        worst = max(worst, float(rel.max()))
+    return worst
 
 
 def _export(model, path: Path | None):
