@@ -67,11 +67,11 @@ def test_a_damaged_cached_ir_is_rebuilt_and_repair_writes_only_right_rows(images
     (tmp_path / "ov" / "shards" / "00001.h5").write_bytes(b"damaged")  # --repair recomputes it
     proc = run_featcache("extract", images, *ARGS, "--runtime", "openvino", "--repair", "--out", tmp_path / "ov",
                          env=env)
+    ref, repaired = featcache.open_cache(tmp_path / "ref"), featcache.open_cache(tmp_path / "ov")
+    assert _cosines(repaired.features(), ref.features()).min() >= 0.9999
+    assert repaired.verify() == [] and repaired.timings["runtime"] == "openvino"
     lines = _rebuilt_lines(proc.stderr)
     assert len(lines) == 1 and "OpenVINO IR" in lines[0] and "model.bin" in lines[0], proc.stderr
-    ref, repaired = featcache.open_cache(tmp_path / "ref"), featcache.open_cache(tmp_path / "ov")
-    assert repaired.verify() == [] and repaired.timings["runtime"] == "openvino"
-    assert _cosines(repaired.features(), ref.features()).min() >= 0.9999
     fresh = run_featcache("extract", images, *ARGS, "--runtime", "openvino", "--out", tmp_path / "again", env=env)
     assert _rebuilt_lines(fresh.stderr) == []  # the rebuilt entry is whole
     assert _cosines(featcache.open_cache(tmp_path / "again").features(), ref.features()).min() >= 0.9999
@@ -115,10 +115,10 @@ def test_an_ir_damaged_with_its_record_forged_is_caught_by_the_probe(tmp_path, m
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         again, summary = _extract(x, tmp_path / "again", "openvino", return_summary=True)
+    assert _cosines(again.features(), ref.features()).min() >= 0.9999
     lines = [str(w.message) for w in caught if issubclass(w.category, FeatcacheWarning)]
     assert len(lines) == 1 and "probe batch" in lines[0], lines
     assert again.timings["runtime"] == "openvino" and summary.notes == []
-    assert _cosines(again.features(), ref.features()).min() >= 0.9999
 
 
 @pytest.mark.slow
@@ -143,9 +143,9 @@ def test_damaged_or_forged_converted_weights_are_rebuilt(tmp_path, monkeypatch, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         again = features()
+    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-5)
     lines = [str(w.message) for w in caught if issubclass(w.category, FeatcacheWarning)]
     assert len(lines) == 1 and "converted weights" in lines[0] and "efficientnet_lite0" in lines[0], lines
-    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         np.testing.assert_allclose(features(), first, rtol=1e-5, atol=1e-5)
