@@ -1,7 +1,10 @@
 """Where featcache and Keras keep files between runs: one declaration of each location.
 
 * ``featcache_home()``: ``$FEATCACHE_HOME``, else ``~/.cache/featcache``
-  (converted weights, prediction caches);
+  (converted weights, OpenVINO IRs, prediction caches). Everything there is
+  a derived cache, rebuilt from its sources when it is missing; the
+  converted weights and IRs are checked against a record of their sha256s
+  before each use (:mod:`featcache.derived`);
 * ``keras_home()``: ``$KERAS_HOME``, else ``~/.keras`` (Keras' downloaded
   weights and datasets, which featcache reads when they are already there).
 

@@ -20,8 +20,16 @@ graph is reported in one line and extraction goes on with Keras.
 The OpenVINO IR of each graph is cached under ``$FEATCACHE_HOME/openvino``,
 keyed by the sha256 of everything that shapes the graph (the extraction
 parameters with the weights' identity, plus the Keras and OpenVINO versions),
-and OpenVINO's own compiled-blob cache sits beside it, so a second run
-converts and compiles nothing.
+so a second run converts nothing. It is a derived cache entry
+(:mod:`featcache.derived`): a record of its files' sha256s, written last, is
+checked before each use, and a damaged entry is converted again with one line
+saying so. The record also keeps the Keras graph's output on a fixed probe
+batch; every freshly compiled graph runs the probe first and is used only
+when it agrees (relative L2 difference per row <= 1e-2 in float32), else the
+IR is converted again once and then Keras runs, with one line: features
+that disagree with Keras are never written. OpenVINO's own compiled-blob
+cache (CACHE_DIR) is not used: its blobs cannot be checked, and compiling
+again costs a fraction of a second.
 """
 
 from __future__ import annotations
@@ -35,11 +43,19 @@ from pathlib import Path
 
 import numpy as np
 
+from . import derived
 from .files import fsync_dir
 from .homes import featcache_home
 
 #: the choices of ``--runtime`` (``auto`` picks one of the others)
 RUNTIMES = ("auto", "keras", "openvino")
+
+#: the files of a cached IR entry (its record, record.json, is written last)
+IR_FILES = ("model.xml", "model.bin", "identity.json")
+#: the probe batch: this many seeded uint8 images at the graph's input size
+PROBE_IMAGES, PROBE_SEED = 2, 20261204
+#: the largest relative L2 difference of a probe row allowed in float32 (cosine >= 0.99995), and in float16/bfloat16
+PROBE_TOLERANCE, PROBE_TOLERANCE_LOW = 1e-2, 1e-1
 
 
 def openvino_installed() -> bool:
@@ -130,12 +146,19 @@ class KerasRuntime:
         return _join(out)
 
 
+class ProbeMismatch(Exception):
+    """The compiled graph's output on the probe batch is not the Keras graph's: it is not used."""
+
+
 class OpenVINORuntime:
     """The graph compiled by OpenVINO for the CPU, run with asynchronous infer requests.
 
     Each batch is split into as many equal sub-batches as the compiled model's
     ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (THROUGHPUT hint: one per stream), which
     run at once; the sub-batch shape is static, so a short batch is padded.
+    Before any image, the fixed probe batch runs through the compiled graph and
+    must give the Keras graph's output (recorded when the IR was converted); a
+    mismatch converts the IR again, once, then raises :class:`ProbeMismatch`.
     """
 
     name = "openvino"
@@ -145,20 +168,31 @@ class OpenVINORuntime:
         import openvino as ov
 
         self.names, self.batch_size = list(names), int(batch_size)
-        core = ov.Core()
-        home = featcache_home() / "openvino"
-        if cache:
-            try:
-                home.mkdir(parents=True, exist_ok=True)
-                core.set_property({"CACHE_DIR": str(home / "compiled")})
-            except OSError:  # a read-only home: convert and compile in memory, every run
-                cache = False
-        ov_model, self.ir_path = _ir(core, model, identity, home if cache else None)
+        core = ov.Core()  # no CACHE_DIR: its blobs are OpenVINO's, unchecked, and save ~0.1 s a run
+        home = featcache_home() / "openvino" if cache else None
         config = {"PERFORMANCE_HINT": "THROUGHPUT"}
-        if identity.get("compute_dtype", "float32") == "float32":  # never bf16 behind our back (AMX, AVX512-BF16)
+        low_precision = identity.get("compute_dtype", "float32") != "float32"
+        if not low_precision:  # never bf16 behind our back (AMX, AVX512-BF16)
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        images = probe_images(model)
+        for attempt in (1, 2):
+            ov_model, entry, expected = _ir(core, model, self.names, identity, home)
+            self.ir_path = entry.folder / "model.xml" if entry else None
+            self._compile(ov, core, ov_model, model, config)
+            error = probe_error(self(images), expected)
+            if error <= (PROBE_TOLERANCE_LOW if low_precision else PROBE_TOLERANCE):
+                return
+            if attempt == 2:
+                if entry is not None:
+                    entry.discard()  # known to disagree: the next run converts afresh
+                raise ProbeMismatch(f"its output on the probe batch differs from keras' by {error:.3g} (relative)")
+            if entry is not None:
+                entry.discard(f"its output on the probe batch differs from keras' by {error:.3g}",
+                              "converting it again")
+
+    def _compile(self, ov, core, ov_model, model, config) -> None:
         probe = core.compile_model(ov_model, "CPU", config)
         self.requests = max(1, min(int(probe.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")), self.batch_size))
         self.sub = -(-self.batch_size // self.requests)
@@ -230,32 +264,81 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _ir(core, model, identity: dict, home: Path | None):
-    """The graph as an OpenVINO model: read from the IR cache, else exported by Keras (and cached)."""
+def _ir(core, model, names, identity: dict, home: Path | None):
+    """``(OpenVINO model, its checked cache entry or None, Keras' probe outputs)``: from the IR cache when
+    its files match their record, else exported by Keras (and cached with a new record)."""
     if home is None:
-        return _export(model, None), None
+        return _export(model, None), None, keras_probe(model, names)
     name = f"{identity.get('backbone', 'graph')}-{ir_key(identity)[:16]}"
-    final = home / name
-    xml = final / "model.xml"
-    if xml.is_file() and (final / "model.bin").is_file():
+    entry = derived.Entry(home / name, IR_FILES, what="the cached OpenVINO IR")
+    record, reason = entry.check()
+    if record is not None:
         try:
-            return core.read_model(str(xml)), xml
-        except Exception:  # noqa: BLE001 - a damaged entry: convert again, in memory
-            return _export(model, None), None
-    staged = home / f".{name}.tmp-{os.getpid()}"
+            expected = {n: np.asarray(record["probe"][n], np.float32) for n in names}
+            return core.read_model(str(entry.folder / "model.xml")), entry, expected
+        except Exception as exc:  # noqa: BLE001 - a record without the probe, an IR OpenVINO refuses
+            reason = f"it cannot be used ({exc.__class__.__name__})"
+    expected = keras_probe(model, names)
+    try:
+        if reason:
+            entry.discard(reason)
+        if entry.folder.is_dir() and any(entry.folder.iterdir()):  # files not ours: leave them, work in memory
+            return _export(model, None), None, expected
+        home.mkdir(parents=True, exist_ok=True)
+        _write_entry(model, identity, entry, expected)
+    except OSError:  # a read-only home: convert in memory, every run
+        return _export(model, None), None, expected
+    return core.read_model(str(entry.folder / "model.xml")), entry, expected
+
+
+def _write_entry(model, identity: dict, entry, expected: dict) -> None:
+    """Export the IR into a staging folder, record its sha256s and probe outputs, and rename it in place."""
+    staged = entry.folder.with_name(f".{entry.folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)  # only ever this process's own staging name
     staged.mkdir(parents=True)
     try:
         _export(model, staged / "model.xml")
         (staged / "identity.json").write_text(json.dumps(identity, sort_keys=True, default=str, indent=1))
+        derived.Entry(staged, IR_FILES).seal({"probe": {n: v.tolist() for n, v in expected.items()}})
         fsync_dir(staged)
+        if entry.folder.is_dir():
+            entry.folder.rmdir()  # emptied by discard: a stray file keeps it, and this entry is not cached
         try:
-            os.rename(staged, final)  # another process may have won the race: its entry is as good
+            os.rename(staged, entry.folder)  # another process may have won the race: its entry is as good
         except OSError:
             pass
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    return core.read_model(str(xml)), xml
+
+
+def probe_images(model) -> np.ndarray:
+    """The fixed probe batch: :data:`PROBE_IMAGES` seeded uint8 images of the graph's input size."""
+    shape = (PROBE_IMAGES,) + tuple(int(d) for d in model.input.shape[1:])
+    return np.random.default_rng(PROBE_SEED).integers(0, 256, shape, dtype=np.uint8)
+
+
+def keras_probe(model, names) -> dict[str, np.ndarray]:
+    """The Keras graph's outputs on the probe batch, run eagerly (no new trace for its shape)."""
+    import keras
+
+    out = model(probe_images(model), training=False)
+    return {n: np.asarray(keras.ops.convert_to_numpy(out[n]), np.float32) for n in names}
+
+
+def probe_error(got: dict, expected: dict) -> float:
+    """The largest relative L2 difference of a probe row between ``got`` and ``expected`` (0 when equal)."""
+    worst = 0.0
+    for n, ref in expected.items():
+        a = np.asarray(got[n], np.float64).reshape(len(ref), -1)
+        b = np.asarray(ref, np.float64).reshape(len(ref), -1)
+        if a.shape != b.shape:
+            return float("inf")
+        scale = np.maximum(np.maximum(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)), 1e-12)
+        rel = np.linalg.norm(a - b, axis=1) / scale
+        if not np.isfinite(rel).all():  # a NaN compares false with any tolerance
+            return float("inf")
+        worst = max(worst, float(rel.max()))
+    return worst
 
 
 def _export(model, path: Path | None):
@@ -297,6 +380,9 @@ def make_runtime(runtime: str, model, names, batch_size: int, *, identity: dict,
                 "runtime openvino is not installed (pip install 'featcache[openvino]'); extracting with keras")
         try:
             return OpenVINORuntime(model, names, batch_size, identity=identity, threads=threads), None
+        except ProbeMismatch as exc:
+            return KerasRuntime(model, names, batch_size), (
+                f"runtime openvino does not give this graph's features ({exc}); extracting with keras")
         except Exception as exc:  # noqa: BLE001 - any failure to convert or compile: Keras runs the graph
             reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
             return KerasRuntime(model, names, batch_size), (

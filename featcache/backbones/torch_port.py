@@ -4,7 +4,10 @@ Layout conversion (PyTorch OIHW kernels to Keras HWIO), batch-norm and dense
 assignment by name, and the converted-weights cache: the first build reads
 the ``.pth`` with the restricted reader and saves a Keras weights file under
 ``$FEATCACHE_HOME/weights`` (default ``~/.cache/featcache/weights``), keyed by
-the source file's sha256, so later builds skip the conversion.
+the source file's sha256, so later builds skip the conversion. It is a
+derived cache entry (:mod:`featcache.derived`): a record of the file's
+sha256, written after it, is checked before each load, and a damaged or
+replaced file is converted again from the ``.pth``, with one line saying so.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackboneError
+from ..derived import Entry
 from ..files import atomic_save, sha256_path
 from ..homes import featcache_home
 from .pth import load_state_dict
@@ -91,22 +95,33 @@ class WeightAssigner:
 
 
 def load_ported_weights(model, pth_path: str, sha256: str, assign, *, cache: bool = True) -> None:
-    """Give ``model`` (the full classifier) the weights of ``pth_path``, via the conversion cache."""
-    cached = featcache_home() / "weights" / f"{model.name}-{sha256[:16]}.weights.h5"
-    if cache and cached.is_file():
-        try:
-            model.load_weights(cached)
-            return
-        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt below
-            cached.unlink(missing_ok=True)
+    """Give ``model`` (the full classifier) the weights of ``pth_path``, via the checked conversion cache."""
+    name = f"{model.name}-{sha256[:16]}.weights.h5"
+    entry = Entry(featcache_home() / "weights", [name], f"{name}.record.json", what="the converted weights")
+    if cache:
+        record, reason = entry.check()
+        if record is not None and record.get("source_sha256") != sha256:
+            record, reason = None, "its record names another source file"
+        if record is not None:
+            try:
+                model.load_weights(entry.paths()[0])
+                return
+            except Exception as exc:  # noqa: BLE001 - an entry Keras cannot read is rebuilt below
+                reason = f"Keras cannot load it ({exc.__class__.__name__})"
+        if reason:
+            try:
+                entry.discard(reason, f"converting {Path(pth_path).name} again")
+            except OSError:
+                cache = False  # a read-only home: convert, and keep nothing
     sd = load_state_dict(pth_path)
     assigner = WeightAssigner(model, sd, pth_path)
     assign(assigner)
     assigner.finish()
     if cache:
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save(cached, model.save_weights, ".weights.h5")
+            entry.folder.mkdir(parents=True, exist_ok=True)
+            atomic_save(entry.paths()[0], model.save_weights, ".weights.h5")
+            entry.seal({"source_sha256": sha256})
         except OSError:
             pass  # a read-only home only costs the conversion next time
 
