@@ -1108,7 +1108,7 @@ class Cache:
         out = np.empty((shard.n_rows,) + tuple(self.output_info(name)["shape"]), self.output_info(name)["dtype"])
         if shard.n_rows:
             with self._open(shard) as f:
-                _read_into(f["features"][name], shard.path, out)
+                _read_into(f, name, shard.path, out)
         return out
 
     def _open(self, shard: ShardInfo):
@@ -1131,7 +1131,7 @@ class Cache:
         for shard in self.shards:
             if shard.n_rows:
                 with self._open(shard) as f:
-                    _read_into(f["features"][name], shard.path, out[shard.rows[0]:shard.rows[1]])
+                    _read_into(f, name, shard.path, out[shard.rows[0]:shard.rows[1]])
         return out
 
     def _columns(self) -> dict:
@@ -1319,8 +1319,8 @@ class Cache:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
-def _read_into(ds, path: Path, dest: np.ndarray) -> None:
-    """Copy dataset ``ds`` of the shard at ``path`` (opened by :func:`open_shard`) into ``dest``.
+def _read_into(f: h5py.File, name: str, path: Path, dest: np.ndarray) -> None:
+    """Copy output ``name`` of the shard ``f`` at ``path`` (opened, so proven, by :func:`open_shard`) into ``dest``.
 
     A contiguous dataset (how uncompressed outputs are written) in native byte
     order is read as plain bytes at its file offset, straight into ``dest``,
@@ -1329,15 +1329,14 @@ def _read_into(ds, path: Path, dest: np.ndarray) -> None:
     bytes come from the descriptor HDF5 holds for the proven file, never from
     the name again, and only from inside it.
     """
+    ds = f["features"][name]
     offset = ds.id.get_offset()
     if offset is None or not hasattr(os, "preadv") or ds.dtype != dest.dtype or not ds.dtype.isnative or ds.shape != dest.shape \
             or not dest.flags.c_contiguous:
         ds.read_direct(dest)
         return
     view = memoryview(dest.reshape(-1).view(np.uint8))
-    if _storage_problem(ds) or os.path.realpath(ds.file.filename) != os.path.realpath(path):
-        raise CacheError(f"shard {path}: {ds.name} is not this file's own bytes; run `featcache verify`")
-    fd = ds.file.id.get_vfd_handle()
+    fd = f.id.get_vfd_handle()  # the proof showed the dataset is this file's own (no link, no external storage)
     if offset + len(view) > os.fstat(fd).st_size:
         raise CacheError(f"shard {path} is shorter than its header says; run `featcache verify`")
     done = 0
