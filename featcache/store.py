@@ -219,9 +219,8 @@ def _manifest_problem(manifest: dict) -> str | None:
     missing = [k for k in _PARAMS if k not in manifest["params"]]
     if missing or not isinstance(manifest["params"].get("weights"), dict):
         return f"params lacks {', '.join(missing) or 'a weights table'}"
-    names = manifest["dataset"].get("class_names", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return "dataset.class_names is not a list of names"
+    if not isinstance(manifest["dataset"].get("class_names", []), list):
+        return "dataset.class_names is not a list"
     for (table, field), bounds in _MANIFEST_INTS.items():
         problem = _int_problem(manifest[table] if table else manifest, field, bounds, f"{table}." if table else "")
         if problem:
@@ -1614,7 +1613,10 @@ def existing_shards(directory: Path, old: dict | None, *, key: str, n_shards: in
             item_range = shard_item_range(index, shard_size, n_items)
             try:
                 done[index] = inspect_shard(p, key, index, item_range)
+                if spec is not None:  # a shard written but never committed is adopted only once proven plain
+                    open_shard(p, done[index], spec, force=True).close()
             except CacheError as exc:
+                done.pop(index, None)
                 notes.append(str(exc))
                 p.unlink()
     return done, notes
