@@ -174,9 +174,21 @@ def _run_read_only(plan: Plan, t_start: float, exc: store.ReadOnlyError) -> tupl
         if old["dataset"].get("class_names") != list(plan.source.class_names):
             raise CacheError(f"{exc}; the class names changed and cannot be recorded there")
         return _noop_summary(plan, t_start, [])
-    state = "holds no cache" if old is None else ("holds a cache made with other settings"
-                                                  if old["key"] != plan.key else "holds an unfinished cache")
-    raise CacheError(f"{exc} and {state}; extract to a writable --out") from None
+    raise CacheError(f"{exc} and {_read_only_state(old, plan)}; extract to a writable --out") from None
+
+
+def _read_only_state(old: dict | None, plan: Plan) -> str:
+    """What a read-only directory holds that this run would have to write to."""
+    if old is None:
+        return "holds no cache"
+    if old["key"] != plan.key:
+        return "holds a cache made with other settings"
+    if not old.get("complete"):
+        return "holds an unfinished cache"
+    if int(old.get("views", 0)) < plan.views:
+        return (f"holds a complete cache with {int(old.get('views', 0))} views, and adding views to it means "
+                "writing there, which cannot be done")
+    return "holds a complete cache that needs repair (run `featcache verify`), which cannot be written there"
 
 
 def _remove_unclaimed(out: Path) -> None:

@@ -15,10 +15,12 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +30,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from .errors import CacheError, KeyMismatchError, LockedError, ReadOnlyError, check_integer
+from .errors import CacheError, KeyMismatchError, LockedError, ReadOnlyError, check_integer, is_integer
 from .files import atomic_write_bytes, fsync_dir, pause_point, sha256_path, temporary_name
 from .splits import SPLIT_NAMES, TEST_FRACTION, VAL_FRACTION, assign_splits
 
@@ -103,6 +105,8 @@ def read_manifest(directory: Path) -> dict | None:
         raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         manifest = json.loads(text)
+    except RecursionError:
+        raise CacheError(f"{path} is nested too deeply to be a featcache manifest; nothing was read or changed") from None
     except ValueError as exc:
         raise CacheError(f"{path} is not valid JSON ({exc}); run `featcache extract ... --overwrite` to rebuild") from None
     if not isinstance(manifest, dict) or "key" not in manifest:
@@ -121,12 +125,91 @@ _PARAMS = ("backbone", "origin", "weights", "layer", "image_size", "preprocess",
            "compute_dtype", "shard_size")
 
 
+#: the bounds a manifest's numbers must lie in: past them a cache is damaged, not big
+MAX_ITEMS = 10**10
+MAX_SHARD_SIZE = 10**7
+MAX_VIEWS = 1000
+MAX_SHARDS = 10**8
+MAX_ROW_VALUES = 1 << 26  # values in one row of one output (a 64 x 64 x 16,384 feature map)
+MAX_OUTPUT_DIMS = 4
+#: the manifest's numeric fields: (table, field) -> (minimum, maximum, required); the one declared schema
+_MANIFEST_INTS = {
+    ("params", "shard_size"): (1, MAX_SHARD_SIZE, True),
+    ("dataset", "n_items"): (0, MAX_ITEMS, False),
+    (None, "views"): (0, MAX_VIEWS, False),
+    (None, "views_target"): (0, MAX_VIEWS, False),
+    (None, "n_shards"): (0, MAX_SHARDS, False),
+    (None, "target_shards"): (0, MAX_SHARDS, False),
+}
+#: a shard record's numeric fields -> (minimum, maximum, required)
+_RECORD_INTS = {"index": (0, MAX_SHARDS, True), "n_rows": (0, MAX_SHARD_SIZE, True), "bytes": (0, 1 << 50, True),
+                "mtime_ns": (0, 1 << 80, False)}
+_OUTPUT_NAME = re.compile(r"^[\w\-:][\w.\-:]*$")
+
+
+def _int_problem(table: dict, field: str, bounds: tuple, where: str) -> str | None:
+    lo, hi, required = bounds
+    if field not in table:
+        return f"{where}{field} is missing" if required else None
+    value = table[field]
+    if not (is_integer(value) and lo <= value <= hi):
+        return f"{where}{field} {value!r} is not an integer in {lo}..{hi:,}"
+    return None
+
+
+def _outputs_problem(outputs: dict, complete: bool) -> str | None:
+    if complete and not outputs:
+        return "outputs is empty"
+    for name, info in outputs.items():
+        if not _OUTPUT_NAME.match(name) or not isinstance(info, dict):
+            return f"output {name!r} is not a plain name with a shape and dtype"
+        shape = info.get("shape")
+        if not (isinstance(shape, list) and 1 <= len(shape) <= MAX_OUTPUT_DIMS
+                and all(is_integer(d) and d > 0 for d in shape) and math.prod(shape) <= MAX_ROW_VALUES):
+            return f"outputs.{name}.shape {shape!r} is not 1 to {MAX_OUTPUT_DIMS} positive integers " \
+                   f"of at most {MAX_ROW_VALUES:,} values"
+        if info.get("dtype") not in STORAGE_DTYPES:
+            return f"outputs.{name}.dtype {info.get('dtype')!r} is not one of {', '.join(STORAGE_DTYPES)}"
+    return None
+
+
+def _record_problem(rec, shard_size: int, n_items: int, n_shards: int) -> str | None:
+    """Why one shard record cannot be trusted, or None (``n_shards``: the most its layout allows)."""
+    if not isinstance(rec, dict):
+        return "a shard record is not an object"
+    for field, bounds in _RECORD_INTS.items():
+        problem = _int_problem(rec, field, bounds, "shard record ")
+        if problem:
+            return problem
+    index, n = rec["index"], rec["n_rows"]
+    if rec.get("file") != f"{SHARDS}/{shard_name(index)}":
+        return f"shard {index} names the file {rec.get('file')!r}, not {SHARDS}/{shard_name(index)}"
+    if index >= n_shards:
+        return f"shard index {index} is past the {n_shards} shards its shard_size, n_items and views allow"
+    items = rec.get("items")
+    if items != list(shard_item_range(index, shard_size, n_items)) or not all(is_integer(v) for v in items):
+        return f"shard {index}: items {items!r} is not [start, stop) of shard {index}"
+    if n > items[1] - items[0]:
+        return f"shard {index}: n_rows {n} is more than its {items[1] - items[0]} items"
+    rows = rec.get("rows", [0, n])
+    if not (isinstance(rows, list) and len(rows) == 2 and all(is_integer(v) and v >= 0 for v in rows)
+            and rows[1] - rows[0] == n):
+        return f"shard {index}: rows {rows!r} does not span its {n} rows"
+    skipped = rec.get("skipped", [])
+    if not isinstance(rec.get("sha256"), str) or not isinstance(skipped, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("reason"), str)
+            for s in skipped):
+        return f"shard {index}: sha256 or skipped has the wrong type"
+    return None
+
+
 def _manifest_problem(manifest: dict) -> str | None:
     """Why a parsed manifest cannot be trusted, or None.
 
     A cache directory can come from anyone (a tarball, a shared disk), so every
-    path it names must be the canonical ``shards/NNNNN.h5`` of its own index:
-    nothing a manifest says can make featcache read or delete a file elsewhere.
+    path it names must be the canonical ``shards/NNNNN.h5`` of its own index
+    (nothing a manifest says can make featcache read or delete a file
+    elsewhere), and every number must lie in the declared bounds above.
     """
     if not isinstance(manifest.get("key"), str):
         return "its key is not text"
@@ -138,25 +221,24 @@ def _manifest_problem(manifest: dict) -> str | None:
         return f"params lacks {', '.join(missing) or 'a weights table'}"
     if not isinstance(manifest["dataset"].get("class_names", []), list):
         return "dataset.class_names is not a list"
-    for rec in manifest.get("shards", []):
-        if not isinstance(rec, dict):
-            return "a shard record is not an object"
-        index = rec.get("index")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            return f"shard index {index!r} is not a non-negative integer"
-        if rec.get("file") != f"{SHARDS}/{shard_name(index)}":
-            return f"shard {index} names the file {rec.get('file')!r}, not {SHARDS}/{shard_name(index)}"
-        for field in ("n_rows", "bytes"):
-            if not isinstance(rec.get(field), int) or rec[field] < 0:
-                return f"shard {index}: {field} {rec.get(field)!r} is not a non-negative integer"
-        items = rec.get("items")
-        if not (isinstance(items, list) and len(items) == 2 and all(isinstance(v, int) for v in items)):
-            return f"shard {index}: items {items!r} is not a pair of integers"
-        skipped = rec.get("skipped", [])
-        if not isinstance(rec.get("sha256"), str) or not isinstance(skipped, list) or not all(
-                isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("reason"), str)
-                for s in skipped):
-            return f"shard {index}: sha256 or skipped has the wrong type"
+    for (table, field), bounds in _MANIFEST_INTS.items():
+        problem = _int_problem(manifest[table] if table else manifest, field, bounds, f"{table}." if table else "")
+        if problem:
+            return problem
+    problem = _outputs_problem(manifest["outputs"], bool(manifest.get("complete")))
+    if problem:
+        return problem
+    shard_size, n_items = manifest["params"]["shard_size"], manifest["dataset"].get("n_items", 0)
+    views = max(manifest.get("views", 0), manifest.get("views_target", 0))
+    n_shards = base_shards(shard_size, n_items) * (1 + views)
+    seen = set()
+    for rec in manifest["shards"]:
+        problem = _record_problem(rec, shard_size, n_items, n_shards)
+        if problem:
+            return problem
+        if rec["index"] in seen:
+            return f"shard {rec['index']} is listed twice"
+        seen.add(rec["index"])
     return None
 
 
@@ -365,7 +447,7 @@ def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "fl
     fsync_dir(shard_dir)
     return {
         "index": shard.index, "file": f"{SHARDS}/{final.name}", "items": list(shard.item_range),
-        "n_rows": n, "sha256": digest, "bytes": size,
+        "n_rows": n, "sha256": digest, "bytes": size, "mtime_ns": os.stat(final).st_mtime_ns,
         "skipped": [{"id": i, "reason": r} for i, r in shard.skipped],
     }
 
@@ -398,11 +480,13 @@ def inspect_shard(path: Path, key: str, index: int, item_range: tuple[int, int])
     except Exception as exc:
         raise CacheError(f"{path.name} is not a readable shard: {exc}") from None
     return {"index": index, "file": f"{SHARDS}/{path.name}", "items": list(item_range), "n_rows": n,
-            "sha256": sha256_path(path), "bytes": path.stat().st_size, "skipped": skipped}
+            "sha256": sha256_path(path), "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
+            "skipped": skipped}
 
 
-def shard_problems(directory: Path, record: dict, key: str, *, deep: bool = True) -> list[str]:
-    """What is wrong with one recorded shard ([] when it is fine)."""
+def shard_problems(directory: Path, record: dict, key: str, *, deep: bool = True,
+                   spec: "ShardSpec | None" = None) -> list[str]:
+    """What is wrong with one recorded shard ([] when it is fine); ``deep``: sha256 and the structure proof."""
     path = Path(directory) / record["file"]
     if not path.is_file():
         return [f"{record['file']}: missing"]
@@ -414,9 +498,176 @@ def shard_problems(directory: Path, record: dict, key: str, *, deep: bool = True
     if sha256_path(path) != record["sha256"]:
         return [f"{record['file']}: sha256 differs from the manifest (corrupted on disk)"]
     try:
-        inspect_shard(path, key, record["index"], tuple(record["items"]))
+        if spec is None:
+            inspect_shard(path, key, record["index"], tuple(record["items"]))
+        else:
+            open_shard(path, record, spec, force=True).close()
     except CacheError as exc:
         return [f"{record['file']}: {exc}"]
+    return []
+
+
+# --------------------------------------------------------------------------- trust: proving a shard plain
+
+
+#: HDF5 filters a shard may use: deflate (gzip), shuffle, fletcher32, lzf
+_FILTERS = {1, 2, 3, 32000}
+#: shards proven plain in this process: (file identity, record, spec), so a shard is walked once, not per read
+_PROVEN: set[tuple] = set()
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What every shard of one cache must hold, from its manifest: key, outputs, splits, class count."""
+
+    key: str
+    outputs: tuple  # ((name, shape, dtype), ...)
+    has_splits: bool
+    n_classes: int
+
+    @classmethod
+    def of(cls, manifest: dict, key: str | None = None) -> "ShardSpec":
+        outputs = tuple((n, tuple(v["shape"]), v["dtype"]) for n, v in manifest["outputs"].items())
+        return cls(key or manifest["key"], outputs, bool(manifest["dataset"].get("has_splits")),
+                   len(manifest["dataset"].get("class_names") or []))
+
+
+def _check_members(group, allowed: set, required: set) -> None:
+    """``group`` holds hard links only, named within ``allowed`` and including ``required``."""
+    names = set(group)
+    if names - allowed or required - names:
+        raise CacheError(f"{group.name} holds {sorted(names)}, a featcache shard holds {sorted(required)}")
+    for name in names:
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise CacheError(f"{group.name.rstrip('/')}/{name} is a {type(link).__name__}; featcache writes none")
+
+
+def _storage_problem(ds) -> str | None:
+    """Why ``ds``'s bytes may not be this file's own, or None."""
+    plist = ds.id.get_create_plist()
+    if plist.get_external_count():
+        return "uses external storage (its bytes are another file's)"
+    if plist.get_layout() not in (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED, h5py.h5d.COMPACT):
+        return "is a virtual dataset (its rows are other files')"
+    if any(plist.get_filter(i)[0] not in _FILTERS for i in range(plist.get_nfilters())):
+        return "uses an HDF5 filter featcache never writes"
+    return None
+
+
+def _check_dataset(ds, shape: tuple, dtype) -> None:
+    """``ds`` is a dataset of this file's own bytes, of ``shape`` and ``dtype`` (``str``: UTF-8 text)."""
+    if not isinstance(ds, h5py.Dataset):
+        raise CacheError(f"{ds.name} is not a dataset")
+    problem = _storage_problem(ds)
+    if problem:
+        raise CacheError(f"{ds.name} {problem}")
+    if ds.shape != shape:
+        raise CacheError(f"{ds.name} has shape {ds.shape}, the manifest says {shape}")
+    if (h5py.check_string_dtype(ds.dtype) is None) if dtype is str else ds.dtype != dtype:
+        raise CacheError(f"{ds.name} has dtype {ds.dtype}, the manifest says {getattr(dtype, '__name__', dtype)}")
+
+
+def _prove_structure(f: h5py.File, record: dict, spec: ShardSpec) -> None:
+    """Raise :class:`CacheError` unless ``f`` is a plain featcache shard of ``record`` (see docs/FORMAT.md)."""
+    n, index = record["n_rows"], record["index"]
+    if f.attrs.get("cache_key") != spec.key:
+        raise CacheError(f"it belongs to another cache (key {str(f.attrs.get('cache_key'))[:12]})")
+    if (int(f.attrs.get("shard_index", -1)), int(f.attrs.get("n_rows", -1))) != (index, n) or \
+            [int(f.attrs.get("item_start", -1)), int(f.attrs.get("item_stop", -1))] != record["items"]:
+        raise CacheError(f"its attributes describe other rows than the manifest's shard {index}")
+    _check_members(f, {"features", "labels", "ids", "split", "skipped"},
+                   {"features", "labels", "ids", "skipped"} | ({"split"} if spec.has_splits else set()))
+    names = {name for name, _, _ in spec.outputs}
+    for group in (f["features"], f["skipped"]):
+        if not isinstance(group, h5py.Group):
+            raise CacheError(f"{group.name} is not a group")
+    _check_members(f["features"], names, names)
+    _check_members(f["skipped"], {"ids", "reasons"}, {"ids", "reasons"})
+    for name, shape, dtype in spec.outputs:
+        _check_dataset(f["features"][name], (n,) + shape, np.dtype(dtype))
+    _check_dataset(f["labels"], (n,), np.dtype(np.int64))
+    for name in ("ids", "split"):
+        if name in f:
+            _check_dataset(f[name], (n,), str)
+    m = f["skipped/ids"].shape
+    _check_dataset(f["skipped/ids"], m if len(m) == 1 else (0,), str)
+    _check_dataset(f["skipped/reasons"], m, str)
+    labels = f["labels"][:]
+    bad = labels[(labels < -1) | (labels >= spec.n_classes)]
+    if len(bad):
+        raise CacheError(f"label {int(bad[0])} is outside 0..{spec.n_classes - 1} (its {spec.n_classes} classes; "
+                         "-1: unlabelled)")
+
+
+def open_shard(path: Path, record: dict, spec: ShardSpec, *, force: bool = False) -> h5py.File:
+    """The one door to a shard's bytes: the open file, once proven a plain featcache shard of ``record``.
+
+    Cheap on every open (its size against the manifest); the structure proof
+    (no external storage, virtual dataset or link; the declared datasets,
+    shapes, dtypes, rows, key and label range) runs once per process for each
+    file identity, or every time with ``force`` (verify).
+    """
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise CacheError(f"shard {path} is missing; re-run the extraction to repair the cache") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CacheError(f"shard {path} is a link or not a file; featcache writes neither: run `featcache verify`")
+    if st.st_size != record["bytes"]:
+        raise CacheError(f"shard {path} has {st.st_size:,} bytes, the manifest says {record['bytes']:,} "
+                         "(damaged, or being repaired): run `featcache verify`")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CacheError(f"shard {path} cannot be read ({exc}); run `featcache verify`") from None
+    try:
+        now = os.fstat(f.id.get_vfd_handle())  # the file HDF5 opened, whatever the name points at since
+        identity = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns)
+        if identity[:3] != (st.st_dev, st.st_ino, st.st_size):
+            raise CacheError(f"shard {path} changed while it was opened; try again")
+        proof = (identity, record["index"], record["n_rows"], tuple(record["items"]), spec)
+        if force or proof not in _PROVEN:
+            try:
+                _prove_structure(f, record, spec)
+            except CacheError as exc:
+                raise CacheError(f"shard {path} is not a plain shard of this cache: {exc}; nothing was read "
+                                 "(run `featcache extract ... --repair` or `featcache verify`)") from None
+            except Exception as exc:  # noqa: BLE001 - whatever HDF5 makes of a forged file
+                raise CacheError(f"shard {path} is not a readable shard ({exc}); run `featcache verify`") from None
+            _PROVEN.add(proof)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def view_problems(directory: Path, manifest: dict) -> list[str]:
+    """What is wrong with ``features.h5`` ([] if fine): it may map only to this cache's own plain shards."""
+    path = Path(directory) / VIEW
+    if path.is_symlink() or not path.is_file():
+        return [f"{VIEW}: missing"]
+    n_base = base_shards(manifest["params"]["shard_size"], manifest["dataset"].get("n_items", 0))
+    plain = {s["file"] for s in manifest["shards"] if s["index"] < n_base}
+    outputs = set(manifest["outputs"])
+    extra = {"split"} if manifest["dataset"].get("has_splits") else set()
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("cache_key") != manifest["key"]:
+                raise CacheError("it belongs to another cache")
+            _check_members(f, {"features", "labels", "ids"} | extra, {"features", "labels", "ids"} | extra)
+            _check_members(f["features"], outputs, outputs)
+            for name in [f"features/{n}" for n in outputs] + ["labels", "ids"] + sorted(extra):
+                ds = f[name]
+                if ds.id.get_create_plist().get_external_count() or not ds.is_virtual:
+                    raise CacheError(f"/{name} is not a virtual dataset over the shards")
+                for src in ds.virtual_sources():
+                    if src.file_name not in plain or src.dset_name.lstrip("/") != name:
+                        raise CacheError(f"/{name} maps to {src.file_name}:{src.dset_name}, not to this cache's shards")
+    except CacheError as exc:
+        return [f"{VIEW}: {exc}; re-run the same `featcache extract` to rebuild it"]
+    except Exception as exc:  # noqa: BLE001 - whatever HDF5 makes of a forged file
+        return [f"{VIEW}: not readable ({exc})"]
     return []
 
 
@@ -639,6 +890,9 @@ class Cache:
         self._all_shards = records
         #: the plain view's records: the cache's rows
         self._shards = [r for r in records if r["index"] < n_base]
+        self._records = {r["index"]: r for r in records}
+        #: what each shard must prove it holds before a byte of it is read (:func:`open_shard`)
+        self._spec = ShardSpec.of(manifest)
         self._row_columns: dict | None = None
         self._view_columns: dict[int, dict] = {}
         self._view_shards: dict[int, list[ShardInfo]] = {}
@@ -853,17 +1107,15 @@ class Cache:
         out = np.empty((shard.n_rows,) + tuple(self.output_info(name)["shape"]), self.output_info(name)["dtype"])
         if shard.n_rows:
             with self._open(shard) as f:
-                _read_into(f["features"][name], shard.path, out)
+                _read_into(f, name, shard.path, out)
         return out
 
     def _open(self, shard: ShardInfo):
-        path = shard.path
-        try:
-            return h5py.File(path, "r")
-        except FileNotFoundError:
-            raise CacheError(f"shard {path} is missing; re-run the extraction to repair the cache") from None
-        except OSError as exc:
-            raise CacheError(f"shard {path} cannot be read ({exc}); run `featcache verify {self.path}`") from None
+        """Every read of a shard goes through here: only a listed shard, proven plain (:func:`open_shard`)."""
+        record = self._records.get(shard.index)
+        if record is None or shard.path != self.path / record["file"]:
+            raise CacheError(f"{shard.path} is not a shard {self.path}'s manifest lists")
+        return open_shard(shard.path, record, self._spec)
 
     # -- whole arrays
     def features(self, output: str | None = None) -> np.ndarray:
@@ -878,7 +1130,7 @@ class Cache:
         for shard in self.shards:
             if shard.n_rows:
                 with self._open(shard) as f:
-                    _read_into(f["features"][name], shard.path, out[shard.rows[0]:shard.rows[1]])
+                    _read_into(f, name, shard.path, out[shard.rows[0]:shard.rows[1]])
         return out
 
     def _columns(self) -> dict:
@@ -1054,43 +1306,44 @@ class Cache:
         """Every problem found (missing, truncated or altered shards, a broken view); [] if none."""
         problems = []
         for shard in self._all_shards:
-            problems += shard_problems(self.path, shard, self.key, deep=deep)
+            problems += shard_problems(self.path, shard, self.key, deep=deep, spec=self._spec)
         if self.complete:
             expected = self.manifest.get("n_shards")
             if expected is not None and len(self._all_shards) != expected:
                 problems.append(f"manifest lists {len(self._all_shards)} shards of {expected}")
-            if not (self.path / VIEW).is_file():
-                problems.append(f"{VIEW}: missing")
+            problems += view_problems(self.path, self.manifest)
         return problems
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
-def _read_into(ds, path: Path, dest: np.ndarray) -> None:
-    """Copy dataset ``ds`` of the shard at ``path`` into ``dest``.
+def _read_into(f: h5py.File, name: str, path: Path, dest: np.ndarray) -> None:
+    """Copy output ``name`` of the shard ``f`` at ``path`` (opened, so proven, by :func:`open_shard`) into ``dest``.
 
     A contiguous dataset (how uncompressed outputs are written) in native byte
     order is read as plain bytes at its file offset, straight into ``dest``,
     with no HDF5 copy in between: as fast as ``np.load``. Anything else
-    (compressed, or chunked by an older featcache) goes through HDF5.
+    (compressed, or chunked by an older featcache) goes through HDF5. The
+    bytes come from the descriptor HDF5 holds for the proven file, never from
+    the name again, and only from inside it.
     """
+    ds = f["features"][name]
     offset = ds.id.get_offset()
     if offset is None or not hasattr(os, "preadv") or ds.dtype != dest.dtype or not ds.dtype.isnative or ds.shape != dest.shape \
             or not dest.flags.c_contiguous:
         ds.read_direct(dest)
         return
     view = memoryview(dest.reshape(-1).view(np.uint8))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        done = 0
-        while done < len(view):
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise CacheError(f"shard {path} is shorter than its header says; run `featcache verify`")
-            done += got
-    finally:
-        os.close(fd)
+    fd = f.id.get_vfd_handle()  # the proof showed the dataset is this file's own (no link, no external storage)
+    if offset + len(view) > os.fstat(fd).st_size:
+        raise CacheError(f"shard {path} is shorter than its header says; run `featcache verify`")
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise CacheError(f"shard {path} is shorter than its header says; run `featcache verify`")
+        done += got
 
 
 def _merge(parts: list[FeatureBatch]) -> FeatureBatch:
@@ -1220,6 +1473,14 @@ class CacheSink:
             if save:
                 write_manifest(self.directory, self.manifest)
             return self.manifest
+        if old is not None and old.get("complete") and old["key"] == self.key and views == int(old.get("views", 0)):
+            # a repair: readers keep the complete cache; each damaged shard is replaced atomically, then its record
+            self.manifest = {**old, "shards": sorted({**{r["index"]: r for r in old["shards"]},
+                                                      **{r["index"]: r for r in shards}}.values(),
+                                                     key=lambda s: s["index"])}
+            if save:
+                write_manifest(self.directory, self.manifest)
+            return self.manifest
         self.manifest = {
             "format_version": FORMAT_VERSION,
             "key": self.key,
@@ -1250,8 +1511,8 @@ class CacheSink:
 
     def commit(self, record: dict, shard: ShardData | None = None) -> None:
         """Add a written shard's record to the manifest and save it."""
-        self.manifest["shards"].append(record)
-        self.manifest["shards"].sort(key=lambda s: s["index"])
+        kept = [s for s in self.manifest["shards"] if s["index"] != record["index"]]  # a repaired shard's old record
+        self.manifest["shards"] = sorted(kept + [record], key=lambda s: s["index"])
         if not self.manifest["outputs"] and record["n_rows"]:  # engines that never built the model here
             self.manifest["outputs"] = self._outputs_from_shards([record])
             self._announce()
@@ -1322,12 +1583,15 @@ def existing_shards(directory: Path, old: dict | None, *, key: str, n_shards: in
     directory = Path(directory)
     notes: list[str] = []
     done: dict[int, dict] = {}
+    damaged: set[int] = set()
+    spec = ShardSpec.of(old, key) if old and old.get("outputs") else None
     for rec in (old or {}).get("shards", []):
         path = directory / rec["file"]
-        problems = shard_problems(directory, rec, key, deep=repair)
+        problems = shard_problems(directory, rec, key, deep=repair, spec=spec)
         if problems:
             notes += problems
-            if not path.is_symlink():
+            damaged.add(rec["index"])
+            if not path.is_symlink() and not old.get("complete"):  # a complete cache's readers keep reading it
                 path.unlink(missing_ok=True)
         else:
             done[rec["index"]] = rec
@@ -1338,7 +1602,7 @@ def existing_shards(directory: Path, old: dict | None, *, key: str, n_shards: in
                 index = int(p.stem)
             except ValueError:
                 continue
-            if index in done:
+            if index in done or index in damaged:
                 continue
             if shard_key(p) is None:
                 raise CacheError(f"{p} is not a featcache shard, and featcache never deletes what it did not "
@@ -1349,7 +1613,10 @@ def existing_shards(directory: Path, old: dict | None, *, key: str, n_shards: in
             item_range = shard_item_range(index, shard_size, n_items)
             try:
                 done[index] = inspect_shard(p, key, index, item_range)
+                if spec is not None:  # a shard written but never committed is adopted only once proven plain
+                    open_shard(p, done[index], spec, force=True).close()
             except CacheError as exc:
+                done.pop(index, None)
                 notes.append(str(exc))
                 p.unlink()
     return done, notes
@@ -1387,10 +1654,13 @@ def claim(directory: Path, old: dict | None, *, key: str, params: dict, fingerpr
 
 
 def up_to_date(directory: Path, old: dict | None, *, key: str, n_shards: int, check_shards: bool = True) -> bool:
-    """Whether ``directory`` already holds the complete cache ``key`` (shard sizes checked, not hashes)."""
+    """Whether ``directory`` already holds the complete cache ``key`` (shard sizes checked, not hashes).
+
+    A ``features.h5`` that maps anywhere but this cache's own shards makes it not up to date: the run rebuilds it.
+    """
     directory = Path(directory)
     return bool(old and old.get("complete") and old["key"] == key
-                and len(old.get("shards", [])) == n_shards and (directory / VIEW).is_file()
+                and len(old.get("shards", [])) == n_shards and not view_problems(directory, old)
                 and not (check_shards and any(shard_problems(directory, rec, key, deep=False)
                                               for rec in old["shards"])))
 
