@@ -1180,8 +1180,10 @@ class Cache:
             >>> masks = cache.split_masks()                    # doctest: +SKIP
             >>> X_train = cache.features()[masks["train"]]     # doctest: +SKIP
         """
-        names = assign_splits(self.ids(), self.splits(), val_fraction=val_fraction, test_fraction=test_fraction)
-        labelled = self._columns()["labels"] >= 0
+        labels = self._columns()["labels"]
+        names = assign_splits(self.ids(), self.splits(), val_fraction=val_fraction, test_fraction=test_fraction,
+                              labels=labels)
+        labelled = labels >= 0
         return {s: (names == s) & labelled for s in SPLIT_NAMES}
 
     def split_rows(self, split: str | None, val_fraction: float = VAL_FRACTION,
