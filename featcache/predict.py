@@ -428,6 +428,12 @@ def _check_export_target(out) -> Path:
     return out
 
 
+def is_our_model_export(path) -> bool:
+    """Whether ``path`` is a ``.keras`` model :func:`export` wrote (so it may be replaced)."""
+    path = Path(path)
+    return not path.is_symlink() and path.is_file() and _is_our_export(path)
+
+
 def _is_our_export(path: Path) -> bool:
     import zipfile
 
