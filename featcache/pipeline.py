@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import FeatcacheError, KeyMismatchError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, remove_stale_temporaries
 from .model_dir import current_card, read_card
 from .plan import DEFAULT_BACKBONE, SETTINGS
 
@@ -359,6 +359,7 @@ def run(path, *, progress: bool = True) -> dict:
             _say(f"[bold]export[/] {target}: up to date")
         else:
             export(result["models"][name], target)
+            remove_stale_temporaries(stamp)
             atomic_write_bytes(stamp, (json.dumps({"format": STAMP_FORMAT, "head_sha256": source, "model": name})
                                        + "\n").encode())
             _say(f"[bold]export[/] {target}: one Keras model, images of any size in, probabilities out")
