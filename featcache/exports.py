@@ -14,14 +14,17 @@ export is one file that reads the same wherever it is copied.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FeatcacheError
-from .files import atomic_save
+from .files import atomic_save, remove_stale_temporaries
 from .splits import SPLIT_NAMES, TEST_FRACTION, VAL_FRACTION
 from .store import Cache, decode_strings, encode_strings, open_cache
 
@@ -132,8 +135,25 @@ def export_features(cache, out, *, output: str | None = None, val_fraction: floa
             "backbone": cache.params.get("backbone"), "source": cache.source}
     text = json.dumps(mark, ensure_ascii=False)
     writers = {"npz": _write_npz, "h5": _write_h5, "parquet": _write_parquet}
-    atomic_save(out, lambda tmp: writers[fmt](tmp, X, labels, ids, split, cache.class_names, text), out.suffix)
+    remove_stale_temporaries(out)  # what killed exports to this name left behind
+    try:
+        atomic_save(out, lambda tmp: writers[fmt](tmp, X, labels, ids, split, cache.class_names, text), out.suffix)
+    except OSError as exc:
+        raise _write_error(out, exc, X.nbytes + labels.nbytes + sum(len(i) + len(s) for i, s in zip(ids, split)))
     return out
+
+
+def _write_error(out: Path, exc: OSError, need: int) -> FeatcacheError:
+    """A failed write as one line; a full disk names the bytes needed (writers do not all report ENOSPC as such)."""
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        free = None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc) or free is not None and free < need:
+        shown = "unknown" if free is None else f"{free:,}"
+        return FeatcacheError(f"disk full while writing {out}: about {need:,} bytes are needed ({shown} free); "
+                              "nothing was written: free space and run it again")
+    return FeatcacheError(f"cannot write {out}: {exc.strerror or exc}")
 
 
 def _write_npz(path, X, labels, ids, split, class_names, text):
@@ -146,7 +166,8 @@ def _write_h5(path, X, labels, ids, split, class_names, text):
     import h5py
 
     strings = h5py.string_dtype("utf-8")
-    with h5py.File(path, "w") as f:
+    image = io.BytesIO()  # built in memory, written with plain file I/O: HDF5 itself can crash on a full disk
+    with h5py.File(image, "w") as f:
         f.create_dataset("features", data=X)
         f.create_dataset("labels", data=labels)
         f.create_dataset("ids", data=encode_strings(ids), dtype=strings)
@@ -154,6 +175,8 @@ def _write_h5(path, X, labels, ids, split, class_names, text):
         f.attrs.create("class_names", encode_strings(class_names), dtype=strings)
         f.attrs.create("split_names", encode_strings(SPLIT_NAMES), dtype=strings)
         f.attrs[MARK] = text
+    with open(path, "wb") as f:
+        f.write(image.getbuffer())
 
 
 def _write_parquet(path, X, labels, ids, split, class_names, text):

@@ -204,6 +204,38 @@ def remove_stale_siblings(final: Path, is_ours: Callable[[Path], bool]) -> list[
     return removed
 
 
+def remove_stale_temporaries(path: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """Remove the temporary files killed writers of ``path`` left beside it; returns what was removed.
+
+    Only our own naming, ``.NAME.tmp-PID`` (:func:`atomic_write_bytes`) and
+    ``.STEM.tmp-PID.SUFFIX`` (:func:`atomic_save`, for ``path``'s suffix and
+    ``suffixes``), only regular files, and only where process PID is gone.
+    """
+    path = Path(path)
+    stem = path.name[:-len(path.suffix)] if path.suffix else path.name
+    ends = "|".join(re.escape(s) for s in {path.suffix, *suffixes} if s)
+    pattern = re.compile(rf"^\.(?:{re.escape(path.name)}\.tmp-(\d+)|{re.escape(stem)}\.tmp-(\d+)(?:{ends}))$"
+                         if ends else rf"^\.{re.escape(path.name)}\.tmp-(\d+)()$")
+    removed = []
+    try:
+        entries = sorted(path.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = pattern.match(p.name)
+        if not m or p.is_symlink() or not p.is_file():
+            continue
+        pid = int(m.group(1) or m.group(2))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue  # a writer still at work
+        try:
+            p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+    return removed
+
+
 # --------------------------------------------------------------------------- tables for people
 
 #: what a spreadsheet reads as the start of a formula (OWASP, CSV injection)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import tomllib
 from pathlib import Path
 
 from .errors import FeatcacheError, KeyMismatchError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, remove_stale_temporaries
 from .model_dir import current_card, read_card
 from .plan import DEFAULT_BACKBONE, SETTINGS
 
@@ -88,6 +89,10 @@ def load(path) -> dict:
         raise FeatcacheError(f"pipeline file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FeatcacheError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise FeatcacheError(f"{path}: its arrays or tables are nested too deeply to read") from None
+    except IsADirectoryError:
+        raise FeatcacheError(f"pipeline file {path} is a directory") from None
     for section, value in raw.items():
         if section not in SCHEMA:
             raise _unknown(path, "", section, SCHEMA)
@@ -261,7 +266,11 @@ def run(path, *, progress: bool = True) -> dict:
 
     cfg = load(path)
     out: Path = cfg["pipeline"]["out"]
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_plan(path, cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot create the pipeline's out folder {out}: {exc.strerror or exc}") from None
     data = cfg["data"]
     result = {"pipeline": cfg["pipeline"]["name"], "out": str(out), "caches": {}, "models": {}}
     if "pretrain" in cfg:
@@ -346,11 +355,13 @@ def run(path, *, progress: bool = True) -> dict:
         target = out / f"{train_cfg['export']}.keras"
         source = read_card(result["models"][name])["sha256"]
         stamp = target.with_name(target.name + ".json")
-        if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("head_sha256") == source:
+        if target.is_file() and (_read_stamp(stamp) or {}).get("head_sha256") == source:
             _say(f"[bold]export[/] {target}: up to date")
         else:
             export(result["models"][name], target)
-            atomic_write_bytes(stamp, (json.dumps({"head_sha256": source, "model": name}) + "\n").encode())
+            remove_stale_temporaries(stamp)
+            atomic_write_bytes(stamp, (json.dumps({"format": STAMP_FORMAT, "head_sha256": source, "model": name})
+                                       + "\n").encode())
             _say(f"[bold]export[/] {target}: one Keras model, images of any size in, probabilities out")
         result["exported"] = str(target)
     bench_cfg = cfg.get("bench")
@@ -375,3 +386,96 @@ def run(path, *, progress: bool = True) -> dict:
                 result["compare"] = {"finetune": ft, "best_frozen": {k: top[k] for k in ("head", "features",
                                                                                          "accuracy")}}
     return result
+
+
+# --------------------------------------------------------------------------- the output plan
+
+#: the ``format`` of the stamp beside a pipeline's exported model (older stamps have none)
+STAMP_FORMAT = "featcache-pipeline-export/1"
+_STAMP_KEYS = {"format", "head_sha256", "model"}
+
+
+def _read_stamp(stamp: Path) -> dict | None:
+    """The export stamp featcache wrote at ``stamp``, or None when there is none or it is not provably ours."""
+    if stamp.is_symlink() or not stamp.is_file():
+        return None
+    try:
+        data = json.loads(stamp.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not {"head_sha256", "model"} <= set(data) <= _STAMP_KEYS:
+        return None
+    sha = data["head_sha256"]
+    ok = isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
+    return data if ok and data.get("format", STAMP_FORMAT) == STAMP_FORMAT else None
+
+
+def output_plan(cfg: dict) -> list[tuple[str, Path]]:
+    """Every path a run of ``cfg`` may write, with what it is: ``(kind, path)``, in stage order."""
+    out: Path = cfg["pipeline"]["out"]
+    plan = [("folder", out)]
+    if "pretrain" in cfg:
+        model = Path(cfg["pretrain"]["out"])
+        plan += [("pretrained", model), ("pretrained-sidecar", model.with_name(model.name + ".json"))]
+    plan += [("cache", Path(ex["cache"])) for ex in cfg["extract"]]
+    train = cfg.get("train", {})
+    cache_name = train.get("cache", cfg["extract"][0]["name"])
+    models = [out / "models" / f"{cache_name}-{h}" for h in train.get("heads", [])]
+    if "finetune" in cfg:
+        models.append(out / "models" / f"{cfg['finetune']['cache']}-finetune")
+    if models:
+        plan.append(("folder", out / "models"))
+    plan += [("model", m) for m in models]
+    if train.get("export"):
+        target = out / f"{train['export']}.keras"
+        plan += [("export", target), ("stamp", target.with_name(target.name + ".json"))]
+    if "bench" in cfg:
+        plan.append(("report", out / cfg["bench"].get("out", "report")))
+    return plan
+
+
+def _refusal(kind: str, target: Path) -> str | None:
+    """Why featcache may not write ``target`` (a ``kind`` of :func:`output_plan`), or None when it may."""
+    from .bench import check_report_target
+    from .model_dir import check_model_dir_target
+    from .predict import is_our_model_export
+    from .pretrain import _is_ours
+    from .store import MANIFEST, foreign_entries, is_our_manifest
+
+    if kind == "folder":
+        return "exists and is not a folder" if os.path.lexists(target) and not target.is_dir() else None
+    if kind == "cache":
+        if os.path.lexists(target) and not target.is_dir():
+            return "exists and is not a folder"
+        foreign = [] if is_our_manifest(target / MANIFEST) else foreign_entries(target)
+        return f"is not a featcache cache and holds {', '.join(foreign[:3])}" if foreign else None
+    if kind in ("model", "report"):
+        try:
+            (check_model_dir_target if kind == "model" else check_report_target)(target)
+        except FeatcacheError as exc:
+            reason = str(exc).split(";")[0]  # its advice names --out, which a pipeline has not
+            return reason.removeprefix(f"--out {os.path.abspath(target)} ").removeprefix(f"--out {target} ")
+        return None
+    if not os.path.lexists(target):
+        return None
+    proven = {"export": is_our_model_export, "stamp": lambda p: _read_stamp(p) is not None,
+              "pretrained": lambda p: _is_ours(p, p.with_name(p.name + ".json")),
+              "pretrained-sidecar": _is_pretrain_sidecar}[kind]
+    return None if not target.is_symlink() and proven(target) else "exists and featcache did not write it"
+
+
+def _is_pretrain_sidecar(path: Path) -> bool:
+    """pretrain's summary beside its model: JSON with the settings and the model it names."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "settings" in data and "model" in data
+
+def check_output_plan(path, cfg: dict) -> None:
+    """Refuse, before any work, a pipeline whose output plan meets a path featcache cannot prove it wrote."""
+    for kind, target in output_plan(cfg):
+        reason = _refusal(kind, target)
+        if reason:
+            raise FeatcacheError(f"{path}: the pipeline would write {target}, which {reason}; move it away or "
+                                 "set [pipeline] out to a new folder")

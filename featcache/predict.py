@@ -22,7 +22,7 @@ import numpy as np
 from .plan import ExtractOptions, make_plan
 from .runner import run
 from .errors import FeatcacheError, is_integer
-from .files import atomic_save, atomic_write_bytes, spreadsheet_safe
+from .files import atomic_save, atomic_write_bytes, remove_stale_temporaries, spreadsheet_safe
 from .homes import featcache_home
 from .model_dir import feature_mismatch, load_model_dir, read_card
 from .sources import ArraySource, CsvSource, FileListSource, FolderSource, Source
@@ -102,6 +102,12 @@ def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) 
                           outputs=params.get("outputs"), preprocess=params["preprocess"],
                           dtype=feats.get("dtype") or "float16", compute_dtype=params["compute_dtype"])
     base = Path(cache_dir) if cache_dir else predictions_home()
+    if not cache_dir:
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # no --out was given: say which directory, and how to choose another
+            raise FeatcacheError(f"cannot create the predictions directory {base} ({exc.strerror or exc}); set "
+                                 "FEATCACHE_HOME to a writable folder, or pass --cache-dir") from None
     backbone, weights, layer = card_backbone(card)
     plan = make_plan(target, backbone, None, opts, weights=weights, layer=layer)
     _mismatch_error(card, plan.params, "the backbone as it is now (did its weights file change?)")
@@ -251,6 +257,7 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
                        + [probs.get(n, "") for n in class_names])
         # surrogateescape: an image whose file name is not UTF-8 keeps its exact bytes in the id column
         data = text.getvalue().encode("utf-8", "surrogateescape")
+    remove_stale_temporaries(out)
     try:
         atomic_write_bytes(out, data)
     except OSError as exc:
@@ -344,6 +351,11 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
         with zipfile.ZipFile(path, "a") as z:  # keras.models.load_model reads only its own entries
             z.writestr(EXPORT_INFO, json.dumps(info, indent=2, default=str))
 
+    remove_stale_temporaries(out)  # what killed exports to this name left behind
+    if format == "openvino":
+        from .runtimes import retire_ir
+
+        retire_ir(out)  # the old IR goes before the .keras changes: never an IR beside a .keras it does not match
     try:
         atomic_save(out, save, ".keras")
     except OSError as exc:
@@ -426,6 +438,12 @@ def _check_export_target(out) -> Path:
     except OSError as exc:
         raise FeatcacheError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
     return out
+
+
+def is_our_model_export(path) -> bool:
+    """Whether ``path`` is a ``.keras`` model :func:`export` wrote (so it may be replaced)."""
+    path = Path(path)
+    return not path.is_symlink() and path.is_file() and _is_our_export(path)
 
 
 def _is_our_export(path: Path) -> bool:

@@ -391,13 +391,27 @@ def make_runtime(runtime: str, model, names, batch_size: int, *, identity: dict,
 
 
 def check_ir_target(keras_file) -> None:
-    """Refuse, before anything is written, IR files beside ``keras_file`` that featcache did not write."""
+    """Refuse, before anything is written, IR files beside ``keras_file`` that featcache did not write.
+
+    Ours: an ``.xml`` naming a ``featcache_`` network; a ``.bin`` beside such
+    an ``.xml``, or alone with the sha256 our sidecar records (a kill fell
+    between the renames); the sidecar itself when it is our JSON record. A set
+    of ours that does not match is not trusted, only replaced.
+    """
     from .errors import FeatcacheError
 
-    keras_file = Path(keras_file)
-    xml, binary = keras_file.with_suffix(".xml"), keras_file.with_suffix(".bin")
-    for path in (xml, binary):
-        if path.is_symlink() or path.exists() and not _is_our_ir(xml):
+    xml, binary, sidecar = ir_paths(keras_file)
+    record = _read_ir_record(sidecar)
+    for path in (xml, binary, sidecar):
+        if not os.path.lexists(path):
+            continue
+        if path == xml:
+            ours = _is_our_ir(xml)
+        elif path == binary:
+            ours = xml.is_file() and _is_our_ir(xml) or record is not None and _sha256(binary) == record["bin_sha256"]
+        else:
+            ours = record is not None
+        if path.is_symlink() or not path.is_file() or not ours:
             raise FeatcacheError(f"{path} exists and is not an IR featcache exported; move it away first")
     if not openvino_installed():
         raise FeatcacheError("export --format openvino needs OpenVINO: pip install 'featcache[openvino]'")
@@ -428,10 +442,10 @@ def export_ir(keras_file, model=None) -> Path:
         PosixPath('tour/model.xml')
     """
     from .errors import FeatcacheError
-    from .files import atomic_save
+    from .files import remove_stale_temporaries
 
     keras_file = Path(keras_file)
-    xml, binary = keras_file.with_suffix(".xml"), keras_file.with_suffix(".bin")
+    xml, binary, _sidecar = ir_paths(keras_file)
     check_ir_target(keras_file)
     import keras
     import openvino as ov
@@ -442,11 +456,12 @@ def export_ir(keras_file, model=None) -> Path:
         raise FeatcacheError(f"{keras_file} is not a model featcache exported")
     ov_model = _export(model, None)
     ov_model.set_friendly_name(model.name)
+    for path in (xml, binary, ir_paths(keras_file)[2]):
+        remove_stale_temporaries(path, (".xml", ".bin"))  # what killed exports to this name left behind
     staged = keras_file.with_name(f".{keras_file.stem}.tmp-{os.getpid()}.xml")
     try:
         ov.save_model(ov_model, str(staged), compress_to_fp16=False)
-        atomic_save(binary, lambda tmp: os.replace(staged.with_suffix(".bin"), tmp), ".bin")
-        atomic_save(xml, lambda tmp: os.replace(staged, tmp), ".xml")
+        _commit_ir(keras_file, staged)
     finally:
         staged.unlink(missing_ok=True)
         staged.with_suffix(".bin").unlink(missing_ok=True)
@@ -460,3 +475,86 @@ def _is_our_ir(xml: Path) -> bool:
     except OSError:
         return False
     return b'<net name="featcache_' in head
+
+
+# --------------------------------------------------------------------------- the IR as one unit beside its .keras
+
+#: the ``format`` of the sidecar that ties an IR pair to its ``.keras`` model
+IR_RECORD_FORMAT = "featcache-openvino-ir/1"
+
+
+def ir_paths(keras_file) -> tuple[Path, Path, Path]:
+    """``(NAME.xml, NAME.bin, NAME.openvino.json)`` beside ``NAME.keras``: the IR pair and its sidecar."""
+    keras_file = Path(keras_file)
+    return (keras_file.with_suffix(".xml"), keras_file.with_suffix(".bin"),
+            keras_file.with_name(keras_file.stem + ".openvino.json"))
+
+
+def _sha256(path: Path) -> str | None:
+    from .files import sha256_path
+
+    try:
+        return sha256_path(path)
+    except OSError:
+        return None
+
+
+def _read_ir_record(sidecar: Path) -> dict | None:
+    """The sidecar featcache wrote beside an IR (the sha256 of the .keras, .xml and .bin), or None."""
+    if sidecar.is_symlink() or not sidecar.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_bytes())
+    except (OSError, ValueError):
+        return None
+    keys = ("keras_sha256", "xml_sha256", "bin_sha256")
+    if not isinstance(record, dict) or record.get("format") != IR_RECORD_FORMAT or \
+            not all(isinstance(record.get(k), str) for k in keys):
+        return None
+    return record
+
+
+def ir_matches(keras_file) -> bool:
+    """Whether the IR beside ``keras_file`` is the one featcache made from it: every sha256 its sidecar records.
+
+    Examples:
+        >>> ir_matches("tour/model.keras")  # doctest: +SKIP
+        True
+    """
+    xml, binary, sidecar = ir_paths(keras_file)
+    record = _read_ir_record(sidecar)
+    return record is not None and _sha256(Path(keras_file)) == record["keras_sha256"] \
+        and _sha256(xml) == record["xml_sha256"] and _sha256(binary) == record["bin_sha256"]
+
+
+def retire_ir(keras_file) -> None:
+    """Remove featcache's IR beside ``keras_file`` (``.xml`` first: no loadable pair is left), as the .keras
+    is about to change; anything not provably ours is refused untouched."""
+    check_ir_target(keras_file)
+    xml, binary, _sidecar = ir_paths(keras_file)
+    xml.unlink(missing_ok=True)
+    fsync_dir(xml.parent)
+    binary.unlink(missing_ok=True)
+
+
+def _commit_ir(keras_file: Path, staged_xml: Path) -> None:
+    """Put a staged IR pair beside ``keras_file`` so that no reader can load a mismatched pair.
+
+    The old pair goes first (its ``.xml`` before its ``.bin``), then the
+    sidecar with the new sha256s, the ``.bin``, and the ``.xml`` last: a
+    kill leaves the old pair, no ``.xml``, or the new pair.
+    """
+    from .files import atomic_write_bytes, fsync_file, pause_point
+
+    xml, binary, sidecar = ir_paths(keras_file)
+    staged_bin = staged_xml.with_suffix(".bin")
+    fsync_file(staged_xml)
+    fsync_file(staged_bin)
+    record = {"format": IR_RECORD_FORMAT, "keras": keras_file.name, "keras_sha256": _sha256(keras_file),
+              "xml_sha256": _sha256(staged_xml), "bin_sha256": _sha256(staged_bin)}
+    retire_ir(keras_file)
+    atomic_write_bytes(sidecar, (json.dumps(record, indent=1) + "\n").encode())
+    os.replace(staged_bin, binary)
+    pause_point(f"before-rename:{xml.name}")
+    os.replace(staged_xml, xml)
+    fsync_dir(xml.parent)
