@@ -49,6 +49,7 @@ MAX_VIEWS = 1000
 MAX_SHARDS = 10**8
 MAX_ROW_VALUES = 1 << 26  # values in one row of one output (a 64 x 64 x 16,384 feature map)
 MAX_OUTPUT_DIMS = 4
+MAX_IMAGE_SIDE = 1 << 16
 #: the manifest's numeric fields: (table, field) -> (minimum, maximum, required); the one declared schema
 _MANIFEST_INTS = {
     ("params", "shard_size"): (1, MAX_SHARD_SIZE, True),
@@ -62,6 +63,14 @@ _MANIFEST_INTS = {
 _RECORD_INTS = {"index": (0, MAX_SHARDS, True), "n_rows": (0, MAX_SHARD_SIZE, True), "bytes": (0, 1 << 50, True),
                 "mtime_ns": (0, 1 << 80, False)}
 _OUTPUT_NAME = re.compile(r"^[\w\-:][\w.\-:]*$")
+#: the fields readers use as text or tables: path -> (the types it may have, their name); absent is fine
+_MANIFEST_KINDS = {
+    ("params", "weights", "kind"): ((str,), "text"),
+    ("params", "weights", "sha256"): ((str,), "text"),
+    ("backbone_ref",): ((dict, type(None)), "an object"),
+    ("versions",): ((dict, type(None)), "an object"),
+    ("timings",): ((dict, type(None)), "an object"),
+}
 
 
 def _int_problem(table: dict, field: str, bounds: tuple, where: str) -> str | None:
@@ -72,6 +81,21 @@ def _int_problem(table: dict, field: str, bounds: tuple, where: str) -> str | No
     if not (is_integer(value) and lo <= value <= hi):
         return f"{where}{field} {value!r} is not an integer in {lo}..{hi:,}"
     return None
+
+
+def _kind_problem(manifest: dict, path: tuple, kinds: tuple, what: str) -> str | None:
+    table = manifest
+    for name in path[:-1]:  # the tables on the way were checked to be objects before
+        table = table[name]
+    if path[-1] not in table or isinstance(table[path[-1]], kinds):
+        return None
+    return f"{'.'.join(path)} {table[path[-1]]!r:.60} is not {what}"
+
+
+def _image_size_problem(size) -> str | None:
+    if isinstance(size, list) and len(size) == 2 and all(is_integer(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size):
+        return None
+    return f"params.image_size {size!r:.60} is not [height, width] of 1 to {MAX_IMAGE_SIDE:,} pixels"
 
 
 def _outputs_problem(outputs: dict, complete: bool) -> str | None:
@@ -112,11 +136,11 @@ def _record_problem(rec, shard_size: int, n_items: int, n_shards: int) -> str | 
     if not (isinstance(rows, list) and len(rows) == 2 and all(is_integer(v) and v >= 0 for v in rows)
             and rows[1] - rows[0] == n):
         return f"shard {index}: rows {rows!r} does not span its {n} rows"
-    skipped = rec.get("skipped", [])
+    skipped = rec.get("skipped")  # every reader lists a shard's skipped items
     if not isinstance(rec.get("sha256"), str) or not isinstance(skipped, list) or not all(
             isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("reason"), str)
             for s in skipped):
-        return f"shard {index}: sha256 or skipped has the wrong type"
+        return f"shard {index}: sha256 or skipped is missing or has the wrong type"
     return None
 
 
@@ -126,7 +150,8 @@ def _manifest_problem(manifest: dict) -> str | None:
     A cache directory can come from anyone (a tarball, a shared disk), so every
     path it names must be the canonical ``shards/NNNNN.h5`` of its own index
     (nothing a manifest says can make featcache read or delete a file
-    elsewhere), and every number must lie in the declared bounds above.
+    elsewhere), every number must lie in the declared bounds above, and every
+    field readers use as text or a table must be one (``_MANIFEST_KINDS``).
     """
     if not isinstance(manifest.get("key"), str):
         return "its key is not text"
@@ -138,6 +163,13 @@ def _manifest_problem(manifest: dict) -> str | None:
         return f"params lacks {', '.join(missing) or 'a weights table'}"
     if not isinstance(manifest["dataset"].get("class_names", []), list):
         return "dataset.class_names is not a list"
+    for path, (kinds, what) in _MANIFEST_KINDS.items():
+        problem = _kind_problem(manifest, path, kinds, what)
+        if problem:
+            return problem
+    problem = _image_size_problem(manifest["params"]["image_size"])
+    if problem:
+        return problem
     for (table, field), bounds in _MANIFEST_INTS.items():
         problem = _int_problem(manifest[table] if table else manifest, field, bounds, f"{table}." if table else "")
         if problem:
