@@ -278,6 +278,7 @@ MANIFEST_ATTACKS = {
     "timings": lambda m: m.update(timings=[1, 2, 3]),
     "backbone_ref": lambda m: m.update(backbone_ref=True),
     "skipped": lambda m: m["shards"][0].pop("skipped"),
+    "class_names": lambda m: m["dataset"]["class_names"].__setitem__(0, [1, 2, 3]),
 }
 
 
@@ -301,6 +302,19 @@ def test_info_on_a_damaged_manifest_is_one_line_naming_the_field(cache, field, c
     assert main(["info", str(cache)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and field in err, err
+
+
+def test_export_features_with_a_class_name_that_is_not_text_is_one_line(cache, tmp_path, capsys):
+    from featcache.cli import main
+
+    manifest = _manifest(cache)
+    MANIFEST_ATTACKS["class_names"](manifest)
+    _save(cache, manifest)
+    capsys.readouterr()
+    assert main(["export-features", str(cache), str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "class_names" in err, err
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_a_manifest_nested_5000_deep_is_one_line(cache):

@@ -161,8 +161,9 @@ def _manifest_problem(manifest: dict) -> str | None:
     missing = [k for k in _PARAMS if k not in manifest["params"]]
     if missing or not isinstance(manifest["params"].get("weights"), dict):
         return f"params lacks {', '.join(missing) or 'a weights table'}"
-    if not isinstance(manifest["dataset"].get("class_names", []), list):
-        return "dataset.class_names is not a list"
+    names = manifest["dataset"].get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and "\0" not in n for n in names):
+        return "dataset.class_names is not a list of text without NUL (what every source writes)"
     for path, (kinds, what) in _MANIFEST_KINDS.items():
         problem = _kind_problem(manifest, path, kinds, what)
         if problem:
