@@ -269,6 +269,16 @@ MANIFEST_ATTACKS = {
     "views": lambda m: m.update(views="lots"),
     "listed twice": lambda m: m["shards"].append(dict(m["shards"][0])),
     "items": lambda m: m["shards"][1].update(items=[0, 12]),
+    # what the fuzz test found `featcache info` tracing back on (issue #28)
+    "weights.kind": lambda m: m["params"]["weights"].update(kind=0),
+    "weights.sha256": lambda m: m["params"]["weights"].update(sha256=57),
+    "image_size": lambda m: m["params"].update(image_size=None),
+    "image_size ": lambda m: m["params"].update(image_size=[32, "abc"]),
+    "versions": lambda m: m.update(versions="abc"),
+    "timings": lambda m: m.update(timings=[1, 2, 3]),
+    "backbone_ref": lambda m: m.update(backbone_ref=True),
+    "skipped": lambda m: m["shards"][0].pop("skipped"),
+    "class_names": lambda m: m["dataset"]["class_names"].__setitem__(0, [1, 2, 3]),
 }
 
 
@@ -279,6 +289,32 @@ def test_a_damaged_manifest_is_one_line_naming_the_field(cache, field):
     _save(cache, manifest)
     message = _refused(lambda: featcache.open_cache(cache).features())
     assert field.strip() in message, message
+
+
+@pytest.mark.parametrize("field", ["weights.kind", "image_size", "versions", "skipped"])
+def test_info_on_a_damaged_manifest_is_one_line_naming_the_field(cache, field, capsys):
+    from featcache.cli import main
+
+    manifest = _manifest(cache)
+    MANIFEST_ATTACKS[field](manifest)
+    _save(cache, manifest)
+    capsys.readouterr()
+    assert main(["info", str(cache)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and field in err, err
+
+
+def test_export_features_with_a_class_name_that_is_not_text_is_one_line(cache, tmp_path, capsys):
+    from featcache.cli import main
+
+    manifest = _manifest(cache)
+    MANIFEST_ATTACKS["class_names"](manifest)
+    _save(cache, manifest)
+    capsys.readouterr()
+    assert main(["export-features", str(cache), str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "class_names" in err, err
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_a_manifest_nested_5000_deep_is_one_line(cache):

@@ -1,0 +1,123 @@
+"""What in a cache directory featcache can prove it wrote (temporaries, shards, view, manifest), and clearing it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+
+from ..errors import CacheError
+from .layout import LOCK, MANIFEST, SHARDS, VIEW
+from .lock import is_our_lock
+
+
+#: what featcache's own temporary files are called: ``.manifest.json.tmp-PID``, ``.00012.h5.tmp-PID``, ...
+_TEMPORARY = re.compile(r"^\.(manifest\.json|features\.h5|\d{5,}\.h5)\.tmp-\d+$")
+_SHARD_FILE = re.compile(r"^\d{5,}\.h5$")  # five digits, more past shard 99,999 (augmented views)
+
+
+def is_temporary(path: Path) -> bool:
+    """A temporary file featcache's atomic writers make (``.NAME.tmp-PID``), and nothing else."""
+    return bool(_TEMPORARY.match(path.name)) and path.is_file() and not path.is_symlink()
+
+
+def remove_temporaries(directory: Path) -> int:
+    """Delete temporary files left by killed writers; return how many."""
+    count = 0
+    for d in (Path(directory), Path(directory) / SHARDS):
+        if d.is_dir():
+            for p in d.iterdir():
+                if is_temporary(p):
+                    p.unlink(missing_ok=True)
+                    count += 1
+    return count
+
+
+def _featcache_hdf5_key(path: Path) -> str | None:
+    """The cache key of an HDF5 file featcache wrote (a shard or the view), else None.
+
+    Proof of ownership: a regular file (not a link) that HDF5 opens and that
+    carries featcache's format and key attributes.
+    """
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            key = f.attrs.get("cache_key")
+            fmt = f.attrs.get("featcache_format")
+    except Exception:  # noqa: BLE001 - anything HDF5 cannot read is not provably ours
+        return None
+    if fmt is None or not isinstance(key, str):
+        return None
+    return key
+
+
+def shard_key(path: Path) -> str | None:
+    """The cache key of a featcache shard file named ``NNNNN.h5``, or None when it is not provably ours."""
+    if not _SHARD_FILE.match(path.name):
+        return None
+    return _featcache_hdf5_key(path)
+
+
+def is_our_manifest(path: Path) -> bool:
+    """Whether ``path`` is a manifest featcache wrote (JSON with our key and format fields), whatever else it says."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("key"), str) and "format_version" in data
+
+
+def foreign_entries(directory: Path) -> list[str]:
+    """What in ``directory`` featcache cannot prove it wrote (relative names, sorted).
+
+    Ours: ``manifest.json`` (a featcache manifest), ``features.h5`` (a view
+    with our attributes), ``.lock``, our temporaries, and under ``shards/``
+    only shard files with our attributes. Everything else is the user's.
+    """
+    directory = Path(directory)
+    foreign = []
+    if not directory.is_dir():
+        return foreign
+    for p in sorted(directory.iterdir()):
+        if p.name == LOCK and is_our_lock(p) or is_temporary(p):
+            continue
+        if p.name == MANIFEST and is_our_manifest(p) or p.name == VIEW and _featcache_hdf5_key(p) is not None:
+            continue
+        if p.name == SHARDS and p.is_dir() and not p.is_symlink():
+            for q in sorted(p.iterdir()):
+                if not is_temporary(q) and shard_key(q) is None:
+                    foreign.append(f"{SHARDS}/{q.name}")
+            continue
+        foreign.append(p.name)
+    return foreign
+
+
+def clear_cache_files(directory: Path) -> list[str]:
+    """Remove featcache's own files from ``directory``, never anything else.
+
+    Returns what was left alone because featcache cannot prove it wrote it.
+    A foreign file where the cache must write (``manifest.json``,
+    ``features.h5``, a ``shards/NNNNN.h5``) is an error, raised before
+    anything is removed.
+    """
+    directory = Path(directory)
+    kept = foreign_entries(directory)
+    blocking = [k for k in kept if k in (MANIFEST, VIEW, SHARDS) or _SHARD_FILE.match(k.rpartition("/")[2])]
+    if blocking:
+        raise CacheError(f"{directory} holds {', '.join(blocking)}, which featcache did not write; refusing to "
+                         "replace it even with --overwrite: move it away or choose another --out")
+    for name in (MANIFEST, VIEW):
+        (directory / name).unlink(missing_ok=True)
+    shard_dir = directory / SHARDS
+    if shard_dir.is_dir():
+        for p in shard_dir.iterdir():
+            if f"{SHARDS}/{p.name}" not in kept:
+                p.unlink(missing_ok=True)
+        if not any(shard_dir.iterdir()):
+            shard_dir.rmdir()
+    return kept
