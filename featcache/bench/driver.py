@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
@@ -27,8 +28,8 @@ from ..heads.views import resolve_mode
 from ..leakage import near_duplicates
 from ..model_dir import current_card
 from ..store import Cache, open_cache
-from ..train import custom_fields, save_fitted, split_masks, train, train_classes
-from .process import BACKENDS, _cores_per_head, _joblib_backend
+from ..train import custom_fields, save_fitted, split_masks, train_classes
+from .process import BACKENDS, _cores_per_head, _joblib_backend, run_task
 from .results import (BEST_MODEL, CURVE, FITTED, RESULTS, _append_row, _load_rows, _remove_fitted, _row,
                       check_report_target, retry_reason)
 from .select import best_row
@@ -109,16 +110,10 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     check_options(cv=cv, timeout=timeout, n_jobs=n_jobs, pixel_size=pixel_size, backend=backend, views=views)
     learning_curve = _check_curve(learning_curve)
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)
-    opened = {str(c): open_cache(c) for c in caches}
-    for cache in opened.values():  # before any work: a one-class cache would fail every head
-        train_classes(cache, split_masks(cache))
+    opened = _open(caches)
     tasks = _tasks(opened, heads, estimators, params, cv, pixel_size, views)
     tasks += _baseline_tasks(opened, str(caches[0]), heads, baseline_heads, params, cv, pixel_size)
-    out = check_report_target(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FeatcacheError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
+    out = _report_dir(out)
     run = _Run(out, tasks, estimators, timeout, n_jobs, backend)
     rows, todo = run.resume()
     run.prepare_fitted(save_best and bool(todo))
@@ -132,16 +127,37 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     finally:
         if run.fitted:
             _remove_fitted(run.fitted, None)
+    _write_report(out, rows, best, best_dir, curve, opened if leakage else None)
+    return rows
+
+
+def _open(caches) -> dict:
+    opened = {str(c): open_cache(c) for c in caches}
+    for cache in opened.values():  # before any work: a one-class cache would fail every head
+        train_classes(cache, split_masks(cache))
+    return opened
+
+
+def _report_dir(out) -> Path:
+    out = check_report_target(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _write_report(out: Path, rows: list, best, best_dir, curve, opened: dict | None) -> None:
+    """The report, with the best head's near-duplicate check when ``opened`` (the caches) is given."""
     leaks = None
-    if leakage and best is not None:
+    if opened is not None and best is not None:
         leaks = near_duplicates(opened[best["cache"]])
         leaks["cache"] = best["cache"]
     try:
         report.write_report(out, rows, best_dir=best_dir, curve=curve, leakage=leaks)
     except OSError as exc:
         raise FeatcacheError(f"cannot write the report in {out}: {exc.strerror or exc}; the rows are kept in "
-                             f"{run.results}") from None
-    return rows
+                             f"{out / RESULTS}") from None
 
 
 def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pixel_size=16, backend="threading",
@@ -285,7 +301,7 @@ class _Run:
         own = self.estimators.get(best["head"])
         best_dir = self.out / BEST_MODEL if save_best else None
         with ThreadPoolExecutor(1) as pool:
-            saving = pool.submit(_save_best, best, best_dir, own, self.fitted) if best_dir else None
+            saving = pool.submit(_save_best, best, best_dir, own, self.fitted, cv, pixel_size) if best_dir else None
             curve = _learning_curve(best, fractions, self.out / CURVE, self.timeout, self.n_jobs, cv, pixel_size, own)
             if saving is not None:
                 saving.result()
@@ -345,10 +361,10 @@ def _longest_first(tasks: list) -> list:
     return sorted(tasks, key=cost, reverse=True)
 
 
-def _save_best(best: dict, best_dir: Path, own, fitted: Path | None) -> None:
+def _save_best(best: dict, best_dir: Path, own, fitted: Path | None, cv=None, pixel_size: int = 16) -> None:
     """Save the best row's head to ``best_dir``: the very estimator its process fitted when it left one in
-    ``fitted`` (this run measured it), else (a row kept from an earlier run) fitted again like the row unless
-    ``best_dir`` already holds a current one."""
+    ``fitted`` (this run measured it), else (a row kept from an earlier run) the row's task run again through
+    the same protocol, unless ``best_dir`` already holds a current one."""
     params = best.get("best_params") or {}
     name = best["head"] if own is None else best["head"].partition("#")[0]  # train names yours custom:ClassName
     keras = own is None and get_head_spec(best["head"]).kind == "keras"
@@ -366,8 +382,21 @@ def _save_best(best: dict, best_dir: Path, own, fitted: Path | None) -> None:
         same = card.get("estimator") == custom_fields("custom:", user_head(own, [], params)[1])["estimator"]
         card = card if same else None
     if card is None or card.get("fit_splits", ["train"]) != fit_splits:
-        train(best["cache"], best["head"] if own is None else own, params=params, out=best_dir,
-              fit_splits=fit_splits, views=views[1])
+        with tempfile.TemporaryDirectory(prefix="featcache-best-") as tmp:
+            task = dataclasses.replace(_row_task(best, own, cv, pixel_size), model_path=os.path.join(tmp, "fit"))
+            result = run_task(task, None)
+            if result.get("status") != "ok" or not os.path.isfile(task.model_path):
+                raise FeatcacheError(f"cannot save the best head {best['head']} to {best_dir}: fitting it again "
+                                     f"{result.get('status')}: {result.get('error') or 'its fit could not be saved'}")
+            save_fitted(best["cache"], name, joblib.load(task.model_path), out=best_dir, params=result["best_params"],
+                        fit_splits=result["fit_splits"], views=views, fit_seconds=result["fit_seconds"])
+
+
+def _row_task(row: dict, own, cv, pixel_size: int) -> Task:
+    """The task that made a feature ``row`` (its settings), to run it again."""
+    return Task(row["cache"], row["cache_key"], row["head"], dict(row.get("params") or {}), cv, False, pixel_size,
+                estimator=own, views=row.get("views") or 0, views_mode=row.get("views_mode") or "none",
+                spec=HEADS.get(row["head"]) if own is None else None)
 
 
 def _n_features(cache) -> int:

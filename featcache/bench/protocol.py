@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import FeatcacheError
 from ..heads import HeadSpec, absent_classes, get_head_spec, make_head, proba_and_labels
 from ..heads.custom import user_head
-from ..heads.views import expand as expand_views
+from ..heads.fitting import fit_head, with_views
 from ..store import open_cache
 from ..train import metrics, split_masks
 from .pixels import pixel_features
@@ -146,15 +146,8 @@ def _add_views(rows: Rows, V: np.ndarray, mode: str) -> None:
     """The train images' views: more rows (appended to X), their mean, or a Keras head's draw."""
     if mode == "draw":
         rows.draw = V
-        return
-    tr = rows.tr
-    Xt, yt, g = expand_views(rows.X[tr], rows.y[tr], V, mode)
-    if mode == "mean":
-        rows.X[tr] = Xt
-        return
-    extra = np.arange(len(rows.X), len(rows.X) + len(Xt) - len(tr))
-    rows.X, rows.y = np.concatenate([rows.X, Xt[len(tr):]]), np.concatenate([rows.y, yt[len(tr):]])
-    rows.groups, rows.tr = np.concatenate([tr, tr[g[len(tr):]]]), np.concatenate([tr, extra])
+    else:  # in place: these rows are the head process's own
+        rows.X, rows.y, rows.tr, rows.groups = with_views(rows.X, rows.y, rows.tr, V, mode, copy=False)
 
 
 def select(task: Task, spec: HeadSpec, rows: Rows, cores: int) -> Selected:
@@ -184,8 +177,7 @@ def early_stopping(task: Task, rows: Rows, cores: int) -> Selected:
     est = _make(task, cores, **task.params)
     own = est.get_params()["clf__callbacks"]
     est.set_params(clf__callbacks=[*(own or ()), epoch_progress(f"fitting on {len(tr):,} train rows")])
-    est.fit(X[tr], y[tr], clf__validation_data=(X[va], y[va]) if len(va) else None,
-            **({"clf__views": rows.draw} if rows.draw is not None else {}))
+    fit_head(est, X, y, tr, val=va, draw=rows.draw)
     est.set_params(clf__callbacks=own)  # the saved head carries no progress hook
     val_acc = float(est.score(X[va], y[va])) if len(va) else None
     return Selected(est, dict(task.params), val_acc, tr, 0.0, time.perf_counter() - t0)
@@ -206,7 +198,7 @@ def cross_validated(task: Task, spec: HeadSpec, rows: Rows, cores: int) -> Selec
     progress(f"chose {best} by {task.cv}-fold CV; refitting it on train")
     select_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    est = _make(task, cores, **best).fit(X[tr], y[tr])
+    est = fit_head(_make(task, cores, **best), X, y, tr)
     return Selected(est, best, float(search.best_score_), tr, select_s, time.perf_counter() - t1)
 
 
@@ -214,7 +206,7 @@ def out_of_bag(task: Task, rows: Rows, cores: int) -> Selected:
     """One fit on train+val: its out-of-bag accuracy is the held-out figure, and no refit is needed."""
     t0 = time.perf_counter()
     fit_idx = np.concatenate([rows.tr, rows.va])
-    est = _make(task, cores, **task.params).set_params(clf__oob_score=True).fit(rows.X[fit_idx], rows.y[fit_idx])
+    est = fit_head(_make(task, cores, **task.params).set_params(clf__oob_score=True), rows.X, rows.y, fit_idx)
     return Selected(est, dict(task.params), float(est.steps[-1][1].oob_score_), fit_idx, 0.0,
                     time.perf_counter() - t0, ("fit on train+val; val accuracy out-of-bag",))
 
@@ -223,7 +215,7 @@ def fit_once(task: Task, rows: Rows, cores: int) -> Selected:
     """No grid: one fit on train; val scores it."""
     X, y, tr, va = rows.X, rows.y, rows.tr, rows.va
     t0 = time.perf_counter()
-    est = _make(task, cores, **task.params).fit(X[tr], y[tr])
+    est = fit_head(_make(task, cores, **task.params), X, y, tr)
     val_acc = float(est.score(X[va], y[va])) if len(va) else None
     return Selected(est, dict(task.params), val_acc, tr, 0.0, time.perf_counter() - t0)
 
@@ -256,7 +248,7 @@ def _refit(task, rows: Rows, cores, best, val_acc, warm, t0, notes=()) -> Select
         est.set_params(clf__warm_start=True)
         for k, v in warm.items():
             setattr(est.steps[-1][1], k, v)
-    est.fit(rows.X[fit_idx], y[fit_idx])
+    fit_head(est, rows.X, y, fit_idx)
     return Selected(est, best, val_acc, fit_idx, select_s, time.perf_counter() - t1, tuple(notes))
 
 
