@@ -170,50 +170,16 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
         raise FeatcacheError(f"{cache.path} has no validation rows; fine-tuning early-stops on them")
     y_enc = np.searchsorted(classes, labels)
     n_views = cache.views if views == "auto" else 0
-    import keras  # only now: every refusal above comes without loading Keras
-    from sklearn.pipeline import Pipeline
+    from sklearn.pipeline import Pipeline  # scikit-learn is slow to import: only once the checks pass
 
     from .heads.keras_head import KerasHeadClassifier
-    from .pretrain import shuffled_batches
 
-    top = build_top(cache, layer, to_layer)
-    if tuple(top.inputs[0].shape[1:]) != shape:
-        raise FeatcacheError(f"the rebuilt block takes maps of {tuple(top.inputs[0].shape[1:])}, the cache holds "
-                             f"{shape}")
-    for lyr in top.layers:  # BatchNorm: frozen statistics and scale, inference mode (keras-team/keras#9214)
-        if isinstance(lyr, keras.layers.BatchNormalization):
-            lyr.trainable = False
-    flat = keras.Input((int(np.prod(shape)),), name="features")
-    x = keras.layers.Reshape(shape, name="cached_map")(flat)
-    x = top(x, training=False)
-    if len(x.shape) == 4:
-        x = keras.layers.GlobalAveragePooling2D(name="block_avgpool")(x)
-    if dropout:
-        x = keras.layers.Dropout(float(dropout), seed=random_state, name="dropout")(x)
-    init = keras.initializers.GlorotUniform(seed=random_state)
-    probs = keras.layers.Dense(len(classes), activation="softmax", kernel_initializer=init, name="probabilities")(x)
-    model = keras.Model(flat, probs, name="featcache_finetune")
-    Xtr, ytr = X[tr], y_enc[tr]
+    model, top = _model(cache, layer, to_layer, shape, len(classes), dropout, random_state)
     V = cache.views_of(np.flatnonzero(tr), output) if n_views else None
-    val = (X[va].astype(np.float32), y_enc[va])
-    history = []
+    phases = ((head_epochs, head_learning_rate, False), (epochs, learning_rate, True))
     t0 = time.perf_counter()
-    for phase, (n_epochs, rate, block_trainable) in enumerate(((head_epochs, head_learning_rate, False),
-                                                               (epochs, learning_rate, True))):
-        if not n_epochs:
-            continue
-        top.trainable = block_trainable
-        if block_trainable:
-            for lyr in top.layers:
-                if isinstance(lyr, keras.layers.BatchNormalization):
-                    lyr.trainable = False
-        model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True, monitor="val_loss")
-        fit = model.fit(shuffled_batches(Xtr, ytr, batch_size, random_state + 1000 * phase, V), epochs=n_epochs,
-                        validation_data=val, callbacks=[stop], verbose=verbose)
-        history.append({"phase": "head" if phase == 0 else "block+head", "epochs": len(fit.history["loss"]),
-                        "best_val_loss": float(min(fit.history["val_loss"]))})
+    history = _fit_phases(model, top, X[tr], y_enc[tr], V, (X[va].astype(np.float32), y_enc[va]), phases, patience,
+                          batch_size, random_state, verbose)
     fit_seconds = time.perf_counter() - t0
     head = KerasHeadClassifier(hidden=(), standardize=False, dropout=float(dropout), epochs=epochs,
                                batch_size=batch_size, learning_rate=learning_rate, patience=patience,
@@ -241,3 +207,52 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
 
     return TrainResult(pipe, "finetune", results, fit_seconds, classes.tolist(),
                        [cache.class_name(c) for c in classes.tolist()], model_dir, card)
+
+
+def _model(cache, layer: str, to_layer, shape: tuple, n_classes: int, dropout, random_state):
+    """``(model, block)``: the cached map's rebuilt block (BatchNorm frozen) under a new softmax, taking flat
+    features."""
+    import keras  # only now: every refusal before it comes without loading Keras
+
+    top = build_top(cache, layer, to_layer)
+    if tuple(top.inputs[0].shape[1:]) != shape:
+        raise FeatcacheError(f"the rebuilt block takes maps of {tuple(top.inputs[0].shape[1:])}, the cache holds "
+                             f"{shape}")
+    for lyr in top.layers:  # BatchNorm: frozen statistics and scale, inference mode (keras-team/keras#9214)
+        if isinstance(lyr, keras.layers.BatchNormalization):
+            lyr.trainable = False
+    flat = keras.Input((int(np.prod(shape)),), name="features")
+    x = keras.layers.Reshape(shape, name="cached_map")(flat)
+    x = top(x, training=False)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="block_avgpool")(x)
+    if dropout:
+        x = keras.layers.Dropout(float(dropout), seed=random_state, name="dropout")(x)
+    init = keras.initializers.GlorotUniform(seed=random_state)
+    probs = keras.layers.Dense(n_classes, activation="softmax", kernel_initializer=init, name="probabilities")(x)
+    return keras.Model(flat, probs, name="featcache_finetune"), top
+
+
+def _fit_phases(model, top, Xtr, ytr, V, val, phases, patience, batch_size, random_state, verbose) -> list[dict]:
+    """The head alone, then the block and the head, each early-stopping on val; each phase's history."""
+    import keras  # heavy: only once fitting starts
+
+    from .pretrain import shuffled_batches
+
+    history = []
+    for phase, (n_epochs, rate, block_trainable) in enumerate(phases):
+        if not n_epochs:
+            continue
+        top.trainable = block_trainable
+        if block_trainable:
+            for lyr in top.layers:
+                if isinstance(lyr, keras.layers.BatchNormalization):
+                    lyr.trainable = False
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True, monitor="val_loss")
+        fit = model.fit(shuffled_batches(Xtr, ytr, batch_size, random_state + 1000 * phase, V), epochs=n_epochs,
+                        validation_data=val, callbacks=[stop], verbose=verbose)
+        history.append({"phase": "head" if phase == 0 else "block+head", "epochs": len(fit.history["loss"]),
+                        "best_val_loss": float(min(fit.history["val_loss"]))})
+    return history

@@ -13,10 +13,12 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .bench.select import best_row, mark_ties  # the selection rules are the bench's; re-exported here
 from .console import console
 from .files import atomic_write_bytes, spreadsheet_safe
 
@@ -38,40 +40,6 @@ def with_interval(row, key) -> str:
     """A row's metric as ``85.44% [83.9, 86.9]`` (its 95% interval, where it has one), or ``-``."""
     v = row.get(key)
     return _pct(v) + (" " + _ci(row.get(key + "_ci")) if row.get(key + "_ci") else "") if v is not None else "-"
-
-
-def mark_ties(rows: list[dict]) -> dict | None:
-    """Set each successful row's ``versus_best`` from its test-accuracy interval; return the best row.
-
-    ``best`` for the best head (chosen by validation accuracy, :func:`best_row`),
-    ``tie`` where a row's 95% interval overlaps the best's, else ``below`` or
-    ``above`` (a head the validation split ranked lower can still score higher on test).
-
-    Args:
-        rows: benchmark rows (changed in place).
-
-    Returns:
-        The best row, or None.
-
-    Examples:
-        >>> rows = [{"head": "a", "status": "ok", "val_accuracy": .9, "accuracy_ci": [.8, .9]},
-        ...         {"head": "b", "status": "ok", "val_accuracy": .8, "accuracy_ci": [.85, .95]}]
-        >>> mark_ties(rows)["head"], rows[1]["versus_best"]
-        ('a', 'tie')
-    """
-    best = best_row(rows)
-    for r in rows:
-        r.pop("versus_best", None)
-    if best is None:
-        return None
-    b = best.get("accuracy_ci")
-    for r in rows:
-        c = r.get("accuracy_ci")
-        if r is best:
-            r["versus_best"] = "best"
-        elif r.get("status") == "ok" and b and c:
-            r["versus_best"] = "tie" if c[0] <= b[1] and b[0] <= c[1] else ("below" if c[1] < b[0] else "above")
-    return best
 
 
 def _pct(v):
@@ -174,20 +142,37 @@ def _fig_png(fig) -> bytes:
 
 def plots(rows: list[dict], class_names: list[str] | None, curve: list[dict] | None = None,
           leakage: dict | None = None, thumbs=None) -> dict[str, bytes]:
-    """The report's figures as PNG bytes by file name (matplotlib, Agg)."""
-    import matplotlib
+    """The report's figures as PNG bytes by file name (matplotlib, Agg), one function each."""
+    import matplotlib  # heavy: only when a report is rendered
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from matplotlib.ticker import NullFormatter
 
     ok = [r for r in rows if r.get("status") == "ok"]
     out = {}
     if not ok:
         return out
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     groups = sorted({r["features"] for r in ok})
+    out["accuracy_vs_fit_time.png"] = _time_figure(plt, ok, groups)
+    best = best_row(ok) or max(ok, key=lambda r: r.get("val_accuracy") or 0.0)  # only baseline rows succeeded
+    if best.get("confusion"):
+        out["confusion_best.png"] = _confusion_figure(plt, best, class_names)
+    if len(groups) > 1:
+        out["accuracy_per_backbone.png"] = _backbone_figure(plt, ok, groups)
+    points = [p for p in (curve or []) if p.get("status") == "ok"]
+    if len(points) > 1:
+        out["learning_curve.png"] = _curve_figure(plt, points)
+    if thumbs:
+        out["leakage_pairs.png"] = _leakage_figure(plt, thumbs, leakage)
+    return out
+
+
+def _time_figure(plt, ok: list, groups: list) -> bytes:
+    """Test accuracy against the time to select and fit, every head."""
+    from matplotlib.ticker import NullFormatter  # heavy: only when a report is rendered
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+
     def fit_s(r):
         return max(r.get("fit_seconds") or 0.0, 1e-3)
 
@@ -204,94 +189,94 @@ def plots(rows: list[dict], class_names: list[str] | None, curve: list[dict] | N
             ax.annotate(r["head"], (total_s(r), 100 * r["accuracy"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter
-
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("selection + final fit time (s, log scale); each line starts at the final fit alone")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy against the time to select and fit, every head")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    out["accuracy_vs_fit_time.png"] = _fig_png(fig)
+    return _fig_png(fig)
 
-    best = best_row(ok) or max(ok, key=lambda r: r.get("val_accuracy") or 0.0)  # only baseline rows succeeded
-    cm = best.get("confusion")
-    if cm:
-        import numpy as np
 
-        cm = np.asarray(cm, float)
-        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-        labels = [class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
-                  for i in best.get("confusion_labels", range(len(cm)))]
-        fig, ax = plt.subplots(figsize=(6.5, 5.5))
-        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        for i in range(len(labels)):
-            for j in range(len(labels)):
-                if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"Confusion matrix (test) of the best head: {best['head']} on {best['features']}")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        out["confusion_best.png"] = _fig_png(fig)
+def _confusion_figure(plt, best: dict, class_names) -> bytes:
+    """The best head's confusion matrix on the test split, each true class's row normalised."""
+    cm = np.asarray(best["confusion"], float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    labels = [class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
+              for i in best.get("confusion_labels", range(len(cm)))]
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix (test) of the best head: {best['head']} on {best['features']}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _fig_png(fig)
 
-    if len(groups) > 1:
-        import numpy as np
 
-        heads = sorted({r["head"] for r in ok})
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(heads) + 2), 4.5))
-        width = 0.8 / len(groups)
-        for gi, g in enumerate(groups):
-            mine = {r["head"]: r for r in ok if r["features"] == g}
-            acc = {h: 100 * r["accuracy"] for h, r in mine.items()}
-            xs = np.arange(len(heads)) + gi * width
-            # the 95% interval as an error bar, where the row has one
-            err = np.array([[100 * (r["accuracy"] - r["accuracy_ci"][0]), 100 * (r["accuracy_ci"][1] - r["accuracy"])]
-                            if (r := mine.get(h)) and r.get("accuracy_ci") else [0.0, 0.0] for h in heads]).T
-            ax.bar(xs, [acc.get(h, 0) for h in heads], width, label=g, yerr=err, capsize=2,
-                   error_kw={"lw": 0.8, "alpha": 0.7})
-        ax.set_xticks(np.arange(len(heads)) + 0.4 - width / 2, heads, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("Accuracy per backbone (feature set) and head")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside, never over
-        ax.grid(axis="y", alpha=0.3)
-        out["accuracy_per_backbone.png"] = _fig_png(fig)
+def _backbone_figure(plt, ok: list, groups: list) -> bytes:
+    """Test accuracy per feature set and head, with 95% intervals as error bars."""
+    heads = sorted({r["head"] for r in ok})
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(heads) + 2), 4.5))
+    width = 0.8 / len(groups)
+    for gi, g in enumerate(groups):
+        mine = {r["head"]: r for r in ok if r["features"] == g}
+        acc = {h: 100 * r["accuracy"] for h, r in mine.items()}
+        xs = np.arange(len(heads)) + gi * width
+        # the 95% interval as an error bar, where the row has one
+        err = np.array([[100 * (r["accuracy"] - r["accuracy_ci"][0]), 100 * (r["accuracy_ci"][1] - r["accuracy"])]
+                        if (r := mine.get(h)) and r.get("accuracy_ci") else [0.0, 0.0] for h in heads]).T
+        ax.bar(xs, [acc.get(h, 0) for h in heads], width, label=g, yerr=err, capsize=2,
+               error_kw={"lw": 0.8, "alpha": 0.7})
+    ax.set_xticks(np.arange(len(heads)) + 0.4 - width / 2, heads, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy per backbone (feature set) and head")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside, never over
+    ax.grid(axis="y", alpha=0.3)
+    return _fig_png(fig)
 
-    points = [p for p in (curve or []) if p.get("status") == "ok"]
-    if len(points) > 1:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        xs = [100 * p["train_fraction"] for p in points]
-        ax.plot(xs, [100 * p["accuracy"] for p in points], "o-", label="test accuracy")
-        cis = [p.get("accuracy_ci") for p in points]
-        if all(cis):
-            ax.fill_between(xs, [100 * c[0] for c in cis], [100 * c[1] for c in cis], alpha=0.2, label="95% CI")
-        ax.set_xscale("log")
-        ax.set_xticks(xs, [f"{x:g}%\n({p['n_train']:,})" for x, p in zip(xs, points)])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("share of the train and val rows (rows fitted on)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"Learning curve of the best head: {points[-1]['head']} on {points[-1]['features']}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        out["learning_curve.png"] = _fig_png(fig)
 
-    if thumbs:
-        n = len(thumbs)
-        fig, axes = plt.subplots(2, n, figsize=(1.3 * n + 0.6, 3.0), squeeze=False)
-        for j, ((a, b), pair) in enumerate(zip(thumbs, leakage["pairs"])):
-            for i, (im, who) in enumerate(((a, "test"), (b, "train"))):
-                axes[i][j].imshow(im)
-                axes[i][j].set_xticks([])
-                axes[i][j].set_yticks([])
-                if j == 0:
-                    axes[i][j].set_ylabel(who)
-            axes[0][j].set_title(f"cos {pair['cosine']:.3f}", fontsize=7)
-        fig.suptitle("Test rows and their nearest training rows (cached features)", fontsize=9)
-        out["leakage_pairs.png"] = _fig_png(fig)
-    return out
+def _curve_figure(plt, points: list) -> bytes:
+    """The best head's learning curve: test accuracy against the share of rows fitted."""
+    from matplotlib.ticker import NullFormatter  # heavy: only when a report is rendered
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    xs = [100 * p["train_fraction"] for p in points]
+    ax.plot(xs, [100 * p["accuracy"] for p in points], "o-", label="test accuracy")
+    cis = [p.get("accuracy_ci") for p in points]
+    if all(cis):
+        ax.fill_between(xs, [100 * c[0] for c in cis], [100 * c[1] for c in cis], alpha=0.2, label="95% CI")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}%\n({p['n_train']:,})" for x, p in zip(xs, points)])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("share of the train and val rows (rows fitted on)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Learning curve of the best head: {points[-1]['head']} on {points[-1]['features']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _fig_png(fig)
+
+
+def _leakage_figure(plt, thumbs, leakage: dict) -> bytes:
+    """Test rows beside their nearest training rows."""
+    n = len(thumbs)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n + 0.6, 3.0), squeeze=False)
+    for j, ((a, b), pair) in enumerate(zip(thumbs, leakage["pairs"])):
+        for i, (im, who) in enumerate(((a, "test"), (b, "train"))):
+            axes[i][j].imshow(im)
+            axes[i][j].set_xticks([])
+            axes[i][j].set_yticks([])
+            if j == 0:
+                axes[i][j].set_ylabel(who)
+        axes[0][j].set_title(f"cos {pair['cosine']:.3f}", fontsize=7)
+    fig.suptitle("Test rows and their nearest training rows (cached features)", fontsize=9)
+    return _fig_png(fig)
 
 
 def per_class(row: dict, class_names: list[str] | None = None) -> list[dict]:
@@ -309,8 +294,6 @@ def per_class(row: dict, class_names: list[str] | None = None) -> list[dict]:
         >>> per_class({"confusion": [[3, 1], [0, 4]], "confusion_labels": [0, 1]}, ["cat", "dog"])[0]
         {'class': 'cat', 'precision': 1.0, 'recall': 0.75, 'f1': 0.8571428571428571, 'support': 4}
     """
-    import numpy as np
-
     cm = np.asarray(row.get("confusion") or [], float)
     if cm.ndim != 2 or not cm.size:
         return []
@@ -399,8 +382,6 @@ def _leakage_summary(leakage, best) -> tuple[str, dict | None]:
         from .store import open_cache
         from .train import split_masks
 
-        import numpy as np
-
         try:
             cache = open_cache(best["cache"])
             y = cache.labels()[np.flatnonzero(split_masks(cache)["test"])]
@@ -412,20 +393,6 @@ def _leakage_summary(leakage, best) -> tuple[str, dict | None]:
                  f"{_pct(acc['without'])} without them" + (f" ({_pct(acc['leaked'])} on them)."
                                                           if acc["leaked"] is not None else "."))
     return text, acc
-
-
-def best_row(rows: list[dict]) -> dict | None:
-    """The benchmark's best head: the highest validation accuracy among successful feature rows.
-
-    Chosen by validation accuracy alone, never by test accuracy; a tie goes to
-    the row that comes first (heads in the order asked for). The baseline
-    rows (raw pixels) are never the best head.
-    """
-    ok = [r for r in rows if r.get("status") == "ok" and not r.get("baseline")]
-    if not ok:
-        return None
-    top = max(r.get("val_accuracy") or 0.0 for r in ok)
-    return next(r for r in ok if (r.get("val_accuracy") or 0.0) == top)
 
 
 def write_report(out: Path, rows: list[dict], best_dir: Path | None = None, curve: list[dict] | None = None,

@@ -19,6 +19,7 @@ from .errors import FeatcacheError
 from .heads import get_head_spec, is_keras, list_heads, proba_and_labels, validate_head
 from .heads import views as head_views
 from .heads.batches import CacheRows, ViewRows
+from .heads.fitting import fit_head, with_views
 from .model_dir import check_model_dir_target, feature_params, save_model_dir
 from .splits import TEST_FRACTION, VAL_FRACTION
 from .store import Cache, open_cache
@@ -199,24 +200,10 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
     params = dict(params or {})
-    if isinstance(head, str):
-        spec = get_head_spec(head)
-        pipe = validate_head(head, preprocess, params)  # every parameter, before any work
-        streams, default_preprocess, head_mode = spec.streams, spec.preprocess, spec.views
-    else:  # the user's own estimator
-        from .heads import preprocess_steps
-        from .heads.custom import user_head
-
-        head, pipe = user_head(head, preprocess_steps(preprocess or "none"), params)
-        streams, default_preprocess, head_mode = hasattr(pipe.steps[-1][1], "partial_fit"), "none", "rows"
+    head, pipe, streams, default_preprocess, head_mode = _head_pipeline(head, preprocess, params)
     if verbose and is_keras(pipe) and "verbose" not in params:
         pipe.set_params(clf__verbose=int(verbose))
-    if "val" in fit_splits and is_keras(pipe):
-        raise FeatcacheError(f"head {head!r} is a Keras head: it early-stops on the val split, so it fits on train "
-                             "alone")
-    if out is not None and is_keras(pipe) and len(pipe.steps) > 1:
-        raise FeatcacheError(f"head {head!r} is a Keras head: it standardises inside the model and cannot be saved "
-                             f"with preprocess {preprocess!r}; use preprocess 'none'")
+    _check_keras(head, pipe, fit_splits, out, preprocess)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     output = cache.output_name(output)
     mode = head_views.resolve_mode(views, head_mode, is_keras(pipe), cache.views)
@@ -233,40 +220,73 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
     t0 = time.perf_counter()
     X = None
     if stream:
-        if is_keras(pipe):
-            with _head_errors(head):
-                pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output, views=n_views)
-        elif streams:
-            with _head_errors(head):
-                _partial_fit_stream(pipe, cache, fit_mask, labels, classes, output, stream_epochs, n_views)
-        else:
-            streaming = ", ".join(s.name for s in list_heads() if s.streams)
-            raise FeatcacheError(f"head {head!r} cannot stream from the cache; heads that can: {streaming}")
+        _fit_streamed(head, pipe, streams, cache, masks, fit_mask, labels, classes, output, stream_epochs, n_views)
     else:
         X = cache.features(output)
         X = X.reshape(len(X), -1).astype(np.float32)
-        tr, va = masks["train"], masks["val"]
-        if is_keras(pipe):
-            validation = (X[va], labels[va]) if va.any() else None
-            blocks = _shard_blocks(cache, tr)
-            extra = {"clf__views": cache.views_of(np.flatnonzero(tr), output)} if n_views else {}
-            with _head_errors(head):
-                pipe.fit(X[tr], labels[tr], clf__validation_data=validation, clf__block_sizes=blocks, **extra)
-        else:
-            X_fit, y_fit = X[fit_mask], labels[fit_mask]
-            if n_views:  # the train rows' views; val rows (fit_splits with val) stay plain
-                rows = np.flatnonzero(fit_mask)
-                is_train = tr[rows]
-                V = cache.views_of(rows[is_train], output).reshape(n_views, int(is_train.sum()), -1)
-                Xt, yt, _groups = head_views.expand(X_fit[is_train], y_fit[is_train], V, mode)
-                X_fit, y_fit = np.concatenate([Xt, X_fit[~is_train]]), np.concatenate([yt, y_fit[~is_train]])
-            with _head_errors(head):
-                pipe.fit(X_fit, y_fit)
+        _fit_in_memory(head, pipe, cache, X, labels, masks, fit_mask, output, n_views, mode)
     fit_seconds = time.perf_counter() - t0
     return _measured(cache, head, pipe, X, masks, output, out=out, params=params,
                      preprocess=preprocess or default_preprocess, fit_seconds=fit_seconds, streamed=stream,
                      fit_splits=fit_splits, views=(n_views, mode), val_fraction=val_fraction,
                      test_fraction=test_fraction)
+
+
+def _head_pipeline(head, preprocess, params: dict):
+    """``(name, pipeline, streams, default preprocess, views mode)`` of a named head or a user's estimator, every
+    parameter checked before any work."""
+    if isinstance(head, str):
+        spec = get_head_spec(head)
+        pipe = validate_head(head, preprocess, params)
+        return head, pipe, spec.streams, spec.preprocess, spec.views
+    from .heads import preprocess_steps
+    from .heads.custom import user_head  # scikit-learn is slow to import: only for your own estimator
+
+    head, pipe = user_head(head, preprocess_steps(preprocess or "none"), params)
+    return head, pipe, hasattr(pipe.steps[-1][1], "partial_fit"), "none", "rows"
+
+
+def _check_keras(head: str, pipe, fit_splits, out, preprocess) -> None:
+    """What a Keras head refuses: fitting on val (it early-stops there), saving with a preprocessing step."""
+    if "val" in fit_splits and is_keras(pipe):
+        raise FeatcacheError(f"head {head!r} is a Keras head: it early-stops on the val split, so it fits on train "
+                             "alone")
+    if out is not None and is_keras(pipe) and len(pipe.steps) > 1:
+        raise FeatcacheError(f"head {head!r} is a Keras head: it standardises inside the model and cannot be saved "
+                             f"with preprocess {preprocess!r}; use preprocess 'none'")
+
+
+def _fit_streamed(head, pipe, streams, cache, masks, fit_mask, labels, classes, output, epochs, n_views) -> None:
+    """Fit without loading the feature matrix: a Keras head shard by shard, another by ``partial_fit``."""
+    if is_keras(pipe):
+        with _head_errors(head):
+            pipe.steps[-1][1].fit_cache(cache, masks["train"], masks["val"], output, views=n_views)
+    elif streams:
+        with _head_errors(head):
+            _partial_fit_stream(pipe, cache, fit_mask, labels, classes, output, epochs, n_views)
+    else:
+        streaming = ", ".join(s.name for s in list_heads() if s.streams)
+        raise FeatcacheError(f"head {head!r} cannot stream from the cache; heads that can: {streaming}")
+
+
+def _fit_in_memory(head: str, pipe, cache: Cache, X, labels, masks: dict, fit_mask, output: str, n_views: int, mode: str):
+    """Fit ``pipe`` on the ``fit_mask`` rows of ``X`` through the one fitting routine: a Keras head on train,
+    early-stopping on val and drawing the views; another on train's rows with their views (val rows plain)."""
+    tr = masks["train"]
+    train_rows = np.flatnonzero(tr)
+    if is_keras(pipe):
+        draw = cache.views_of(train_rows, output) if n_views else None
+        blocks = _shard_blocks(cache, tr)
+        with _head_errors(head):
+            return fit_head(pipe, X, labels, train_rows, val=np.flatnonzero(masks["val"]), draw=draw,
+                            block_sizes=blocks)
+    rows = np.flatnonzero(fit_mask)
+    if n_views:  # the train rows' views; val rows (fit_splits with val) stay plain, after them
+        V = cache.views_of(train_rows, output).reshape(n_views, len(train_rows), -1)
+        X, labels, viewed, _groups = with_views(X, labels, train_rows, V, mode)
+        rows = np.concatenate([viewed, np.flatnonzero(fit_mask & ~tr)])
+    with _head_errors(head):
+        return fit_head(pipe, X, labels, rows)
 
 
 def save_fitted(cache, head: str, pipe, *, out, params: dict | None = None, fit_splits=("train",),

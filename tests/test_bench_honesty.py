@@ -70,12 +70,12 @@ def test_bootstrap_drawn_in_bounded_chunks_gives_the_same_interval(monkeypatch):
     """A huge test split is resampled a few resamples at a time: the same interval, bounded memory."""
     import importlib
 
-    bench = importlib.import_module("featcache.bench")  # the module; featcache.bench is the function
+    stats = importlib.import_module("featcache.bench.stats")  # where the chunk size lives
     rng = np.random.default_rng(2)
     t = rng.integers(0, 10, 3000)
     p = np.where(rng.random(3000) < 0.7, t, rng.integers(0, 10, 3000))
     whole = bootstrap_intervals(t, p)
-    monkeypatch.setattr(bench, "_BOOTSTRAP_CELLS", 3000 * 7)  # 7 resamples a chunk, the last one short
+    monkeypatch.setattr(stats, "_BOOTSTRAP_CELLS", 3000 * 7)  # 7 resamples a chunk, the last one short
     assert bootstrap_intervals(t, p) == whole
 
 

@@ -9,44 +9,32 @@ heads share one interface: ``fit``, ``predict``, ``predict_proba``, ``score``,
 from __future__ import annotations
 
 import difflib
+import functools
 import json
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from ..errors import FeatcacheError
+from .spec import HEADS, SELECTIONS, START_SECONDS, HeadSpec, argmax_classifiers, register_head, unregister_head
+
+__all__ = ["HEADS", "SELECTIONS", "START_SECONDS", "HeadSpec", "register_head", "unregister_head", "list_heads",
+           "get_head_spec", "make_head", "validate_head", "proba_and_labels", "widen_proba", "absent_classes",
+           "parse_value", "preprocess_steps", "is_keras"]
 
 
-@dataclass(frozen=True)
-class HeadSpec:
-    name: str
-    make: Callable
-    kind: str  # "sklearn" or "keras"
-    preprocess: str  # default: "standard", "none" or "pca:N"
-    description: str
-    #: where a plain parameter such as C goes inside the pipeline
-    param_prefix: str = "clf__"
-    #: supports streaming from a cache (partial_fit or fit_cache)
-    streams: bool = False
-    #: how it trains on a cache's augmented views (:mod:`featcache.heads.views`): ``rows`` (every view a
-    #: training row), ``mean`` (each image's mean over its views: as many rows as without views) or ``draw``
-    #: (Keras heads: one view per image per epoch)
-    views: str = "rows"
-
-
-def _sk(name, factory, preprocess, description, prefix="clf__", streams=False, views="rows"):
-    return HeadSpec(name, factory, "sklearn", preprocess, description, prefix, streams, views)
+def _sk(name, factory, preprocess, description, prefix="clf__", streams=False, views="rows", **facts):
+    return HeadSpec(name, factory, "sklearn", preprocess, description, prefix, streams, views, labels="argmax",
+                    **facts)
 
 
 def _logreg():
     from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(C=1.0, max_iter=2000, tol=1e-3)  # tol: within 0.2 points of 1e-4, 3x faster
+    return LogisticRegression(C=1.0, max_iter=2000, tol=1e-3)  # tol: as accurate as 1e-4 here, and faster
 
 
 def _linear_svm():
     # the hinge loss solved in the primal by averaged SGD: one pass is O(rows x features), where liblinear's
-    # LinearSVC took 12-27 s per C on 6,700 x 1,280 rows (primal or dual) and 600 s for the old 4-C sweep
+    # LinearSVC is far slower per C on this many features (docs/PERFORMANCE.md)
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import SGDClassifier
     return CalibratedClassifierCV(SGDClassifier(loss="hinge", alpha=1e-4, average=True, max_iter=20, tol=1e-3,
@@ -61,7 +49,7 @@ def _ridge():
 
 def _sgd():
     from sklearn.linear_model import SGDClassifier
-    # averaged SGD: 20 epochs reach what 50 plain ones did not (85.2% vs 83.3% on 10k Fashion-MNIST rows)
+    # averaged SGD: 20 averaged epochs reach what more plain ones do not (docs/PERFORMANCE.md)
     return SGDClassifier(loss="log_loss", alpha=1e-4, average=True, max_iter=20, tol=1e-3, random_state=0)
 
 
@@ -82,8 +70,8 @@ def _random_forest():
 
 def _hist_gb():
     from sklearn.ensemble import HistGradientBoostingClassifier
-    # 300 rounds without early stopping: stopping on the held-out loss ended at ~50 rounds, 2.4 points below
-    # where accuracy still climbs (docs/PERFORMANCE.md, figure 9); 63 bins cost less and lost nothing measured
+    # no early stopping: stopping on the held-out loss ends while accuracy still climbs; 63 bins cost less and
+    # lose nothing measured (docs/PERFORMANCE.md)
     return HistGradientBoostingClassifier(max_iter=300, max_bins=63, early_stopping=False, random_state=0)
 
 
@@ -102,39 +90,53 @@ def _mlp():
     return MLPClassifier(hidden_layer_sizes=(256,), early_stopping=True, max_iter=200, random_state=0)
 
 
-def _keras(**kw):
-    def make():
-        from .keras_head import KerasHeadClassifier
-        return KerasHeadClassifier(**kw)
-    return make
+def _keras_head(**kw):
+    from .keras_head import KerasHeadClassifier
+    return KerasHeadClassifier(**kw)
 
 
-HEADS: dict[str, HeadSpec] = {s.name: s for s in [
-    _sk("logreg", _logreg, "standard", "logistic regression (lbfgs)"),
+def _keras(name, description, cost, **kw):
+    # a partial of a module-level function pickles, so a head's process can be handed the spec
+    return HeadSpec(name, functools.partial(_keras_head, **kw), "keras", "none", description, streams=True,
+                    views="draw", cost_10k=cost, labels="argmax")
+
+
+#: the linear probe's sweep over a wide log grid, as CLIP's: walked as a warm-started path that stops past the
+#: peak, then refined to half decades around it (:func:`featcache.bench.protocol.path`)
+_CLIP_C = [10.0 ** e for e in range(-6, 7)]
+
+for _spec in [
+    _sk("logreg", _logreg, "standard", "logistic regression (lbfgs)", grid={"C": _CLIP_C}, cost_10k=2.0,
+        selection="path", path_param="C"),
     _sk("linear_svm", _linear_svm, "standard", "linear SVM (hinge loss, averaged SGD), calibrated probabilities",
-        "clf__estimator__"),
-    _sk("ridge", _ridge, "standard", "ridge classifier, calibrated probabilities", "clf__estimator__"),
-    _sk("sgd", _sgd, "standard", "SGD logistic regression (averaged)", streams=True),
+        "clf__estimator__", grid={"alpha": [1e-5, 1e-4, 1e-3]}, row_cap=30_000, cost_10k=8.5,
+        selection="calibrated_on_val", threaded=True),
+    _sk("ridge", _ridge, "standard", "ridge classifier, calibrated probabilities", "clf__estimator__",
+        grid={"alpha": [1e-1, 1.0, 10.0, 100.0, 1000.0]}, row_cap=50_000, cost_10k=3.8,
+        selection="calibrated_on_val", one_svd=True),
+    _sk("sgd", _sgd, "standard", "SGD logistic regression (averaged)", streams=True,
+        grid={"alpha": [1e-5, 1e-4, 1e-3]}, row_cap=30_000, cost_10k=16.0, threaded=True),
     # views as rows would make these K + 1 times slower to fit (forests, boosting) or to predict (k-NN)
-    _sk("knn", _knn, "standard", "k-nearest neighbours (k=10, distance-weighted)", views="mean"),
+    _sk("knn", _knn, "standard", "k-nearest neighbours (k=10, distance-weighted)", views="mean",
+        grid={"n_neighbors": [5, 10, 20]}, row_cap=20_000, cost_10k=3.5, threaded=True),
     _sk("knn_cosine", _knn_cosine, "none", "DINOv2's weighted k-NN probe (cosine, votes exp(sim/0.07))",
-        views="mean"),
-    _sk("random_forest", _random_forest, "none", "random forest (200 trees)", views="mean"),
-    _sk("hist_gb", _hist_gb, "pca:128", "histogram gradient boosting on a PCA to 128 dimensions", views="mean"),
-    _sk("lda", _lda, "none", "linear discriminant analysis (shrinkage)"),
-    _sk("gaussian_nb", _gaussian_nb, "standard", "Gaussian naive Bayes", streams=True),
-    _sk("mlp", _mlp, "standard", "scikit-learn MLP (256)", streams=True),
-    HeadSpec("keras_linear", _keras(hidden=(), learning_rate=1e-2), "keras", "none",
-             "Keras softmax regression (Adam, early stopping)",
-             streams=True, views="draw"),
-    # tuned on 10k Fashion-MNIST rows (85.9% vs logreg's 85.4%; 512 wide, dropout 0.3: 83.3%), checked on
-    # scikit-learn's digits (97.6% vs logreg's 97.0%): docs/PERFORMANCE.md
-    HeadSpec("keras_mlp", _keras(hidden=(1024,), dropout=0.5, batch_norm=True, learning_rate=1e-3), "keras", "none",
-             "Keras MLP 1024, batch norm, dropout 0.5", streams=True, views="draw"),
-    HeadSpec("classic", _keras(hidden=(512,), standardize=False, learning_rate=1e-3, batch_size=64), "keras", "none",
-             "the classic recipe's head: Flatten -> Dense(512, relu) -> Dense(classes, softmax)", streams=True,
-             views="draw"),
-]}
+        views="mean", grid={"n_neighbors": [10, 20, 100, 200]}, cost_10k=2.2),  # DINOv2's k-NN protocol
+    _sk("random_forest", _random_forest, "none", "random forest (200 trees)", views="mean", row_cap=20_000,
+        cost_10k=14.0, selection="out_of_bag", threaded=True),
+    _sk("hist_gb", _hist_gb, "pca:128", "histogram gradient boosting on a PCA to 128 dimensions", views="mean",
+        row_cap=20_000, cost_10k=15.5),
+    _sk("lda", _lda, "none", "linear discriminant analysis (shrinkage)", cost_10k=1.5),
+    _sk("gaussian_nb", _gaussian_nb, "standard", "Gaussian naive Bayes", streams=True, cost_10k=0.4),
+    _sk("mlp", _mlp, "standard", "scikit-learn MLP (256)", streams=True, row_cap=50_000, cost_10k=2.4),
+    _keras("keras_linear", "Keras softmax regression (Adam, early stopping)", 1.4, hidden=(), learning_rate=1e-2),
+    # tuned on Fashion-MNIST rows and checked on scikit-learn's digits against logreg (docs/PERFORMANCE.md)
+    _keras("keras_mlp", "Keras MLP 1024, batch norm, dropout 0.5", 8.0, hidden=(1024,), dropout=0.5,
+           batch_norm=True, learning_rate=1e-3),
+    _keras("classic", "the classic recipe's head: Flatten -> Dense(512, relu) -> Dense(classes, softmax)", 3.9,
+           hidden=(512,), standardize=False, learning_rate=1e-3, batch_size=64),
+]:
+    register_head(_spec)
+del _spec
 
 
 def list_heads() -> list[HeadSpec]:
@@ -306,22 +308,10 @@ def absent_classes(y_train, classes) -> list:
 
 
 def _argmax_classifiers() -> tuple:
-    """The classifier classes of featcache's heads, whose ``predict`` is the argmax of ``predict_proba``
-    wherever it is unique (each turns one score per class into probabilities by a rising function)."""
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression, SGDClassifier
-    from sklearn.naive_bayes import GaussianNB
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.neural_network import MLPClassifier
-
-    from .keras_head import KerasHeadClassifier
-    from .knn_cosine import CosineKNNClassifier
-
-    return (CalibratedClassifierCV, LinearDiscriminantAnalysis, HistGradientBoostingClassifier,
-            RandomForestClassifier, LogisticRegression, SGDClassifier, GaussianNB, KNeighborsClassifier,
-            MLPClassifier, KerasHeadClassifier, CosineKNNClassifier)
+    """The classifier classes whose ``predict`` is the argmax of ``predict_proba`` wherever it is unique: those
+    of the heads registered with ``labels="argmax"`` (each turns one score per class into probabilities by a
+    rising function)."""
+    return argmax_classifiers()
 
 
 def is_keras(pipe) -> bool:
