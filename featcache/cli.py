@@ -104,7 +104,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_export_features(args) -> int:
-    from .exports import export_features
+    from .feature_export import export_features
 
     path = export_features(args.cache, args.out, output=args.output)
     stdout.print(f"{path}: features, ids, labels, class names and splits of {args.cache}")
@@ -262,7 +262,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .predict import export
+    from .model_export import export
 
     path = export(args.model, args.out, input_size=args.input_size, format=args.format)
     size = f"{args.input_size[0]}x{args.input_size[1]}" if args.input_size else "any-size"
@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .keras file")
     p.add_argument("--input-size", type=_size, metavar="HxW", default=None,
                    help="fix the model's input size (default: any size, resized in the model)")
-    from .predict import EXPORT_FORMATS
+    from .model_export import EXPORT_FORMATS
 
     p.add_argument("--format", choices=EXPORT_FORMATS, default="keras",
                    help="openvino: also write an OpenVINO IR (.xml + .bin) beside the .keras file, at a fixed size")

@@ -261,7 +261,7 @@ def _say(msg: str) -> None:
 def run(path, *, progress: bool = True) -> dict:
     """Run a pipeline file; returns where everything went."""
     from .runner import extract
-    from .predict import export
+    from .model_export import export
     from .store import open_cache
 
     cfg = load(path)
@@ -438,7 +438,7 @@ def _refusal(kind: str, target: Path) -> str | None:
     """Why featcache may not write ``target`` (a ``kind`` of :func:`output_plan`), or None when it may."""
     from .bench import check_report_target
     from .model_dir import check_model_dir_target
-    from .predict import is_our_model_export
+    from .model_export import is_our_model_export
     from .pretrain import _is_ours
     from .store import MANIFEST, foreign_entries, is_our_manifest
 
