@@ -14,16 +14,23 @@ from pathlib import Path
 from rich.text import Text
 
 from . import __version__
+from .augment import parse_recipe
+from .backbones import list_specs
 from .bench import BACKENDS, VIEW_MODES, bench
 from .console import console, human_bytes, key_value_table, stdout, table
 from .engines import ENGINES
-from .errors import FeatcacheError
+from .errors import FeatcacheError, FeatcacheWarning
+from .feature_export import export_features
 from .finetune import finetune
+from .heads import HEADS, list_heads, parse_value
 from .heads.views import MODES as head_view_modes
-from .model_export import EXPORT_FORMATS
-from .plan import DEFAULT_BACKBONE, SETTINGS
+from .model_export import EXPORT_FORMATS, export
+from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
+from .predict import predict
 from .pretrain import ARCHS, pretrain
 from .runner import extract
+from .sources import LIMIT_SEED
+from .store import bytes_per_image, open_cache
 from .train import train
 
 
@@ -62,8 +69,6 @@ def _default_out(source: str, backbone: str) -> str:
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=_int_list, help="keep only these labels, e.g. 0,1,2")
-    from .sources import LIMIT_SEED
-
     p.add_argument("--limit", type=int, metavar="N",
                    help="use a sample of N images, stratified by class (and split), in source order")
     p.add_argument("--first", type=int, metavar="N",
@@ -74,8 +79,6 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args) -> int:
-    from .augment import parse_recipe
-    from .plan import SETTINGS, ExtractOptions
     from .runner import prepare, run
 
     def cache_recipe(text):
@@ -114,16 +117,12 @@ def cmd_extract(args) -> int:
 
 
 def cmd_export_features(args) -> int:
-    from .feature_export import export_features
-
     path = export_features(args.cache, args.out, output=args.output)
     stdout.print(f"{path}: features, ids, labels, class names and splits of {args.cache}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .store import bytes_per_image, open_cache
-
     cache = open_cache(args.dir, allow_partial=True)
     p = cache.params
     w = p["weights"]
@@ -167,8 +166,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .store import open_cache
-
     cache = open_cache(args.dir, allow_partial=True)
     problems = cache.verify(deep=True)
     if problems:
@@ -183,8 +180,6 @@ def cmd_verify(args) -> int:
 
 
 def _parse_params(pairs) -> dict:
-    from .heads import parse_value
-
     params = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -255,8 +250,6 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict
-
     rows = predict(args.model, args.images, out=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
     if args.out:
         stdout.print(f"{len(rows)} predictions written to {args.out}")
@@ -268,8 +261,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .model_export import export
-
     path = export(args.model, args.out, input_size=args.input_size, format=args.format)
     size = f"{args.input_size[0]}x{args.input_size[1]}" if args.input_size else "any-size"
     stdout.print(f"exported {path}: {size} RGB or grey images (uint8 0-255, or float 0-1) in, class probabilities "
@@ -281,8 +272,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .heads import HEADS, parse_value
-
     heads = list(HEADS) if args.all or not args.heads else _csv_list(args.heads)
     params: dict = {}
     for pair in args.param or []:
@@ -332,8 +321,6 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_heads(args) -> int:
-    from .heads import list_heads
-
     stdout.print(table("heads", ["name", "kind", "default preprocess", "streams", "views", "what"],
                        [[h.name, h.kind, h.preprocess, "yes" if h.streams else "no", h.views, h.description]
                         for h in list_heads()]))
@@ -341,8 +328,6 @@ def cmd_heads(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from .backbones import list_specs
-
     rows = []
     for s in list_specs():
         status = s.download_status()
@@ -583,8 +568,6 @@ COMMANDS = [
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """featcache's own warnings (a subset that drops classes, no pixel baseline) as one yellow line; others as
     Python shows them."""
-    from .errors import FeatcacheWarning
-
     if issubclass(category, FeatcacheWarning):
         console.print(Text("warning: ", style="bold yellow") + Text(str(message)), soft_wrap=True)
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -27,13 +28,22 @@ import tomllib
 from pathlib import Path
 
 from . import __version__
+from .backbones import get_spec
+from .bench import DEFAULT_N_JOBS, DEFAULT_TIMEOUT, bench, check_options, check_report_target
+from .console import console
+from .datasets import is_dataset_name
 from .errors import FeatcacheError, KeyMismatchError
 from .files import atomic_write_bytes, remove_stale_temporaries
-from .model_dir import current_card, read_card
+from .finetune import check_settings, finetune
+from .heads import HEADS, validate_head
+from .model_dir import check_model_dir_target, current_card, read_card
 from .model_export import export, is_our_model_export
-from .plan import DEFAULT_BACKBONE, SETTINGS
+from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
+from .pretrain import _is_ours, pretrain
+from .report import best_row
 from .runner import extract
 from .store import MANIFEST, foreign_entries, is_our_manifest, open_cache
+from .train import train
 
 _STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
 _LIST_STR, _LIST_INT = ("list", str), ("list", int)
@@ -130,9 +140,6 @@ def load(path) -> dict:
 
 
 def _resolve(path: Path, cfg: dict) -> dict:
-    from .datasets import is_dataset_name
-    from .heads import HEADS
-
     path = path.resolve()
     base = path.parent.parent if path.parent.name == "pipelines" else path.parent  # paths are relative to the repo
     out = Path(cfg["pipeline"].get("out", f"out/{cfg['pipeline']['name']}"))
@@ -153,25 +160,7 @@ def _resolve(path: Path, cfg: dict) -> dict:
         pre = cfg["pretrain"]
         pre["source"] = source_path(pre.get("source", cfg["data"]["source"]), "pretrain.source")
         pre["out"] = str(out / pre.get("out", "pretrained.keras"))
-    names = []
-    for i, ex in enumerate(cfg["extract"]):
-        if ex["name"] in names:
-            raise FeatcacheError(f"{path}: two [[extract]] tables are named {ex['name']!r}")
-        names.append(ex["name"])
-        backbone = ex.get("backbone", DEFAULT_BACKBONE)
-        if backbone == "pretrained":
-            if "pretrain" not in cfg:
-                raise FeatcacheError(f"{path}: extract[{i}].backbone = 'pretrained' needs a [pretrain] table")
-        elif backbone.endswith(".keras"):
-            ex["backbone"] = source_path(backbone, f"extract[{i}].backbone")
-        else:
-            from .backbones import get_spec
-
-            try:
-                get_spec(backbone)
-            except FeatcacheError as exc:
-                raise FeatcacheError(f"{path}: extract[{i}].backbone: {exc}") from None
-        ex["cache"] = str(out / ex.get("cache", f"cache-{ex['name']}"))
+    names = _resolve_extracts(path, cfg, out, source_path)
     for section in ("train", "bench"):
         for h in cfg.get(section, {}).get("heads", []) + cfg.get(section, {}).get("baseline_heads", []):
             if h not in HEADS:
@@ -204,13 +193,31 @@ def _resolve(path: Path, cfg: dict) -> dict:
     return cfg
 
 
+def _resolve_extracts(path: Path, cfg: dict, out: Path, source_path) -> list[str]:
+    """Each [[extract]]'s backbone checked (a .keras file found) and its cache placed under ``out``; their names."""
+    names = []
+    for i, ex in enumerate(cfg["extract"]):
+        if ex["name"] in names:
+            raise FeatcacheError(f"{path}: two [[extract]] tables are named {ex['name']!r}")
+        names.append(ex["name"])
+        backbone = ex.get("backbone", DEFAULT_BACKBONE)
+        if backbone == "pretrained":
+            if "pretrain" not in cfg:
+                raise FeatcacheError(f"{path}: extract[{i}].backbone = 'pretrained' needs a [pretrain] table")
+        elif backbone.endswith(".keras"):
+            ex["backbone"] = source_path(backbone, f"extract[{i}].backbone")
+        else:
+            try:
+                get_spec(backbone)
+            except FeatcacheError as exc:
+                raise FeatcacheError(f"{path}: extract[{i}].backbone: {exc}") from None
+        ex["cache"] = str(out / ex.get("cache", f"cache-{ex['name']}"))
+    return names
+
+
 def _check_values(path: Path, cfg: dict) -> None:
     """The values the schema's types cannot judge, with the validators the stages use, so a bad one
     fails here and not after an extraction: head parameters, bench settings, extraction options."""
-    from .bench import check_options
-    from .plan import ExtractOptions
-    from .heads import validate_head
-
     train = cfg.get("train", {})
     for head, params in train.get("params", {}).items():  # a head's defaults are valid: no scikit-learn import
         try:
@@ -218,8 +225,6 @@ def _check_values(path: Path, cfg: dict) -> None:
         except FeatcacheError as exc:
             raise FeatcacheError(f"{path}: 'train.params.{head}': {exc}") from None
     if "finetune" in cfg:
-        from .finetune import check_settings
-
         try:
             check_settings(**cfg["finetune"])  # it judges the numbers; the names were judged above
         except FeatcacheError as exc:
@@ -242,9 +247,6 @@ def _current_finetune(mdir: Path, cache_key: str, settings: dict, views: int = 0
     The card records every setting ``finetune`` used (``card["finetune"]``);
     a key the file leaves out is compared at ``finetune``'s default.
     """
-    import inspect
-
-    from .finetune import finetune
 
     card = current_card(mdir, "finetune", cache_key, {}, views if settings.get("views", "auto") == "auto" else 0)
     if card is None:
@@ -259,8 +261,6 @@ def _current_finetune(mdir: Path, cache_key: str, settings: dict, views: int = 0
 
 
 def _say(msg: str) -> None:
-    from .console import console
-
     console.print(msg, highlight=False)
 
 
@@ -292,8 +292,6 @@ def run(path, *, progress: bool = True) -> dict:
 
 def _pretrain_stage(cfg: dict, result: dict) -> str:
     """Source-domain pre-training (kept when unchanged); returns the layer its features come from."""
-    from .pretrain import pretrain  # imports Keras when it trains
-
     pre = dict(cfg["pretrain"])
     summary = pretrain(pre.pop("source"), out=pre.pop("out"), data_dir=cfg["data"].get("data_dir"), **pre)
     state = "unchanged, kept" if summary.get("skipped") else f"trained in {summary['seconds']} s"
@@ -333,8 +331,6 @@ def _extract_stage(cfg: dict, ex: dict, transfer: str | None, result: dict, prog
 
 def _train_stage(cfg: dict, result: dict, val_accuracy: dict) -> None:
     """The [train] heads, each skipped when its model directory holds the same head on the same cache."""
-    from .train import train  # imports Keras for a Keras head
-
     train_cfg, out = cfg["train"], cfg["pipeline"]["out"]
     cache_name = train_cfg.get("cache", cfg["extract"][0]["name"])
     cache = open_cache(result["caches"][cache_name])
@@ -355,8 +351,6 @@ def _train_stage(cfg: dict, result: dict, val_accuracy: dict) -> None:
 
 def _finetune_stage(cfg: dict, result: dict, val_accuracy: dict) -> float:
     """The [finetune] of the top block, skipped when its settings and cache are unchanged; its test accuracy."""
-    from .finetune import finetune  # imports Keras
-
     out = cfg["pipeline"]["out"]
     settings = {k: v for k, v in cfg["finetune"].items() if k != "cache"}
     cache = open_cache(result["caches"][cfg["finetune"]["cache"]])
@@ -410,9 +404,6 @@ def _bench_stage(cfg: dict, result: dict, progress: bool) -> dict | None:
     if recorded is not None and recorded["inputs"] == inputs and recorded["files"] == _report_files(report):
         _say(f"[bold]bench[/] report: {report / 'report.html'}: up to date")
         return recorded["best"]
-    from .bench import DEFAULT_N_JOBS, DEFAULT_TIMEOUT, bench  # bench's children import Keras, not this process
-    from .report import best_row
-
     rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
                  timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS),
                  out=report, baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress,
@@ -535,10 +526,6 @@ def output_plan(cfg: dict) -> list[tuple[str, Path]]:
 
 def _refusal(kind: str, target: Path) -> str | None:
     """Why featcache may not write ``target`` (a ``kind`` of :func:`output_plan`), or None when it may."""
-    from .bench import check_report_target
-    from .model_dir import check_model_dir_target
-    from .pretrain import _is_ours
-
     if kind == "folder":
         return "exists and is not a folder" if os.path.lexists(target) and not target.is_dir() else None
     if kind == "cache":

@@ -25,7 +25,7 @@ from .heads import proba_and_labels
 from .homes import featcache_home
 from .plan import ExtractOptions, make_plan
 from .runner import run
-from .model_dir import feature_mismatch, load_model_dir, read_card
+from .model_dir import feature_mismatch, load_model_dir
 from .sources import ArraySource, CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, is_our_manifest, open_cache
 
