@@ -13,9 +13,10 @@ from .errors import FeatcacheError  # noqa: E402
 from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: E402
 from .store import Cache, open_cache, split_masks  # noqa: E402
 from .adapters import keras_dataset, tf_dataset  # noqa: E402
-from .exports import export_features, load_features  # noqa: E402
+from .feature_export import export_features, load_features  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
-from .predict import export, export_info, predict  # noqa: E402
+from .predict import predict  # noqa: E402
+from .model_export import export, export_info  # noqa: E402
 from .finetune import finetune  # noqa: E402
 from .heads import make_head  # noqa: E402
 from .bench import bench  # noqa: E402

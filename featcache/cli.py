@@ -11,10 +11,27 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__
-from .console import console, human_bytes, key_value_table, stdout, table
-from .errors import FeatcacheError
 from rich.text import Text
+
+from . import __version__
+from .augment import parse_recipe
+from .backbones import list_specs
+from .bench import BACKENDS, VIEW_MODES, bench
+from .console import console, human_bytes, key_value_table, stdout, table
+from .engines import ENGINES
+from .errors import FeatcacheError, FeatcacheWarning
+from .feature_export import export_features
+from .finetune import finetune
+from .heads import HEADS, list_heads, parse_value
+from .heads.views import MODES as head_view_modes
+from .model_export import EXPORT_FORMATS, export
+from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
+from .predict import predict
+from .pretrain import ARCHS, pretrain
+from .runner import extract
+from .sources import LIMIT_SEED
+from .store import bytes_per_image, open_cache
+from .train import train
 
 
 #: said next to every command that loads a model directory
@@ -52,8 +69,6 @@ def _default_out(source: str, backbone: str) -> str:
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=_int_list, help="keep only these labels, e.g. 0,1,2")
-    from .sources import LIMIT_SEED
-
     p.add_argument("--limit", type=int, metavar="N",
                    help="use a sample of N images, stratified by class (and split), in source order")
     p.add_argument("--first", type=int, metavar="N",
@@ -64,8 +79,6 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args) -> int:
-    from .augment import parse_recipe
-    from .plan import SETTINGS, ExtractOptions
     from .runner import prepare, run
 
     def cache_recipe(text):
@@ -104,16 +117,12 @@ def cmd_extract(args) -> int:
 
 
 def cmd_export_features(args) -> int:
-    from .exports import export_features
-
     path = export_features(args.cache, args.out, output=args.output)
     stdout.print(f"{path}: features, ids, labels, class names and splits of {args.cache}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .store import bytes_per_image, open_cache
-
     cache = open_cache(args.dir, allow_partial=True)
     p = cache.params
     w = p["weights"]
@@ -157,8 +166,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .store import open_cache
-
     cache = open_cache(args.dir, allow_partial=True)
     problems = cache.verify(deep=True)
     if problems:
@@ -173,8 +180,6 @@ def cmd_verify(args) -> int:
 
 
 def _parse_params(pairs) -> dict:
-    from .heads import parse_value
-
     params = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -207,8 +212,6 @@ def _fmt(v, pct=True):
 
 
 def cmd_train(args) -> int:
-    from .train import train
-
     params = _parse_params(args.param)
     head = _your_estimator(args.head, params)
     if not isinstance(head, str):
@@ -230,8 +233,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .finetune import finetune
-
     out = args.out or os.path.join("models", f"{Path(args.cache).name}-finetune")
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
         res = finetune(args.cache, from_layer=args.from_layer, to_layer=args.to_layer, output=args.output,
@@ -249,8 +250,6 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict
-
     rows = predict(args.model, args.images, out=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
     if args.out:
         stdout.print(f"{len(rows)} predictions written to {args.out}")
@@ -262,8 +261,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .predict import export
-
     path = export(args.model, args.out, input_size=args.input_size, format=args.format)
     size = f"{args.input_size[0]}x{args.input_size[1]}" if args.input_size else "any-size"
     stdout.print(f"exported {path}: {size} RGB or grey images (uint8 0-255, or float 0-1) in, class probabilities "
@@ -275,9 +272,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench
-    from .heads import HEADS, parse_value
-
     heads = list(HEADS) if args.all or not args.heads else _csv_list(args.heads)
     params: dict = {}
     for pair in args.param or []:
@@ -318,8 +312,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .pretrain import pretrain
-
     s = pretrain(args.source, arch=args.arch, epochs=args.epochs, out=args.out, classes=args.classes,
                  limit=args.limit, first=args.first, limit_seed=args.limit_seed, data_dir=args.data_dir)
     state = "unchanged, kept" if s.get("skipped") else f"trained in {s['seconds']} s"
@@ -329,8 +321,6 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_heads(args) -> int:
-    from .heads import list_heads
-
     stdout.print(table("heads", ["name", "kind", "default preprocess", "streams", "views", "what"],
                        [[h.name, h.kind, h.preprocess, "yes" if h.streams else "no", h.views, h.description]
                         for h in list_heads()]))
@@ -338,8 +328,6 @@ def cmd_heads(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from .backbones import list_specs
-
     rows = []
     for s in list_specs():
         status = s.download_status()
@@ -402,23 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
                "  featcache bench caches/mine --out report\n  featcache run pipelines/quickstart.toml")
     parser.add_argument("--version", action="version", version=f"featcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, texts, add_arguments, func in COMMANDS:
+        p = sub.add_parser(name, **texts)
+        add_arguments(p)
+        p.set_defaults(func=func)
+        p.formatter_class = _HelpFormatter  # defaults shown, and one or two examples to copy
+        p.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
+    return parser
 
-    from .bench import BACKENDS, VIEW_MODES, bench
-    from .engines import ENGINES
-    from .plan import DEFAULT_BACKBONE
-    from .pretrain import ARCHS, pretrain
-    from .runner import extract
-    from .heads.views import MODES as head_view_modes
-    from .train import train
 
-    p = sub.add_parser("extract", help="extract features of SOURCE into a cache directory")
+def _extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a folder, a CSV manifest, or a dataset name such as fashion_mnist:test")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"registry name or .keras file (default {DEFAULT_BACKBONE})")
     p.add_argument("--weights", default=_api_default(extract, "weights"),
                    help="imagenet, none (random, for tests) or a weights file")
     p.add_argument("--layer", help="cut the backbone at this layer")
-    from .plan import SETTINGS
-
     for setting in SETTINGS:  # declared once, in featcache/plan.py
         p.add_argument(setting.flag, default=setting.default, help=setting.help, choices=setting.choices,
                        type=_csv_list if setting.many else setting.type)
@@ -435,17 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, help="Ray workers (default: the cluster's CPUs, or GPUs / --gpus-per-worker)")
     g.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker reserves (default 0)")
     _add_source_args(p)
-    p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("info", help="describe a cache directory")
+
+def _cache_dir_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a cache directory (what featcache extract wrote)")
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("verify", help="check every shard against the manifest")
-    p.add_argument("dir", help="a cache directory (what featcache extract wrote)")
-    p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("train", help="train a head on a cache and save it")
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", help="cache directory")
     p.add_argument("--head", default=_api_default(train, "head"), help="head name (featcache heads lists them), or your own "
                    "classifier as module:Class (e.g. sklearn.svm:SVC, built with --param)")
@@ -462,14 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to train on the cache's augmented views (extract --views): auto (the head's own way, "
                    "featcache heads), rows, mean, draw (Keras heads) or none")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress from Keras heads (on stderr)")
-    p.set_defaults(func=cmd_train)
 
-    from .finetune import finetune
 
-    p = sub.add_parser("finetune", help="fine-tune the backbone's top block and a head on a cache of a mid-level map",
-                       description="Fine-tune the backbone's layers above a cached map (BatchNorm frozen, in "
-                       "inference mode) with a softmax head: the head alone first, then the block at a small learning "
-                       "rate, each early-stopped on the validation split. The CNN below the cut never runs again.")
+def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", help="cache directory made with --outputs LAYER --pooling none")
     p.add_argument("--from-layer", help="the cut: a layer whose map the cache holds (default: the first output's)")
     p.add_argument("--to-layer", help="where the trainable block ends (default: the backbone's output)")
@@ -482,43 +459,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: one of the cache's augmented views per train image per epoch; none: plain maps only")
     p.add_argument("--out", help="model directory (default models/<cache>-finetune)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("predict", help="classify raw images (files, folders, a CSV, or a cache) with a saved head; "
-                       + TRUST, description="Classify raw images (files, folders, a CSV, or a cache) with a saved "
-                       "head. " + TRUST[0].upper() + TRUST[1:] + ".")
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
     p.add_argument("images", nargs="+", help="image files, folders, a CSV manifest, or a cache directory")
     p.add_argument("--out", help="write predictions to a .csv or .json file")
     p.add_argument("--cache-dir", help="where prediction feature caches go (default ~/.cache/featcache/predictions)")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="write one end-to-end .keras model (Keras heads)",
-                       description="Write one end-to-end .keras model (Keras heads). " + TRUST[0].upper() + TRUST[1:]
-                       + ".")
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
     p.add_argument("out", help="output .keras file")
     p.add_argument("--input-size", type=_size, metavar="HxW", default=None,
                    help="fix the model's input size (default: any size, resized in the model)")
-    from .predict import EXPORT_FORMATS
-
     p.add_argument("--format", choices=EXPORT_FORMATS, default="keras",
                    help="openvino: also write an OpenVINO IR (.xml + .bin) beside the .keras file, at a fixed size")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("export-features", help="write a cache's features, ids, labels, class names and splits to "
-                       "one self-contained .npz, .parquet or .h5 file",
-                       description="Write one stored output of a cache, with ids, labels, class names and the split "
-                       "of every row, to one file that reads the same wherever it is copied (unlike features.h5). "
-                       "The format follows OUT's suffix; features keep their dtype bit for bit; rows are in "
-                       "source order. An existing OUT is replaced only when featcache exported it.")
+
+def _export_features_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", help="cache directory written by featcache extract")
     p.add_argument("out", help="the file to write: .npz, .parquet (needs pyarrow) or .h5")
     p.add_argument("--output", help="which stored output (default: the first)")
-    p.set_defaults(func=cmd_export_features)
 
-    p = sub.add_parser("bench", help="benchmark heads on one or more caches, with a report")
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("caches", nargs="+", help="cache directories (several: compare backbones)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--heads", help="comma-separated head names, or your own classifier as module:Class "
@@ -542,37 +508,66 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how heads train on the caches' augmented views: auto (each head's own way), rows, mean "
                    "(Keras heads draw one view an epoch either way) or none")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("run", help="run a pipeline file: whatever is stale, and nothing else")
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="a TOML file, e.g. pipelines/quickstart.toml")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("pretrain", help="train a small CNN on a source domain, for use as a backbone")
+
+def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a folder, a CSV manifest or a dataset name")
     p.add_argument("--arch", default=_api_default(pretrain, "arch"), choices=sorted(ARCHS))
     p.add_argument("--epochs", type=int, default=_api_default(pretrain, "epochs"))
     p.add_argument("--out", required=True, help="the .keras file to write")
     _add_source_args(p)
-    p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("heads", help="list the classifier heads")
-    p.set_defaults(func=cmd_heads)
 
-    p = sub.add_parser("backbones", help="list the backbone registry")
-    p.set_defaults(func=cmd_backbones)
-    for name, command in sub.choices.items():  # defaults shown, and one or two examples to copy
-        command.formatter_class = _HelpFormatter
-        command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
-    return parser
+def _no_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _trusting(summary: str) -> dict:
+    """The texts of a command that loads a model directory: its help and description say it is code."""
+    return {"help": f"{summary}; {TRUST}", "description": f"{summary[0].upper()}{summary[1:]}. "
+            f"{TRUST[0].upper()}{TRUST[1:]}."}
+
+
+#: every subcommand, in ``--help`` order: (name, its add_parser texts, what adds its arguments, what runs it)
+COMMANDS = [
+    ("extract", {"help": "extract features of SOURCE into a cache directory"}, _extract_arguments, cmd_extract),
+    ("info", {"help": "describe a cache directory"}, _cache_dir_arguments, cmd_info),
+    ("verify", {"help": "check every shard against the manifest"}, _cache_dir_arguments, cmd_verify),
+    ("train", {"help": "train a head on a cache and save it"}, _train_arguments, cmd_train),
+    ("finetune", {"help": "fine-tune the backbone's top block and a head on a cache of a mid-level map",
+                  "description": "Fine-tune the backbone's layers above a cached map (BatchNorm frozen, in "
+                  "inference mode) with a softmax head: the head alone first, then the block at a small learning "
+                  "rate, each early-stopped on the validation split. The CNN below the cut never runs again."},
+     _finetune_arguments, cmd_finetune),
+    ("predict", _trusting("classify raw images (files, folders, a CSV, or a cache) with a saved head"),
+     _predict_arguments, cmd_predict),
+    ("export", {"help": "write one end-to-end .keras model (Keras heads)",
+                "description": "Write one end-to-end .keras model (Keras heads). " + TRUST[0].upper() + TRUST[1:]
+                + "."}, _export_arguments, cmd_export),
+    ("export-features", {"help": "write a cache's features, ids, labels, class names and splits to one "
+                         "self-contained .npz, .parquet or .h5 file",
+                         "description": "Write one stored output of a cache, with ids, labels, class names and the "
+                         "split of every row, to one file that reads the same wherever it is copied (unlike "
+                         "features.h5). The format follows OUT's suffix; features keep their dtype bit for bit; "
+                         "rows are in source order. An existing OUT is replaced only when featcache exported it."},
+     _export_features_arguments, cmd_export_features),
+    ("bench", {"help": "benchmark heads on one or more caches, with a report"}, _bench_arguments, cmd_bench),
+    ("run", {"help": "run a pipeline file: whatever is stale, and nothing else"}, _run_arguments, cmd_run),
+    ("pretrain", {"help": "train a small CNN on a source domain, for use as a backbone"}, _pretrain_arguments,
+     cmd_pretrain),
+    ("heads", {"help": "list the classifier heads"}, _no_arguments, cmd_heads),
+    ("backbones", {"help": "list the backbone registry"}, _no_arguments, cmd_backbones),
+]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """featcache's own warnings (a subset that drops classes, no pixel baseline) as one yellow line; others as
     Python shows them."""
-    from .errors import FeatcacheWarning
-
     if issubclass(category, FeatcacheWarning):
         console.print(Text("warning: ", style="bold yellow") + Text(str(message)), soft_wrap=True)
     else:

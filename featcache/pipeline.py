@@ -19,15 +19,31 @@ A thin layer over the Python API.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import inspect
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 
+from . import __version__
+from .backbones import get_spec
+from .bench import DEFAULT_N_JOBS, DEFAULT_TIMEOUT, bench, check_options, check_report_target
+from .console import console
+from .datasets import is_dataset_name
 from .errors import FeatcacheError, KeyMismatchError
 from .files import atomic_write_bytes, remove_stale_temporaries
-from .model_dir import current_card, read_card
-from .plan import DEFAULT_BACKBONE, SETTINGS
+from .finetune import check_settings, finetune
+from .heads import HEADS, validate_head
+from .model_dir import check_model_dir_target, current_card, read_card
+from .model_export import export, is_our_model_export
+from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
+from .pretrain import _is_ours, pretrain
+from .report import best_row
+from .runner import extract
+from .store import MANIFEST, foreign_entries, is_our_manifest, open_cache
+from .train import train
 
 _STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
 _LIST_STR, _LIST_INT = ("list", str), ("list", int)
@@ -124,9 +140,6 @@ def load(path) -> dict:
 
 
 def _resolve(path: Path, cfg: dict) -> dict:
-    from .datasets import is_dataset_name
-    from .heads import HEADS
-
     path = path.resolve()
     base = path.parent.parent if path.parent.name == "pipelines" else path.parent  # paths are relative to the repo
     out = Path(cfg["pipeline"].get("out", f"out/{cfg['pipeline']['name']}"))
@@ -147,25 +160,7 @@ def _resolve(path: Path, cfg: dict) -> dict:
         pre = cfg["pretrain"]
         pre["source"] = source_path(pre.get("source", cfg["data"]["source"]), "pretrain.source")
         pre["out"] = str(out / pre.get("out", "pretrained.keras"))
-    names = []
-    for i, ex in enumerate(cfg["extract"]):
-        if ex["name"] in names:
-            raise FeatcacheError(f"{path}: two [[extract]] tables are named {ex['name']!r}")
-        names.append(ex["name"])
-        backbone = ex.get("backbone", DEFAULT_BACKBONE)
-        if backbone == "pretrained":
-            if "pretrain" not in cfg:
-                raise FeatcacheError(f"{path}: extract[{i}].backbone = 'pretrained' needs a [pretrain] table")
-        elif backbone.endswith(".keras"):
-            ex["backbone"] = source_path(backbone, f"extract[{i}].backbone")
-        else:
-            from .backbones import get_spec
-
-            try:
-                get_spec(backbone)
-            except FeatcacheError as exc:
-                raise FeatcacheError(f"{path}: extract[{i}].backbone: {exc}") from None
-        ex["cache"] = str(out / ex.get("cache", f"cache-{ex['name']}"))
+    names = _resolve_extracts(path, cfg, out, source_path)
     for section in ("train", "bench"):
         for h in cfg.get(section, {}).get("heads", []) + cfg.get(section, {}).get("baseline_heads", []):
             if h not in HEADS:
@@ -198,22 +193,38 @@ def _resolve(path: Path, cfg: dict) -> dict:
     return cfg
 
 
+def _resolve_extracts(path: Path, cfg: dict, out: Path, source_path) -> list[str]:
+    """Each [[extract]]'s backbone checked (a .keras file found) and its cache placed under ``out``; their names."""
+    names = []
+    for i, ex in enumerate(cfg["extract"]):
+        if ex["name"] in names:
+            raise FeatcacheError(f"{path}: two [[extract]] tables are named {ex['name']!r}")
+        names.append(ex["name"])
+        backbone = ex.get("backbone", DEFAULT_BACKBONE)
+        if backbone == "pretrained":
+            if "pretrain" not in cfg:
+                raise FeatcacheError(f"{path}: extract[{i}].backbone = 'pretrained' needs a [pretrain] table")
+        elif backbone.endswith(".keras"):
+            ex["backbone"] = source_path(backbone, f"extract[{i}].backbone")
+        else:
+            try:
+                get_spec(backbone)
+            except FeatcacheError as exc:
+                raise FeatcacheError(f"{path}: extract[{i}].backbone: {exc}") from None
+        ex["cache"] = str(out / ex.get("cache", f"cache-{ex['name']}"))
+    return names
+
+
 def _check_values(path: Path, cfg: dict) -> None:
     """The values the schema's types cannot judge, with the validators the stages use, so a bad one
     fails here and not after an extraction: head parameters, bench settings, extraction options."""
-    from .bench import check_options
-    from .plan import ExtractOptions
-    from .heads import validate_head
-
     train = cfg.get("train", {})
-    for head in train.get("heads", []):
+    for head, params in train.get("params", {}).items():  # a head's defaults are valid: no scikit-learn import
         try:
-            validate_head(head, None, train.get("params", {}).get(head, {}))
+            validate_head(head, None, params)
         except FeatcacheError as exc:
             raise FeatcacheError(f"{path}: 'train.params.{head}': {exc}") from None
     if "finetune" in cfg:
-        from .finetune import check_settings
-
         try:
             check_settings(**cfg["finetune"])  # it judges the numbers; the names were judged above
         except FeatcacheError as exc:
@@ -236,9 +247,6 @@ def _current_finetune(mdir: Path, cache_key: str, settings: dict, views: int = 0
     The card records every setting ``finetune`` used (``card["finetune"]``);
     a key the file leaves out is compared at ``finetune``'s default.
     """
-    import inspect
-
-    from .finetune import finetune
 
     card = current_card(mdir, "finetune", cache_key, {}, views if settings.get("views", "auto") == "auto" else 0)
     if card is None:
@@ -253,17 +261,11 @@ def _current_finetune(mdir: Path, cache_key: str, settings: dict, views: int = 0
 
 
 def _say(msg: str) -> None:
-    from .console import console
-
     console.print(msg, highlight=False)
 
 
 def run(path, *, progress: bool = True) -> dict:
     """Run a pipeline file; returns where everything went."""
-    from .runner import extract
-    from .predict import export
-    from .store import open_cache
-
     cfg = load(path)
     out: Path = cfg["pipeline"]["out"]
     check_output_plan(path, cfg)
@@ -271,121 +273,162 @@ def run(path, *, progress: bool = True) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatcacheError(f"cannot create the pipeline's out folder {out}: {exc.strerror or exc}") from None
-    data = cfg["data"]
     result = {"pipeline": cfg["pipeline"]["name"], "out": str(out), "caches": {}, "models": {}}
-    if "pretrain" in cfg:
-        from .pretrain import pretrain
-
-        pre = dict(cfg["pretrain"])
-        summary = pretrain(pre.pop("source"), out=pre.pop("out"), data_dir=data.get("data_dir"), **pre)
-        state = "unchanged, kept" if summary.get("skipped") else f"trained in {summary['seconds']} s"
-        _say(f"[bold]pretrain[/] {summary['model']}: {state} (source-domain val accuracy "
-             f"{100 * summary['val_accuracy']:.1f}%)")
-        result["pretrained"] = summary["model"]
-        transfer = summary["feature_layer"]
+    transfer = _pretrain_stage(cfg, result) if "pretrain" in cfg else None
     for ex in cfg["extract"]:
-        opts = {k: ex[k] for k in EXTRACT_OPTIONS if k in ex}
-        backbone, layer = ex.get("backbone", DEFAULT_BACKBONE), ex.get("layer")
-        if backbone == "pretrained":  # default: the source CNN's last conv map, whole
-            if layer is None:
-                layer = transfer
-                opts.setdefault("pooling", "none")
-            backbone = result["pretrained"]
-        opts.update(weights=ex.get("weights", "imagenet"), layer=layer, classes=data.get("classes"),
-                    limit=data.get("limit"), first=data.get("first"), data_dir=data.get("data_dir"),
-                    progress=progress, **({"limit_seed": data["limit_seed"]} if "limit_seed" in data else {}),
-                    allow_outside=data.get("allow_outside", False), return_summary=True)
-        try:
-            cache, summary = extract(data["source"], backbone, ex["cache"], **opts)
-        except KeyMismatchError as exc:
-            if not Path(ex["cache"]).resolve().is_relative_to(out.resolve()):
-                raise  # not the pipeline's own cache: never replaced behind the user's back
-            _say(f"[bold]extract[/] {ex['name']}: settings changed ({', '.join(exc.differences)}); "
-                 f"rebuilding {ex['cache']}")
-            cache, summary = extract(data["source"], backbone, ex["cache"], overwrite=True, **opts)
-        state = "up to date, nothing extracted" if summary.noop else \
-            f"{summary.computed_shards} shards computed at {summary.images_per_s:.0f} img/s"
-        _say(f"[bold]extract[/] {ex['name']}: {cache.path} ({len(cache):,} rows; {state})")
-        result["caches"][ex["name"]] = str(cache.path)
-    train_cfg = cfg.get("train", {})
+        _extract_stage(cfg, ex, transfer, result, progress)
     val_accuracy = {}  # model name: validation accuracy, for export = "best"
-    finetune_test = None  # the fine-tuned block's test accuracy, for the comparison after bench
-    if train_cfg.get("heads"):
-        from .train import train
+    if cfg.get("train", {}).get("heads"):
+        _train_stage(cfg, result, val_accuracy)
+    finetune_test = _finetune_stage(cfg, result, val_accuracy) if "finetune" in cfg else None
+    if cfg.get("train", {}).get("export"):
+        _export_stage(cfg, result, val_accuracy)
+    if "bench" in cfg:
+        top = _bench_stage(cfg, result, progress)
+        if finetune_test is not None and top is not None:
+            _compare(result, finetune_test, top)
+    return result
 
-        cache_name = train_cfg.get("cache", cfg["extract"][0]["name"])
-        cache = open_cache(result["caches"][cache_name])
-        for head in train_cfg["heads"]:
-            params = train_cfg.get("params", {}).get(head, {})
-            mdir = out / "models" / f"{cache_name}-{head}"
-            card = current_card(mdir, head, cache.key, params, cache.views)
-            if card is not None:
-                _say(f"[bold]train[/] {head}: up to date ({mdir}, test accuracy "
-                     f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
-            else:
-                card = train(cache, head, params=params, out=mdir).card
-                _say(f"[bold]train[/] {head}: test accuracy {100 * card['metrics']['test']['accuracy']:.2f}% "
-                     f"(fit {card['fit_seconds']:.2f} s) -> {mdir}")
-            result["models"][head] = str(mdir)
-            val_accuracy[head] = card["metrics"].get("val", {}).get("accuracy", float("-inf"))
-    if "finetune" in cfg:
-        from .finetune import finetune
 
-        settings = {k: v for k, v in cfg["finetune"].items() if k != "cache"}
-        cache = open_cache(result["caches"][cfg["finetune"]["cache"]])
-        mdir = out / "models" / f"{cfg['finetune']['cache']}-finetune"
-        card = _current_finetune(mdir, cache.key, settings, cache.views)
+def _pretrain_stage(cfg: dict, result: dict) -> str:
+    """Source-domain pre-training (kept when unchanged); returns the layer its features come from."""
+    pre = dict(cfg["pretrain"])
+    summary = pretrain(pre.pop("source"), out=pre.pop("out"), data_dir=cfg["data"].get("data_dir"), **pre)
+    state = "unchanged, kept" if summary.get("skipped") else f"trained in {summary['seconds']} s"
+    _say(f"[bold]pretrain[/] {summary['model']}: {state} (source-domain val accuracy "
+         f"{100 * summary['val_accuracy']:.1f}%)")
+    result["pretrained"] = summary["model"]
+    return summary["feature_layer"]
+
+
+def _extract_stage(cfg: dict, ex: dict, transfer: str | None, result: dict, progress: bool) -> None:
+    """One [[extract]] cache: a no-op when its key matches; the pipeline's own is rebuilt when stale."""
+    out, data = cfg["pipeline"]["out"], cfg["data"]
+    opts = {k: ex[k] for k in EXTRACT_OPTIONS if k in ex}
+    backbone, layer = ex.get("backbone", DEFAULT_BACKBONE), ex.get("layer")
+    if backbone == "pretrained":  # default: the source CNN's last conv map, whole
+        if layer is None:
+            layer = transfer
+            opts.setdefault("pooling", "none")
+        backbone = result["pretrained"]
+    opts.update(weights=ex.get("weights", "imagenet"), layer=layer, classes=data.get("classes"),
+                limit=data.get("limit"), first=data.get("first"), data_dir=data.get("data_dir"),
+                progress=progress, **({"limit_seed": data["limit_seed"]} if "limit_seed" in data else {}),
+                allow_outside=data.get("allow_outside", False), return_summary=True)
+    try:
+        cache, summary = extract(data["source"], backbone, ex["cache"], **opts)
+    except KeyMismatchError as exc:
+        if not Path(ex["cache"]).resolve().is_relative_to(out.resolve()):
+            raise  # not the pipeline's own cache: never replaced behind the user's back
+        _say(f"[bold]extract[/] {ex['name']}: settings changed ({', '.join(exc.differences)}); "
+             f"rebuilding {ex['cache']}")
+        cache, summary = extract(data["source"], backbone, ex["cache"], overwrite=True, **opts)
+    state = "up to date, nothing extracted" if summary.noop else \
+        f"{summary.computed_shards} shards computed at {summary.images_per_s:.0f} img/s"
+    _say(f"[bold]extract[/] {ex['name']}: {cache.path} ({len(cache):,} rows; {state})")
+    result["caches"][ex["name"]] = str(cache.path)
+
+
+def _train_stage(cfg: dict, result: dict, val_accuracy: dict) -> None:
+    """The [train] heads, each skipped when its model directory holds the same head on the same cache."""
+    train_cfg, out = cfg["train"], cfg["pipeline"]["out"]
+    cache_name = train_cfg.get("cache", cfg["extract"][0]["name"])
+    cache = open_cache(result["caches"][cache_name])
+    for head in train_cfg["heads"]:
+        params = train_cfg.get("params", {}).get(head, {})
+        mdir = out / "models" / f"{cache_name}-{head}"
+        card = current_card(mdir, head, cache.key, params, cache.views)
         if card is not None:
-            _say(f"[bold]finetune[/] up to date ({mdir}, test accuracy "
+            _say(f"[bold]train[/] {head}: up to date ({mdir}, test accuracy "
                  f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
         else:
-            card = finetune(cache, out=mdir, **settings).card
-            ft = card["finetune"]
-            _say(f"[bold]finetune[/] {ft['from_layer']} and above: test accuracy "
-                 f"{100 * card['metrics']['test']['accuracy']:.2f}% ({card['fit_seconds']:.1f} s, "
-                 f"{ft['trainable_weights']:,} weights trained) -> {mdir}")
-        result["models"]["finetune"] = str(mdir)
-        val_accuracy["finetune"] = card["metrics"].get("val", {}).get("accuracy", float("-inf"))
-        finetune_test = card["metrics"]["test"]["accuracy"]
-    if train_cfg.get("export"):
-        name = train_cfg["export"]
-        if name == "best":
-            name = max(cfg["exportable"], key=val_accuracy.get)
-            _say(f"[bold]export[/] best on validation: {name} ({100 * val_accuracy[name]:.2f}%)")
-        target = out / f"{train_cfg['export']}.keras"
-        source = read_card(result["models"][name])["sha256"]
-        stamp = target.with_name(target.name + ".json")
-        if target.is_file() and (_read_stamp(stamp) or {}).get("head_sha256") == source:
-            _say(f"[bold]export[/] {target}: up to date")
-        else:
-            export(result["models"][name], target)
-            remove_stale_temporaries(stamp)
-            atomic_write_bytes(stamp, (json.dumps({"format": STAMP_FORMAT, "head_sha256": source, "model": name})
-                                       + "\n").encode())
-            _say(f"[bold]export[/] {target}: one Keras model, images of any size in, probabilities out")
-        result["exported"] = str(target)
-    bench_cfg = cfg.get("bench")
-    if bench_cfg is not None:
-        from .bench import DEFAULT_N_JOBS, DEFAULT_TIMEOUT, bench
+            card = train(cache, head, params=params, out=mdir).card
+            _say(f"[bold]train[/] {head}: test accuracy {100 * card['metrics']['test']['accuracy']:.2f}% "
+                 f"(fit {card['fit_seconds']:.2f} s) -> {mdir}")
+        result["models"][head] = str(mdir)
+        val_accuracy[head] = card["metrics"].get("val", {}).get("accuracy", float("-inf"))
 
-        names = bench_cfg.get("caches") or list(result["caches"])
-        report = out / bench_cfg.get("out", "report")
-        rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
-                     timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS),
-                     out=report, baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress,
-                     views=bench_cfg.get("views", "auto"))
-        _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
-        result["report"] = str(report)
-        if finetune_test is not None:
-            from .report import best_row
 
-            top, ft = best_row(rows), finetune_test
-            if top is not None:
-                _say(f"[bold]compare[/] test accuracy: fine-tuned top block {100 * ft:.2f}%, best frozen head "
-                     f"({top['head']} on {top['features']}) {100 * top['accuracy']:.2f}%")
-                result["compare"] = {"finetune": ft, "best_frozen": {k: top[k] for k in ("head", "features",
-                                                                                         "accuracy")}}
-    return result
+def _finetune_stage(cfg: dict, result: dict, val_accuracy: dict) -> float:
+    """The [finetune] of the top block, skipped when its settings and cache are unchanged; its test accuracy."""
+    out = cfg["pipeline"]["out"]
+    settings = {k: v for k, v in cfg["finetune"].items() if k != "cache"}
+    cache = open_cache(result["caches"][cfg["finetune"]["cache"]])
+    mdir = out / "models" / f"{cfg['finetune']['cache']}-finetune"
+    card = _current_finetune(mdir, cache.key, settings, cache.views)
+    if card is not None:
+        _say(f"[bold]finetune[/] up to date ({mdir}, test accuracy "
+             f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
+    else:
+        card = finetune(cache, out=mdir, **settings).card
+        ft = card["finetune"]
+        _say(f"[bold]finetune[/] {ft['from_layer']} and above: test accuracy "
+             f"{100 * card['metrics']['test']['accuracy']:.2f}% ({card['fit_seconds']:.1f} s, "
+             f"{ft['trainable_weights']:,} weights trained) -> {mdir}")
+    result["models"]["finetune"] = str(mdir)
+    val_accuracy["finetune"] = card["metrics"].get("val", {}).get("accuracy", float("-inf"))
+    return card["metrics"]["test"]["accuracy"]
+
+
+def _export_stage(cfg: dict, result: dict, val_accuracy: dict) -> None:
+    """One end-to-end Keras model, skipped when its stamp names the same head file."""
+    train_cfg, out = cfg["train"], cfg["pipeline"]["out"]
+    name = train_cfg["export"]
+    if name == "best":
+        name = max(cfg["exportable"], key=val_accuracy.get)
+        _say(f"[bold]export[/] best on validation: {name} ({100 * val_accuracy[name]:.2f}%)")
+    target = out / f"{train_cfg['export']}.keras"
+    source = read_card(result["models"][name])["sha256"]
+    stamp = target.with_name(target.name + ".json")
+    if target.is_file() and (_read_stamp(stamp) or {}).get("head_sha256") == source:
+        _say(f"[bold]export[/] {target}: up to date")
+    else:
+        export(result["models"][name], target)
+        _write_json(stamp, {"format": STAMP_FORMAT, "head_sha256": source, "model": name})
+        _say(f"[bold]export[/] {target}: one Keras model, images of any size in, probabilities out")
+    result["exported"] = str(target)
+
+
+def _bench_stage(cfg: dict, result: dict, progress: bool) -> dict | None:
+    """The [bench] report, skipped when its stamp shows the same inputs and the report as bench left it.
+
+    Returns the best frozen head's row (head, features, accuracy), or None.
+    """
+    bench_cfg, out = cfg["bench"], cfg["pipeline"]["out"]
+    names = bench_cfg.get("caches") or list(result["caches"])
+    report = out / bench_cfg.get("out", "report")
+    result["report"] = str(report)
+    stamp = _bench_stamp_path(cfg)
+    inputs = _bench_inputs(bench_cfg, {n: open_cache(result["caches"][n]) for n in names})
+    recorded = _read_bench_stamp(stamp)
+    if recorded is not None and recorded["inputs"] == inputs and recorded["files"] == _report_files(report):
+        _say(f"[bold]bench[/] report: {report / 'report.html'}: up to date")
+        return recorded["best"]
+    rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
+                 timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS),
+                 out=report, baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress,
+                 views=bench_cfg.get("views", "auto"))
+    _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
+    top = best_row(rows)
+    best = None if top is None else {k: top[k] for k in ("head", "features", "accuracy")}
+    if rows and all(r.get("status") == "ok" for r in rows):  # a failed row is for bench to judge again next run
+        _write_json(stamp, {"format": BENCH_STAMP_FORMAT, "inputs": inputs, "files": _report_files(report),
+                            "best": best})
+    else:
+        stamp.unlink(missing_ok=True)  # proven ours by the output plan; it no longer describes the report
+    return best
+
+
+def _compare(result: dict, finetune_test: float, top: dict) -> None:
+    """The fine-tuned top block against the best frozen head, on the test split."""
+    _say(f"[bold]compare[/] test accuracy: fine-tuned top block {100 * finetune_test:.2f}%, best frozen head "
+         f"({top['head']} on {top['features']}) {100 * top['accuracy']:.2f}%")
+    result["compare"] = {"finetune": finetune_test, "best_frozen": dict(top)}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    remove_stale_temporaries(path)
+    atomic_write_bytes(path, (json.dumps(data) + "\n").encode())
 
 
 # --------------------------------------------------------------------------- the output plan
@@ -410,6 +453,53 @@ def _read_stamp(stamp: Path) -> dict | None:
     return data if ok and data.get("format", STAMP_FORMAT) == STAMP_FORMAT else None
 
 
+#: the ``format`` of the stamp beside a pipeline's bench report
+BENCH_STAMP_FORMAT = "featcache-pipeline-bench/1"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _bench_stamp_path(cfg: dict) -> Path:
+    """Beside the report, not in it: the report directory holds only bench's own file names."""
+    out: Path = cfg["pipeline"]["out"]
+    return out / f"{cfg['bench'].get('out', 'report')}.bench.json"
+
+
+def _bench_inputs(bench_cfg: dict, caches: dict) -> dict:
+    """Everything a bench report depends on that a no-op run can see: settings, caches (key and views), version."""
+    return {"featcache": __version__, "bench": {k: bench_cfg[k] for k in sorted(bench_cfg)},
+            "caches": {n: [c.key, c.views] for n, c in caches.items()}}
+
+
+def _report_files(report: Path) -> dict | None:
+    """``{relative path: sha256}`` of every file in the report, or None when it holds a link or is missing."""
+    if report.is_symlink() or not report.is_dir():
+        return None
+    files = {}
+    for p in sorted(report.rglob("*")):
+        if p.is_symlink() or not (p.is_file() or p.is_dir()):
+            return None
+        if p.is_file():
+            files[p.relative_to(report).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return files
+
+
+def _read_bench_stamp(stamp: Path) -> dict | None:
+    """The bench stamp featcache wrote at ``stamp``, or None when there is none or it is not provably ours."""
+    if stamp.is_symlink() or not stamp.is_file():
+        return None
+    try:
+        data = json.loads(stamp.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or set(data) != {"format", "inputs", "files", "best"}:
+        return None
+    files, best = data["files"], data["best"]
+    ok = (data["format"] == BENCH_STAMP_FORMAT and isinstance(data["inputs"], dict) and isinstance(files, dict)
+          and all(isinstance(k, str) and isinstance(v, str) and _SHA256.match(v) for k, v in files.items())
+          and (best is None or isinstance(best, dict) and set(best) == {"head", "features", "accuracy"}))
+    return data if ok else None
+
+
 def output_plan(cfg: dict) -> list[tuple[str, Path]]:
     """Every path a run of ``cfg`` may write, with what it is: ``(kind, path)``, in stage order."""
     out: Path = cfg["pipeline"]["out"]
@@ -430,18 +520,12 @@ def output_plan(cfg: dict) -> list[tuple[str, Path]]:
         target = out / f"{train['export']}.keras"
         plan += [("export", target), ("stamp", target.with_name(target.name + ".json"))]
     if "bench" in cfg:
-        plan.append(("report", out / cfg["bench"].get("out", "report")))
+        plan += [("report", out / cfg["bench"].get("out", "report")), ("bench-stamp", _bench_stamp_path(cfg))]
     return plan
 
 
 def _refusal(kind: str, target: Path) -> str | None:
     """Why featcache may not write ``target`` (a ``kind`` of :func:`output_plan`), or None when it may."""
-    from .bench import check_report_target
-    from .model_dir import check_model_dir_target
-    from .predict import is_our_model_export
-    from .pretrain import _is_ours
-    from .store import MANIFEST, foreign_entries, is_our_manifest
-
     if kind == "folder":
         return "exists and is not a folder" if os.path.lexists(target) and not target.is_dir() else None
     if kind == "cache":
@@ -459,6 +543,7 @@ def _refusal(kind: str, target: Path) -> str | None:
     if not os.path.lexists(target):
         return None
     proven = {"export": is_our_model_export, "stamp": lambda p: _read_stamp(p) is not None,
+              "bench-stamp": lambda p: _read_bench_stamp(p) is not None,
               "pretrained": lambda p: _is_ours(p, p.with_name(p.name + ".json")),
               "pretrained-sidecar": _is_pretrain_sidecar}[kind]
     return None if not target.is_symlink() and proven(target) else "exists and featcache did not write it"

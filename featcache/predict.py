@@ -1,4 +1,4 @@
-"""Predict with a saved head on raw images, and export end-to-end Keras models.
+"""Predict with a saved head on raw images (the end-to-end Keras export is :mod:`featcache.model_export`).
 
 Sits above the engine and the heads: it rebuilds the exact backbone and
 preprocessing recorded in a model card, extracts features through the cache
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import FeatcacheError
+from .files import atomic_write_bytes, remove_stale_temporaries, spreadsheet_safe
+from .heads import proba_and_labels
+from .homes import featcache_home
 from .plan import ExtractOptions, make_plan
 from .runner import run
-from .errors import FeatcacheError, is_integer
-from .files import atomic_save, atomic_write_bytes, remove_stale_temporaries, spreadsheet_safe
-from .homes import featcache_home
-from .model_dir import feature_mismatch, load_model_dir, read_card
+from .model_dir import feature_mismatch, load_model_dir
 from .sources import ArraySource, CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, is_our_manifest, open_cache
 
@@ -165,11 +166,30 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
         >>> featcache.predict("models/fm", images, return_as="labels")  # uint8 N x H x W x 3  # doctest: +SKIP
         array(['Bag', 'Sneaker', ...], dtype=object)
     """
+    pandas, out = _check_predict_arguments(return_as, out, cache_dir)
+    pipe, card = load_model_dir(model_dir)
+    target = source_for(inputs)
+    cache = features_for(card, target, cache_dir=cache_dir, progress=progress)
+    rows = _classify(pipe, card, cache)
+    if out is not None:
+        write_predictions(rows, out, card["class_names"])
+    if return_as == "rows":
+        return rows
+    if return_as == "frame":
+        names = card["class_names"]
+        return pandas.DataFrame([{k: v for k, v in r.items() if k != "probabilities"}
+                                 | {f"p_{n}": (r.get("probabilities") or {}).get(n) for n in names} for r in rows])
+    return _in_input_order(rows, target, cache, card["class_names"], return_as)
+
+
+def _check_predict_arguments(return_as: str, out, cache_dir):
+    """Judge the arguments before any work; returns ``(pandas or None, out as a Path or None)``."""
     if return_as not in RETURN_AS:
         raise FeatcacheError(f"return_as must be one of {', '.join(RETURN_AS)}, got {return_as!r}")
+    pandas = None
     if return_as == "frame":
         try:
-            import pandas
+            import pandas  # optional: only return_as="frame" needs it
         except ImportError:
             raise FeatcacheError("return_as='frame' needs pandas (pip install pandas); 'rows', 'labels' and "
                                  "'proba' need nothing more") from None
@@ -177,14 +197,13 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
         out = _check_predictions_target(out)
     if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         raise FeatcacheError(f"--cache-dir {cache_dir} exists and is not a directory")
-    pipe, card = load_model_dir(model_dir)
-    target = source_for(inputs)
-    cache = features_for(card, target, cache_dir=cache_dir, progress=progress)
-    output = card["features"]["output"]
-    X = cache.features(output)
-    X = X.reshape(len(X), -1).astype(np.float32)
-    from .heads import proba_and_labels
+    return pandas, out
 
+
+def _classify(pipe, card: dict, cache: Cache) -> list[dict]:
+    """One row per cached image (class, probability, every class's probability), then one per skipped image."""
+    X = cache.features(card["features"]["output"])
+    X = X.reshape(len(X), -1).astype(np.float32)
     proba, labels = proba_and_labels(pipe, X) if len(X) else (np.zeros((0, len(card["classes"]))), [])
     names = card["class_names"]
     column = {c: k for k, c in enumerate(card["classes"])}
@@ -195,13 +214,11 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
                      "probabilities": {n: float(v) for n, v in zip(names, p)}})
     for s in cache.skipped:
         rows.append({"id": s["id"], "label": None, "class": None, "probability": None, "error": s["reason"]})
-    if out is not None:
-        write_predictions(rows, out, names)
-    if return_as == "rows":
-        return rows
-    if return_as == "frame":
-        return pandas.DataFrame([{k: v for k, v in r.items() if k != "probabilities"}
-                                 | {f"p_{n}": (r.get("probabilities") or {}).get(n) for n in names} for r in rows])
+    return rows
+
+
+def _in_input_order(rows: list[dict], target, cache: Cache, names, return_as: str) -> np.ndarray:
+    """``labels`` or ``proba`` in the order of the inputs; an unread image is None / a row of NaN."""
     ids = [it.id for it in target.items] if isinstance(target, Source) else cache.ids()
     known = set(ids)
     order = ids + [r["id"] for r in rows if r["id"] not in known]  # a skipped id is among the items already
@@ -262,196 +279,3 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
         atomic_write_bytes(out, data)
     except OSError as exc:
         raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
-
-
-#: the entry of an exported .keras file (a zip) that names its classes and how it was made
-EXPORT_INFO = "featcache.json"
-
-
-#: what :func:`export` writes beside the ``.keras`` file
-EXPORT_FORMATS = ("keras", "openvino")
-
-
-def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format: str = "keras") -> Path:
-    """Write one end-to-end Keras model: images in, class probabilities out.
-
-    Preprocessing, the frozen backbone and the head in one graph of Keras'
-    own layers and ops, so ``keras.models.load_model`` reads it with nothing
-    else installed. Only Keras heads can be exported. The model takes:
-
-    * any image size (``input_size=None``, the default): each batch is resized
-      in the graph to the size the backbone saw, as the cached route did;
-      or a fixed ``(height, width)``;
-    * RGB ``N x H x W x 3`` or grey ``N x H x W x 1`` images;
-    * pixels as uint8 0-255 (what the cache was made from), float 0-255, or
-      float 0-1: an image whose every pixel is at most 1.0 is read as 0-1 and
-      scaled by 255 (so a uint8 image that is black save for values of 1 is
-      taken for a 0-1 image: nearly black either way).
-
-    The class names, the head and the backbone are stored inside the file
-    (its ``featcache.json`` entry; :func:`export_info` reads it), and its
-    output's columns follow ``class_names``.
-
-    Args:
-        model_dir: a model directory of a Keras head (``keras_linear``, ``keras_mlp``, ``classic``).
-        out: the ``.keras`` file to write (new, or an earlier featcache export).
-        input_size: a fixed ``(height, width)`` input instead of any size.
-        format: ``openvino`` also writes an OpenVINO IR (``NAME.xml`` +
-            ``NAME.bin``) beside it, for deployment with OpenVINO alone
-            (compile it with ``{"INFERENCE_PRECISION_HINT": "f32"}``: on AMX
-            and AVX512-BF16 CPUs OpenVINO's default is bfloat16). The IR
-            takes ``input_size`` (default: the size the backbone saw), since
-            OpenVINO has no antialiased resize to put in the graph.
-
-    Returns:
-        The path written.
-
-    Examples:
-        >>> featcache.export("models/fm", "fm.keras")                            # doctest: +SKIP
-        >>> model = keras.models.load_model("fm.keras")                         # doctest: +SKIP
-        >>> model.predict(uint8_images)  # N x H x W x 3, any H x W              # doctest: +SKIP
-        >>> featcache.export_info("fm.keras")["class_names"]                    # doctest: +SKIP
-    """
-    import zipfile
-
-    from .backbones import resolve
-
-    if format not in EXPORT_FORMATS:
-        raise FeatcacheError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
-    out = _check_export_target(out)
-    if format == "openvino":
-        from .runtimes import check_ir_target
-
-        check_ir_target(out)  # before anything is written
-    if input_size is not None:
-        if (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
-                or not all(is_integer(v) and v >= 1 for v in input_size)):
-            raise FeatcacheError(f"input_size must be (height, width) of positive integers or None, got {input_size!r}")
-    card = read_card(model_dir)
-    if card.get("kind") != "keras":
-        raise FeatcacheError(f"{model_dir} holds a scikit-learn head ({card['head']}); only Keras heads "
-                             "(keras_linear, keras_mlp, classic) export to one Keras model")
-    pipe, card = load_model_dir(model_dir)
-    head = pipe.steps[-1][1]
-    feats = card["features"]
-    params = feats["params"]
-    name, weights, layer = card_backbone(card)
-    backbone = resolve(name, weights=weights, layer=layer)
-    if backbone.identity() != params["weights"]:
-        raise FeatcacheError("the backbone's weights changed since the head was trained; cannot export")
-    model = _end_to_end(backbone, card, head, tuple(input_size) if input_size else (None, None))
-    info = {"format": "featcache-export/1", "class_names": card["class_names"], "classes": card["classes"],
-            "head": card["head"], "backbone": name, "weights": params["weights"],
-            "image_size": list(params["image_size"]), "input_size": list(input_size) if input_size else None,
-            "input": "N x H x W x 3 (RGB) or x 1 (grey); uint8 0-255, float 0-255, or float 0-1",
-            "cache_key": feats["cache_key"], "metrics": card.get("metrics", {})}
-
-    def save(path):
-        model.save(path)
-        with zipfile.ZipFile(path, "a") as z:  # keras.models.load_model reads only its own entries
-            z.writestr(EXPORT_INFO, json.dumps(info, indent=2, default=str))
-
-    remove_stale_temporaries(out)  # what killed exports to this name left behind
-    if format == "openvino":
-        from .runtimes import retire_ir
-
-        retire_ir(out)  # the old IR goes before the .keras changes: never an IR beside a .keras it does not match
-    try:
-        atomic_save(out, save, ".keras")
-    except OSError as exc:
-        raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
-    if format == "openvino":
-        from .runtimes import export_ir
-
-        fixed = model if input_size else _end_to_end(backbone, card, head, tuple(params["image_size"]))
-        export_ir(out, model=fixed)
-    return out
-
-
-def _end_to_end(backbone, card: dict, head, size: tuple):
-    """Images of ``size`` (``(None, None)``: any) in, the head's probabilities out, in one Keras model."""
-    import keras
-    from keras import ops
-
-    from .backbones.graph import build_extractor
-
-    feats = card["features"]
-    params = feats["params"]
-    extractor, _names = build_extractor(backbone, input_size=size, image_size=tuple(params["image_size"]),
-                                        pooling=params["pooling"], outputs=params.get("outputs"),
-                                        preprocess=params["preprocess"], compute_dtype=params["compute_dtype"])
-    images = keras.Input((size[0], size[1], None), dtype="float32", name="images")
-    x = images + ops.repeat(ops.mean(images, axis=-1, keepdims=True) * 0.0, 3, axis=-1)  # grey -> RGB, RGB as is
-    top = ops.max(x, axis=(1, 2, 3), keepdims=True)
-    x = ops.where(top <= 1.0, x * 255.0, x)  # float 0-1 images to 0-255
-    x = ops.cast(ops.round(ops.clip(x, 0.0, 255.0)), "uint8")  # the uint8 pixels the cache was made from
-    x = extractor(x)[feats["output"]]
-    if len(x.shape) > 2:
-        x = keras.layers.Flatten(name="flatten_features")(x)
-    if feats.get("dtype") == "float16":  # the head learned on features stored as float16
-        x = keras.layers.Activation("linear", dtype="float16", name="as_stored_float16")(x)
-        x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
-    probs = head.model_(x)
-    return keras.Model(images, probs, name=f"featcache_{output_name_safe(card['head'])}")
-
-
-def output_name_safe(text: str) -> str:
-    """A model name Keras accepts: ``custom:SVC`` and other head names with odd characters."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", text)
-
-
-def export_info(path) -> dict:
-    """What an exported ``.keras`` file says of itself: class names, head, backbone, input contract.
-
-    Args:
-        path: a ``.keras`` file written by :func:`export`.
-
-    Returns:
-        The dict stored in its ``featcache.json`` entry (``class_names`` in
-        the order of the model's output columns).
-
-    Examples:
-        >>> featcache.export_info("fm.keras")["class_names"][:2]  # doctest: +SKIP
-        ['T-shirt/top', 'Trouser']
-    """
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            info = json.loads(z.read(EXPORT_INFO))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise FeatcacheError(f"{path} is not a model featcache exported ({type(exc).__name__})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("class_names"), list):
-        raise FeatcacheError(f"{path}: its {EXPORT_INFO} holds no class names")
-    return info
-
-
-def _check_export_target(out) -> Path:
-    """A ``.keras`` path that is new, or an earlier export of featcache's: never another program's file."""
-    out = Path(out)
-    if out.suffix != ".keras":
-        raise FeatcacheError(f"export writes a .keras file, not {out.name}")
-    if out.is_symlink() or out.exists() and not _is_our_export(out):
-        raise FeatcacheError(f"{out} exists and is not a model featcache exported; choose a new file name")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FeatcacheError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
-    return out
-
-
-def is_our_model_export(path) -> bool:
-    """Whether ``path`` is a ``.keras`` model :func:`export` wrote (so it may be replaced)."""
-    path = Path(path)
-    return not path.is_symlink() and path.is_file() and _is_our_export(path)
-
-
-def _is_our_export(path: Path) -> bool:
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            config = json.loads(z.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return False
-    return isinstance(config, dict) and str(config.get("config", {}).get("name", "")).startswith("featcache_")

@@ -117,14 +117,16 @@ def test_killed_feature_exports_temporaries_are_cleaned_but_a_live_writers_and_t
                 f".out.tmp-{dead}.npz": b"another target's", f".other.tmp-{dead}.h5": b"another target's"}
         for name, data in {**left, **kept}.items():
             (tmp_path / name).write_bytes(data)
-        os.symlink(tmp_path / ".out.tmp-notes.h5", tmp_path / f".out.tmp-{dead + 1}.h5")  # a link: never ours
+        # a link: never ours; another dead pid, since dead + 1 may be the live writer's
+        link = tmp_path / f".out.tmp-{_dead_pid()}.h5"
+        os.symlink(tmp_path / ".out.tmp-notes.h5", link)
         run_featcache("export-features", tiny_cache, tmp_path / "out.h5")
         assert featcache.load_features(tmp_path / "out.h5")["features"].shape[0] == 24
         for name in left:
             assert not os.path.lexists(tmp_path / name), name
         for name, data in kept.items():
             assert (tmp_path / name).read_bytes() == data, name
-        assert (tmp_path / f".out.tmp-{dead + 1}.h5").is_symlink()
+        assert link.is_symlink()
     finally:
         live.kill()
         live.wait()
