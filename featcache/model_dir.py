@@ -156,6 +156,8 @@ def read_card(path) -> dict:
         raise FeatcacheError(f"{path} is not a featcache model directory (no {CARD})") from None
     except (OSError, ValueError) as exc:
         raise FeatcacheError(f"{card_path} cannot be read as JSON: {exc}") from None
+    except RecursionError:
+        raise FeatcacheError(f"{card_path} is nested too deeply to be a featcache model card") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         got = card.get("format") if isinstance(card, dict) else type(card).__name__
         raise FeatcacheError(f"{card_path} has format {got!r}, expected {CARD_FORMAT}")
@@ -185,6 +187,45 @@ def current_card(path, head: str, cache_key: str, params: dict, views: int = 0,
     return card if same else None
 
 
+def _is_size(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(is_integer(v) and 1 <= v <= 65536 for v in value)
+
+
+# What predict and export read of a card's features to rebuild its backbone: name -> (check, what it must be).
+_FEATURE_FIELDS = {
+    "params.backbone": (lambda v: isinstance(v, str) and v != "", "a backbone name"),
+    "params.image_size": (_is_size, "[height, width]"),
+    "params.compute_dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "params.preprocess": (lambda v: isinstance(v, str), "text"),
+    "params.pooling": (lambda v: isinstance(v, str), "text"),
+    "params.layer": (lambda v: v is None or isinstance(v, str), "a layer name or null"),
+    "params.outputs": (lambda v: v is None or (isinstance(v, list) and all(isinstance(o, str) for o in v)),
+                       "a list of layer names or null"),
+    "backbone_ref.backbone": (lambda v: isinstance(v, str) and v != "", "a backbone name or file"),
+    "backbone_ref.weights": (lambda v: isinstance(v, str), "text"),
+    "backbone_ref.layer": (lambda v: v is None or isinstance(v, str), "a layer name or null"),
+    "input_size": (lambda v: v is None or _is_size(v), "[height, width] or null"),
+    "dtype": (lambda v: v in ("float16", "float32"), "float16 or float32"),
+    "shape": (lambda v: isinstance(v, list) and 1 <= len(v) <= 4 and all(is_integer(d) and d >= 1 for d in v),
+              "a list of positive sizes"),
+}
+_MISSING = object()
+
+
+def _features_problem(feats: dict) -> str | None:
+    """The first field of ``features`` that predict or export could not use, said as one phrase."""
+    for name, (ok, what) in _FEATURE_FIELDS.items():
+        value = feats
+        for part in name.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING and (name in ("params.layer", "params.outputs", "input_size")
+                                  or (name.startswith("backbone_ref.") and not feats.get("backbone_ref"))):
+            continue  # predict rebuilds these from the rest when an older card omits them
+        if value is _MISSING or not ok(value):
+            return f"features.{name} is {'missing' if value is _MISSING else repr(value)[:40]}, not {what}"
+    return None
+
+
 def _card_problem(card: dict) -> str | None:
     kind = card.get("kind")
     if kind not in HEAD_FILES:
@@ -209,6 +250,9 @@ def _card_problem(card: dict) -> str | None:
             return f"features.{key} is missing or not a {kinds.__name__}"
     if "n_features" in feats and not (is_integer(feats["n_features"]) and feats["n_features"] >= 1):
         return f"features.n_features is {feats['n_features']!r:.40}, not a positive integer"
+    problem = _features_problem(feats)
+    if problem:
+        return problem
     for key, kinds in (("metrics", dict), ("head_params", dict), ("preprocess", str)):
         if key in card and not isinstance(card[key], kinds):
             return f"{key!r} is not a {kinds.__name__}"

@@ -23,7 +23,7 @@ def _input_size_from_archive(path: Path) -> tuple[int, int] | None:
     try:
         with zipfile.ZipFile(path) as zf:
             config = json.loads(zf.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, RecursionError):
         return None
     stack = [config]
     while stack:

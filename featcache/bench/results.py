@@ -82,9 +82,11 @@ def _load_rows(path: Path) -> list[dict]:
     if path.is_file():
         for line in path.read_text("utf-8").splitlines():
             try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a kill mid-write
+                row = json.loads(line)
+            except (ValueError, RecursionError):
+                continue  # a line cut by a kill mid-write, or not a row of ours
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
 
 
