@@ -438,14 +438,19 @@ STAMP_FORMAT = "featcache-pipeline-export/1"
 _STAMP_KEYS = {"format", "head_sha256", "model"}
 
 
+def _json_or_none(path: Path):
+    """The JSON in ``path``, or None when it cannot be read or parsed: a stamp that is not ours proves nothing."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def _read_stamp(stamp: Path) -> dict | None:
     """The export stamp featcache wrote at ``stamp``, or None when there is none or it is not provably ours."""
     if stamp.is_symlink() or not stamp.is_file():
         return None
-    try:
-        data = json.loads(stamp.read_bytes())
-    except (OSError, ValueError):
-        return None
+    data = _json_or_none(stamp)
     if not isinstance(data, dict) or not {"head_sha256", "model"} <= set(data) <= _STAMP_KEYS:
         return None
     sha = data["head_sha256"]
@@ -487,10 +492,7 @@ def _read_bench_stamp(stamp: Path) -> dict | None:
     """The bench stamp featcache wrote at ``stamp``, or None when there is none or it is not provably ours."""
     if stamp.is_symlink() or not stamp.is_file():
         return None
-    try:
-        data = json.loads(stamp.read_bytes())
-    except (OSError, ValueError):
-        return None
+    data = _json_or_none(stamp)
     if not isinstance(data, dict) or set(data) != {"format", "inputs", "files", "best"}:
         return None
     files, best = data["files"], data["best"]

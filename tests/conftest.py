@@ -150,6 +150,19 @@ def fm_lite(tmp_path_factory, fashion_mnist_available):
     return featcache.open_cache(out)
 
 
+@pytest.fixture(scope="session")
+def small_cache(tmp_path_factory):
+    """Three learnable classes of random 16 px images (brightness per class), 150 rows, as arrays."""
+    import featcache
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (150, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(150) % 3
+    images[labels == 1] //= 2
+    images[labels == 2] //= 4
+    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("small") / "cache", **TINY)
+
+
 def assert_same_cache(a, b):
     """Two cache directories hold the same features, labels, ids and parameters."""
     import featcache

@@ -2,27 +2,13 @@
 
 import shutil
 
-import numpy as np
 import pytest
 from sklearn.frozen import FrozenEstimator
 
 import featcache
 from featcache.model_dir import load_model_dir
 
-from conftest import TINY
-
 QUICK = dict(baseline_heads=(), learning_curve=(), leakage=False)
-
-
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory):
-    """Three classes of random 16 px images, brightness per class plus noise, 150 rows."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (150, 16, 16, 3), dtype=np.uint8)
-    labels = np.arange(150) % 3
-    images[labels == 1] //= 2
-    images[labels == 2] //= 4
-    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("best") / "cache", **TINY)
 
 
 def test_a_kept_best_row_without_its_fit_is_fitted_again_by_its_own_protocol(small_cache, tmp_path):

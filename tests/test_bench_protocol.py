@@ -15,20 +15,8 @@ from featcache.errors import FeatcacheWarning
 from featcache.model_dir import load_model_dir
 from featcache.store import split_masks
 
-from conftest import TINY
 
 QUICK = dict(baseline_heads=(), learning_curve=(), leakage=False)
-
-
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory):
-    """Three learnable classes of random 16 px images (brightness per class), 150 rows."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (150, 16, 16, 3), dtype=np.uint8)
-    labels = np.arange(150) % 3
-    images[labels == 1] //= 2
-    images[labels == 2] //= 4
-    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("protocol") / "cache", **TINY)
 
 
 class TiedProba(ClassifierMixin, BaseEstimator):

@@ -10,20 +10,7 @@ from featcache.errors import FeatcacheError
 from featcache.heads import HEADS, HeadSpec, register_head, unregister_head
 from featcache.model_dir import load_model_dir
 
-from conftest import TINY
-
 GRID = [None, 0.2, 0.5]
-
-
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory):
-    """Three learnable classes of random 16 px images (brightness per class), 150 rows."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (150, 16, 16, 3), dtype=np.uint8)
-    labels = np.arange(150) % 3
-    images[labels == 1] //= 2
-    images[labels == 2] //= 4
-    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("registry") / "cache", **TINY)
 
 
 @pytest.fixture
