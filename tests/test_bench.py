@@ -98,8 +98,9 @@ def test_a_failing_head_is_a_row_and_the_rest_survive(fm_lite, tmp_path):
 
 
 def test_a_head_over_its_budget_is_timed_out(fm_lite, tmp_path):
-    rows = featcache.bench(fm_lite.path, ["random_forest"], timeout=1.0, out=tmp_path, baseline_heads=(),
-                           save_best=False)
+    # 20,000 trees on 2,000 rows cannot finish in a second on any machine
+    rows = featcache.bench(fm_lite.path, ["random_forest"], params={"random_forest": {"n_estimators": 20_000}},
+                           timeout=1.0, out=tmp_path, baseline_heads=(), save_best=False)
     assert rows[0]["status"] == "timed out" and "1 s budget" in rows[0]["error"]
 
 
