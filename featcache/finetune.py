@@ -150,63 +150,100 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
         >>> featcache.export("models/ft", "ft.keras")                                              # doctest: +SKIP
     """
     from .model_dir import check_model_dir_target, save_model_dir
-    from .train import SPLITS, card_for, metrics, split_masks, train_classes
+    from .train import TrainResult
 
-    check_settings(epochs=epochs, head_epochs=head_epochs, learning_rate=learning_rate,
-                   head_learning_rate=head_learning_rate, batch_size=batch_size, dropout=dropout, patience=patience,
-                   random_state=random_state, views=views)
+    hyper = {"epochs": epochs, "head_epochs": head_epochs, "learning_rate": learning_rate,
+             "head_learning_rate": head_learning_rate, "batch_size": batch_size, "dropout": dropout,
+             "patience": patience, "random_state": random_state}
+    check_settings(**hyper, views=views)
     if out is not None:
         check_model_dir_target(out)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     output = cache.output_name(output)
     layer = _cut_layer(cache, output, from_layer)
+    masks, classes, labels, X, y_enc, tr, va = _rows(cache, output, val_fraction, test_fraction)
+    n_views = cache.views if views == "auto" else 0
+    model, history, fit_seconds = _fit(cache, output, layer, to_layer, len(classes), X, y_enc, tr, va, n_views, hyper,
+                                       verbose)
+    pipe = _fitted_pipeline(model, classes, X, history, verbose=verbose, **hyper)
+    results = _scores(pipe.named_steps["clf"], X, labels, masks, classes)
+    settings = {"from_layer": layer, "to_layer": to_layer, **hyper,
+                "trainable_weights": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+                "history": history, "batch_norm": "frozen, inference mode", "views": views}
+    card = _card(cache, pipe, settings, output=output, masks=masks, results=results, fit_seconds=fit_seconds,
+                 val_fraction=val_fraction, test_fraction=test_fraction, n_views=n_views)
+    model_dir = save_model_dir(out, pipe, card) if out is not None else None
+    return TrainResult(pipe, "finetune", results, fit_seconds, classes.tolist(),
+                       [cache.class_name(c) for c in classes.tolist()], model_dir, card)
+
+
+def _rows(cache: Cache, output: str, val_fraction: float, test_fraction: float):
+    """``(masks, classes, labels, X, y_enc, train mask, val mask)``: the splits, the flat maps, and the rows each
+    phase fits and early-stops on."""
+    from .train import split_masks, train_classes
+
     masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
     classes = train_classes(cache, masks)
     labels = cache.labels()
-    shape = tuple(cache.output_info(output)["shape"])
     X = cache.features(output).reshape(len(cache), -1)
     tr, va = masks["train"], masks["val"] & np.isin(labels, classes)  # val of a class train never saw: no score
     if not va.any():
         raise FeatcacheError(f"{cache.path} has no validation rows; fine-tuning early-stops on them")
-    y_enc = np.searchsorted(classes, labels)
-    n_views = cache.views if views == "auto" else 0
+    return masks, classes, labels, X, np.searchsorted(classes, labels), tr, va
+
+
+def _fit(cache, output, layer, to_layer, n_classes: int, X, y_enc, tr, va, n_views: int, hyper: dict, verbose):
+    """``(model, history, seconds)``: the block under a new head, fitted in two phases (the head alone, then both)."""
+    model, top = _model(cache, layer, to_layer, tuple(cache.output_info(output)["shape"]), n_classes,
+                        hyper["dropout"], hyper["random_state"])
+    V = cache.views_of(np.flatnonzero(tr), output) if n_views else None
+    phases = ((hyper["head_epochs"], hyper["head_learning_rate"], False),
+              (hyper["epochs"], hyper["learning_rate"], True))
+    t0 = time.perf_counter()
+    history = _fit_phases(model, top, X[tr], y_enc[tr], V, (X[va].astype(np.float32), y_enc[va]), phases,
+                          hyper["patience"], hyper["batch_size"], hyper["random_state"], verbose)
+    return model, history, time.perf_counter() - t0
+
+
+def _fitted_pipeline(model, classes, X, history, *, epochs, head_epochs, learning_rate, head_learning_rate,
+                     batch_size, dropout, patience, random_state, verbose):
+    """The fine-tuned model as a fitted Keras head in a pipeline, so predict, export and the model directory treat
+    it as any other."""
     from sklearn.pipeline import Pipeline  # scikit-learn is slow to import: only once the checks pass
 
     from .heads.keras_head import KerasHeadClassifier
 
-    model, top = _model(cache, layer, to_layer, shape, len(classes), dropout, random_state)
-    V = cache.views_of(np.flatnonzero(tr), output) if n_views else None
-    phases = ((head_epochs, head_learning_rate, False), (epochs, learning_rate, True))
-    t0 = time.perf_counter()
-    history = _fit_phases(model, top, X[tr], y_enc[tr], V, (X[va].astype(np.float32), y_enc[va]), phases, patience,
-                          batch_size, random_state, verbose)
-    fit_seconds = time.perf_counter() - t0
     head = KerasHeadClassifier(hidden=(), standardize=False, dropout=float(dropout), epochs=epochs,
                                batch_size=batch_size, learning_rate=learning_rate, patience=patience,
                                random_state=random_state, verbose=verbose)
     head.model_, head.classes_ = model, np.asarray(classes)
     head.n_features_in_, head.n_iter_ = int(X.shape[1]), int(sum(h["epochs"] for h in history))
-    pipe = Pipeline([("clf", head)])
+    return Pipeline([("clf", head)])
+
+
+def _scores(head, X, labels, masks: dict, classes) -> dict:
+    """The head's metrics on each split that has rows."""
+    from .train import SPLITS, metrics
+
     results = {}
     for split in SPLITS:
         m = masks[split]
         if m.any():
             results[split] = metrics(labels[m], head.predict_proba(X[m]), classes)
-    settings = {"from_layer": layer, "to_layer": to_layer, "epochs": epochs, "head_epochs": head_epochs,
-                "learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "batch_size": batch_size,
-                "dropout": dropout, "patience": patience, "random_state": random_state,
-                "trainable_weights": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-                "history": history, "batch_norm": "frozen, inference mode", "views": views}
+    return results
+
+
+def _card(cache, pipe, settings: dict, *, output, masks, results, fit_seconds, val_fraction, test_fraction,
+          n_views: int) -> dict:
+    """The model card of a fine-tuned head: train's card with the fine-tuning settings and the views drawn."""
+    from .train import card_for
+
     card = card_for(cache, "finetune", pipe, params={}, preprocess="none", output=output, masks=masks,
                     results=results, fit_seconds=fit_seconds, val_fraction=val_fraction, test_fraction=test_fraction)
     card["finetune"] = settings
     if n_views:
         card["views"] = {"count": n_views, "mode": "draw", "recipe": cache.augment}
-    model_dir = save_model_dir(out, pipe, card) if out is not None else None
-    from .train import TrainResult
-
-    return TrainResult(pipe, "finetune", results, fit_seconds, classes.tolist(),
-                       [cache.class_name(c) for c in classes.tolist()], model_dir, card)
+    return card
 
 
 def _model(cache, layer: str, to_layer, shape: tuple, n_classes: int, dropout, random_state):

@@ -395,6 +395,131 @@ def _leakage_summary(leakage, best) -> tuple[str, dict | None]:
     return text, acc
 
 
+PROTOCOL = ("Hyper-parameters chosen on the validation split (or by K-fold CV inside train); the chosen setting "
+            "refit on train+val; the test split touched once. Keras heads early-stop on the validation split. "
+            "The best head is picked by validation accuracy, never by test accuracy. Intervals are 95% "
+            "percentile bootstraps over the test rows (1,000 resamples); 'tie' marks a head whose accuracy "
+            "interval overlaps the best head's. Peak MB is each head's own: the peak resident memory of its "
+            "process while it ran, above what the process held once its libraries were imported.")
+
+
+def _write_results(out: Path, rows: list[dict]) -> None:
+    """results.json (without the bulky per-row arrays) and results.csv (spreadsheet-safe cells)."""
+    slim = [{k: v for k, v in r.items() if k not in BULKY} for r in rows]
+    atomic_write_bytes(out / "results.json", (json.dumps(slim, indent=2, default=str) + "\n").encode())
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: spreadsheet_safe(v) for k, v in _flat(r).items()})
+    atomic_write_bytes(out / "results.csv", table.getvalue().encode("utf-8", "surrogateescape"))
+
+
+def _report_class_names(rows: list[dict]):
+    """The class names of the first row's cache, or None when it cannot be opened."""
+    try:
+        from .store import open_cache
+
+        return open_cache(rows[0]["cache"]).class_names if rows else None
+    except Exception:  # noqa: BLE001 - names are decoration
+        return None
+
+
+def _leakage_thumbs(leakage: dict | None):
+    """Thumbnails of the first near-duplicate pairs, or None when there are none or the source is gone."""
+    if not (leakage and leakage.get("pairs")):
+        return None
+    from .leakage import pair_thumbnails
+    from .store import open_cache
+
+    try:
+        return pair_thumbnails(open_cache(leakage["cache"]), leakage["pairs"][:12])
+    except Exception:  # noqa: BLE001 - thumbnails are decoration
+        return None
+
+
+def _write_leakage(out: Path, leakage: dict | None, best: dict | None, thumbs) -> str:
+    """leakage.json where a check ran; returns the leakage summary the reports show."""
+    leak_text, leak_acc = _leakage_summary(leakage, best)
+    if leakage:
+        shown = {k: v for k, v in leakage.items() if k != "leaked"}
+        atomic_write_bytes(out / "leakage.json", (json.dumps({**shown, "best_head_accuracy": leak_acc},
+                                                             indent=2, default=str) + "\n").encode())
+        if leakage.get("pairs") and thumbs is None:
+            leak_text += " (No thumbnails: the cache's source cannot be read back.)"
+    return leak_text
+
+
+def _counts_line(rows: list[dict]) -> str:
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "failed", "timed out")}
+    return f"{len(rows)} rows: {counts['ok']} ok, {counts['failed']} failed, {counts['timed out']} timed out."
+
+
+def _markdown_report(rows, best, best_dir, classes, curve, leakage, leak_text, images) -> str:
+    """report.md: the protocol, the table, fallbacks, per class, learning curve, leakage, the figures."""
+    notes = [f"{r['head']} on {r['features']}: {r['note']}" for r in rows if r.get("note")]
+    md = ["# featcache benchmark", "", PROTOCOL, "", _counts_line(rows), ""]
+    if best_dir is not None:
+        md += [f"Best head saved to {md_text(best_dir)} (usable with `featcache predict`).", ""]
+    md += [_markdown_table(rows), ""]
+    if notes:
+        md += ["Memory-aware fallbacks:", ""] + [f"* {md_text(n)}" for n in notes] + [""]
+    if classes:
+        md += [f"## Per class: the best head ({md_text(best['head'])} on {md_text(best['features'])}), test split",
+               ""]
+        md += _md(CLASS_HEADERS, _class_body(classes)) + [""]
+    if curve:
+        md += ["## Learning curve of the best head", ""] + _md(CURVE_HEADERS, _curve_body(curve)) + [""]
+    if leak_text:
+        md += ["## Leakage check", "", md_text(leak_text), ""]
+        if leakage.get("pairs"):
+            md += _md(["test id", "nearest train/val id", "cosine"],
+                      [[p["test_id"], p["train_id"], f"{p['cosine']:.4f}"] for p in leakage["pairs"][:20]]) + [""]
+    for name in images:
+        md += [f"![{name}]({name})", ""]
+    return "\n".join(md)
+
+
+def _figure(images: dict, name: str, alt: str) -> str:
+    """An embedded figure, or nothing where the plot was not made."""
+    if name not in images:
+        return ""
+    data = base64.b64encode(images[name]).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _html_report(rows, best, best_dir, classes, curve, leak_text, images) -> str:
+    """report.html: what report.md says, with the figures embedded."""
+    def img(name, alt):
+        return _figure(images, name, alt)
+
+    main = _html_table(HEADERS, [_cells(r, 200) for r in rows],
+                       [r.get("status", "").replace(" ", "-") for r in rows])
+    extra = ""
+    if classes:
+        extra += (f"<h2>Per class: the best head ({html.escape(best['head'])} on {html.escape(best['features'])}), "
+                  f"test split</h2>" + _html_table(CLASS_HEADERS, _class_body(classes)))
+    if curve:
+        extra += ("<h2>Learning curve of the best head</h2>" + _html_table(CURVE_HEADERS, _curve_body(curve))
+                  + img("learning_curve.png", "Learning curve of the best head"))
+    if leak_text:
+        extra += f"<h2>Leakage check</h2><p>{html.escape(leak_text)}</p>" + img(
+            "leakage_pairs.png", "Near-duplicate pairs: test row above, its nearest train/val row below")
+    best_line = f"<p>Best head saved to <code>{html.escape(str(best_dir))}</code>.</p>" if best_dir else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>featcache benchmark</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}tr.failed{{background:#fdd}}tr.timed-out{{background:#ffd}}
+figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><body>
+<h1>featcache benchmark</h1><p>{html.escape(PROTOCOL)}</p>
+<p>{_counts_line(rows)}</p>{best_line}
+<div>{img('accuracy_vs_fit_time.png', 'Accuracy against the time to select and fit, every head')}
+{img('confusion_best.png', 'Confusion matrix of the best head (test split)')}
+{img('accuracy_per_backbone.png', 'Accuracy per backbone and head')}</div>
+{main}
+{extra}</body></html>
+"""
+
+
 def write_report(out: Path, rows: list[dict], best_dir: Path | None = None, curve: list[dict] | None = None,
                  leakage: dict | None = None) -> None:
     """Write results.json/csv, report.md and report.html (figures embedded) into ``out``.
@@ -414,100 +539,15 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None, curv
     """
     out = Path(out)
     best = mark_ties(rows)
-    slim = [{k: v for k, v in r.items() if k not in BULKY} for r in rows]
-    atomic_write_bytes(out / "results.json", (json.dumps(slim, indent=2, default=str) + "\n").encode())
-    table = io.StringIO(newline="")
-    w = csv.DictWriter(table, fieldnames=COLUMNS)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: spreadsheet_safe(v) for k, v in _flat(r).items()})
-    atomic_write_bytes(out / "results.csv", table.getvalue().encode("utf-8", "surrogateescape"))
-    class_names = None
-    try:
-        from .store import open_cache
-
-        class_names = open_cache(rows[0]["cache"]).class_names if rows else None
-    except Exception:  # noqa: BLE001 - names are decoration
-        pass
-    thumbs = None
-    if leakage and leakage.get("pairs"):
-        from .leakage import pair_thumbnails
-        from .store import open_cache
-
-        try:
-            thumbs = pair_thumbnails(open_cache(leakage["cache"]), leakage["pairs"][:12])
-        except Exception:  # noqa: BLE001 - thumbnails are decoration
-            thumbs = None
-    leak_text, leak_acc = _leakage_summary(leakage, best)
-    if leakage:
-        shown = {k: v for k, v in leakage.items() if k != "leaked"}
-        atomic_write_bytes(out / "leakage.json", (json.dumps({**shown, "best_head_accuracy": leak_acc},
-                                                             indent=2, default=str) + "\n").encode())
-        if leakage.get("pairs") and thumbs is None:
-            leak_text += " (No thumbnails: the cache's source cannot be read back.)"
+    _write_results(out, rows)
+    class_names = _report_class_names(rows)
+    thumbs = _leakage_thumbs(leakage)
+    leak_text = _write_leakage(out, leakage, best, thumbs)
     images = plots(rows, class_names, curve=curve, leakage=leakage, thumbs=thumbs)
     for name, data in images.items():
         atomic_write_bytes(out / name, data)
-    counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "failed", "timed out")}
-    protocol = ("Hyper-parameters chosen on the validation split (or by K-fold CV inside train); the chosen setting "
-                "refit on train+val; the test split touched once. Keras heads early-stop on the validation split. "
-                "The best head is picked by validation accuracy, never by test accuracy. Intervals are 95% "
-                "percentile bootstraps over the test rows (1,000 resamples); 'tie' marks a head whose accuracy "
-                "interval overlaps the best head's. Peak MB is each head's own: the peak resident memory of its "
-                "process while it ran, above what the process held once its libraries were imported.")
-    notes = [f"{r['head']} on {r['features']}: {r['note']}" for r in rows if r.get("note")]
     classes = per_class(best, class_names) if best else []
-    md = ["# featcache benchmark", "", protocol, "",
-          f"{len(rows)} rows: {counts['ok']} ok, {counts['failed']} failed, {counts['timed out']} timed out.", ""]
-    if best_dir is not None:
-        md += [f"Best head saved to {md_text(best_dir)} (usable with `featcache predict`).", ""]
-    md += [_markdown_table(rows), ""]
-    if notes:
-        md += ["Memory-aware fallbacks:", ""] + [f"* {md_text(n)}" for n in notes] + [""]
-    if classes:
-        md += [f"## Per class: the best head ({md_text(best['head'])} on {md_text(best['features'])}), test split",
-               ""]
-        md += _md(CLASS_HEADERS, _class_body(classes)) + [""]
-    if curve:
-        md += ["## Learning curve of the best head", ""] + _md(CURVE_HEADERS, _curve_body(curve)) + [""]
-    if leak_text:
-        md += ["## Leakage check", "", md_text(leak_text), ""]
-        if leakage.get("pairs"):
-            md += _md(["test id", "nearest train/val id", "cosine"],
-                      [[p["test_id"], p["train_id"], f"{p['cosine']:.4f}"] for p in leakage["pairs"][:20]]) + [""]
-    for name in images:
-        md += [f"![{name}]({name})", ""]
-    atomic_write_bytes(out / "report.md", "\n".join(md).encode("utf-8", "surrogateescape"))
-
-    def img(name, alt):
-        if name not in images:
-            return ""
-        data = base64.b64encode(images[name]).decode()
-        return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
-
-    main = _html_table(HEADERS, [_cells(r, 200) for r in rows],
-                       [r.get("status", "").replace(" ", "-") for r in rows])
-    extra = ""
-    if classes:
-        extra += (f"<h2>Per class: the best head ({html.escape(best['head'])} on {html.escape(best['features'])}), "
-                  f"test split</h2>" + _html_table(CLASS_HEADERS, _class_body(classes)))
-    if curve:
-        extra += ("<h2>Learning curve of the best head</h2>" + _html_table(CURVE_HEADERS, _curve_body(curve))
-                  + img("learning_curve.png", "Learning curve of the best head"))
-    if leak_text:
-        extra += f"<h2>Leakage check</h2><p>{html.escape(leak_text)}</p>" + img(
-            "leakage_pairs.png", "Near-duplicate pairs: test row above, its nearest train/val row below")
-    best_line = f"<p>Best head saved to <code>{html.escape(str(best_dir))}</code>.</p>" if best_dir else ""
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>featcache benchmark</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}tr.failed{{background:#fdd}}tr.timed-out{{background:#ffd}}
-figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><body>
-<h1>featcache benchmark</h1><p>{html.escape(protocol)}</p>
-<p>{len(rows)} rows: {counts['ok']} ok, {counts['failed']} failed, {counts['timed out']} timed out.</p>{best_line}
-<div>{img('accuracy_vs_fit_time.png', 'Accuracy against the time to select and fit, every head')}
-{img('confusion_best.png', 'Confusion matrix of the best head (test split)')}
-{img('accuracy_per_backbone.png', 'Accuracy per backbone and head')}</div>
-{main}
-{extra}</body></html>
-"""
+    md = _markdown_report(rows, best, best_dir, classes, curve, leakage, leak_text, images)
+    atomic_write_bytes(out / "report.md", md.encode("utf-8", "surrogateescape"))
+    page = _html_report(rows, best, best_dir, classes, curve, leak_text, images)
     atomic_write_bytes(out / "report.html", page.encode("utf-8", "surrogateescape"))

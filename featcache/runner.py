@@ -59,42 +59,18 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
     Returns:
         ``(cache, summary)``: the opened :class:`~featcache.store.Cache` and a :class:`RunSummary`.
     """
-    from .console import ProgressBar, console, human_bytes
-
     if isinstance(wait, bool) or not isinstance(wait, Real) or not wait >= 0:  # NaN is not >= 0
         raise FeatcacheError(f"wait must be a number of seconds >= 0, got {wait!r}")
     t_start = time.perf_counter()
     out = plan.out
-    if out.exists() and not out.is_dir():
-        raise CacheError(f"--out {out} exists and is not a directory")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CacheError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    created = _make_out(out)
     try:
         lock = store.DirectoryLock(out, wait=wait).acquire()
     except store.ReadOnlyError as exc:
         return _run_read_only(plan, t_start, exc)
     try:
         store.remove_temporaries(out)
-        try:
-            old = store.read_manifest(out)
-        except CacheError:
-            if not overwrite:
-                raise
-            old = None  # clear_cache_files decides whether the file is ours to replace
-        old, kept = store.claim(out, old, key=plan.key, params=plan.params, fingerprint=plan.fingerprint,
-                                overwrite=overwrite)
-        notes = [f"not featcache's, left alone: {k}" for k in kept]
-        stored_views = int((old or {}).get("views", 0)) if (old or {}).get("complete") else 0
-        recipe = parse_recipe(plan.options.augment).text
-        if stored_views and old.get("augment") != recipe:  # the default recipe is not in the key: never mix two
-            raise CacheError(f"{out} holds views made with the recipe {old.get('augment')!r}, not {recipe!r}; pass "
-                             "that --augment, or --overwrite to start again")
-        if stored_views > plan.views:  # finished views are never thrown away: asking for fewer keeps them all
-            notes.append(f"the cache keeps the {stored_views} views it holds (asked for {plan.views})")
-            plan = plan.with_views(stored_views)
+        plan, old, recipe, notes = _claim(plan, overwrite)
         shape = {"key": plan.key, "n_shards": plan.n_shards}
         done, problems = store.existing_shards(out, old, repair=repair, shard_size=plan.options.shard_size,
                                                n_items=len(plan.source), **shape)
@@ -103,48 +79,12 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
             notes += store.refresh_class_names(out, old, plan.source.class_names)
             return _noop_summary(plan, t_start, notes)
         notes += [f"repaired: {p}" for p in problems]
-        sink = plan.sink()
-        src = plan.source
-        sink.begin(params=plan.params, fingerprint=plan.fingerprint, backbone_ref=plan.backbone_ref,
-                   dataset={"source": src.describe(), "n_items": len(src), "class_names": list(src.class_names),
-                            "has_splits": src.has_splits, "reopen": src.address},
-                   n_shards=plan.n_shards, shards=list(done.values()), old=old,
-                   save=bool(done) or old is not None, views=plan.views, augment=recipe)  # a run that has written no shard claims nothing
+        sink = _begin(plan, done, old, recipe)
         todo = [i for i in range(plan.n_shards) if i not in done]
-        stats: dict = {}
         n_todo = sum(len(plan.shard_items(i)[1]) for i in todo)
-        t_compute = time.perf_counter()
-        if todo:
-            engine = engine or make_engine("local")
-
-            def projected(outputs):  # before the first image runs (local), after the first shard (Ray)
-                n_views = sum(len(plan.shard_items(i)[1]) for i in range(plan.n_base, plan.n_shards))
-                per_image = store.bytes_per_image(outputs)
-                rows = len(src) + n_views
-                also = f" and {n_views:,} augmented views" if n_views else ""
-                console.print(f"  {per_image:,} bytes per image: about {human_bytes(per_image * rows)} of "
-                              f"features for {len(src):,} images{also}", highlight=False)
-
-            if progress:
-                sink.on_outputs = projected
-            with ProgressBar(n_todo, f"extract {plan.backbone.name}", enabled=progress) as bar:
-                stats = engine.compute(plan, todo, sink, on_items=bar.advance)
-        compute_s = time.perf_counter() - t_compute
+        stats, compute_s = _compute(plan, todo, n_todo, sink, engine, progress)
         notes += stats.get("notes", [])
-        timings = {
-            "seconds": round(time.perf_counter() - t_start, 3),
-            "compute_seconds": round(compute_s, 3),
-            "images_computed": n_todo,
-            "images_per_s": round(n_todo / compute_s, 2) if n_todo and compute_s > 0 else None,
-            "build_seconds": round(stats.get("build_s", 0.0), 3),
-            "first_batch_seconds": round(stats.get("first_batch_s", 0.0), 3),
-            "first_batch_items": stats.get("first_batch_items", 0),
-            "model_seconds": round(stats.get("model_s", 0.0), 3),
-            "input_wait_seconds": round(stats.get("wait_s", 0.0), 3),
-            "engine": stats.get("engine", "local"),
-            "runtime": stats.get("runtime"),
-            **{k: stats[k] for k in ("workers", "worker_restarts") if k in stats},
-        }
+        timings = _timings(t_start, compute_s, n_todo, stats)
         store.remove_temporaries(out)  # a worker killed mid-write (Ray) leaves one; no writer is left now
         sink.finish(timings=timings, versions=versions())
     finally:
@@ -157,6 +97,96 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
                          time.perf_counter() - t_start, timings["images_per_s"] or 0.0,
                          int(stats.get("bytes", 0)), False, notes)
     return cache, summary
+
+
+def _make_out(out: Path) -> bool:
+    """Create the ``--out`` directory; returns whether this run created it."""
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"--out {out} exists and is not a directory")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    return created
+
+
+def _claim(plan: Plan, overwrite: bool) -> tuple[Plan, dict | None, str, list[str]]:
+    """Claim ``plan.out`` under the lock: the plan (with the views kept), the old manifest, the recipe, notes."""
+    out = plan.out
+    try:
+        old = store.read_manifest(out)
+    except CacheError:
+        if not overwrite:
+            raise
+        old = None  # clear_cache_files decides whether the file is ours to replace
+    old, kept = store.claim(out, old, key=plan.key, params=plan.params, fingerprint=plan.fingerprint,
+                            overwrite=overwrite)
+    notes = [f"not featcache's, left alone: {k}" for k in kept]
+    stored_views = int((old or {}).get("views", 0)) if (old or {}).get("complete") else 0
+    recipe = parse_recipe(plan.options.augment).text
+    if stored_views and old.get("augment") != recipe:  # the default recipe is not in the key: never mix two
+        raise CacheError(f"{out} holds views made with the recipe {old.get('augment')!r}, not {recipe!r}; pass "
+                         "that --augment, or --overwrite to start again")
+    if stored_views > plan.views:  # finished views are never thrown away: asking for fewer keeps them all
+        notes.append(f"the cache keeps the {stored_views} views it holds (asked for {plan.views})")
+        plan = plan.with_views(stored_views)
+    return plan, old, recipe, notes
+
+
+def _begin(plan: Plan, done: dict, old: dict | None, recipe: str):
+    """The plan's sink, begun with the shards already done."""
+    sink = plan.sink()
+    src = plan.source
+    sink.begin(params=plan.params, fingerprint=plan.fingerprint, backbone_ref=plan.backbone_ref,
+               dataset={"source": src.describe(), "n_items": len(src), "class_names": list(src.class_names),
+                        "has_splits": src.has_splits, "reopen": src.address},
+               n_shards=plan.n_shards, shards=list(done.values()), old=old,
+               save=bool(done) or old is not None, views=plan.views, augment=recipe)  # a run that has written no shard claims nothing
+    return sink
+
+
+def _compute(plan: Plan, todo: list[int], n_todo: int, sink, engine, progress: bool) -> tuple[dict, float]:
+    """Compute the ``todo`` shards with ``engine`` into ``sink``; returns the engine's stats and the seconds."""
+    from .console import ProgressBar, console, human_bytes
+
+    stats: dict = {}
+    t_compute = time.perf_counter()
+    if todo:
+        engine = engine or make_engine("local")
+        src = plan.source
+
+        def projected(outputs):  # before the first image runs (local), after the first shard (Ray)
+            n_views = sum(len(plan.shard_items(i)[1]) for i in range(plan.n_base, plan.n_shards))
+            per_image = store.bytes_per_image(outputs)
+            rows = len(src) + n_views
+            also = f" and {n_views:,} augmented views" if n_views else ""
+            console.print(f"  {per_image:,} bytes per image: about {human_bytes(per_image * rows)} of "
+                          f"features for {len(src):,} images{also}", highlight=False)
+
+        if progress:
+            sink.on_outputs = projected
+        with ProgressBar(n_todo, f"extract {plan.backbone.name}", enabled=progress) as bar:
+            stats = engine.compute(plan, todo, sink, on_items=bar.advance)
+    return stats, time.perf_counter() - t_compute
+
+
+def _timings(t_start: float, compute_s: float, n_todo: int, stats: dict) -> dict:
+    """The manifest's timings of this run."""
+    return {
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "compute_seconds": round(compute_s, 3),
+        "images_computed": n_todo,
+        "images_per_s": round(n_todo / compute_s, 2) if n_todo and compute_s > 0 else None,
+        "build_seconds": round(stats.get("build_s", 0.0), 3),
+        "first_batch_seconds": round(stats.get("first_batch_s", 0.0), 3),
+        "first_batch_items": stats.get("first_batch_items", 0),
+        "model_seconds": round(stats.get("model_s", 0.0), 3),
+        "input_wait_seconds": round(stats.get("wait_s", 0.0), 3),
+        "engine": stats.get("engine", "local"),
+        "runtime": stats.get("runtime"),
+        **{k: stats[k] for k in ("workers", "worker_restarts") if k in stats},
+    }
 
 
 def _noop_summary(plan: Plan, t_start: float, notes: list[str]) -> tuple[store.Cache, RunSummary]:
@@ -242,18 +272,16 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
         progress: show a progress bar.
         wait: seconds to wait for another writer's lock.
         classes: keep only these labels.
-        limit: keep a sample of ``limit`` items, stratified by label (and
-            split), drawn with ``limit_seed``, in source order; warns when a
-            class loses every image.
-        first: keep the first ``first`` items in source order instead (a
-            class-folder source lists its images class by class).
+        limit: keep a sample of ``limit`` items, stratified by label (and split), drawn with
+            ``limit_seed``, in source order; warns when a class loses every image.
+        first: keep the first ``first`` items in source order instead (a class-folder source
+            lists its images class by class).
         limit_seed: the seed of ``limit``'s sample.
-        labels: labels of an array ``source``: class indices, or class names
-            (strings; sorted into indices unless ``class_names`` is given).
-        class_names: the names of an array source's classes (label i is
-            ``class_names[i]``).
-        splits: an array source's split per image (``"train"``, ``"val"``,
-            ``"test"``), used by ``train`` and ``Cache.split``.
+        labels: labels of an array ``source``: class indices, or class names (strings; sorted
+            into indices unless ``class_names`` is given).
+        class_names: the names of an array source's classes (label i is ``class_names[i]``).
+        splits: an array source's split per image (``"train"``, ``"val"``, ``"test"``), used by
+            ``train`` and ``Cache.split``.
         allow_outside: let a CSV manifest name files outside its folder.
         data_dir: where to look first for named datasets.
         return_summary: return ``(cache, summary)`` instead of the cache alone.
@@ -271,13 +299,18 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
         >>> cache = featcache.extract("images/", image_size=96, out="caches/mine")  # doctest: +SKIP
         >>> X, y = cache.features(), cache.labels()                                 # doctest: +SKIP
     """
-    unknown = set(options) - set(ExtractOptions.__dataclass_fields__)
-    if unknown:
-        raise FeatcacheError(f"unknown extract option(s): {', '.join(sorted(unknown))}")
     plan, runner = prepare(source, backbone, out, weights=weights, layer=layer, classes=classes, limit=limit,
                            first=first, limit_seed=limit_seed, labels=labels, class_names=class_names,
                            splits=splits, allow_outside=allow_outside, data_dir=data_dir, engine=engine,
                            ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
-                           options=ExtractOptions(**options))
+                           options=_extract_options(options))
     cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait, engine=runner)
     return (cache, summary) if return_summary else cache
+
+
+def _extract_options(options: dict) -> ExtractOptions:
+    """``extract``'s keyword options as :class:`~featcache.plan.ExtractOptions`, refusing unknown names."""
+    unknown = set(options) - set(ExtractOptions.__dataclass_fields__)
+    if unknown:
+        raise FeatcacheError(f"unknown extract option(s): {', '.join(sorted(unknown))}")
+    return ExtractOptions(**options)

@@ -155,34 +155,30 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
 
     Args:
         cache: a :class:`~featcache.store.Cache` or its directory.
-        head: a head name (``featcache heads`` lists them), or your own
-            unfitted scikit-learn classifier (``SVC()``, a Pipeline ...): it is
-            cloned, saved as ``custom:ClassName``, and one without
-            ``predict_proba`` gets one-hot probabilities from ``predict``.
-        params: parameters of the head's classifier, e.g. ``{"C": 0.5}``;
-            every one is checked before any work.
-        preprocess: ``none``, ``standard``, ``pca[:N]`` or ``standard+pca[:N]``
-            (default: the head's own; ``none`` for your own estimator).
-        out: a model directory to save into (new, empty, or a featcache
-            model directory holding nothing else); None saves nothing.
+        head: a head name (``featcache heads`` lists them), or your own unfitted scikit-learn
+            classifier (``SVC()``, a Pipeline ...): it is cloned, saved as ``custom:ClassName``, and
+            one without ``predict_proba`` gets one-hot probabilities from ``predict``.
+        params: parameters of the head's classifier, e.g. ``{"C": 0.5}``; every one is checked
+            before any work.
+        preprocess: ``none``, ``standard``, ``pca[:N]`` or ``standard+pca[:N]`` (default: the
+            head's own; ``none`` for your own estimator).
+        out: a model directory to save into (new, empty, or a featcache model directory holding
+            nothing else); None saves nothing.
         output: which stored output to train on (default: the first).
-        stream: never load the whole feature matrix: Keras heads read shard
-            by shard (the same batches as in memory) and heads with
-            ``partial_fit`` (sgd, gaussian_nb, mlp) stream too.
-        val_fraction, test_fraction: the hashed split of rows whose source
-            gave none (see :mod:`featcache.splits`).
+        stream: never load the whole feature matrix: Keras heads read shard by shard (the same
+            batches as in memory) and heads with ``partial_fit`` (sgd, gaussian_nb, mlp) stream too.
+        val_fraction, test_fraction: the hashed split of rows whose source gave none (see
+            :mod:`featcache.splits`).
         stream_epochs: passes over the cache for streamed ``partial_fit`` heads.
-        fit_splits: ``("train",)``, or ``("train", "val")`` to refit a
-            scikit-learn head on train+val once its settings are chosen (what
-            ``bench`` does for its best head; its val metrics are then not held
-            out). Keras heads early-stop on val, so they fit on train alone.
-        verbose: Keras heads' progress, as in ``Model.fit``: 0 silent, 1 a
-            progress bar, 2 one line per epoch (unless ``params`` sets ``verbose``).
-        views: how to train on the cache's augmented views (``extract
-            --views K``): ``auto`` (the head's own way, ``featcache heads``),
-            ``rows``, ``mean``, ``draw`` (Keras heads) or ``none`` (the plain
-            view only); see :mod:`featcache.heads.views`. Val and test rows are
-            always the plain view.
+        fit_splits: ``("train",)``, or ``("train", "val")`` to refit a scikit-learn head on
+            train+val once its settings are chosen (what ``bench`` does for its best head; its val
+            metrics are then not held out). Keras heads early-stop on val, so they fit on train alone.
+        verbose: Keras heads' progress, as in ``Model.fit``: 0 silent, 1 a progress bar, 2 one
+            line per epoch (unless ``params`` sets ``verbose``).
+        views: how to train on the cache's augmented views (``extract --views K``): ``auto`` (the
+            head's own way, ``featcache heads``), ``rows``, ``mean``, ``draw`` (Keras heads) or
+            ``none`` (the plain view only); see :mod:`featcache.heads.views`. Val and test rows
+            are always the plain view.
 
     Returns:
         A :class:`TrainResult`: the fitted scikit-learn Pipeline, metrics per
@@ -194,9 +190,7 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
         >>> from sklearn.svm import SVC
         >>> featcache.train("caches/fm", head=SVC(C=2.0), out="models/svc")                          # doctest: +SKIP
     """
-    fit_splits = tuple(fit_splits)
-    if fit_splits not in (("train",), ("train", "val")):
-        raise FeatcacheError(f"fit_splits must be ('train',) or ('train', 'val'), got {fit_splits!r}")
+    fit_splits = _check_fit_splits(fit_splits)
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
     params = dict(params or {})
@@ -206,17 +200,31 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
     _check_keras(head, pipe, fit_splits, out, preprocess)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     output = cache.output_name(output)
-    mode = head_views.resolve_mode(views, head_mode, is_keras(pipe), cache.views)
-    if mode == "draw" and len(pipe.steps) > 1:
-        raise FeatcacheError(f"head {head!r} draws augmented views of the raw features; train it with preprocess "
-                             "'none' (it standardises inside the model), or views 'none'")
-    if stream and mode == "mean":
-        raise FeatcacheError("views 'mean' needs the features in memory; stream with views 'rows' or 'none'")
+    mode = _views_mode(views, head, head_mode, pipe, cache, stream)
     n_views = cache.views if mode != "none" else 0
     labels = cache.labels()
     masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
     classes = train_classes(cache, masks)
     fit_mask = masks["train"] | masks["val"] if "val" in fit_splits else masks["train"]
+    X, fit_seconds = _fit(head, pipe, streams, cache, masks, fit_mask, labels, classes, output,
+                          stream=stream, stream_epochs=stream_epochs, n_views=n_views, mode=mode)
+    return _measured(cache, head, pipe, X, masks, output, out=out, params=params,
+                     preprocess=preprocess or default_preprocess, fit_seconds=fit_seconds, streamed=stream,
+                     fit_splits=fit_splits, views=(n_views, mode), val_fraction=val_fraction,
+                     test_fraction=test_fraction)
+
+
+def _check_fit_splits(fit_splits) -> tuple:
+    """``fit_splits`` as a tuple, refusing anything but train or train+val."""
+    fit_splits = tuple(fit_splits)
+    if fit_splits not in (("train",), ("train", "val")):
+        raise FeatcacheError(f"fit_splits must be ('train',) or ('train', 'val'), got {fit_splits!r}")
+    return fit_splits
+
+
+def _fit(head, pipe, streams, cache: Cache, masks, fit_mask, labels, classes, output, *, stream: bool,
+         stream_epochs: int, n_views: int, mode: str):
+    """Fit ``pipe`` shard by shard or in memory; returns ``(X, seconds)``, X None when streamed."""
     t0 = time.perf_counter()
     X = None
     if stream:
@@ -225,11 +233,18 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
         X = cache.features(output)
         X = X.reshape(len(X), -1).astype(np.float32)
         _fit_in_memory(head, pipe, cache, X, labels, masks, fit_mask, output, n_views, mode)
-    fit_seconds = time.perf_counter() - t0
-    return _measured(cache, head, pipe, X, masks, output, out=out, params=params,
-                     preprocess=preprocess or default_preprocess, fit_seconds=fit_seconds, streamed=stream,
-                     fit_splits=fit_splits, views=(n_views, mode), val_fraction=val_fraction,
-                     test_fraction=test_fraction)
+    return X, time.perf_counter() - t0
+
+
+def _views_mode(views: str, head: str, head_mode, pipe, cache: Cache, stream: bool) -> str:
+    """How this head trains on the cache's augmented views, refusing a mode its pipeline or streaming cannot do."""
+    mode = head_views.resolve_mode(views, head_mode, is_keras(pipe), cache.views)
+    if mode == "draw" and len(pipe.steps) > 1:
+        raise FeatcacheError(f"head {head!r} draws augmented views of the raw features; train it with preprocess "
+                             "'none' (it standardises inside the model), or views 'none'")
+    if stream and mode == "mean":
+        raise FeatcacheError("views 'mean' needs the features in memory; stream with views 'rows' or 'none'")
+    return mode
 
 
 def _head_pipeline(head, preprocess, params: dict):
