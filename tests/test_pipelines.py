@@ -134,6 +134,7 @@ head_epochs = 1
 """
 
 
+@pytest.mark.slow
 def test_finetune_pipeline_trains_exports_the_best_on_validation_and_reruns_only_what_changed(
         tmp_path, fashion_mnist_available):
     path = _write(tmp_path, FINETUNE)
@@ -153,6 +154,7 @@ def test_finetune_pipeline_trains_exports_the_best_on_validation_and_reruns_only
     assert json.loads((out / "models" / "a-finetune" / "card.json").read_text())["finetune"]["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_an_edited_pipeline_rebuilds_its_own_cache_and_retrains_but_never_replaces_another(
         tmp_path, fashion_mnist_available):
     """Editing the file makes its cache stale: `run` rebuilds it (and what was trained on it)."""

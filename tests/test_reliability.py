@@ -52,6 +52,7 @@ def test_kill_at_each_commit_point_then_rerun(reference, tmp_path, point):
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
+@pytest.mark.slow
 def test_kill_loop_at_random_moments(tmp_path, request, fashion_mnist_available):
     """SIGKILL at random moments (--kill-count, default 3; 20 for the full run), re-running each time.
 
