@@ -178,3 +178,15 @@ def assert_same_cache(a, b):
         assert ca.view_ids(v) == cb.view_ids(v)
     if ca.views:
         np.testing.assert_array_equal(ca.views_of(np.arange(len(ca))), cb.views_of(np.arange(len(cb))))
+
+
+# The files that take longest under `-n 2 --dist loadfile` (.ci/run's --durations), longest first: xdist hands
+# files to workers in collection order, so these start first and the short ones fill in behind them.
+LONGEST_FIRST = ["test_pipelines.py", "test_benchmarks.py", "test_ray.py", "test_views.py", "test_bench.py",
+                 "test_readme.py", "test_output_trust.py", "test_bench_protocol.py", "test_derived_caches.py",
+                 "test_bench_honesty.py", "test_reliability.py", "test_runtimes.py", "test_cli_fuzz.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
