@@ -163,6 +163,22 @@ def small_cache(tmp_path_factory):
     return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("small") / "cache", **TINY)
 
 
+def can_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MB tmpfs of this test's own (root only): for full and read-only disks."""
+    if not can_mount():
+        pytest.skip("needs root to mount a small tmpfs")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def assert_same_cache(a, b):
     """Two cache directories hold the same features, labels, ids and parameters."""
     import featcache

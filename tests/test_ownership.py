@@ -221,19 +221,6 @@ def test_a_kill_while_a_model_directory_is_replaced_leaves_the_old_or_the_new_mo
 # --------------------------------------------------------------------------- 11. full and read-only disks
 
 
-def _can_mount():
-    return os.geteuid() == 0 and shutil.which("mount") is not None
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    if not _can_mount():
-        pytest.skip("needs root to mount a small tmpfs")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _remount(mnt, option):

@@ -360,19 +360,6 @@ def test_proving_shards_keeps_reading_fast(built):
 # --------------------------------------------------------------------------- writing: read-only, repair
 
 
-def _can_mount():
-    return os.geteuid() == 0 and shutil.which("mount") is not None
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    if not _can_mount():
-        pytest.skip("needs root to mount a small tmpfs")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_views_on_a_read_only_complete_cache_say_it_cannot_be_written(built, small_disk):
