@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from . import derived
-from .files import fsync_dir
+from .files import atomic_write_bytes, fsync_dir, fsync_file, pause_point, remove_stale_temporaries, sha256_path
 from .homes import featcache_home
 
 #: the choices of ``--runtime`` (``auto`` picks one of the others)
@@ -442,7 +442,6 @@ def export_ir(keras_file, model=None) -> Path:
         PosixPath('tour/model.xml')
     """
     from .errors import FeatcacheError
-    from .files import remove_stale_temporaries
 
     keras_file = Path(keras_file)
     xml, binary, _sidecar = ir_paths(keras_file)
@@ -491,8 +490,6 @@ def ir_paths(keras_file) -> tuple[Path, Path, Path]:
 
 
 def _sha256(path: Path) -> str | None:
-    from .files import sha256_path
-
     try:
         return sha256_path(path)
     except OSError:
@@ -544,8 +541,6 @@ def _commit_ir(keras_file: Path, staged_xml: Path) -> None:
     sidecar with the new sha256s, the ``.bin``, and the ``.xml`` last: a
     kill leaves the old pair, no ``.xml``, or the new pair.
     """
-    from .files import atomic_write_bytes, fsync_file, pause_point
-
     xml, binary, sidecar = ir_paths(keras_file)
     staged_bin = staged_xml.with_suffix(".bin")
     fsync_file(staged_xml)
