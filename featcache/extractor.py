@@ -128,21 +128,9 @@ def read_batches(plan: Plan, indices: Sequence[int], executor) -> Iterable:
             yield index, item_range, plan.source.read(chunk, plan.image_size, executor), a + bs >= len(items)
 
 
-def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, write: Callable[[store.ShardData], None],
-                   *, on_batch: Callable[[int], None] = lambda n: None, stats: dict | None = None) -> None:
-    """Compute and hand to ``write`` every shard in ``indices``: the per-shard code path.
-
-    Decoding runs ahead in a reader thread through a bounded queue of
-    ``prefetch`` batches, overlapped with model execution here.
-    """
-    stats = stats if stats is not None else {}
-    opts = plan.options
-    workers = opts.decode_threads or default_decode_threads(extractor.runtime)
-    q: queue.Queue = queue.Queue(maxsize=opts.prefetch)
-    stop = threading.Event()
-    done = object()
-    shapes = {k: v["shape"] for k, v in extractor.output_info(opts.dtype).items()}
-
+def _start_reader(plan: Plan, indices: Sequence[int], workers: int, q: queue.Queue, stop: threading.Event,
+                  done: object) -> threading.Thread:
+    """Start the reader thread: every batch onto ``q`` (until ``stop`` is set), then ``done`` or its exception."""
     def produce():
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="featcache-decode") as pool:
@@ -161,6 +149,41 @@ def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, wri
 
     reader = threading.Thread(target=produce, name="featcache-reader", daemon=True)
     reader.start()
+    return reader
+
+
+def _map_batch(plan: Plan, extractor: Extractor, index: int, batch, stats: dict) -> dict | None:
+    """Mapper: one batch's features (of the view shard ``index`` holds), or None without images; timed in ``stats``."""
+    t0 = time.perf_counter()
+    view = plan.view_of(index)
+    if batch is None or not len(batch.items):
+        feats = None
+    elif view:
+        feats = extractor.view(batch.images, [it.id for it in batch.items], view)
+    else:
+        feats = extractor(batch.images)
+    took = time.perf_counter() - t0
+    stats["model_s"] = stats.get("model_s", 0.0) + took
+    if feats is not None and "first_batch_s" not in stats:  # includes tracing / XLA compilation
+        stats["first_batch_s"], stats["first_batch_items"] = took, len(batch.items)
+    return feats
+
+
+def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, write: Callable[[store.ShardData], None],
+                   *, on_batch: Callable[[int], None] = lambda n: None, stats: dict | None = None) -> None:
+    """Compute and hand to ``write`` every shard in ``indices``: the per-shard code path.
+
+    Decoding runs ahead in a reader thread through a bounded queue of
+    ``prefetch`` batches, overlapped with model execution here.
+    """
+    stats = stats if stats is not None else {}
+    opts = plan.options
+    workers = opts.decode_threads or default_decode_threads(extractor.runtime)
+    q: queue.Queue = queue.Queue(maxsize=opts.prefetch)
+    stop = threading.Event()
+    done = object()
+    shapes = {k: v["shape"] for k, v in extractor.output_info(opts.dtype).items()}
+    reader = _start_reader(plan, indices, workers, q, stop, done)
     acc = None
     try:
         while True:
@@ -174,19 +197,7 @@ def extract_shards(plan: Plan, indices: Sequence[int], extractor: Extractor, wri
             index, item_range, batch, last = entry
             if acc is None or acc.index != index:
                 acc = _Accumulator(index, item_range, plan.source.has_splits)
-            t0 = time.perf_counter()
-            view = plan.view_of(index)
-            if batch is None or not len(batch.items):
-                feats = None
-            elif view:
-                feats = extractor.view(batch.images, [it.id for it in batch.items], view)
-            else:
-                feats = extractor(batch.images)
-            took = time.perf_counter() - t0
-            stats["model_s"] = stats.get("model_s", 0.0) + took
-            if feats is not None and "first_batch_s" not in stats:  # includes tracing / XLA compilation
-                stats["first_batch_s"], stats["first_batch_items"] = took, len(batch.items)
-            acc.add(feats, batch)
+            acc.add(_map_batch(plan, extractor, index, batch, stats), batch)
             if batch is not None:
                 on_batch(len(batch.items) + len(batch.skipped))
             if last:

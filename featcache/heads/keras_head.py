@@ -169,18 +169,10 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         """
         import keras
 
-        n_classes = len(self.classes_)
-        model = self._build(n_features, n_classes, mean, var)
+        model = self._build(n_features, len(self.classes_), mean, var)
         model.compile(optimizer=keras.optimizers.Adam(float(self.learning_rate)),
                       loss="sparse_categorical_crossentropy")
-        cw = self._class_weights(y_enc, n_classes)
-        sw = None if cw is None else np.array([cw[int(c)] for c in y_enc], np.float32)
-        if sample_weight is not None:
-            sw = np.asarray(sample_weight, np.float32) * (1.0 if sw is None else sw)
-        if val is not None and cw is not None:  # early stopping watches the objective being fitted
-            take_val, y_val, w_val = val
-            cw_val = np.array([cw[int(c)] for c in y_val], np.float64)
-            val = (take_val, y_val, cw_val if w_val is None else cw_val * w_val)
+        sw, val = self._loss_weights(y_enc, sample_weight, val)
         history = {"loss": []} if val is None else {"loss": [], "val_loss": []}
         best, best_weights, wait = np.inf, None, 0
         bs = self._batch_size(len(y_enc))
@@ -193,14 +185,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         for epoch in range(int(self.epochs)):
             callbacks.on_epoch_begin(epoch)
             order = _batches.epoch_order(block_sizes, int(self.random_state), epoch)
-            total = 0.0
             take_epoch = take if draw is None else draw(epoch)
-            for step, (Xb, yb, wb) in enumerate(_batches.batches_in_order(take_epoch, y_enc, order, bs, sw)):
-                callbacks.on_train_batch_begin(step)
-                loss = float(np.asarray(model.train_on_batch(Xb, yb, sample_weight=wb)).reshape(-1)[0])
-                total += loss * len(yb)
-                callbacks.on_train_batch_end(step, {"loss": loss})
-            history["loss"].append(total / max(len(order), 1))
+            history["loss"].append(self._epoch(model, callbacks, take_epoch, y_enc, order, bs, sw))
             if val is not None:
                 history["val_loss"].append(self._loss(model, *val))
             callbacks.on_epoch_end(epoch, {k: v[-1] for k, v in history.items()})
@@ -221,6 +207,29 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = history
         self.n_iter_ = len(history["loss"])
         return self
+
+    def _loss_weights(self, y_enc, sample_weight, val):
+        """Each training row's loss weight (class weight times ``sample_weight``), and ``val`` class-weighted too."""
+        cw = self._class_weights(y_enc, len(self.classes_))
+        sw = None if cw is None else np.array([cw[int(c)] for c in y_enc], np.float32)
+        if sample_weight is not None:
+            sw = np.asarray(sample_weight, np.float32) * (1.0 if sw is None else sw)
+        if val is not None and cw is not None:  # early stopping watches the objective being fitted
+            take_val, y_val, w_val = val
+            cw_val = np.array([cw[int(c)] for c in y_val], np.float64)
+            val = (take_val, y_val, cw_val if w_val is None else cw_val * w_val)
+        return sw, val
+
+    @staticmethod
+    def _epoch(model, callbacks, take, y_enc, order, bs, sw) -> float:
+        """One epoch of ``train_on_batch`` over the batches of ``order``; returns the mean training loss."""
+        total = 0.0
+        for step, (Xb, yb, wb) in enumerate(_batches.batches_in_order(take, y_enc, order, bs, sw)):
+            callbacks.on_train_batch_begin(step)
+            loss = float(np.asarray(model.train_on_batch(Xb, yb, sample_weight=wb)).reshape(-1)[0])
+            total += loss * len(yb)
+            callbacks.on_train_batch_end(step, {"loss": loss})
+        return total / max(len(order), 1)
 
     def _batch_size(self, n_rows: int) -> int:
         if self.batch_size == "auto":
@@ -280,19 +289,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             views = None if views is None else views[:, ti]
             sw = None if sw is None else sw[ti]
             block_sizes = None  # the split breaks block boundaries
-        if views is not None and len(views):  # standardise over what training shows: plain rows and views
-            # (a feature the plain rows never use but a view does would otherwise be divided by ~0)
-            total, total_sq = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-            for rows in [X, *views]:
-                for a in range(0, len(rows), 4096):  # in float64, a block at a time
-                    block = rows[a:a + 4096].astype(np.float64)
-                    total += block.sum(0)
-                    total_sq += np.square(block).sum(0)
-            n_all = len(X) * (1 + len(views))
-            mean = (total / n_all).astype(np.float32)
-            var = np.maximum(total_sq / n_all - np.square(total / n_all), 0).astype(np.float32)
-        else:
-            mean, var = X.mean(0), X.var(0)
+        mean, var = _mean_var(X, views)
         sizes = list(block_sizes) if block_sizes is not None else [len(X)]
         if sum(sizes) != len(X):
             raise ValueError(f"block_sizes add up to {sum(sizes)}, X has {len(X)} rows")
@@ -376,6 +373,25 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         self.__dict__.update(state)
         if data is not None:
             self.model_ = model_from_bytes(data)
+
+
+def _mean_var(X, views):
+    """The standardisation statistics over what training shows: the plain rows and their views, if any.
+
+    Over the views too: a feature the plain rows never use but a view does would otherwise be divided by ~0.
+    """
+    if views is None or not len(views):
+        return X.mean(0), X.var(0)
+    total, total_sq = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for rows in [X, *views]:
+        for a in range(0, len(rows), 4096):  # in float64, a block at a time
+            block = rows[a:a + 4096].astype(np.float64)
+            total += block.sum(0)
+            total_sq += np.square(block).sum(0)
+    n_all = len(X) * (1 + len(views))
+    mean = (total / n_all).astype(np.float32)
+    var = np.maximum(total_sq / n_all - np.square(total / n_all), 0).astype(np.float32)
+    return mean, var
 
 
 def model_to_bytes(model) -> bytes:
