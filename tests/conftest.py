@@ -163,6 +163,53 @@ def small_cache(tmp_path_factory):
     return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("small") / "cache", **TINY)
 
 
+@pytest.fixture(scope="session")
+def fm_cache(tmp_path_factory, fashion_mnist_available):
+    """The first 600 Fashion-MNIST test images through the CLI, in shards of 256: (cache directory, process)."""
+    out = tmp_path_factory.mktemp("fm") / "cache"
+    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
+                         "--out", out)
+    return out, proc
+
+
+SORTED_NAMES = ["cat", "dog", "fox"]
+
+
+def class_sorted_images(n_per_class=40, size=32, seed=0):
+    """Class-sorted (like a class-folder source) uint8 images whose class is visible: one bright channel each."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 120, (3 * n_per_class, size, size, 3), dtype=np.uint8)
+    labels = np.repeat(SORTED_NAMES, n_per_class)
+    for k in range(3):
+        images[labels == SORTED_NAMES[k], :, :, k] += 120
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def sorted_cache(tmp_path_factory):
+    """120 class-sorted images of three named classes (cat, dog, fox), as arrays, in shards of 32."""
+    import featcache
+
+    images, labels = class_sorted_images()
+    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("sorted") / "cache", shard_size=32,
+                             **TINY)
+
+
+#: an MLP whose peak memory is far above a small head's
+BIG_MLP = {"hidden_layer_sizes": (2048, 2048), "max_iter": 2, "early_stopping": False}
+
+
+@pytest.fixture(scope="session")
+def bench_rows(small_cache, tmp_path_factory):
+    """bench of four heads on small_cache (no baseline, no best model): (report directory, {head: row})."""
+    import featcache
+
+    out = tmp_path_factory.mktemp("honest-report")
+    rows = featcache.bench(small_cache, ["gaussian_nb", "knn_cosine", "logreg", "mlp"], params={"mlp": BIG_MLP},
+                           out=out, baseline_heads=(), save_best=False)
+    return out, {r["head"]: r for r in rows}
+
+
 def can_mount() -> bool:
     return os.geteuid() == 0 and shutil.which("mount") is not None
 

@@ -1,7 +1,6 @@
 """The benchmark's honesty: intervals and ties, the standard k-NN probe, the leakage check, per-row memory,
 re-runs that retry what a larger budget may fix, and bench() from a script without a __main__ guard."""
 
-import csv
 import json
 import os
 import subprocess
@@ -20,8 +19,6 @@ from featcache.leakage import accuracy_with_and_without, near_duplicates
 
 from conftest import REPO, TINY, run_featcache
 
-BIG_MLP = {"hidden_layer_sizes": (2048, 2048), "max_iter": 2, "early_stopping": False}
-
 
 def _images(n, seed=0):
     """Three learnable classes of random 16 px images (brightness per class)."""
@@ -31,20 +28,6 @@ def _images(n, seed=0):
     images[labels == 1] //= 2
     images[labels == 2] //= 4
     return images, labels
-
-
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory):
-    images, labels = _images(150)
-    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("honest") / "cache", **TINY)
-
-
-@pytest.fixture(scope="module")
-def bench_rows(small_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("honest-report")
-    rows = featcache.bench(small_cache, ["gaussian_nb", "knn_cosine", "logreg", "mlp"], params={"mlp": BIG_MLP},
-                           out=out, baseline_heads=(), save_best=False)
-    return out, {r["head"]: r for r in rows}
 
 
 # --------------------------------------------------------------------------- intervals
@@ -77,48 +60,6 @@ def test_bootstrap_drawn_in_bounded_chunks_gives_the_same_interval(monkeypatch):
     whole = bootstrap_intervals(t, p)
     monkeypatch.setattr(stats, "_BOOTSTRAP_CELLS", 3000 * 7)  # 7 resamples a chunk, the last one short
     assert bootstrap_intervals(t, p) == whole
-
-
-@pytest.mark.slow
-def test_rows_carry_intervals_in_csv_json_and_report_with_ties_marked(bench_rows):
-    out, rows = bench_rows
-    for r in rows.values():
-        assert r["status"] == "ok", r
-        lo, hi = r["accuracy_ci"]
-        assert lo <= r["accuracy"] <= hi and r["macro_f1_ci"][0] <= r["macro_f1"] <= r["macro_f1_ci"][1]
-    with open(out / "results.csv", newline="") as f:
-        table = {r["head"]: r for r in csv.DictReader(f)}
-    for head, r in rows.items():
-        assert float(table[head]["accuracy_ci_low"]) == pytest.approx(r["accuracy_ci"][0])
-        assert float(table[head]["macro_f1_ci_high"]) == pytest.approx(r["macro_f1_ci"][1])
-    saved = {r["head"]: r for r in json.loads((out / "results.json").read_text())}
-    assert [table[h]["versus_best"] for h in rows].count("best") == 1
-    for head, r in saved.items():
-        assert r["accuracy_ci"] == rows[head]["accuracy_ci"]
-        assert "test_predictions" not in r  # kept in results.jsonl only
-    best = next(r for r in saved.values() if r["versus_best"] == "best")
-    for r in saved.values():  # a tie is exactly an overlap with the best head's interval
-        if r is not best:
-            overlap = r["accuracy_ci"][0] <= best["accuracy_ci"][1] and best["accuracy_ci"][0] <= r["accuracy_ci"][1]
-            assert r["versus_best"] == ("tie" if overlap else ("below" if r["accuracy"] < best["accuracy"] else "above"))
-    md = (out / "report.md").read_text()
-    assert "test acc. [95% CI]" in md and "vs. best" in md and "select s" in md
-    lo, hi = rows["logreg"]["accuracy_ci"]
-    assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" in md and "[95% CI]" in (out / "report.html").read_text()
-
-
-@pytest.mark.slow
-def test_report_has_per_class_table_and_learning_curve_of_the_best_head(bench_rows):
-    out, rows = bench_rows
-    md = (out / "report.md").read_text()
-    assert "## Per class: the best head" in md and "| precision | recall | F1 | support |" in md
-    curve = md.split("## Learning curve of the best head")[1]
-    for share in ("| 10% |", "| 25% |", "| 50% |", "| 100% |"):
-        assert share in curve
-    assert (out / "learning_curve.png").is_file()
-    lines = [json.loads(x) for x in (out / "learning_curve.jsonl").read_text().splitlines()]
-    points = sorted(r["n_train"] for r in lines if r.get("train_fraction"))
-    assert len(points) == 3 and points[0] < points[1] < points[2]  # fewer rows at smaller shares
 
 
 @pytest.mark.slow

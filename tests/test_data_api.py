@@ -9,28 +9,8 @@ import pytest
 from PIL import Image
 
 import featcache
-from conftest import REPO, TINY, TINY_ARGS, run_featcache
+from conftest import REPO, SORTED_NAMES as NAMES, TINY, TINY_ARGS, class_sorted_images, run_featcache
 from featcache.errors import FeatcacheError
-
-NAMES = ["cat", "dog", "fox"]
-
-
-def _class_sorted_images(n_per_class=40, size=32, seed=0):
-    """Class-sorted (like a class-folder source) uint8 images whose class is visible: one bright channel each."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 120, (3 * n_per_class, size, size, 3), dtype=np.uint8)
-    labels = np.repeat(NAMES, n_per_class)
-    for k in range(3):
-        images[labels == NAMES[k], :, :, k] += 120
-    return images, labels
-
-
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory):
-    images, labels = _class_sorted_images()
-    return featcache.extract(images, labels=labels, out=tmp_path_factory.mktemp("small") / "cache", shard_size=32,
-                             **TINY)
-
 
 NOTEBOOK = """
 import numpy as np, keras, featcache
@@ -141,39 +121,8 @@ def test_model_fit_on_the_pydataset_reaches_the_in_memory_accuracy(tmp_path, fas
     assert abs(via_tf - in_memory) <= 0.04, (via_tf, in_memory)
 
 
-def test_split_and_shuffled_batches_cover_each_row_once(small_cache):
-    cache = small_cache
-    masks = cache.split_masks()
-    from featcache.train import split_masks
-
-    assert split_masks is featcache.split_masks  # the old import keeps working
-    assert sum(int(m.sum()) for m in masks.values()) == len(cache)
-    X, y = cache.split("val")
-    np.testing.assert_array_equal(X, cache.features()[masks["val"]])
-    np.testing.assert_array_equal(y, cache.labels()[masks["val"]])
-    unshuffled = [i for b in cache.iter_batches(7) for i in b.ids]
-    assert unshuffled == cache.ids()  # source order, as before
-    features = dict(zip(cache.ids(), cache.features()))
-    label_of = dict(zip(cache.ids(), cache.labels().tolist()))
-    batches = list(cache.iter_batches(7, split="train", shuffle=True, seed=3))
-    ids = [i for b in batches for i in b.ids]
-    assert sorted(ids) == sorted(np.array(cache.ids())[masks["train"]].tolist()) and ids != sorted(ids)
-    for b in batches:  # each row's features are that row's
-        for i, f, lab in zip(b.ids, b.features, b.labels):
-            assert np.array_equal(features[i], f) and label_of[i] == lab
-    assert ids == [i for b in cache.iter_batches(7, split="train", shuffle=True, seed=3) for i in b.ids]
-    rows = np.array([5, 100, 0, 64, 5])
-    got = cache.read_rows(rows)
-    np.testing.assert_array_equal(got.features, cache.features()[rows])
-    assert got.ids == [cache.ids()[r] for r in rows]
-    with pytest.raises(FeatcacheError, match="split must be one of"):
-        cache.split("holdout")
-    with pytest.raises(FeatcacheError, match="row positions"):
-        cache.read_rows([len(cache)])
-
-
 def test_array_labels_as_names_reach_the_cache_and_its_splits(tmp_path):
-    images, labels = _class_sorted_images(8)
+    images, labels = class_sorted_images(8)
     splits = np.tile(["train"] * 6 + ["test"] * 2, 3)
     cache = featcache.extract(images, labels=labels, splits=splits, class_names=["fox", "dog", "cat"],
                               out=tmp_path / "c", **TINY)
@@ -185,8 +134,8 @@ def test_array_labels_as_names_reach_the_cache_and_its_splits(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".h5", ".parquet"])
-def test_each_export_format_round_trips_bit_for_bit(small_cache, tmp_path, suffix):
-    cache = small_cache
+def test_each_export_format_round_trips_bit_for_bit(sorted_cache, tmp_path, suffix):
+    cache = sorted_cache
     out = featcache.export_features(cache, tmp_path / f"features{suffix}")
     X = cache.features()
     masks = cache.split_masks()
@@ -239,23 +188,23 @@ def test_each_export_format_round_trips_bit_for_bit(small_cache, tmp_path, suffi
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
 
-def test_an_npz_that_another_program_wrote_is_not_replaced(small_cache, tmp_path):
+def test_an_npz_that_another_program_wrote_is_not_replaced(sorted_cache, tmp_path):
     theirs = tmp_path / "theirs.npz"
     np.savez(theirs, features=np.zeros(3))
     before = theirs.read_bytes()
     with pytest.raises(FeatcacheError, match="not a featcache feature export"):
-        featcache.export_features(small_cache, theirs)
+        featcache.export_features(sorted_cache, theirs)
     assert theirs.read_bytes() == before
 
 
-def test_export_features_on_the_command_line(small_cache, tmp_path):
+def test_export_features_on_the_command_line(sorted_cache, tmp_path):
     out = tmp_path / "f.h5"
-    proc = run_featcache("export-features", small_cache.path, out)
+    proc = run_featcache("export-features", sorted_cache.path, out)
     assert out.is_file() and str(out) in proc.stdout
     (tmp_path / "notes.h5").write_text("mine")
-    proc = run_featcache("export-features", small_cache.path, tmp_path / "notes.h5", check=False)
+    proc = run_featcache("export-features", sorted_cache.path, tmp_path / "notes.h5", check=False)
     assert proc.returncode == 2 and "not a featcache feature export" in proc.stderr
-    proc = run_featcache("export-features", small_cache.path, tmp_path / "f.csv", check=False)
+    proc = run_featcache("export-features", sorted_cache.path, tmp_path / "f.csv", check=False)
     assert proc.returncode == 2 and ".npz, .parquet or .h5" in proc.stderr
 
 
