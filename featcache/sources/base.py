@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -95,10 +96,11 @@ class Source:
 
 
 def _hash_lines(lines) -> str:
+    """sha256 of the lines, each ended by a newline; hashed a few thousand lines at a time."""
     h = hashlib.sha256()
-    for line in lines:
-        h.update(line.encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
+    lines = iter(lines)
+    while chunk := list(itertools.islice(lines, 4096)):
+        h.update(("\n".join(chunk) + "\n").encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
