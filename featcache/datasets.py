@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,12 @@ def is_dataset_name(text: str) -> bool:
 
 def _read_idx(path: Path) -> np.ndarray:
     """Read one gzipped IDX file (the MNIST format)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)  # at once, not through GzipFile's small reads: every run opens the dataset
+        except (EOFError, OSError, zlib.error) as exc:
+            raise SourceError(f"{path} is not a readable gzip file: {exc}") from None
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
         raise SourceError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]

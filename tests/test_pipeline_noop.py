@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from featcache.pipeline import run
 
 from conftest import REPO, run_featcache
@@ -86,3 +88,14 @@ def test_a_foreign_file_where_the_bench_stamp_goes_is_refused_before_any_work(tm
     assert "report.bench.json" in proc.stderr.replace("\n", "") and "did not write it" in proc.stderr
     assert (out / "report.bench.json").read_bytes() == mine
     assert sorted(p.name for p in out.iterdir()) == ["report.bench.json"]  # no cache begun
+
+
+@pytest.mark.slow
+def test_a_second_run_of_a_limited_source_imports_no_scikit_learn(tmp_path, photo_folder):
+    # limit draws a stratified sample on every run, the no-op included: it must not need scikit-learn
+    path = _write(tmp_path, photo_folder / "train")
+    path.write_text(path.read_text().replace('[data]\n', '[data]\nlimit = 10\n').split("[bench]")[0])
+    run(path, progress=False)
+    said, imported = _run_in_fresh_process(path)
+    assert "up to date, nothing extracted" in said and "(10 rows;" in said
+    assert imported == []

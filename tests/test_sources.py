@@ -183,6 +183,33 @@ def test_fashion_mnist_prefers_the_users_directory(tmp_path):
     assert src.class_names[9] == "Ankle boot"
 
 
+def test_a_truncated_or_corrupt_gzipped_idx_file_is_a_clear_source_error(tmp_path):
+    imgs = np.random.default_rng(1).integers(0, 255, (7, 28, 28), dtype=np.uint8)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(7) % 10)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a download cut short
+    with pytest.raises(SourceError, match="t10k-images-idx3-ubyte.gz is not a readable gzip file"):
+        load_dataset("fashion_mnist:test", data_dir=tmp_path)
+    path.write_bytes(whole[:-8] + bytes(8))  # the right length, a wrong checksum
+    with pytest.raises(SourceError, match="not a readable gzip file"):
+        load_dataset("fashion_mnist:test", data_dir=tmp_path)
+    path.write_bytes(whole + whole)  # two gzip members, as `cat a.gz b.gz` makes: read as gzip -dc would
+    with pytest.raises(SourceError, match="not an IDX file|truncated"):
+        load_dataset("fashion_mnist:test", data_dir=tmp_path)
+
+
+def test_array_split_names_are_each_checked_and_mapped():
+    imgs = np.zeros((6, 4, 4), np.uint8)
+    splits = np.array(["train", "Validation", "", "TEST", "valid", "train"])
+    src = ArraySource(imgs, [0, 1, 0, 1, 0, 1], splits=splits)
+    assert [it.split for it in src.items] == ["train", "val", None, "test", "val", "train"]
+    for bad in (["train", ["test"], "test", "val", "val", "train"], ["train", 1, "test", "val", "val", "train"]):
+        with pytest.raises(SourceError, match="unknown split"):
+            ArraySource(imgs, [0, 1, 0, 1, 0, 1], splits=bad)
+
+
 def test_fashion_mnist_loads_offline_from_debian(fashion_mnist_available):
     src = open_source("fashion_mnist:test")
     assert len(src) == 10_000 and src.native_size == (28, 28)

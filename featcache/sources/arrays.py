@@ -48,6 +48,21 @@ def _split_name(value) -> str | None:
     return SPLIT_DIRS[str(value).lower()]
 
 
+def _split_names(values) -> list[str | None]:
+    """:func:`_split_name` of each value, each distinct name looked up once (a dataset repeats a few names)."""
+    known: dict = {}
+    names = []
+    for value in values:
+        try:
+            names.append(known[value])
+        except (KeyError, TypeError):
+            name = _split_name(value)
+            if isinstance(value, str) or value is None:
+                known[value] = name
+            names.append(name)
+    return names
+
+
 
 class ArraySource(Source):
     """In-memory uint8 images ``N x H x W [x C]`` (grey becomes RGB) with labels."""
@@ -74,7 +89,7 @@ class ArraySource(Source):
         if labels.shape[0] != n:
             raise SourceError(f"{n} images but {labels.shape[0]} labels")
         if splits is not None:
-            splits = [_split_name(v) for v in splits]
+            splits = _split_names(splits)
             if len(splits) != n:
                 raise SourceError(f"{n} images but {len(splits)} split names")
         if ids is not None and len(set(ids)) != n:
@@ -83,11 +98,9 @@ class ArraySource(Source):
         self.images = images
         self.labels = labels
         self.name = name
-        self.items = [
-            Item(i, ids[i] if ids is not None else f"{name}/{i:0{width}d}", int(labels[i]),
-                 splits[i] if splits is not None else None)
-            for i in range(n)
-        ]
+        if ids is None:
+            ids = [f"{name}/{i:0{width}d}" for i in range(n)]
+        self.items = list(map(Item, range(n), ids, labels.tolist(), splits if splits is not None else [None] * n))
         present = set(np.unique(labels[labels >= 0]).tolist())
         if class_names is None and not dense_labels(present):
             raise SourceError(f"array labels must be class indices 0..K-1 (got {len(present)} distinct values up to "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -95,10 +96,11 @@ class Source:
 
 
 def _hash_lines(lines) -> str:
+    """sha256 of the lines, each ended by a newline; hashed a few thousand lines at a time."""
     h = hashlib.sha256()
-    for line in lines:
-        h.update(line.encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
+    lines = iter(lines)
+    while chunk := list(itertools.islice(lines, 4096)):
+        h.update(("\n".join(chunk) + "\n").encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -131,16 +133,39 @@ def _is_int(v: str) -> bool:
 def stratified_sample(items: Sequence[Item], n: int, seed: int) -> list[Item]:
     """``n`` of ``items`` drawn without replacement, each (split, label) group in proportion, in source order.
 
-    scikit-learn's ``resample(..., stratify=)`` allocates the group sizes
-    (largest remainders, ties broken by ``seed``) and draws within each group.
+    The same rows as scikit-learn's ``resample(np.arange(len(items)), replace=False, n_samples=n,
+    stratify=strata, random_state=seed)``: the group sizes by largest remainders (ties broken by
+    ``seed``), then a draw within each group, the same RandomState calls in the same order.
     """
     if n >= len(items):
         return list(items)
-    from sklearn.utils import resample
-
+    # by hand, not sklearn.utils.resample: importing scikit-learn would dominate a no-op run's startup
+    rng = np.random.RandomState(seed)
     strata = np.array([f"{it.split}|{it.label}" for it in items])
-    picked = resample(np.arange(len(items)), replace=False, n_samples=n, stratify=strata, random_state=seed)
-    return [items[i] for i in np.sort(picked)]
+    _, group = np.unique(strata, return_inverse=True)
+    counts = np.bincount(group)
+    members = np.split(np.argsort(group, kind="mergesort"), np.cumsum(counts)[:-1])
+    sizes = _largest_remainders(counts, n, rng)
+    picked = [rng.choice(members[g], sizes[g], replace=False) for g in range(len(counts))]
+    # resample's final permutation is left out: it draws after every row is chosen, and the rows are sorted
+    return [items[i] for i in np.sort(np.concatenate(picked))]
+
+
+def _largest_remainders(counts: np.ndarray, n: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of each group's ``counts`` a sample of ``n`` takes: scikit-learn's ``_approximate_mode``."""
+    continuous = counts / counts.sum() * n
+    floored = np.floor(continuous)
+    need = int(n - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.unique(remainder)[::-1]:
+            (tied,) = np.where(remainder == value)
+            add = min(len(tied), need)
+            floored[rng.choice(tied, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 class SubsetSource(Source):
