@@ -20,7 +20,7 @@ VIEW_MODES = ("auto", "rows", "mean", "none")
 BENCH: tuple[Param, ...] = (
     # --heads and --param are written by hand: module:Class heads and HEAD:key=value pairs
     Param("heads", None, "head names (default: every head), or your own unfitted scikit-learn classifiers among "
-          "them, each shown as custom:ClassName", object, cli=False),
+          "them, each shown as custom:ClassName", object, many=True, cli=False),
     Param("params", None, "fixed parameters per head, e.g. {'knn': {'n_neighbors': 5}}", dict, cli=False),
     Param("cv", None, "choose hyper-parameters by K-fold CV inside train instead of on val", int, minimum=2),
     Param("timeout", DEFAULT_TIMEOUT, "seconds per head before it is reported timed out (None: no limit); a kept "
