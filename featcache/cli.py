@@ -217,7 +217,7 @@ def cmd_train(args) -> int:
     if not isinstance(head, str):
         params = {}  # they built it
     name = args.head if isinstance(head, str) else f"custom-{args.head.partition(':')[2]}"
-    out = args.out or os.path.join("models", f"{Path(args.cache).name}-{name}")
+    out = os.path.join("models", f"{Path(args.cache).name}-{name}") if args.out is None else args.out
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
         res = train(args.cache, head, params=params, **_flags(args, TRAIN, "head", "out"), out=out,
                     verbose=0 if args.quiet else 2)
@@ -232,7 +232,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    out = args.out or os.path.join("models", f"{Path(args.cache).name}-finetune")
+    out = os.path.join("models", f"{Path(args.cache).name}-finetune") if args.out is None else args.out
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
         res = finetune(args.cache, **_flags(args, FINETUNE, "out"), verbose=0 if args.quiet else 2, out=out)
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("macro_f1")), _fmt(m.get("log_loss"), pct=False)]

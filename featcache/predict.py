@@ -132,10 +132,12 @@ RETURN_AS = ("rows", "labels", "proba", "frame")
 
 #: every keyword of :func:`predict`, declared once (``featcache predict``'s flags come from here)
 PREDICT: tuple[Param, ...] = (
-    Param("out", None, "write predictions to a .csv or .json file", Path),
-    Param("cache_dir", None, "where prediction feature caches go (default ~/.cache/featcache/predictions)", Path),
-    Param("progress", False, "show a progress bar", bool, cli=False),
-    Param("return_as", "rows", "rows, labels, proba or frame", choices=RETURN_AS, cli=False),
+    Param("out", None, "write predictions to a .csv or .json file", Path, pipeline=False),
+    Param("cache_dir", None, "where prediction feature caches go (default ~/.cache/featcache/predictions)", Path,
+          pipeline=False),
+    Param("progress", False, "show a progress bar", bool, cli=False, pipeline=False),
+    Param("return_as", "rows", "rows (a list of dicts), labels, proba or frame (needs pandas)", choices=RETURN_AS,
+          cli=False, pipeline=False),
 )
 _D = defaults(PREDICT)
 
@@ -177,6 +179,7 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
         >>> featcache.predict("models/fm", images, return_as="labels")  # uint8 N x H x W x 3  # doctest: +SKIP
         array(['Bag', 'Sneaker', ...], dtype=object)
     """
+    check(PREDICT, {"out": out, "cache_dir": cache_dir, "progress": progress, "return_as": return_as})
     pandas, out = _check_predict_arguments(return_as, out, cache_dir)
     pipe, card = load_model_dir(model_dir)
     target = source_for(inputs)
@@ -195,7 +198,6 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
 
 def _check_predict_arguments(return_as: str, out, cache_dir):
     """Judge the arguments before any work; returns ``(pandas or None, out as a Path or None)``."""
-    check(PREDICT, {"out": out, "cache_dir": cache_dir, "return_as": return_as})
     pandas = None
     if return_as == "frame":
         try:
