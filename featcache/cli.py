@@ -16,22 +16,22 @@ from rich.text import Text
 from . import __version__
 from .augment import parse_recipe
 from .backbones import list_specs
-from .bench import BACKENDS, VIEW_MODES, bench
+from .bench import BENCH, bench
 from .console import console, human_bytes, key_value_table, stdout, table
 from .engines import ENGINES
 from .errors import FeatcacheError, FeatcacheWarning
 from .feature_export import export_features
-from .finetune import finetune
+from .finetune import FINETUNE, finetune
 from .heads import HEADS, list_heads, parse_value
-from .heads.views import MODES as head_view_modes
 from .model_export import EXPORT_FORMATS, export
 from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
-from .predict import predict
-from .pretrain import ARCHS, pretrain
+from .params import add_flags
+from .predict import PREDICT, predict
+from .pretrain import PRETRAIN, pretrain
 from .runner import extract
 from .sources import LIMIT_SEED
 from .store import bytes_per_image, open_cache
-from .train import train
+from .train import TRAIN, train
 
 
 #: said next to every command that loads a model directory
@@ -217,11 +217,10 @@ def cmd_train(args) -> int:
     if not isinstance(head, str):
         params = {}  # they built it
     name = args.head if isinstance(head, str) else f"custom-{args.head.partition(':')[2]}"
-    out = args.out or os.path.join("models", f"{Path(args.cache).name}-{name}")
+    out = os.path.join("models", f"{Path(args.cache).name}-{name}") if args.out is None else args.out
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
-        res = train(args.cache, head, params=params, preprocess=args.preprocess, out=out,
-                    output=args.output, stream=args.stream, val_fraction=args.val_fraction,
-                    test_fraction=args.test_fraction, verbose=0 if args.quiet else 2, views=args.use_views)
+        res = train(args.cache, head, params=params, **_flags(args, TRAIN, "head", "out"), out=out,
+                    verbose=0 if args.quiet else 2)
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("balanced_accuracy")), _fmt(m.get("macro_f1")),
              _fmt(m.get("log_loss"), pct=False)] for split, m in res.metrics.items()]
     used = res.card.get("views")
@@ -233,12 +232,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    out = args.out or os.path.join("models", f"{Path(args.cache).name}-finetune")
+    out = os.path.join("models", f"{Path(args.cache).name}-finetune") if args.out is None else args.out
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
-        res = finetune(args.cache, from_layer=args.from_layer, to_layer=args.to_layer, output=args.output,
-                       epochs=args.epochs, head_epochs=args.head_epochs, learning_rate=args.learning_rate,
-                       batch_size=args.batch_size, random_state=args.random_state, verbose=0 if args.quiet else 2,
-                       out=out, views=args.use_views)
+        res = finetune(args.cache, **_flags(args, FINETUNE, "out"), verbose=0 if args.quiet else 2, out=out)
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("macro_f1")), _fmt(m.get("log_loss"), pct=False)]
             for split, m in res.metrics.items()]
     ft = res.card["finetune"]
@@ -250,7 +246,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    rows = predict(args.model, args.images, out=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+    rows = predict(args.model, args.images, **_flags(args, PREDICT), progress=not args.quiet)
     if args.out:
         stdout.print(f"{len(rows)} predictions written to {args.out}")
     else:
@@ -282,10 +278,7 @@ def cmd_bench(args) -> int:
         params.setdefault(head, {})[key] = parse_value(value)
     built = {h: _your_estimator(h, params.pop(h, {})) for h in heads if ":" in h}
     heads = [built.get(h, h) for h in heads]
-    rows = bench(args.caches, heads, params=params, cv=args.cv, timeout=args.timeout, n_jobs=args.n_jobs,
-                 out=args.out, baseline_heads=_csv_list(args.baseline_heads) if args.baseline_heads else (),
-                 pixel_size=args.pixel_size, progress=not args.quiet, backend=args.backend,
-                 ray_address=args.ray_address, views=args.use_views)
+    rows = bench(args.caches, heads, params=params, **_flags(args, BENCH), progress=not args.quiet)
     from .report import with_interval
 
     body = [[r["features"], r["head"], r.get("status"), with_interval(r, "accuracy"), with_interval(r, "macro_f1"),
@@ -312,8 +305,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    s = pretrain(args.source, arch=args.arch, epochs=args.epochs, out=args.out, classes=args.classes,
-                 limit=args.limit, first=args.first, limit_seed=args.limit_seed, data_dir=args.data_dir)
+    s = pretrain(args.source, **_flags(args, PRETRAIN), out=args.out, classes=args.classes, limit=args.limit,
+                 first=args.first, limit_seed=args.limit_seed, data_dir=args.data_dir)
     state = "unchanged, kept" if s.get("skipped") else f"trained in {s['seconds']} s"
     stdout.print(f"{s['model']}: {state}; val accuracy {100 * s['val_accuracy']:.1f}%. Use it as a backbone: "
                  f"--backbone {s['model']} --layer {s['feature_layer']} --pooling none")
@@ -376,6 +369,11 @@ EXAMPLES = {
 }
 
 
+def _flags(args, params, *leave_out) -> dict:
+    """The values of the flags :func:`featcache.params.add_flags` made for ``params``, as keyword arguments."""
+    return {p.name: getattr(args, p.name) for p in params if p.cli and p.name not in leave_out}
+
+
 def _api_default(func, name: str):
     """The default of a Python API parameter: the one declaration a command-line default repeats."""
     return inspect.signature(func).parameters[name].default
@@ -429,43 +427,21 @@ def _cache_dir_arguments(p: argparse.ArgumentParser) -> None:
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", help="cache directory")
-    p.add_argument("--head", default=_api_default(train, "head"), help="head name (featcache heads lists them), or your own "
-                   "classifier as module:Class (e.g. sklearn.svm:SVC, built with --param)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="head parameter, repeatable (e.g. C=0.5)")
-    p.add_argument("--preprocess", help="none, standard, pca[:N] or standard+pca[:N] (default: the head's)")
-    p.add_argument("--output", help="which stored output to train on (default: the first)")
-    p.add_argument("--stream", action="store_true", help="stream features shard by shard instead of loading them")
-    p.add_argument("--val-fraction", type=float, default=_api_default(train, "val_fraction"),
-                   help="share of rows without a source split that go to val (hashed by id)")
-    p.add_argument("--test-fraction", type=float, default=_api_default(train, "test_fraction"),
-                   help="share of rows without a source split that go to test (hashed by id)")
-    p.add_argument("--out", help="model directory (default models/<cache>-<head>)")
-    p.add_argument("--use-views", default=_api_default(train, "views"), choices=head_view_modes,
-                   help="how to train on the cache's augmented views (extract --views): auto (the head's own way, "
-                   "featcache heads), rows, mean, draw (Keras heads) or none")
+    add_flags(p, TRAIN)  # declared once, in featcache/train.py
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress from Keras heads (on stderr)")
 
 
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", help="cache directory made with --outputs LAYER --pooling none")
-    p.add_argument("--from-layer", help="the cut: a layer whose map the cache holds (default: the first output's)")
-    p.add_argument("--to-layer", help="where the trainable block ends (default: the backbone's output)")
-    p.add_argument("--output", help="which stored output to train on (default: the first)")
-    for name in ("epochs", "head_epochs", "batch_size", "random_state"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=_api_default(finetune, name))
-    p.add_argument("--learning-rate", type=float, default=_api_default(finetune, "learning_rate"),
-                   help="Adam's rate for the block and head after the head-only phase")
-    p.add_argument("--use-views", default=_api_default(finetune, "views"), choices=("auto", "none"),
-                   help="auto: one of the cache's augmented views per train image per epoch; none: plain maps only")
-    p.add_argument("--out", help="model directory (default models/<cache>-finetune)")
+    add_flags(p, FINETUNE)  # declared once, in featcache/finetune.py
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory written by featcache train, and by someone you trust: it is code")
     p.add_argument("images", nargs="+", help="image files, folders, a CSV manifest, or a cache directory")
-    p.add_argument("--out", help="write predictions to a .csv or .json file")
-    p.add_argument("--cache-dir", help="where prediction feature caches go (default ~/.cache/featcache/predictions)")
+    add_flags(p, PREDICT)  # declared once, in featcache/predict.py
     p.add_argument("--quiet", action="store_true")
 
 
@@ -491,22 +467,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                        "(e.g. logreg,sklearn.svm:SVC; --param sklearn.svm:SVC:C=2) (default: all)")
     which.add_argument("--all", action="store_true", help="every head (the default)")
     p.add_argument("--param", action="append", metavar="HEAD:KEY=VALUE", help="fix a head parameter, repeatable")
-    p.add_argument("--cv", type=int, help="choose hyper-parameters by K-fold CV inside train instead of on val")
-    p.add_argument("--timeout", type=float, default=_api_default(bench, "timeout"),
-                   help="seconds per head before it is reported timed out")
-    p.add_argument("--n-jobs", type=int, default=_api_default(bench, "n_jobs"),
-                   help="heads run in parallel (-1: every CPU of the backend)")
-    p.add_argument("--backend", default=_api_default(bench, "backend"), choices=BACKENDS,
-                   help="joblib backend: threading (one process per head, this machine) or ray (a Ray cluster)")
-    p.add_argument("--ray-address", help="Ray cluster for --backend ray (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--baseline-heads", default=",".join(_api_default(bench, "baseline_heads")),
-                   help="heads also run on raw pixels ('' for none)")
-    p.add_argument("--pixel-size", type=int, default=_api_default(bench, "pixel_size"),
-                   help="side of the downsampled raw-pixel baseline")
-    p.add_argument("--out", default=_api_default(bench, "out"), help="report directory")
-    p.add_argument("--use-views", default=_api_default(bench, "views"), choices=VIEW_MODES,
-                   help="how heads train on the caches' augmented views: auto (each head's own way), rows, mean "
-                   "(Keras heads draw one view an epoch either way) or none")
+    add_flags(p, BENCH)  # declared once, in featcache/bench/options.py
     p.add_argument("--quiet", action="store_true")
 
 
@@ -517,8 +478,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a folder, a CSV manifest or a dataset name")
-    p.add_argument("--arch", default=_api_default(pretrain, "arch"), choices=sorted(ARCHS))
-    p.add_argument("--epochs", type=int, default=_api_default(pretrain, "epochs"))
+    add_flags(p, PRETRAIN)  # declared once, in featcache/pretrain.py
     p.add_argument("--out", required=True, help="the .keras file to write")
     _add_source_args(p)
 

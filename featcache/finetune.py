@@ -25,10 +25,13 @@ fine-tuned top into one end-to-end model.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
 from .errors import FeatcacheError
+from .params import Param, check, defaults, docs
+from .splits import TEST_FRACTION, VAL_FRACTION
 from .store import Cache, open_cache
 
 
@@ -92,54 +95,52 @@ def build_top(cache: Cache, layer: str, to_layer: str | None = None):
     return top
 
 
-_INTEGERS = {"epochs": 1, "head_epochs": 0, "batch_size": 1, "patience": 0, "random_state": 0}  # name: minimum
-_RATES = ("learning_rate", "head_learning_rate")
+#: every keyword of :func:`finetune` but the cache, declared once (``featcache finetune``'s flags and the
+#: pipeline's ``[finetune]`` table come from here)
+FINETUNE: tuple[Param, ...] = (
+    Param("from_layer", None, "the cut: a layer whose map the cache holds (default: the first output's)"),
+    Param("to_layer", None, "where the trainable block ends (default: the backbone's output)"),
+    Param("output", None, "which stored output to train on (default: the first)"),
+    Param("epochs", 30, "at most this many epochs of block + head (phase 2)", int, minimum=1),
+    Param("head_epochs", 20, "at most this many epochs of the head alone first (phase 1)", int, minimum=0),
+    Param("learning_rate", 1e-4, "Adam's rate for the block and head in phase 2 (small: the block starts from "
+          "ImageNet weights)", float, minimum=0, bounds="(]"),
+    Param("head_learning_rate", 1e-3, "Adam's rate for the head alone in phase 1", float, minimum=0, bounds="(]"),
+    Param("batch_size", 32, "rows per step", int, minimum=1),
+    Param("dropout", 0.2, "dropout before the softmax layer", float, minimum=0, maximum=1, bounds="[)"),
+    Param("patience", 4, "early-stopping patience on validation loss, in each phase", int, minimum=0),
+    Param("random_state", 0, "seeds the head's initialisation, dropout and the per-epoch shuffle", int, minimum=0),
+    Param("verbose", 0, "Keras' fit verbosity (1: a progress bar per epoch)", int, minimum=0, cli=False,
+          pipeline=False),
+    Param("out", None, "model directory (as featcache train saves one)", Path, pipeline=False),
+    Param("val_fraction", VAL_FRACTION, "share of rows without a source split that go to val (hashed by id)", float,
+          minimum=0, maximum=1, bounds="[)", pipeline=False),
+    Param("test_fraction", TEST_FRACTION, "share of rows without a source split that go to test (hashed by id)",
+          float, minimum=0, maximum=1, bounds="[)", pipeline=False),
+    Param("views", "auto", "auto: one of the cache's augmented views per train image per epoch, as Keras heads "
+          "draw them; none: the plain maps only", choices=("auto", "none"), spelling="--use-views"),
+)
+_D = defaults(FINETUNE)
 
 
-def check_settings(**settings) -> None:
+def check_settings(*, label=lambda name: name, **settings) -> None:
     """Refuse a bad fine-tuning setting with a one-line error before any work (``finetune`` and pipelines)."""
-    for name, value in settings.items():
-        if name in _INTEGERS:
-            low = _INTEGERS[name]
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise FeatcacheError(f"{name} must be an integer >= {low}, got {value!r}")
-        elif name in _RATES:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
-                raise FeatcacheError(f"{name} must be a number > 0, got {value!r}")
-        elif name == "dropout":
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-                raise FeatcacheError(f"dropout must be in [0, 1), got {value!r}")
-        elif name == "views" and value not in ("auto", "none"):
-            raise FeatcacheError(f"views must be 'auto' or 'none', got {value!r}")
+    check(FINETUNE, settings, label=label)
 
 
 def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = None, output: str | None = None,
-             epochs: int = 30, head_epochs: int = 20, learning_rate: float = 1e-4, head_learning_rate: float = 1e-3,
-             batch_size: int = 32, dropout: float = 0.2, patience: int = 4, random_state: int = 0, verbose: int = 0,
-             out=None, val_fraction: float = 0.1, test_fraction: float = 0.2, views: str = "auto"):
+             epochs: int = _D["epochs"], head_epochs: int = _D["head_epochs"],
+             learning_rate: float = _D["learning_rate"], head_learning_rate: float = _D["head_learning_rate"],
+             batch_size: int = _D["batch_size"], dropout: float = _D["dropout"], patience: int = _D["patience"],
+             random_state: int = _D["random_state"], verbose: int = _D["verbose"], out=None,
+             val_fraction: float = _D["val_fraction"], test_fraction: float = _D["test_fraction"],
+             views: str = _D["views"]):
     """Fine-tune the backbone's top block and a softmax head on a cache of a mid-level map.
 
     Args:
         cache: a :class:`~featcache.store.Cache` (or its directory) made with
             ``--outputs LAYER --pooling none``.
-        from_layer: the cut (default: the layer of ``output``).
-        to_layer: where the trainable block ends (default: the backbone's output).
-        output: which stored output to train on (default: the first).
-        epochs: at most this many epochs of block + head (phase 2).
-        head_epochs: at most this many epochs of the head alone first (phase 1).
-        learning_rate: Adam's rate for the block and head in phase 2 (small: the
-            block starts from ImageNet weights).
-        head_learning_rate: Adam's rate for the head alone in phase 1.
-        batch_size: rows per step.
-        dropout: before the softmax layer.
-        patience: early-stopping patience on validation loss, in each phase.
-        random_state: seeds the head's initialisation, dropout and the per-epoch shuffle.
-        verbose: Keras' fit verbosity (1: a progress bar per epoch).
-        out: a model directory to save into (as ``featcache.train`` does).
-        val_fraction, test_fraction: the hashed split of rows whose source gave none.
-        views: ``auto`` draws one of each train image's cached augmented views
-            (``extract --views K``) per epoch, as Keras heads do; ``none``
-            trains on the plain maps only.
+{settings}
 
     Returns:
         A :class:`~featcache.train.TrainResult` (head ``finetune``).
@@ -155,7 +156,8 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
     hyper = {"epochs": epochs, "head_epochs": head_epochs, "learning_rate": learning_rate,
              "head_learning_rate": head_learning_rate, "batch_size": batch_size, "dropout": dropout,
              "patience": patience, "random_state": random_state}
-    check_settings(**hyper, views=views)
+    check_settings(**hyper, from_layer=from_layer, to_layer=to_layer, output=output, verbose=verbose, out=out,
+                   val_fraction=val_fraction, test_fraction=test_fraction, views=views)
     if out is not None:
         check_model_dir_target(out)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
@@ -175,6 +177,10 @@ def finetune(cache, *, from_layer: str | None = None, to_layer: str | None = Non
     model_dir = save_model_dir(out, pipe, card) if out is not None else None
     return TrainResult(pipe, "finetune", results, fit_seconds, classes.tolist(),
                        [cache.class_name(c) for c in classes.tolist()], model_dir, card)
+
+
+if finetune.__doc__:  # the settings' help, declared once in FINETUNE (absent under python -OO)
+    finetune.__doc__ = finetune.__doc__.replace("{settings}", docs(FINETUNE))
 
 
 def _rows(cache: Cache, output: str, val_fraction: float, test_fraction: float):

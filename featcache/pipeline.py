@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -29,21 +28,22 @@ from pathlib import Path
 
 from . import __version__
 from .backbones import get_spec
-from .bench import DEFAULT_N_JOBS, DEFAULT_TIMEOUT, bench, check_options, check_report_target
+from .params import check as check_params, defaults as param_defaults, schema as param_schema
+from .bench import BENCH, bench, check_options, check_report_target
 from .console import console
 from .datasets import is_dataset_name
 from .errors import FeatcacheError, KeyMismatchError
 from .files import atomic_write_bytes, remove_stale_temporaries
-from .finetune import check_settings, finetune
+from .finetune import FINETUNE, check_settings, finetune
 from .heads import HEADS, validate_head
 from .model_dir import check_model_dir_target, current_card, read_card
 from .model_export import export, is_our_model_export
 from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
-from .pretrain import _is_ours, pretrain
+from .pretrain import PRETRAIN, _is_ours, pretrain
 from .report import best_row
 from .runner import extract
 from .store import MANIFEST, foreign_entries, is_our_manifest, open_cache
-from .train import train
+from .train import TRAIN, train
 
 _STR, _INT, _FLOAT, _BOOL = (str,), (int,), (int, float), (bool,)
 _LIST_STR, _LIST_INT = ("list", str), ("list", int)
@@ -53,19 +53,15 @@ SCHEMA = {
     "pipeline": {"name": _STR, "description": _STR, "out": _STR},
     "data": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "first": _INT, "limit_seed": _INT,
              "data_dir": _STR, "allow_outside": _BOOL},
-    "pretrain": {"source": _STR, "classes": _LIST_INT, "limit": _INT, "first": _INT, "limit_seed": _INT,
-                 "arch": _STR, "epochs": _INT,
-                 "batch_size": _INT, "learning_rate": _FLOAT, "out": _STR},
+    # the [pretrain], [train], [finetune] and [bench] keys that are keywords of their function come from its one
+    # declaration (featcache/params.py); the others name pipeline things: data, [[extract]] names, files under out
+    "pretrain": {"source": _STR, **param_schema(PRETRAIN), "out": _STR},
     # the extraction settings come from their one declaration (featcache/plan.py); these four name the rest
     "extract": {"name": _STR, "backbone": _STR, "weights": _STR, "layer": _STR, "cache": _STR,
                 **{s.name: _LIST_STR if s.many else (s.type,) + ((bool,) if s.bools else ()) for s in SETTINGS}},
-    "train": {"heads": _LIST_STR, "cache": _STR, "params": _TABLE, "export": _STR},
-    # the keyword arguments of featcache.finetune, but its cache (an [[extract]] name) and out
-    "finetune": {"cache": _STR, "from_layer": _STR, "to_layer": _STR, "output": _STR, "epochs": _INT,
-                 "head_epochs": _INT, "learning_rate": _FLOAT, "head_learning_rate": _FLOAT, "batch_size": _INT,
-                 "dropout": _FLOAT, "patience": _INT, "random_state": _INT, "views": _STR},
-    "bench": {"heads": _LIST_STR, "caches": _LIST_STR, "n_jobs": _INT, "timeout": _FLOAT, "cv": _INT,
-              "baseline_heads": _LIST_STR, "out": _STR, "views": _STR},
+    "train": {"heads": _LIST_STR, "cache": _STR, "params": _TABLE, "export": _STR, **param_schema(TRAIN)},
+    "finetune": {"cache": _STR, **param_schema(FINETUNE)},
+    "bench": {"caches": _LIST_STR, **param_schema(BENCH)},
 }
 REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"], "finetune": ["cache"]}
 #: the [[extract]] keys that are ExtractOptions
@@ -229,10 +225,20 @@ def _check_values(path: Path, cfg: dict) -> None:
             check_settings(**cfg["finetune"])  # it judges the numbers; the names were judged above
         except FeatcacheError as exc:
             raise FeatcacheError(f"{path}: finetune: {exc}") from None
+    if "pretrain" in cfg:
+        check_params(PRETRAIN, cfg["pretrain"], label=lambda key: f"{path}: 'pretrain.{key}'")
     if "bench" in cfg:
         b = cfg["bench"]
-        check_options(**{k: b[k] for k in ("cv", "timeout", "n_jobs", "views") if k in b},
+        check_options(**{k: v for k, v in b.items() if k not in ("caches", "heads")},
                       name=lambda key: f"{path}: 'bench.{key}'")
+        for head, head_params in b.get("params", {}).items():
+            if head not in (b.get("heads") or HEADS) or not isinstance(head_params, dict):
+                raise FeatcacheError(f"{path}: 'bench.params.{head}': must be a table for one of the benchmarked "
+                                     "heads")
+            try:
+                validate_head(head, None, head_params)
+            except FeatcacheError as exc:
+                raise FeatcacheError(f"{path}: 'bench.params.{head}': {exc}") from None
     for i, ex in enumerate(cfg["extract"]):
         opts = {k: ex[k] for k in EXTRACT_OPTIONS if k in ex}
         try:
@@ -252,7 +258,7 @@ def _current_finetune(mdir: Path, cache_key: str, settings: dict, views: int = 0
     if card is None:
         return None
     recorded = dict(card.get("finetune", {}), output=card["features"].get("output"))
-    defaults = {k: p.default for k, p in inspect.signature(finetune).parameters.items()
+    defaults = {k: v for k, v in param_defaults(FINETUNE).items()
                 if k in recorded and k not in ("from_layer", "output")}  # those two resolve to the cache's own
     for key, value in {**defaults, **settings}.items():
         if recorded.get(key) != value:
@@ -404,10 +410,9 @@ def _bench_stage(cfg: dict, result: dict, progress: bool) -> dict | None:
     if recorded is not None and recorded["inputs"] == inputs and recorded["files"] == _report_files(report):
         _say(f"[bold]bench[/] report: {report / 'report.html'}: up to date")
         return recorded["best"]
-    rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, cv=bench_cfg.get("cv"),
-                 timeout=bench_cfg.get("timeout", DEFAULT_TIMEOUT), n_jobs=bench_cfg.get("n_jobs", DEFAULT_N_JOBS),
-                 out=report, baseline_heads=tuple(bench_cfg.get("baseline_heads", ["logreg"])), progress=progress,
-                 views=bench_cfg.get("views", "auto"))
+    settings = {k: v for k, v in bench_cfg.items() if k not in ("caches", "heads", "out")}  # bench's own keywords
+    rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, out=report, progress=progress,
+                 **settings)
     _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
     top = best_row(rows)
     best = None if top is None else {k: top[k] for k in ("head", "features", "accuracy")}

@@ -24,6 +24,7 @@ from .backbones.graph import COMPUTE_DTYPES, POOLINGS
 from .backbones.layers import PREPROCESS_MODES
 from .augment import DEFAULT_RECIPE, MAX_VIEWS, parse_recipe
 from .errors import BackboneError, FeatcacheError, is_integer
+from .params import Param, check
 from .runtimes import RUNTIMES
 from .sources import Source
 from .splits import assign_splits
@@ -35,31 +36,10 @@ MAX_IMAGE_SIDE = 4096
 MAX_BATCH_PIXELS = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One extraction setting, declared once.
-
-    ``ExtractOptions`` takes its default from here, ``featcache extract``
-    builds its flag from here (``--image-size`` for ``image_size``), pipeline
-    files type-check their ``[[extract]]`` key against it, and
-    :meth:`ExtractOptions.check` enforces its choices and bounds.
-    """
-
-    name: str
-    default: object
-    help: str
-    type: type = str
-    choices: tuple | None = None
-    #: smallest allowed value (integers)
-    minimum: int | None = None
-    #: a list of values (comma-separated on the command line)
-    many: bool = False
-    #: True and False stand for "true" and "false" (Python, TOML)
-    bools: bool = False
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+#: one extraction setting, declared once: ``ExtractOptions`` takes its default from it, ``featcache extract``
+#: builds its flag from it (``--image-size`` for ``image_size``), pipeline files type-check their ``[[extract]]``
+#: key against it, and :meth:`ExtractOptions.check` enforces its choices and bounds
+Setting = Param
 
 
 #: every extraction setting that is not the source or the backbone, in the order ``--help`` shows them
@@ -67,7 +47,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("image_size", None, "model input size in pixels (default: the backbone's)", int, minimum=1),
     Setting("pooling", "avg", "pool each stored feature map", choices=POOLINGS),
     Setting("outputs", None, "layer names to store (comma-separated), each pooled; default: the backbone's last",
-            many=True),
+            many=True, min_items=1),
     Setting("preprocess", None, "override the backbone's input normalisation", choices=tuple(PREPROCESS_MODES)),
     Setting("dtype", "float16", "storage dtype", choices=store.STORAGE_DTYPES),
     Setting("compute_dtype", "float32", "compute precision (float16/bfloat16: mixed precision)",
@@ -134,18 +114,7 @@ class ExtractOptions:
 
     def check(self) -> None:
         """Refuse a bad option before any work, naming it (the CLI, pipelines and the Python API all come here)."""
-        for setting in SETTINGS:
-            value = getattr(self, setting.name)
-            if value is None or setting.name == "image_size":
-                continue
-            if setting.many:
-                if not (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value)):
-                    raise FeatcacheError(f"{setting.name} must be a non-empty list of names, got {value!r}")
-            elif setting.choices is not None and value not in setting.choices:
-                raise FeatcacheError(f"{setting.name} must be one of {', '.join(map(str, setting.choices))}, "
-                                     f"got {value!r}")
-            elif setting.minimum is not None and not (is_integer(value) and value >= setting.minimum):
-                raise FeatcacheError(f"{setting.name} must be an integer of at least {setting.minimum}, got {value!r}")
+        check(SETTINGS, {s.name: getattr(self, s.name) for s in SETTINGS if s.name != "image_size"})  # its own below
         size = self.image_size
         if size is not None and not (is_integer(size) and size > 0 or (
                 isinstance(size, (tuple, list)) and len(size) == 2 and all(is_integer(v) and v > 0 for v in size))):

@@ -23,6 +23,7 @@ from .errors import FeatcacheError
 from .files import atomic_write_bytes, remove_stale_temporaries, spreadsheet_safe
 from .heads import proba_and_labels
 from .homes import featcache_home
+from .params import Param, check, defaults
 from .plan import ExtractOptions, make_plan
 from .runner import run
 from .model_dir import feature_mismatch, load_model_dir
@@ -129,8 +130,20 @@ def card_backbone(card: dict) -> tuple[str, str | None, str | None]:
 #: what :func:`predict` can return
 RETURN_AS = ("rows", "labels", "proba", "frame")
 
+#: every keyword of :func:`predict`, declared once (``featcache predict``'s flags come from here)
+PREDICT: tuple[Param, ...] = (
+    Param("out", None, "write predictions to a .csv or .json file", Path, pipeline=False),
+    Param("cache_dir", None, "where prediction feature caches go (default ~/.cache/featcache/predictions)", Path,
+          pipeline=False),
+    Param("progress", False, "show a progress bar", bool, cli=False, pipeline=False),
+    Param("return_as", "rows", "rows (a list of dicts), labels, proba or frame (needs pandas)", choices=RETURN_AS,
+          cli=False, pipeline=False),
+)
+_D = defaults(PREDICT)
 
-def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = False, return_as: str = "rows"):
+
+def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], progress: bool = _D["progress"],
+            return_as: str = _D["return_as"]):
     """Classify raw images with a saved head: the exact backbone of its card, then the head.
 
     A model directory is code (a scikit-learn head is a pickle): load only
@@ -166,6 +179,7 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
         >>> featcache.predict("models/fm", images, return_as="labels")  # uint8 N x H x W x 3  # doctest: +SKIP
         array(['Bag', 'Sneaker', ...], dtype=object)
     """
+    check(PREDICT, {"out": out, "cache_dir": cache_dir, "progress": progress, "return_as": return_as})
     pandas, out = _check_predict_arguments(return_as, out, cache_dir)
     pipe, card = load_model_dir(model_dir)
     target = source_for(inputs)
@@ -184,8 +198,6 @@ def predict(model_dir, inputs, *, out=None, cache_dir=None, progress: bool = Fal
 
 def _check_predict_arguments(return_as: str, out, cache_dir):
     """Judge the arguments before any work; returns ``(pandas or None, out as a Path or None)``."""
-    if return_as not in RETURN_AS:
-        raise FeatcacheError(f"return_as must be one of {', '.join(RETURN_AS)}, got {return_as!r}")
     pandas = None
     if return_as == "frame":
         try:

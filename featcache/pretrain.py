@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import FeatcacheError
 from .files import atomic_save, atomic_write_bytes
+from .params import Param, check, defaults
 from .sources import LIMIT_SEED, Source, open_source
 
 ARCHS = {
@@ -142,20 +143,40 @@ def _is_ours(out: Path, sidecar: Path) -> bool:
     return out.is_file() and isinstance(summary, dict) and "settings" in summary and "model" in summary
 
 
-def pretrain(source, *, arch: str = "small_cnn", epochs: int = 5, out, classes=None, limit=None, first=None,
-             limit_seed: int = LIMIT_SEED, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0, data_dir=None) -> dict:
+#: every keyword of :func:`pretrain` but the source and out, declared once (``featcache pretrain``'s flags and
+#: the pipeline's ``[pretrain]`` table come from here)
+PRETRAIN: tuple[Param, ...] = (
+    Param("arch", "small_cnn", "the CNN to train", choices=tuple(sorted(ARCHS))),
+    Param("epochs", 5, "passes over the training rows", int, minimum=1),
+    # the source's flags are extract's too (cli._add_source_args)
+    Param("classes", None, "keep only these labels", int, minimum=0, many=True, cli=False),
+    Param("limit", None, "use a sample of N images, stratified by class (and split)", int, minimum=1, cli=False),
+    Param("first", None, "use the first N images in source order instead", int, minimum=1, cli=False),
+    Param("limit_seed", LIMIT_SEED, "seed of limit's sample", int, cli=False),
+    Param("batch_size", 128, "images per step", int, minimum=1),
+    Param("learning_rate", 1e-3, "Adam's learning rate", float, minimum=0, bounds="(]"),
+    Param("seed", 0, "seeds the validation split, the initialisation and the shuffle", int, minimum=0),
+    Param("data_dir", None, "folder to look in first for named datasets", Path, cli=False, pipeline=False),
+)
+_D = defaults(PRETRAIN)
+
+
+def pretrain(source, *, arch: str = _D["arch"], epochs: int = _D["epochs"], out, classes=None, limit=None,
+             first=None, limit_seed: int = _D["limit_seed"], batch_size: int = _D["batch_size"],
+             learning_rate: float = _D["learning_rate"], seed: int = _D["seed"], data_dir=None) -> dict:
     """Train ``arch`` on ``source`` and save it to ``out`` (.keras); returns a summary dict.
 
     A JSON sidecar (``out`` + ``.json``) records the settings and the source
     fingerprint, so pipelines re-train only when something changed.
     """
+    check(PRETRAIN, {"arch": arch, "epochs": epochs, "classes": classes, "limit": limit, "first": first,
+                     "limit_seed": limit_seed, "batch_size": batch_size, "learning_rate": learning_rate,
+                     "seed": seed, "data_dir": data_dir})
     import keras
 
     out = Path(out)
     if out.suffix != ".keras":
         raise FeatcacheError(f"pretrain writes a .keras file, not {out.name}")
-    if int(epochs) < 1:
-        raise FeatcacheError(f"epochs must be at least 1, got {epochs}")
     src = open_source(source, data_dir=data_dir)
     if classes is not None or limit is not None or first is not None:
         src = src.subset(classes=classes, limit=limit, first=first, limit_seed=limit_seed)

@@ -21,6 +21,7 @@ from .heads import views as head_views
 from .heads.batches import CacheRows, ViewRows
 from .heads.fitting import fit_head, with_views
 from .model_dir import check_model_dir_target, feature_params, save_model_dir
+from .params import Param, check, defaults, docs
 from .splits import TEST_FRACTION, VAL_FRACTION
 from .store import Cache, open_cache
 from .store import split_masks as store_split_masks
@@ -147,10 +148,45 @@ def custom_fields(head: str, pipe) -> dict:
             "probabilities": "one-hot from predict (the estimator has no predict_proba)" if one_hot else "predict_proba"}
 
 
-def train(cache, head="logreg", *, params: dict | None = None, preprocess: str | None = None, out=None,
-          output: str | None = None, stream: bool = False, val_fraction: float = VAL_FRACTION,
-          test_fraction: float = TEST_FRACTION,
-          stream_epochs: int = 5, fit_splits=("train",), verbose: int = 0, views: str = "auto") -> TrainResult:
+#: every keyword of :func:`train` but the cache, declared once (``featcache train``'s flags come from here)
+TRAIN: tuple[Param, ...] = (
+    Param("head", "logreg", "head name (featcache heads lists them), or your own classifier as module:Class "
+          "(e.g. sklearn.svm:SVC, built with --param)", object, pipeline=False),
+    # --param KEY=VALUE is written by hand; a pipeline's [train] params is a table per head
+    Param("params", None, "parameters of the head's classifier, e.g. {'C': 0.5}; every one is checked before any "
+          "work", dict, cli=False, pipeline=False),
+    Param("preprocess", None, "none, standard, pca[:N] or standard+pca[:N] (default: the head's own; none for "
+          "your own estimator)", pipeline=False),
+    Param("out", None, "model directory to save into (new, empty, or a featcache model directory holding "
+          "nothing else; None saves nothing)", Path,
+          pipeline=False),
+    Param("output", None, "which stored output to train on (default: the first)", pipeline=False),
+    Param("stream", False, "never load the whole feature matrix: Keras heads read shard by shard (the same "
+          "batches as in memory) and heads with partial_fit (sgd, gaussian_nb, mlp) stream too", bool, pipeline=False),
+    Param("val_fraction", VAL_FRACTION, "share of rows without a source split that go to val (hashed by id)", float,
+          minimum=0, maximum=1, bounds="[)", pipeline=False),
+    Param("test_fraction", TEST_FRACTION, "share of rows without a source split that go to test (hashed by id)",
+          float, minimum=0, maximum=1, bounds="[)", pipeline=False),
+    Param("stream_epochs", 5, "passes over the cache for streamed partial_fit heads", int, minimum=1, cli=False,
+          pipeline=False),
+    Param("fit_splits", ("train",), "('train',), or ('train', 'val') to refit a scikit-learn head on train+val once "
+          "its settings are chosen (what bench does for its best head; its val metrics are then not held out); Keras "
+          "heads early-stop on val, so they fit on train alone",
+          object, cli=False, pipeline=False),
+    Param("verbose", 0, "Keras heads' progress, as in Model.fit: 0 silent, 1 a progress bar, 2 one line "
+          "per epoch (unless params sets verbose)", int, minimum=0, cli=False, pipeline=False),
+    Param("views", "auto", "how to train on the cache's augmented views (extract --views): auto (the head's own way, "
+          "featcache heads), rows, mean, draw (Keras heads) or none (the plain view only); val and test rows are "
+          "always the plain view", choices=head_views.MODES,
+          spelling="--use-views", pipeline=False),
+)
+_D = defaults(TRAIN)
+
+
+def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str | None = None, out=None,
+          output: str | None = None, stream: bool = _D["stream"], val_fraction: float = _D["val_fraction"],
+          test_fraction: float = _D["test_fraction"], stream_epochs: int = _D["stream_epochs"],
+          fit_splits=_D["fit_splits"], verbose: int = _D["verbose"], views: str = _D["views"]) -> TrainResult:
     """Fit ``head`` on the train split of ``cache`` and measure it on every split.
 
     Args:
@@ -158,27 +194,7 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
         head: a head name (``featcache heads`` lists them), or your own unfitted scikit-learn
             classifier (``SVC()``, a Pipeline ...): it is cloned, saved as ``custom:ClassName``, and
             one without ``predict_proba`` gets one-hot probabilities from ``predict``.
-        params: parameters of the head's classifier, e.g. ``{"C": 0.5}``; every one is checked
-            before any work.
-        preprocess: ``none``, ``standard``, ``pca[:N]`` or ``standard+pca[:N]`` (default: the
-            head's own; ``none`` for your own estimator).
-        out: a model directory to save into (new, empty, or a featcache model directory holding
-            nothing else); None saves nothing.
-        output: which stored output to train on (default: the first).
-        stream: never load the whole feature matrix: Keras heads read shard by shard (the same
-            batches as in memory) and heads with ``partial_fit`` (sgd, gaussian_nb, mlp) stream too.
-        val_fraction, test_fraction: the hashed split of rows whose source gave none (see
-            :mod:`featcache.splits`).
-        stream_epochs: passes over the cache for streamed ``partial_fit`` heads.
-        fit_splits: ``("train",)``, or ``("train", "val")`` to refit a scikit-learn head on
-            train+val once its settings are chosen (what ``bench`` does for its best head; its val
-            metrics are then not held out). Keras heads early-stop on val, so they fit on train alone.
-        verbose: Keras heads' progress, as in ``Model.fit``: 0 silent, 1 a progress bar, 2 one
-            line per epoch (unless ``params`` sets ``verbose``).
-        views: how to train on the cache's augmented views (``extract --views K``): ``auto`` (the
-            head's own way, ``featcache heads``), ``rows``, ``mean``, ``draw`` (Keras heads) or
-            ``none`` (the plain view only); see :mod:`featcache.heads.views`. Val and test rows
-            are always the plain view.
+{settings}
 
     Returns:
         A :class:`TrainResult`: the fitted scikit-learn Pipeline, metrics per
@@ -190,6 +206,9 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
         >>> from sklearn.svm import SVC
         >>> featcache.train("caches/fm", head=SVC(C=2.0), out="models/svc")                          # doctest: +SKIP
     """
+    check(TRAIN, dict(params=params, preprocess=preprocess, out=out, output=output, stream=stream,
+                      val_fraction=val_fraction, test_fraction=test_fraction, stream_epochs=stream_epochs,
+                      verbose=verbose, views=views))
     fit_splits = _check_fit_splits(fit_splits)
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
@@ -212,6 +231,10 @@ def train(cache, head="logreg", *, params: dict | None = None, preprocess: str |
                      preprocess=preprocess or default_preprocess, fit_seconds=fit_seconds, streamed=stream,
                      fit_splits=fit_splits, views=(n_views, mode), val_fraction=val_fraction,
                      test_fraction=test_fraction)
+
+
+if train.__doc__:  # the settings' help, declared once in TRAIN (absent under python -OO)
+    train.__doc__ = train.__doc__.replace("{settings}", docs(TRAIN[1:]))
 
 
 def _check_fit_splits(fit_splits) -> tuple:

@@ -5,8 +5,8 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featcache"
-LEAVES = {"featcache.errors", "featcache.files", "featcache.homes", "featcache.versions", "featcache.splits",
-          "featcache.console", "featcache.ray_cluster", "featcache.derived"}
+LEAVES = {"featcache.errors", "featcache.params", "featcache.files", "featcache.homes", "featcache.versions",
+          "featcache.splits", "featcache.console", "featcache.ray_cluster", "featcache.derived"}
 # Stage one, by module name prefix: sources to runner.
 STAGE_ONE = ("featcache.decode", "featcache.datasets", "featcache.sources", "featcache.backbones", "featcache.augment",
              "featcache.plan", "featcache.runtimes", "featcache.extractor", "featcache.engines", "featcache.runner")

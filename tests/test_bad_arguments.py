@@ -116,7 +116,7 @@ def test_train_a_head_the_cache_cannot_satisfy_is_one_line(cache, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--n-jobs", "0"], "n_jobs must be a non-zero integer (-1: every CPU), got 0"),
-    (["--timeout", "-1"], "timeout must be a number of seconds > 0 (or None: no limit), got -1.0"),
+    (["--timeout", "-1"], "timeout must be a number > 0 (or None), got -1.0"),
 ])
 def test_bench_refuses_bad_settings_before_any_work(cache, tmp_path, args, message):
     proc = run_featcache("bench", cache.path, "--heads", "logreg", *args, "--out", tmp_path / "r", check=False)

@@ -20,7 +20,8 @@ One role per module: :mod:`.tasks` (a row's work), :mod:`.protocol` (the
 selection strategies, in the head's process), :mod:`.child` and
 :mod:`.process` (the head's process, its budget and memory), :mod:`.stats`
 (bootstrap intervals), :mod:`.results` (results.jsonl and the retry rule),
-:mod:`.select` (the best-row rules) and :mod:`.driver` (:func:`bench`).
+:mod:`.select` (the best-row rules), :mod:`.options` (the settings, declared once) and :mod:`.driver`
+(:func:`bench`).
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ from __future__ import annotations
 import importlib
 
 from ..heads import HEADS
-from .driver import DEFAULT_N_JOBS, DEFAULT_TIMEOUT, VIEW_MODES, bench, check_options, estimate_seconds
+from .driver import bench, estimate_seconds
+from .options import BENCH, DEFAULT_N_JOBS, DEFAULT_TIMEOUT, VIEW_MODES, check_options
 from .process import BACKENDS, STDERR_TAIL, _cores_per_head, _run_tasks, run_task
 from .results import (BEST_MODEL, CURVE, FITTED, RESULTS, _load_rows, check_report_target, retry_reason)
 from .select import best_row, mark_ties
 from .stats import bootstrap_intervals
 from .tasks import Task, user_heads
 
-__all__ = ["bench", "check_options", "estimate_seconds", "retry_reason", "bootstrap_intervals", "check_report_target",
-           "best_row", "mark_ties", "run_task", "user_heads", "evaluate", "pixel_features", "Task", "RESULTS",
+__all__ = ["bench", "BENCH", "check_options", "estimate_seconds", "retry_reason", "bootstrap_intervals",
+           "check_report_target", "best_row", "mark_ties", "run_task", "user_heads", "evaluate", "pixel_features", "Task", "RESULTS",
            "FITTED", "CURVE", "BEST_MODEL", "BACKENDS", "VIEW_MODES", "DEFAULT_TIMEOUT", "DEFAULT_N_JOBS",
            "STDERR_TAIL", "GRIDS", "SUBSAMPLE", "COST_10K"]
 

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from numbers import Real
 from pathlib import Path
 
 import joblib
@@ -22,25 +21,22 @@ import numpy as np
 
 from .. import report
 from ..console import console
-from ..errors import FeatcacheError, FeatcacheWarning, check_integer, is_integer
+from ..errors import FeatcacheError, FeatcacheWarning
 from ..heads import HEADS, HeadSpec, get_head_spec, validate_head
 from ..heads.views import resolve_mode
 from ..leakage import near_duplicates
 from ..model_dir import current_card
 from ..store import Cache, open_cache
 from ..train import custom_fields, save_fitted, split_masks, train_classes
-from .process import BACKENDS, _cores_per_head, _joblib_backend, run_task
+from ..params import defaults, docs
+from .options import BENCH, check_options
+from .process import _cores_per_head, _joblib_backend, run_task
 from .results import (BEST_MODEL, CURVE, FITTED, RESULTS, _append_row, _load_rows, _remove_fitted, _row,
                       check_report_target, retry_reason)
 from .select import best_row
 from .tasks import Task, user_heads
 
-#: seconds per head: interactive (every default head takes well under a minute on the reference bench)
-DEFAULT_TIMEOUT = 180.0
-#: heads at once: each gets half the cores (BLAS capped), which hides one head's start-up behind another's work
-DEFAULT_N_JOBS = 2
-#: how bench's heads may use a cache's augmented views (Keras heads draw one view an epoch whenever they do)
-VIEW_MODES = ("auto", "rows", "mean", "none")
+_D = defaults(BENCH)
 
 
 def _run_tasks(todo, timeout, n_jobs, backend):
@@ -49,54 +45,27 @@ def _run_tasks(todo, timeout, n_jobs, backend):
     return sys.modules[__package__]._run_tasks(todo, timeout, n_jobs, backend)
 
 
-def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = None,
-          timeout: float | None = DEFAULT_TIMEOUT, n_jobs: int = DEFAULT_N_JOBS, out="report",
-          baseline_heads=("logreg",),
-          pixel_size: int = 16, backend: str = "threading", progress: bool = False, save_best: bool = True,
-          ray_address: str | None = None, learning_curve=(0.1, 0.25, 0.5), leakage: bool = True,
-          views: str = "auto") -> list[dict]:
+def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D["cv"],
+          timeout: float | None = _D["timeout"], n_jobs: int = _D["n_jobs"], out=_D["out"],
+          baseline_heads=_D["baseline_heads"], pixel_size: int = _D["pixel_size"], backend: str = _D["backend"],
+          progress: bool = _D["progress"], save_best: bool = _D["save_best"], ray_address: str | None = None,
+          learning_curve=_D["learning_curve"], leakage: bool = _D["leakage"], views: str = _D["views"]) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
     Hyper-parameters are chosen on the validation split (or ``cv`` folds
     inside train), the chosen setting is refit on train+val, the test split
     is touched once, and the best head is picked by validation accuracy
     alone and saved to ``out/best_model``. Each head runs in its own process
-    with a time budget; rows are kept as they finish, so a re-run resumes.
+    with a time budget; rows are kept as they finish, so a re-run resumes. A
+    user's estimator in ``heads`` (``["logreg", SVC()]``) is cloned into its
+    head's process, fitted once on train (no grid) and shown as
+    ``custom:ClassName`` (``custom:SVC#2`` for a second); its parameters are
+    part of the row's settings, and ``params`` for it are keyed by that name.
+    Every setting is checked before any work.
 
     Args:
         caches: one cache (a :class:`~featcache.store.Cache` or its directory) or several.
-        heads: head names (default: every head), or your own unfitted scikit-learn
-            classifiers among them (``["logreg", SVC()]``): each is cloned into its
-            head's process, fitted once on train (no grid) and shown as
-            ``custom:ClassName`` (``custom:SVC#2`` for a second ``SVC``); its
-            parameters are part of the row's settings, so a changed one re-runs.
-            ``params`` for it are keyed by that name.
-        params: fixed parameters per head, e.g. ``{"knn": {"n_neighbors": 5}}``.
-        cv: choose hyper-parameters by K-fold CV inside train instead of on val.
-        timeout: seconds per head before its row says "timed out" (None: no limit). A
-            kept timed-out row is run again when this budget is larger than its
-            own; a kept failed row when featcache or its libraries changed.
-        n_jobs: heads run at once (-1: every CPU of the backend), each with
-            its share of the cores; with n_jobs=1 a head has them all.
-        out: the report directory (new, empty, or an earlier featcache report).
-        baseline_heads: heads also run on raw pixels of the first cache's images.
-        pixel_size: side of the downsampled raw-pixel baseline.
-        backend: a joblib backend: ``threading`` (each head still runs in its
-            own spawned process) or ``ray``, which runs the heads as tasks on
-            the Ray cluster at ``ray_address`` (or a local instance); the
-            caches and ``out`` must then be on storage every node sees.
-        progress: show the live table.
-        save_best: refit and save the best head to ``out/best_model``.
-        learning_curve: shares of the train and val rows at which the best head
-            is run again (its chosen parameters fixed) for the report's learning
-            curve; empty or None: none.
-        leakage: look for test rows whose nearest train/val row has cosine >= 0.98 on
-            the cached features (:mod:`featcache.leakage`) and report the best
-            head's accuracy with and without them.
-        views: how heads train on a cache's augmented views (``extract --views
-            K``): ``auto`` (each head's own way, ``featcache heads``), ``rows``,
-            ``mean``, ``none``; each row records the K it used. Selection and
-            test rows are always the plain view.
+{settings}
 
     Returns:
         The rows, one dict per (cache, head): test accuracy, macro-F1,
@@ -107,8 +76,9 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
         >>> from sklearn.svm import SVC
         >>> rows = featcache.bench("caches/fm", ["logreg", SVC()], out="report")  # doctest: +SKIP
     """
-    check_options(cv=cv, timeout=timeout, n_jobs=n_jobs, pixel_size=pixel_size, backend=backend, views=views)
-    learning_curve = _check_curve(learning_curve)
+    check_options(params=params, cv=cv, timeout=timeout, n_jobs=n_jobs, out=out, baseline_heads=baseline_heads,
+                  pixel_size=pixel_size, backend=backend, progress=progress, save_best=save_best,
+                  ray_address=ray_address, learning_curve=learning_curve, leakage=leakage, views=views)
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)
     opened = _open(caches)
     tasks = _tasks(opened, heads, estimators, params, cv, pixel_size, views)
@@ -123,12 +93,16 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = No
     try:
         rows = run.rows(todo, rows, opened, progress, ray_address)
         best = best_row(rows)
-        curve, best_dir = run.best_and_curve(best, save_best, learning_curve, cv, pixel_size)
+        curve, best_dir = run.best_and_curve(best, save_best, tuple(learning_curve or ()), cv, pixel_size)
     finally:
         if run.fitted:
             _remove_fitted(run.fitted, None)
     _write_report(out, rows, best, best_dir, curve, opened if leakage else None)
     return rows
+
+
+if bench.__doc__:  # the settings' help, declared once in .options (absent under python -OO)
+    bench.__doc__ = bench.__doc__.replace("{settings}", docs(BENCH))
 
 
 def _open(caches) -> dict:
@@ -158,31 +132,6 @@ def _write_report(out: Path, rows: list, best, best_dir, curve, opened: dict | N
     except OSError as exc:
         raise FeatcacheError(f"cannot write the report in {out}: {exc.strerror or exc}; the rows are kept in "
                              f"{out / RESULTS}") from None
-
-
-def check_options(*, cv=None, timeout=DEFAULT_TIMEOUT, n_jobs=DEFAULT_N_JOBS, pixel_size=16, backend="threading",
-                  views="auto", name=lambda key: key) -> None:
-    """Refuse a bad benchmark setting before any work; ``name(key)`` is how the error names the setting."""
-    if not is_integer(n_jobs) or n_jobs == 0:
-        raise FeatcacheError(f"{name('n_jobs')} must be a non-zero integer (-1: every CPU), got {n_jobs!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, Real)
-                                or not 0 < timeout < float("inf")):  # NaN fails too
-        raise FeatcacheError(f"{name('timeout')} must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
-    if cv is not None and (not is_integer(cv) or cv < 2):
-        raise FeatcacheError(f"{name('cv')} must be an integer of at least 2 folds (or None), got {cv!r}")
-    check_integer(pixel_size, name("pixel_size"))
-    if backend not in BACKENDS:
-        raise FeatcacheError(f"{name('backend')} must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if views not in VIEW_MODES:
-        raise FeatcacheError(f"{name('views')} must be one of {', '.join(VIEW_MODES)}, got {views!r}")
-
-
-def _check_curve(learning_curve) -> tuple:
-    learning_curve = tuple(learning_curve or ())
-    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in learning_curve):
-        raise FeatcacheError(f"learning_curve must be shares of the training rows between 0 and 1 (exclusive), "
-                             f"got {learning_curve!r}")
-    return learning_curve
 
 
 def _check_heads(caches, heads, params, baseline_heads):
