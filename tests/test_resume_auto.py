@@ -71,7 +71,9 @@ def _progress_kill(args, target: int, timeout=240) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_a_random_point_at_the_default_shard_size_loses_at_most_a_shard(folder, tmp_path):
-    args = ["extract", folder, *TINY_ARGS, "--decode-threads", "1"]  # no --shard-size: the default
+    # 96 px keeps the CNN slower than a shard's fsyncs, as real CNNs are: a tiny model outruns the disk and the writer
+    # queue then holds up to three computed shards (milliseconds of work, yet more than one shard of images)
+    args = ["extract", folder, *TINY_ARGS, "--image-size", "96", "--decode-threads", "1"]  # no --shard-size
     reference = tmp_path / "reference"
     run_featcache(*args, "--quiet", "--out", reference)
     ref = store.read_manifest(reference)
