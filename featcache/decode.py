@@ -1,7 +1,8 @@
 """Decode one image file into a fixed-size uint8 RGB array, safely.
 
 Pillow only, no TensorFlow, so the input side works under every Keras
-backend. Every failure becomes a :class:`DecodeError` whose message is the
+backend. Transparent images are composited on a background colour first
+(:func:`composite`), as image viewers show them. Every failure becomes a :class:`DecodeError` whose message is the
 reason recorded in the cache; the engine skips the item and carries on.
 """
 
@@ -11,9 +12,9 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
-from .errors import DecodeError
+from .errors import DecodeError, FeatcacheError
 
 #: Images with more pixels than this are refused as decompression bombs.
 #: 89.5 MP is Pillow's own warning threshold; a 16k x 5k panorama passes.
@@ -24,8 +25,49 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 
+#: what transparent pixels are composited on: browsers and image viewers show transparency on white
+DEFAULT_BACKGROUND = "white"
+
 # Truncated files must fail, not decode to half-grey pictures: featcache relies on Pillow's default,
 # ImageFile.LOAD_TRUNCATED_IMAGES = False, and never changes that process-wide setting itself.
+
+
+def parse_background(value) -> tuple[int, int, int]:
+    """An opaque colour as ``(r, g, b)``: a name Pillow's ImageColor knows (``white``) or ``#rrggbb``."""
+    try:
+        rgb = ImageColor.getrgb(value) if isinstance(value, str) else None
+    except ValueError:
+        rgb = None
+    if rgb is None or len(rgb) == 4 and rgb[3] != 255:
+        raise FeatcacheError(f"background must be an opaque colour, a name such as white or #rrggbb, got {value!r}")
+    return tuple(int(v) for v in rgb[:3])
+
+
+def background_hex(value) -> str:
+    """The colour ``value`` as ``#rrggbb``: the cache key's spelling, so ``white`` and ``#FFFFFF`` agree."""
+    return "#{:02x}{:02x}{:02x}".format(*parse_background(value))
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    if im.mode.startswith(("I", "F")):  # 16/32-bit grey: a colour key there is rare, and RGBA would clip at 255
+        return False
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def composite(im: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Image, bool]:
+    """``im`` over an opaque ``background`` colour, as RGB, and whether any pixel was not opaque.
+
+    RGBA, LA, palette images with a transparent entry and grey or RGB images
+    with a ``transparency`` colour key all go through RGBA; everything else is
+    returned untouched.
+    """
+    if not _has_transparency(im):
+        return im, False
+    rgba = im.convert("RGBA")
+    if rgba.getchannel("A").getextrema()[0] == 255:  # an alpha channel, every pixel opaque
+        return rgba.convert("RGB"), False
+    base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+    return Image.alpha_composite(base, rgba).convert("RGB"), True
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -44,18 +86,18 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         arr = np.asarray(im, dtype=np.float32)
         arr8 = np.clip(arr, 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
-    if im.mode == "P" or im.mode == "PA":
-        # Palette images with transparency go through RGBA, as Pillow advises.
-        im = im.convert("RGBA")
-    return im.convert("RGB")
+    return im.convert("RGB")  # palette, grey, 1-bit, CMYK (Pillow's naive conversion, no ICC profile), YCbCr
 
 
-def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 background: tuple[int, int, int] = (255, 255, 255), report: list | None = None) -> np.ndarray:
     """Decode ``path`` into a ``(height, width, 3)`` uint8 array of ``size``.
 
     JPEGs are decoded in draft mode (DCT scaling) when they are at least twice
     the target size, EXIF orientation is applied, animated files give their
-    first frame, and any mode (palette, CMYK, 16-bit, grey) becomes RGB.
+    first frame, transparent images are composited on ``background`` (then
+    ``True`` is appended to ``report``, when given), and any mode (palette,
+    CMYK, 16-bit, grey) becomes RGB (docs/FORMAT.md, "How images are decoded").
     """
     height, width = size
     try:
@@ -78,6 +120,7 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: 
                     im.draft("RGB", (width, height))
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing turns
+                im, had_alpha = composite(im, background)
                 im = _to_rgb(im)
                 if im.size != (width, height):
                     im = im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
@@ -95,4 +138,17 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: 
         raise DecodeError(f"cannot decode: {exc.__class__.__name__}: {exc}") from None
     if arr.shape != (height, width, 3):  # defensive: never ship a wrong shape
         raise DecodeError(f"decoded to unexpected shape {arr.shape}")
+    if had_alpha and report is not None:
+        report.append(True)
     return arr
+
+
+def composite_array(images: np.ndarray, background: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+    """``N x H x W x 4`` uint8 images over ``background`` as ``N x H x W x 3``, and how many had a pixel not opaque.
+
+    The same arithmetic as :func:`composite` (Pillow's ``alpha_composite`` over an opaque colour).
+    """
+    alpha = images[..., 3:].astype(np.uint16)
+    bg = np.asarray(background, np.uint16)
+    mixed = (images[..., :3].astype(np.uint16) * alpha + bg * (255 - alpha) + 127) // 255
+    return mixed.astype(np.uint8), int(np.count_nonzero((images[..., 3] < 255).reshape(len(images), -1).any(axis=1)))

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from . import store
+from .decode import parse_background
 from .plan import Plan
 
 
@@ -82,6 +83,7 @@ class _Accumulator:
         self.index, self.item_range, self.has_splits = index, item_range, has_splits
         self.features: dict[str, list] = {}
         self.labels, self.ids, self.splits, self.skipped = [], [], [], []
+        self.alpha = 0
 
     def add(self, feats: dict | None, batch) -> None:
         if batch is None:  # a view shard of a plain shard without train images: written empty
@@ -93,6 +95,7 @@ class _Accumulator:
         self.ids += [it.id for it in batch.items]
         self.splits += [it.split or "" for it in batch.items]
         self.skipped += [(it.id, reason) for it, reason in batch.skipped]
+        self.alpha += batch.alpha
 
     def finish(self, names, empty_shapes) -> store.ShardData:
         feats = {}
@@ -100,7 +103,7 @@ class _Accumulator:
             parts = self.features.get(k)
             feats[k] = np.concatenate(parts) if parts else np.zeros((0,) + tuple(empty_shapes[k]), np.float32)
         return store.ShardData(self.index, self.item_range, feats, np.asarray(self.labels, np.int64), self.ids,
-                               self.splits if self.has_splits else None, self.skipped)
+                               self.splits if self.has_splits else None, self.skipped, self.alpha)
 
 
 def default_decode_threads(runtime: str) -> int:
@@ -117,7 +120,8 @@ def default_decode_threads(runtime: str) -> int:
 
 def read_batches(plan: Plan, indices: Sequence[int], executor) -> Iterable:
     """Reader: (shard index, item range, batch, last-of-shard) in order; a shard without items is one None batch."""
-    bs = plan.options.batch_size
+    opts = plan.options
+    bs = opts.batch_size
     for index in indices:
         item_range, items = plan.shard_items(index)
         if not items:
@@ -125,7 +129,8 @@ def read_batches(plan: Plan, indices: Sequence[int], executor) -> Iterable:
             continue
         for a in range(0, len(items), bs):
             chunk = items[a:a + bs]
-            yield index, item_range, plan.source.read(chunk, plan.image_size, executor), a + bs >= len(items)
+            batch = plan.source.read(chunk, plan.image_size, executor, background=parse_background(opts.background))
+            yield index, item_range, batch, a + bs >= len(items)
 
 
 def _start_reader(plan: Plan, indices: Sequence[int], workers: int, q: queue.Queue, stop: threading.Event,

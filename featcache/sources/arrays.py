@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..decode import composite_array
 from ..errors import SourceError
 from .base import SPLIT_DIRS, Batch, Item, Source, _hash_lines, check_class_names, dense_labels
 
@@ -65,7 +66,7 @@ def _split_names(values) -> list[str | None]:
 
 
 class ArraySource(Source):
-    """In-memory uint8 images ``N x H x W [x C]`` (grey becomes RGB) with labels."""
+    """In-memory uint8 images ``N x H x W [x C]`` (grey becomes RGB, RGBA is composited on the background)."""
 
     kind = "array"
 
@@ -121,11 +122,12 @@ class ArraySource(Source):
         h.update(_hash_lines(f"{it.id}|{it.split}" for it in self.items).encode())
         return h.hexdigest()
 
-    def read(self, items, size=None, executor=None) -> Batch:
+    def read(self, items, size=None, executor=None, *, background=(255, 255, 255)) -> Batch:
         idx = np.fromiter((it.index for it in items), np.int64, len(items))
         imgs = self.images[idx]
+        alpha = 0
         if imgs.shape[-1] == 1:
             imgs = np.repeat(imgs, 3, axis=-1)
         elif imgs.shape[-1] == 4:
-            imgs = imgs[..., :3]
-        return Batch(np.ascontiguousarray(imgs), list(items), [])
+            imgs, alpha = composite_array(imgs, background)
+        return Batch(np.ascontiguousarray(imgs), list(items), [], alpha)

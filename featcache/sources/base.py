@@ -39,6 +39,7 @@ class Batch:
     images: np.ndarray  # (n_ok, H, W, 3) uint8
     items: list[Item]  # the n_ok items, in order
     skipped: list[tuple[Item, str]]  # (item, reason)
+    alpha: int = 0  # decoded images that had a pixel not opaque (composited on the background)
 
 
 class Source:
@@ -66,7 +67,9 @@ class Source:
     def fingerprint(self) -> str:
         raise NotImplementedError
 
-    def read(self, items: Sequence[Item], size: tuple[int, int], executor: Executor | None = None) -> Batch:
+    def read(self, items: Sequence[Item], size: tuple[int, int], executor: Executor | None = None, *,
+             background: tuple[int, int, int] = (255, 255, 255)) -> Batch:
+        """Decode ``items`` at ``size``, transparent images composited on ``background`` (r, g, b)."""
         raise NotImplementedError
 
     def subset(self, *, classes: Sequence[int] | None = None, limit: int | None = None, first: int | None = None,
@@ -231,9 +234,9 @@ class SubsetSource(Source):
         return _hash_lines([self.parent.fingerprint(), self.describe(),
                             *(it.id for it in self.items)])
 
-    def read(self, items, size, executor=None) -> Batch:
+    def read(self, items, size, executor=None, **kwargs) -> Batch:
         parent_items = [self._parent_items[it.index] for it in items]
-        batch = self.parent.read(parent_items, size, executor)
+        batch = self.parent.read(parent_items, size, executor, **kwargs)
         back = {p.index: it for p, it in zip(parent_items, items)}
         return Batch(batch.images, [back[p.index] for p in batch.items],
-                     [(back[p.index], r) for p, r in batch.skipped])
+                     [(back[p.index], r) for p, r in batch.skipped], batch.alpha)

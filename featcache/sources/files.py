@@ -43,15 +43,17 @@ class FileSource(Source):
                 yield f"{it.id}|{it.label}|{it.split}|{sig}"
         return _hash_lines(lines())
 
-    def _decode(self, item: Item, size):
+    def _decode(self, item: Item, size, background, alpha: list):
         try:
-            return decode_image(self.paths[item.index], size, max_pixels=self.max_pixels), None
+            return decode_image(self.paths[item.index], size, max_pixels=self.max_pixels, background=background,
+                                report=alpha), None
         except DecodeError as exc:
             return None, str(exc)
 
-    def read(self, items, size, executor=None) -> Batch:
+    def read(self, items, size, executor=None, *, background=(255, 255, 255)) -> Batch:
         mapper = executor.map if executor is not None else map
-        results = list(mapper(lambda it: self._decode(it, size), items))
+        alpha: list = []  # list.append is atomic: the decode threads share it
+        results = list(mapper(lambda it: self._decode(it, size, background, alpha), items))
         ok_items, arrays, skipped = [], [], []
         for it, (arr, reason) in zip(items, results):
             if arr is None:
@@ -60,7 +62,7 @@ class FileSource(Source):
                 ok_items.append(it)
                 arrays.append(arr)
         images = np.stack(arrays) if arrays else np.zeros((0, size[0], size[1], 3), np.uint8)
-        return Batch(images, ok_items, skipped)
+        return Batch(images, ok_items, skipped, len(alpha))
 
 
 def _is_image(name: str) -> bool:

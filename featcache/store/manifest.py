@@ -58,10 +58,11 @@ _MANIFEST_INTS = {
     (None, "views_target"): (0, MAX_VIEWS, False),
     (None, "n_shards"): (0, MAX_SHARDS, False),
     (None, "target_shards"): (0, MAX_SHARDS, False),
+    ("counts", "alpha"): (0, MAX_ITEMS, False),  # images composited on the background; absent before they were
 }
 #: a shard record's numeric fields -> (minimum, maximum, required)
 _RECORD_INTS = {"index": (0, MAX_SHARDS, True), "n_rows": (0, MAX_SHARD_SIZE, True), "bytes": (0, 1 << 50, True),
-                "mtime_ns": (0, 1 << 80, False)}
+                "mtime_ns": (0, 1 << 80, False), "alpha": (0, MAX_SHARD_SIZE, False)}
 _OUTPUT_NAME = re.compile(r"^[\w\-:][\w.\-:]*$")
 #: the fields readers use as text or tables: path -> (the types it may have, their name); absent is fine
 _MANIFEST_KINDS = {
@@ -70,6 +71,7 @@ _MANIFEST_KINDS = {
     ("backbone_ref",): ((dict, type(None)), "an object"),
     ("versions",): ((dict, type(None)), "an object"),
     ("timings",): ((dict, type(None)), "an object"),
+    ("counts",): ((dict,), "an object"),
 }
 
 
@@ -172,7 +174,8 @@ def _manifest_problem(manifest: dict) -> str | None:
     if problem:
         return problem
     for (table, field), bounds in _MANIFEST_INTS.items():
-        problem = _int_problem(manifest[table] if table else manifest, field, bounds, f"{table}." if table else "")
+        problem = _int_problem(manifest.get(table, {}) if table else manifest, field, bounds,
+                               f"{table}." if table else "")
         if problem:
             return problem
     problem = _outputs_problem(manifest["outputs"], bool(manifest.get("complete")))

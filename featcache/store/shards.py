@@ -33,6 +33,7 @@ class ShardData:
     ids: list[str]
     splits: list[str] | None
     skipped: list[tuple[str, str]]  # (id, reason)
+    alpha: int = 0  # rows whose image had a pixel not opaque
 
 
 def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "float16",
@@ -67,7 +68,7 @@ def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "fl
     return {
         "index": shard.index, "file": f"{SHARDS}/{final.name}", "items": list(shard.item_range),
         "n_rows": n, "sha256": digest, "bytes": size, "mtime_ns": os.stat(final).st_mtime_ns,
-        "skipped": [{"id": i, "reason": r} for i, r in shard.skipped],
+        "skipped": [{"id": i, "reason": r} for i, r in shard.skipped], "alpha": int(shard.alpha),
     }
 
 
@@ -81,6 +82,7 @@ def _shard_image(shard: ShardData, *, key: str, dtype: str, compression: str | N
         f.attrs["shard_index"] = shard.index
         f.attrs["item_start"], f.attrs["item_stop"] = shard.item_range
         f.attrs["n_rows"] = n
+        f.attrs["alpha"] = int(shard.alpha)  # a shard adopted after a kill keeps its count
         grp = f.create_group("features")
         for name, arr in shard.features.items():
             if arr.shape[0] != n:
@@ -131,13 +133,14 @@ def inspect_shard(path: Path, key: str, index: int, item_range: tuple[int, int])
                     ds[n - 1]  # read the last chunk: truncation shows here
             skipped = [{"id": i, "reason": r} for i, r in zip(decode_strings(f["skipped/ids"][:]),
                                                                decode_strings(f["skipped/reasons"][:]))]
+            alpha = {"alpha": int(f.attrs["alpha"])} if "alpha" in f.attrs else {}  # absent: written before counts
     except CacheError:
         raise
     except Exception as exc:
         raise CacheError(f"{path.name} is not a readable shard: {exc}") from None
     return {"index": index, "file": f"{SHARDS}/{path.name}", "items": list(item_range), "n_rows": n,
             "sha256": sha256_path(path), "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
-            "skipped": skipped}
+            "skipped": skipped, **alpha}
 
 
 def shard_problems(directory: Path, record: dict, key: str, *, deep: bool = True,

@@ -183,6 +183,8 @@ class CacheSink:
             manifest["outputs"] = self._outputs_from_shards(shards)
         skipped = [dict(x) for s in plain for x in s["skipped"]]
         counts = {"items": n_items, "rows": row, "skipped": len(skipped)}
+        if all("alpha" in s for s in plain):  # a shard written before images were composited has no count
+            counts["alpha"] = sum(int(s["alpha"]) for s in plain)
         if manifest.get("views"):
             counts["view_rows"] = sum(n for v, n in rows.items() if v)
         manifest.update({"shards": shards, "counts": counts, "skipped": skipped, "versions": versions,
