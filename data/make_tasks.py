@@ -40,7 +40,7 @@ def _folder(label: int) -> str:
 
 
 def zoom_image(garment: np.ndarray, zoom: float, x: float, y: float) -> np.ndarray:
-    """``garment`` (28 x 28) resized by ``zoom`` and centred at (x, y) (fractions of the free room) on a black canvas."""
+    """``garment`` (28 x 28) resized by ``zoom`` on a black canvas, at (x, y): fractions of the room left free."""
     side = int(round(28 * zoom))
     small = np.asarray(Image.fromarray(garment).resize((side, side), Image.BILINEAR))
     canvas = np.zeros((CANVAS, CANVAS), np.uint8)

@@ -13,7 +13,7 @@ plain before a byte of it is read), :mod:`.view` (``features.h5``),
 :mod:`.ownership` (what featcache provably wrote), :mod:`.cache` (reading,
 with :mod:`.rows` and :mod:`.augmented`), :mod:`.sink` (writing) and
 :mod:`.resume` (a directory before a run), :mod:`.targets` (targets beside
-the features). The names below are the store's
+the features, from the tables :mod:`.target_tables` reads). The names below are the store's
 public face: the rest of featcache imports them from here.
 """
 
