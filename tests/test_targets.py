@@ -148,6 +148,8 @@ def test_bad_tables_exit_2_through_the_cli_with_one_line(cache, tmp_path):
     assert "height" in proc.stdout and "regression" in proc.stdout
     info = run_featcache("info", cache.path).stdout
     assert "height (regression, 1 of 150 rows (1%))" in info and "label (classification, 150 of 150" in info
+    run_featcache("targets", cache.path, "--remove", "height")
+    assert list(featcache.open_cache(cache.path).targets()) == ["label"]
 
 
 def test_attaching_and_removing_leave_the_features_untouched(cache):
