@@ -19,7 +19,7 @@ from featcache.files import sha256_path
 from featcache.sources import FolderSource
 from featcache.store import TargetError, foreign_entries
 
-from conftest import REPO, TINY, run_featcache
+from conftest import REPO, TINY, kill_at, run_featcache
 
 sys.path.insert(0, str(REPO / "data"))
 import make_tasks  # noqa: E402
@@ -276,3 +276,16 @@ def test_a_made_task_attaches_to_its_extracted_folder(tmp_path, fashion_mnist_av
     made = featcache.attach_targets(cache, tmp_path / "multi" / "targets.csv")
     assert made["group"].kind == "classification" and made["count"].kind == "regression"
     assert made["group"].coverage == made["count"].coverage == 1.0
+
+
+def test_a_kill_before_the_index_moves_keeps_the_old_target_and_the_next_attach_cleans_up(cache, tmp_path):
+    ids = cache.ids()
+    featcache.attach_targets(cache, {"id": ids, "h": [1.0] * 150})
+    old = index(cache)["h"]
+    table = write_csv(tmp_path / "new.csv", ["id", "h"], [[i, 2.0] for i in ids])
+    kill_at("before-rename:targets.json", tmp_path / "marker", "targets", cache.path, table)
+    assert index(cache)["h"] == old and cache.target("h").values[0] == 1.0  # the index never moved
+    assert len(os.listdir(cache.path / "targets")) == 2 and foreign_entries(cache.path) == []  # ours, unlisted
+    featcache.attach_targets(cache, {"id": ids, "h": [3.0] * 150})
+    assert os.listdir(cache.path / "targets") == [Path(index(cache)["h"]["file"]).name]
+    assert not [p for p in os.listdir(cache.path) if p.startswith(".targets.json.tmp-")]
