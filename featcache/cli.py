@@ -30,7 +30,7 @@ from .predict import PREDICT, predict
 from .pretrain import PRETRAIN, pretrain
 from .runner import extract
 from .sources import LIMIT_SEED
-from .store import bytes_per_image, open_cache
+from .store import KINDS as TARGET_KINDS, attach_targets, bytes_per_image, open_cache, read_targets, remove_targets
 from .train import TRAIN, train
 
 
@@ -151,6 +151,7 @@ def cmd_info(args) -> int:
     if cache.versions:
         v = cache.versions
         rows.append(("made with", f"featcache {v.get('featcache')}, keras {v.get('keras')} ({v.get('backend')})"))
+    rows.append(("targets", cache.targets_summary()))
     stdout.print(key_value_table("featcache cache", rows))
     labels = cache.labels()
     splits = cache.splits() or ["-"] * len(labels)
@@ -178,6 +179,25 @@ def cmd_verify(args) -> int:
         return 1
     state = "complete" if cache.complete else "incomplete"
     stdout.print(f"[green]ok[/]: {cache.n_shards_done} shards, {len(cache):,} rows, {state}")
+    return 0
+
+
+def cmd_targets(args) -> int:
+    cache = open_cache(args.cache)
+    if args.remove:
+        remove_targets(cache, args.remove)
+        stdout.print(f"removed target {args.remove!r} from {cache.path}")
+    if args.file:
+        made = attach_targets(cache, args.file, name=args.name, kind=args.kind, id_column=args.id_column)
+        stdout.print(f"attached {', '.join(f'{n} ({t.describe()})' for n, t in made.items())} to {cache.path}")
+    body = []
+    for t in read_targets(cache).values():
+        shown = ", ".join(map(str, t.names[:8])) + (f" (+{len(t.names) - 8})" if len(t.names) > 8 else "")
+        if t.kind == "regression" and t.n:
+            values = t.values[t.mask]
+            shown += f": {float(values.min()):.4g} .. {float(values.max()):.4g}"
+        body.append([t.name, t.kind, f"{t.n:,} of {len(t.mask):,} ({t.coverage:.0%})", shown])
+    stdout.print(table(f"targets of {cache.path}", ["target", "kind", "rows with a value", "values"], body))
     return 0
 
 
@@ -351,6 +371,7 @@ EXAMPLES = {
                 "featcache extract fashion_mnist:test --limit 300 --out caches/fm   # a stratified sample"],
     "info": ["featcache info caches/mine"],
     "verify": ["featcache verify caches/mine"],
+    "targets": ["featcache targets caches/zoom data/zoom/targets.csv", "featcache targets caches/zoom"],
     "train": ["featcache train caches/mine --head logreg --param C=0.5 --out models/mine",
               "featcache train caches/mine --head keras_mlp --stream --out models/mine-mlp",
               "featcache train caches/mine --head sklearn.svm:SVC --param C=2   # your own classifier"],
@@ -485,6 +506,18 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     _add_source_args(p)
 
 
+def _targets_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cache", help="cache directory")
+    p.add_argument("file", nargs="?", help="a CSV (or .parquet) table keyed by item id, one column per target; "
+                   "without it, list the targets")
+    p.add_argument("--name", help="make every column of FILE one target of this name (several numeric columns: "
+                   "multi-output regression; several 0/1 columns: multi-label)")
+    p.add_argument("--kind", choices=TARGET_KINDS, help="instead of the inferred kind (numbers: regression; a|b|c "
+                   "lists or 0/1 columns: multilabel; anything else: classification)")
+    p.add_argument("--id-column", default="id", help="the column of item ids (what featcache info shows)")
+    p.add_argument("--remove", metavar="NAME", help="detach the target NAME")
+
+
 def _no_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
@@ -500,6 +533,8 @@ COMMANDS = [
     ("extract", {"help": "extract features of SOURCE into a cache directory"}, _extract_arguments, cmd_extract),
     ("info", {"help": "describe a cache directory"}, _cache_dir_arguments, cmd_info),
     ("verify", {"help": "check every shard against the manifest"}, _cache_dir_arguments, cmd_verify),
+    ("targets", {"help": "attach a table of targets (regression, multi-label, classes) keyed by item id, or list "
+                 "them; no CNN runs"}, _targets_arguments, cmd_targets),
     ("train", {"help": "train a head on a cache and save it"}, _train_arguments, cmd_train),
     ("finetune", {"help": "fine-tune the backbone's top block and a head on a cache of a mid-level map",
                   "description": "Fine-tune the backbone's layers above a cached map (BatchNorm frozen, in "

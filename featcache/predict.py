@@ -102,7 +102,8 @@ def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) 
     params = feats["params"]
     opts = ExtractOptions(image_size=tuple(params["image_size"]), pooling=params["pooling"],
                           outputs=params.get("outputs"), preprocess=params["preprocess"],
-                          dtype=feats.get("dtype") or "float16", compute_dtype=params["compute_dtype"])
+                          dtype=feats.get("dtype") or "float16", compute_dtype=params["compute_dtype"],
+                          background=params.get("background", "white"))  # absent: the default white
     base = Path(cache_dir) if cache_dir else predictions_home()
     if not cache_dir:
         try:

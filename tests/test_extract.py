@@ -29,7 +29,7 @@ def test_cli_extract_writes_a_complete_cache(fm_cache):
     assert cache.ids()[0] == "fashion_mnist/test/0000"
     assert cache.splits()[:2] == ["test", "test"]
     m = cache.manifest
-    assert m["format_version"] == 1 and m["counts"] == {"items": 600, "rows": 600, "skipped": 0}
+    assert m["format_version"] == 1 and m["counts"] == {"items": 600, "rows": 600, "skipped": 0, "alpha": 0}
     assert [s["rows"] for s in m["shards"]] == [[0, 256], [256, 512], [512, 600]]
     for s in m["shards"]:
         assert store.sha256_path(out / s["file"]) == s["sha256"]

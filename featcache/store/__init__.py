@@ -12,7 +12,8 @@ One role per module: :mod:`.layout` (file names and numbering), :mod:`.keys`
 plain before a byte of it is read), :mod:`.view` (``features.h5``),
 :mod:`.ownership` (what featcache provably wrote), :mod:`.cache` (reading,
 with :mod:`.rows` and :mod:`.augmented`), :mod:`.sink` (writing) and
-:mod:`.resume` (a directory before a run). The names below are the store's
+:mod:`.resume` (a directory before a run), :mod:`.targets` (targets beside
+the features, from the tables :mod:`.target_tables` reads). The names below are the store's
 public face: the rest of featcache imports them from here.
 """
 
@@ -32,6 +33,7 @@ from .rows import FeatureBatch, ShardInfo
 from .shards import ShardData, inspect_shard, shard_problems, write_shard
 from .sink import CacheSink
 from .view import bytes_per_image, view_problems, write_view
+from .targets import KINDS, LABEL, Target, TargetError, attach_targets, read_targets, remove_targets
 
 __all__ = [
     "CacheError", "KeyMismatchError", "LockedError", "ReadOnlyError", "sha256_path",
@@ -45,4 +47,5 @@ __all__ = [
     "ShardSpec", "open_shard", "claim", "existing_shards", "refresh_class_names", "up_to_date",
     "FeatureBatch", "ShardInfo", "ShardData", "inspect_shard", "shard_problems", "write_shard", "CacheSink",
     "bytes_per_image", "view_problems", "write_view",
+    "KINDS", "LABEL", "Target", "TargetError", "attach_targets", "read_targets", "remove_targets",
 ]

@@ -17,6 +17,7 @@ from .manifest import read_manifest
 from .proof import ShardSpec, open_shard
 from .rows import FeatureBatch, ShardInfo
 from .shards import shard_problems
+from .targets import Target, read_target, read_targets, targets_summary
 from .view import view_problems
 
 
@@ -381,6 +382,19 @@ class Cache(AugmentedViews):
                 pending, pending_rows = ([rest], len(rest.ids)) if len(rest.ids) else ([], 0)
         if pending_rows:
             yield _merge(pending)
+
+    # -- targets: tables keyed by item id, in their own files beside the features (store/targets.py)
+    def targets(self) -> dict[str, Target]:
+        """Every target, aligned to the rows: ``label`` (the source's own) first, then the attached ones."""
+        return read_targets(self)
+
+    def target(self, name: str = "label") -> Target:
+        """One target (kind, value names, values and the mask of rows with a value), aligned to the rows."""
+        return read_target(self, name)
+
+    def targets_summary(self) -> str:
+        """Every target with its kind and coverage, on one line (what ``featcache info`` shows)."""
+        return targets_summary(self)
 
     # -- checks
     def verify(self, *, deep: bool = True) -> list[str]:

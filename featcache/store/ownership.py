@@ -11,6 +11,7 @@ import h5py
 from ..errors import CacheError
 from .layout import LOCK, MANIFEST, SHARDS, VIEW
 from .lock import is_our_lock
+from .targets import target_entry_foreign
 
 
 #: what featcache's own temporary files are called: ``.manifest.json.tmp-PID``, ``.00012.h5.tmp-PID``, ...
@@ -87,6 +88,10 @@ def foreign_entries(directory: Path) -> list[str]:
         if p.name == LOCK and is_our_lock(p) or is_temporary(p):
             continue
         if p.name == MANIFEST and is_our_manifest(p) or p.name == VIEW and _featcache_hdf5_key(p) is not None:
+            continue
+        theirs = target_entry_foreign(p)  # targets.json and targets/: store/targets.py knows what is ours there
+        if theirs is not None:
+            foreign += theirs
             continue
         if p.name == SHARDS and p.is_dir() and not p.is_symlink():
             for q in sorted(p.iterdir()):
