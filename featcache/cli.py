@@ -139,7 +139,7 @@ def cmd_info(args) -> int:
         ("source", cache.source), ("items", f"{cache.n_items:,}"), ("rows", f"{len(cache):,}"),
         ("skipped", f"{len(cache.skipped):,}"), ("size on disk", human_bytes(cache.disk_bytes())),
     ]
-    alpha = cache.manifest.get("counts", {}).get("alpha")  # absent: unfinished, or made before images were composited
+    alpha = cache.alpha_count
     rows.append(("with alpha", "not counted" if alpha is None else f"{alpha:,} (on {p.get('background', 'white')})"))
     if cache.views:
         view_rows = sum(s.n_rows for v in range(1, cache.views + 1) for s in cache.view_shards(v))

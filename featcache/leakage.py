@@ -135,7 +135,10 @@ def pair_thumbnails(cache: Cache, pairs: list[dict], size: int = 64) -> list[tup
     wanted = [p["test_id"] for p in pairs] + [p["train_id"] for p in pairs]
     if any(i not in by_id for i in wanted):
         return None
-    batch = src.read([by_id[i] for i in wanted], (size, size))
+    from .decode import parse_background
+
+    background = parse_background(cache.params.get("background", "white"))  # as the CNN saw them
+    batch = src.read([by_id[i] for i in wanted], (size, size), background=background)
     if len(batch.items) != len(wanted):
         return None
     got = {it.id: im for it, im in zip(batch.items, batch.images)}

@@ -156,6 +156,11 @@ class Cache(AugmentedViews):
         return dict(self.manifest.get("timings") or {})
 
     @property
+    def alpha_count(self) -> int | None:
+        """Images that had transparency (composited on the background); None: unfinished, or made before it was counted."""
+        return (self.manifest.get("counts") or {}).get("alpha")
+
+    @property
     def n_shards_done(self) -> int:
         """Shards written so far, views' included (:attr:`n_shards` when complete)."""
         return len(self._all_shards)
