@@ -11,7 +11,7 @@ from .plan import DEFAULT_BACKBONE, ExtractOptions  # noqa: E402
 from .runner import extract  # noqa: E402
 from .errors import FeatcacheError  # noqa: E402
 from .sources import ArraySource, CsvSource, FolderSource, open_source  # noqa: E402
-from .store import Cache, attach_targets, open_cache, remove_targets, split_masks  # noqa: E402
+from .store import Cache, attach_targets, compact, open_cache, remove_targets, split_masks  # noqa: E402
 from .adapters import keras_dataset, tf_dataset  # noqa: E402
 from .feature_export import export_features, load_features  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
@@ -23,7 +23,7 @@ from .bench import bench  # noqa: E402
 
 __all__ = [
     "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
-    "TrainResult", "__version__", "attach_targets", "bench", "export", "export_features", "export_info", "extract",
+    "TrainResult", "__version__", "attach_targets", "bench", "compact", "export", "export_features", "export_info", "extract",
     "finetune", "keras_dataset", "load_features", "make_head", "open_cache", "open_source", "predict",
     "remove_targets", "split_masks", "tf_dataset", "train",
 ]

@@ -98,9 +98,11 @@ def cmd_extract(args) -> int:
                   + (f"\n  {plan.views} augmented views of each train image ({cache_recipe(opts.augment)})"
                      if plan.views else ""))
     cache, s = run(plan, overwrite=args.overwrite, repair=args.repair, progress=not args.quiet, wait=args.wait,
-                   engine=engine)
+                   engine=engine, frozen=args.frozen, reuse=args.reuse or ())
     for note in s.notes:
         console.print(Text(note, style="yellow"))
+    if s.grow is not None:
+        stdout.print(f"grew {s.out}: {s.grow_line()}", highlight=False)
     rows = [("cache", str(s.out)), ("key", s.key[:16]), ("rows", f"{s.rows:,}"), ("skipped", f"{s.skipped:,}"),
             ("shards", f"{s.computed_shards} computed, {s.reused_shards} reused"),
             *([("views", f"{cache.views} per train image ({cache.augment})")] if cache.views else []),
@@ -166,6 +168,20 @@ def cmd_info(args) -> int:
         stdout.print(table(f"skipped items ({len(cache.skipped)})", ["id", "reason"],
                            [[x["id"], x["reason"]] for x in cache.skipped[:50]]))
     return 0
+
+
+def cmd_compact(args) -> int:
+    from .store import compact
+
+    files, freed = compact(args.dir, wait=args.wait)
+    stdout.print(f"{args.dir}: removed {files} file(s) no row uses, {human_bytes(freed)} freed" if files
+                 else f"{args.dir}: nothing to remove; every stored feature belongs to a row")
+    return 0
+
+
+def _compact_arguments(p: argparse.ArgumentParser) -> None:
+    _cache_dir_arguments(p)
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another writer's lock")
 
 
 def cmd_verify(args) -> int:
@@ -371,6 +387,7 @@ EXAMPLES = {
                 "featcache extract fashion_mnist:test --limit 300 --out caches/fm   # a stratified sample"],
     "info": ["featcache info caches/mine"],
     "verify": ["featcache verify caches/mine"],
+    "compact": ["featcache compact caches/mine"],
     "targets": ["featcache targets caches/zoom data/zoom/targets.csv", "featcache targets caches/zoom"],
     "train": ["featcache train caches/mine --head logreg --param C=0.5 --out models/mine",
               "featcache train caches/mine --head keras_mlp --stream --out models/mine-mlp",
@@ -431,6 +448,11 @@ def _extract_arguments(p: argparse.ArgumentParser) -> None:
                        type=_csv_list if setting.many else setting.type)
     p.add_argument("--out", help="cache directory (default caches/<source>-<backbone>)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
+    p.add_argument("--frozen", action="store_true",
+                   help="refuse a source whose images changed instead of growing the cache (a snapshot)")
+    p.add_argument("--reuse", action="append", metavar="CACHE",
+                   help="another cache made with the same settings: images with the same content take its "
+                        "features (repeatable)")
     p.add_argument("--repair", action="store_true", help="check every shard's sha256 and recompute damaged ones")
     p.add_argument("--wait", type=float, default=_api_default(extract, "wait"),
                    help="seconds to wait for another writer's lock")
@@ -533,6 +555,8 @@ COMMANDS = [
     ("extract", {"help": "extract features of SOURCE into a cache directory"}, _extract_arguments, cmd_extract),
     ("info", {"help": "describe a cache directory"}, _cache_dir_arguments, cmd_info),
     ("verify", {"help": "check every shard against the manifest"}, _cache_dir_arguments, cmd_verify),
+    ("compact", {"help": "remove stored features no row uses any more (what a grow or a kill left behind)"},
+     _compact_arguments, cmd_compact),
     ("targets", {"help": "attach a table of targets (regression, multi-label, classes) keyed by item id, or list "
                  "them; no CNN runs"}, _targets_arguments, cmd_targets),
     ("train", {"help": "train a head on a cache and save it"}, _train_arguments, cmd_train),

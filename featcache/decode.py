@@ -8,6 +8,7 @@ reason recorded in the cache; the engine skips the item and carries on.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -90,21 +91,26 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 background: tuple[int, int, int] = (255, 255, 255), report: list | None = None) -> np.ndarray:
+                 background: tuple[int, int, int] = (255, 255, 255), report: list | None = None,
+                 data: bytes | None = None) -> np.ndarray:
     """Decode ``path`` into a ``(height, width, 3)`` uint8 array of ``size``.
 
     JPEGs are decoded in draft mode (DCT scaling) when they are at least twice
     the target size, EXIF orientation is applied, animated files give their
     first frame, transparent images are composited on ``background`` (then
     ``True`` is appended to ``report``, when given), and any mode (palette,
-    CMYK, 16-bit, grey) becomes RGB (docs/FORMAT.md, "How images are decoded").
+    CMYK, 16-bit, grey) becomes RGB (docs/FORMAT.md, "How images are decoded"). ``data``: the file's bytes,
+    already read (the caller hashed them), decoded instead of reading ``path``.
     """
     height, width = size
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
-    if st.st_size == 0:
+    if data is None:
+        try:
+            empty = os.stat(path).st_size == 0
+        except OSError as exc:
+            raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    else:
+        empty, path = not data, io.BytesIO(data)
+    if empty:
         raise DecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():

@@ -84,6 +84,7 @@ class _Accumulator:
         self.features: dict[str, list] = {}
         self.labels, self.ids, self.splits, self.skipped = [], [], [], []
         self.alpha = 0
+        self.digests: list[str] | None = []  # None once a batch came without them (a source that cannot hash)
 
     def add(self, feats: dict | None, batch) -> None:
         if batch is None:  # a view shard of a plain shard without train images: written empty
@@ -96,6 +97,10 @@ class _Accumulator:
         self.splits += [it.split or "" for it in batch.items]
         self.skipped += [(it.id, reason) for it, reason in batch.skipped]
         self.alpha += batch.alpha
+        if batch.digests is None or self.digests is None:
+            self.digests = None
+        else:
+            self.digests += batch.digests
 
     def finish(self, names, empty_shapes) -> store.ShardData:
         feats = {}
@@ -103,7 +108,7 @@ class _Accumulator:
             parts = self.features.get(k)
             feats[k] = np.concatenate(parts) if parts else np.zeros((0,) + tuple(empty_shapes[k]), np.float32)
         return store.ShardData(self.index, self.item_range, feats, np.asarray(self.labels, np.int64), self.ids,
-                               self.splits if self.has_splits else None, self.skipped, self.alpha)
+                               self.splits if self.has_splits else None, self.skipped, self.alpha, self.digests)
 
 
 def default_decode_threads(runtime: str) -> int:

@@ -329,8 +329,8 @@ def _extract_stage(cfg: dict, ex: dict, transfer: str | None, result: dict, prog
         _say(f"[bold]extract[/] {ex['name']}: settings changed ({', '.join(exc.differences)}); "
              f"rebuilding {ex['cache']}")
         cache, summary = extract(data["source"], backbone, ex["cache"], overwrite=True, **opts)
-    state = "up to date, nothing extracted" if summary.noop else \
-        f"{summary.computed_shards} shards computed at {summary.images_per_s:.0f} img/s"
+    state = "up to date, nothing extracted" if summary.noop else f"grew: {summary.grow_line()}" if summary.grow \
+        else f"{summary.computed_shards} shards computed at {summary.images_per_s:.0f} img/s"
     _say(f"[bold]extract[/] {ex['name']}: {cache.path} ({len(cache):,} rows; {state})")
     result["caches"][ex["name"]] = str(cache.path)
 

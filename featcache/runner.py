@@ -10,7 +10,9 @@ back their records.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -19,9 +21,10 @@ from . import store
 from .backbones import Backbone
 from .engines import make_engine
 from .errors import CacheError, FeatcacheError
+from .files import pause_point
 from .augment import parse_recipe
 from .plan import DEFAULT_BACKBONE, ExtractOptions, Plan, make_plan
-from .sources import LIMIT_SEED, open_source
+from .sources import LIMIT_SEED, PickedSource, open_source
 from .versions import versions
 
 
@@ -41,10 +44,21 @@ class RunSummary:
     bytes_written: int
     noop: bool
     notes: list[str]
+    #: a grown cache: ``{"new", "reused", "removed", "relabelled", "moved"}`` image counts; None otherwise
+    grow: dict | None = None
+
+    def grow_line(self) -> str | None:
+        """"N new, M reused, K removed, L relabelled": what a grow did, in one line."""
+        g = self.grow
+        if g is None:
+            return None
+        moved = f" ({g['moved']:,} moved or renamed)" if g["moved"] else ""
+        return (f"{g['new']:,} new, {g['reused']:,} reused, {g['removed']:,} removed, "
+                f"{g['relabelled']:,} relabelled{moved}")
 
 
 def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: bool = True,
-        wait: float = 0.0, engine=None) -> tuple[store.Cache, RunSummary]:
+        wait: float = 0.0, engine=None, frozen: bool = False, reuse=()) -> tuple[store.Cache, RunSummary]:
     """Execute ``plan``: reuse what is valid, compute what is missing with ``engine``, finalize.
 
     Args:
@@ -55,6 +69,9 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         progress: show a progress bar.
         wait: seconds to wait for another writer's lock.
         engine: from :func:`~featcache.engines.make_engine`; local when None.
+        frozen: refuse a source whose images changed (the cache is a snapshot) instead of growing it.
+        reuse: other caches (paths) made with the same settings whose features images with the same
+            content take, instead of the CNN.
 
     Returns:
         ``(cache, summary)``: the opened :class:`~featcache.store.Cache` and a :class:`RunSummary`.
@@ -70,6 +87,10 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         return _run_read_only(plan, t_start, exc)
     try:
         store.remove_temporaries(out)
+        reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse or ())
+        grown = None if overwrite or frozen else _grow(plan, [Path(r) for r in reuse], progress, engine, t_start)
+        if grown is not None:
+            return grown
         plan, old, recipe, notes = _claim(plan, overwrite)
         shape = {"key": plan.key, "n_shards": plan.n_shards}
         done, problems = store.existing_shards(out, old, repair=repair, shard_size=plan.options.shard_size,
@@ -97,6 +118,89 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
                          time.perf_counter() - t_start, timings["images_per_s"] or 0.0,
                          int(stats.get("bytes", 0)), False, notes)
     return cache, summary
+
+
+def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float):
+    """Grow the cache at ``plan.out`` to ``plan``'s images, or None when this run is not a grow.
+
+    A grow is a complete cache whose images changed (or a new one given ``reuse``): images whose content a
+    donor holds keep those features, the rest go through the CNN into a staging cache, and a new
+    generation of shards in the source's order is committed with one manifest write (store/grow.py).
+    """
+    out = plan.out
+    old = store.read_manifest(out)
+    if not (store.growable(old, plan.params, plan.fingerprint) or (old is None and reuse)):
+        return None
+    if plan.views or (old or {}).get("views"):
+        raise CacheError(f"{out} has augmented views, and a cache with views cannot grow yet: pass --frozen to "
+                         "refuse the change, or --overwrite to extract everything again")
+    own = [store.open_cache(out)] if old else []
+    if own and not own[0].has_digests:
+        raise CacheError(f"{out} was made before featcache recorded each image's digest, so it cannot grow: run "
+                         "this command once with --overwrite to convert it (every image is extracted again)")
+    donors = own + [_donor(path, plan) for path in reuse]
+    if old is None:
+        store.claim(out, None, key=plan.key, params=plan.params, fingerprint=plan.fingerprint, overwrite=False)
+    else:
+        store.remove_stale(out, old, keep_staging=store.staging_name(plan.key))
+    src = plan.source
+    with ThreadPoolExecutor(8, thread_name_prefix="featcache-digest") as pool:
+        digests = src.digests(src.items, pool)
+    m = store.match(src.items, digests, donors, list(src.class_names), own=bool(own))
+    by_id = {it.id: d for it, d in zip(src.items, digests)}
+    sources, reasons, timings = list(donors), {}, _timings(t_start, 0.0, 0, {})
+    if m.unmatched:
+        staged = _stage(plan, m.unmatched, progress, engine)
+        sources.append(staged)
+        for row, (item_id, digest) in enumerate(zip(staged.ids(), staged.digests())):
+            m.rows[item_id] = (len(sources) - 1, row)
+            by_id[item_id] = digest  # the bytes the CNN saw, should the file have changed since it was hashed
+        reasons = {x["id"]: x["reason"] for x in staged.skipped}
+        timings = {**staged.timings, "seconds": round(time.perf_counter() - t_start, 3)}
+    sink = _begin(plan, {}, None, parse_recipe(plan.options.augment).text)
+    sink.generation = int(old.get("generation", 0)) + 1 if old else 0
+    sink.manifest.update({"generation": sink.generation} if sink.generation else {})
+    sink.manifest["outputs"] = dict(sources[0].manifest["outputs"])
+    shards = [(i, *plan.shard_items(i)) for i in range(plan.n_base)]
+    store.write_generation(sink, shards, sources, m.rows, by_id, src.has_splits, reasons)
+    sink.finish(timings=timings, versions=versions())
+    pause_point("grow:committed")
+    store.remove_stale(out, sink.manifest)
+    cache = store.open_cache(out)
+    counts = {"new": len(m.unmatched), "reused": len(src) - len(m.unmatched), "removed": m.removed,
+              "relabelled": m.relabelled, "moved": m.moved}
+    summary = RunSummary(out, plan.key, len(src), len(cache), len(cache.skipped), plan.n_base, 0,
+                         time.perf_counter() - t_start, timings.get("images_per_s") or 0.0,
+                         cache.disk_bytes(), False, [], counts)
+    return cache, summary
+
+
+def _donor(path: Path, plan: Plan) -> store.Cache:
+    """A ``--reuse`` cache, checked to hold features this plan can take."""
+    cache = store.open_cache(path)
+    problem = store.donor_problem(cache, plan.params)
+    if problem:
+        raise CacheError(f"--reuse {path}: {problem}")
+    return cache
+
+
+def _stage(plan: Plan, items: list, progress: bool, engine) -> store.Cache:
+    """The features of ``items`` (the images no donor holds), extracted into the grow's staging cache.
+
+    The staging cache is an ordinary cache inside ``--out``, named after the new key, so a grow killed
+    while the CNN runs resumes there; one left by another change is replaced.
+    """
+    staging = plan.out / store.staging_name(plan.key)
+    sub = make_plan(PickedSource(plan.source, items), plan.backbone, staging,
+                    dataclasses.replace(plan.options, shard_size=None))
+    try:
+        held = store.read_manifest(staging) if staging.is_dir() else None
+    except CacheError:
+        held = None
+    if staging.is_dir() and (held is None or held["key"] != sub.key):
+        store.clear_cache_files(staging)
+    cache, _ = run(sub, progress=progress, engine=engine, frozen=True)
+    return cache
 
 
 def _make_out(out: Path) -> bool:
@@ -253,11 +357,14 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
             wait: float = 0.0, classes=None, limit: int | None = None, first: int | None = None,
             limit_seed: int = LIMIT_SEED, labels=None, class_names=None, splits=None, allow_outside: bool = False,
             data_dir=None, return_summary: bool = False, engine: str = "local", ray_address: str | None = None,
-            workers: int | None = None, gpus_per_worker: float | None = None, **options) -> store.Cache:
+            workers: int | None = None, gpus_per_worker: float | None = None, frozen: bool = False, reuse=(),
+            **options) -> store.Cache:
     """Extract features of ``source`` with a frozen ``backbone`` into the cache at ``out``.
 
-    Re-running resumes after any crash; an identical finished run is a no-op;
-    a different setting in the same directory is an error naming it.
+    Re-running resumes after any crash; an identical finished run is a no-op; a
+    run on a source whose images changed grows the cache: only images whose
+    content no cache holds go through the CNN ("N new, M reused, K removed, L
+    relabelled"); a different setting in the same directory is an error naming it.
 
     Args:
         source: a folder of class sub-folders, a CSV manifest (``path,label[,split]``),
@@ -271,6 +378,8 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
         repair: check every shard's sha256 and recompute damaged ones.
         progress: show a progress bar.
         wait: seconds to wait for another writer's lock.
+        frozen: refuse a changed source (today's snapshot behaviour) instead of growing the cache.
+        reuse: paths of other caches with the same settings; images with the same content take their features.
         classes: keep only these labels.
         limit: keep a sample of ``limit`` items, stratified by label (and split), drawn with
             ``limit_seed``, in source order; warns when a class loses every image.
@@ -304,7 +413,8 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
                            splits=splits, allow_outside=allow_outside, data_dir=data_dir, engine=engine,
                            ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
                            options=_extract_options(options))
-    cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait, engine=runner)
+    cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait, engine=runner,
+                         frozen=frozen, reuse=reuse)
     return (cache, summary) if return_summary else cache
 
 

@@ -69,9 +69,9 @@ def test_changed_parameter_is_a_clear_error_and_overwrite_replaces(fm_cache, tmp
     assert "pooling: cache has 'avg', this run asks for 'max'" in proc.stderr
     assert "--overwrite" in proc.stderr
     assert featcache.open_cache(out).params["pooling"] == "avg"  # nothing was touched
-    # a different dataset is named too
+    # a different dataset is named too, under --frozen (without it, the cache would grow)
     proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "300", "--shard-size", "256",
-                         "--out", out, check=False)
+                         "--out", out, "--frozen", check=False)
     assert proc.returncode == 2 and "dataset" in proc.stderr
     # --overwrite on a copy replaces the cache
     copy = tmp_path / "copy"

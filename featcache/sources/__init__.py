@@ -18,12 +18,12 @@ import numpy as np
 from ..decode import DEFAULT_MAX_PIXELS
 from ..errors import SourceError
 from .arrays import ArraySource
-from .base import (LIMIT_SEED, SPLIT_DIRS, Batch, Item, Source, SubsetSource, SubsetWarning, check_class_names,
+from .base import (LIMIT_SEED, SPLIT_DIRS, Batch, Item, PickedSource, Source, SubsetSource, SubsetWarning, check_class_names,
                    dense_labels, stratified_sample)
 from .files import CsvSource, FileListSource, FileSource, FolderSource, same_file_key
 
 __all__ = ["LIMIT_SEED", "SPLIT_DIRS", "ArraySource", "Batch", "CsvSource", "FileListSource", "FileSource",
-           "FolderSource", "Item", "Source", "SubsetSource", "SubsetWarning", "check_class_names", "dense_labels",
+           "FolderSource", "Item", "PickedSource", "Source", "SubsetSource", "SubsetWarning", "check_class_names", "dense_labels",
            "load_dataset", "open_source", "reopen", "same_file_key", "stratified_sample"]
 
 

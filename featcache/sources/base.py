@@ -40,6 +40,8 @@ class Batch:
     items: list[Item]  # the n_ok items, in order
     skipped: list[tuple[Item, str]]  # (item, reason)
     alpha: int = 0  # decoded images that had a pixel not opaque (composited on the background)
+    #: sha256 hex of each decoded item's bytes (the file's, or the array's), parallel to ``items``
+    digests: list[str] | None = None
 
 
 class Source:
@@ -70,6 +72,10 @@ class Source:
     def read(self, items: Sequence[Item], size: tuple[int, int], executor: Executor | None = None, *,
              background: tuple[int, int, int] = (255, 255, 255)) -> Batch:
         """Decode ``items`` at ``size``, transparent images composited on ``background`` (r, g, b)."""
+        raise NotImplementedError
+
+    def digests(self, items: Sequence[Item], executor: Executor | None = None) -> list[str | None]:
+        """The content digest of each item, as :meth:`read` records it (None: unreadable): what grow matches by."""
         raise NotImplementedError
 
     def subset(self, *, classes: Sequence[int] | None = None, limit: int | None = None, first: int | None = None,
@@ -235,8 +241,38 @@ class SubsetSource(Source):
                             *(it.id for it in self.items)])
 
     def read(self, items, size, executor=None, **kwargs) -> Batch:
-        parent_items = [self._parent_items[it.index] for it in items]
-        batch = self.parent.read(parent_items, size, executor, **kwargs)
-        back = {p.index: it for p, it in zip(parent_items, items)}
-        return Batch(batch.images, [back[p.index] for p in batch.items],
-                     [(back[p.index], r) for p, r in batch.skipped], batch.alpha)
+        return _read_mapped(self.parent, [self._parent_items[it.index] for it in items], items, size, executor,
+                            **kwargs)
+
+    def digests(self, items, executor=None) -> list[str | None]:
+        return self.parent.digests([self._parent_items[it.index] for it in items], executor)
+
+
+def _read_mapped(parent: Source, parent_items: list[Item], items: list[Item], size, executor, **kwargs) -> Batch:
+    """``parent``'s batch of ``parent_items``, told as the ``items`` they stand for."""
+    batch = parent.read(parent_items, size, executor, **kwargs)
+    back = {p.index: it for p, it in zip(parent_items, items)}
+    return Batch(batch.images, [back[p.index] for p in batch.items], [(back[p.index], r) for p, r in batch.skipped],
+                 batch.alpha, batch.digests)
+
+
+class PickedSource(Source):
+    """Some items of ``parent``, in its order: the new images a grow extracts (not reopened, not fingerprinted by path)."""
+
+    def __init__(self, parent: Source, picked: Sequence[Item]):
+        self.parent, self._parent_items = parent, list(picked)
+        self.kind, self.class_names, self.native_size = parent.kind, parent.class_names, parent.native_size
+        self.items = [Item(i, it.id, it.label, it.split) for i, it in enumerate(self._parent_items)]
+
+    def describe(self) -> str:
+        return f"{self.parent.describe()}[{len(self.items)} new]"
+
+    def fingerprint(self) -> str:
+        return _hash_lines([self.parent.fingerprint(), *(it.id for it in self.items)])
+
+    def read(self, items, size, executor=None, **kwargs) -> Batch:
+        return _read_mapped(self.parent, [self._parent_items[it.index] for it in items], items, size, executor,
+                            **kwargs)
+
+    def digests(self, items, executor=None) -> list[str | None]:
+        return self.parent.digests([self._parent_items[it.index] for it in items], executor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -44,25 +45,44 @@ class FileSource(Source):
         return _hash_lines(lines())
 
     def _decode(self, item: Item, size, background, alpha: list):
+        """(array, None, digest) or (None, reason, None): the bytes hashed are the bytes decoded."""
+        path = self.paths[item.index]
         try:
-            return decode_image(self.paths[item.index], size, max_pixels=self.max_pixels, background=background,
-                                report=alpha), None
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+            arr = decode_image(path, size, max_pixels=self.max_pixels, background=background, report=alpha, data=data)
+            return arr, None, hashlib.sha256(data).hexdigest()
         except DecodeError as exc:
-            return None, str(exc)
+            return None, str(exc), None
 
     def read(self, items, size, executor=None, *, background=(255, 255, 255)) -> Batch:
         mapper = executor.map if executor is not None else map
         alpha: list = []  # list.append is atomic: the decode threads share it
         results = list(mapper(lambda it: self._decode(it, size, background, alpha), items))
-        ok_items, arrays, skipped = [], [], []
-        for it, (arr, reason) in zip(items, results):
+        ok_items, arrays, skipped, digests = [], [], [], []
+        for it, (arr, reason, digest) in zip(items, results):
             if arr is None:
                 skipped.append((it, reason))
             else:
                 ok_items.append(it)
                 arrays.append(arr)
+                digests.append(digest)
         images = np.stack(arrays) if arrays else np.zeros((0, size[0], size[1], 3), np.uint8)
-        return Batch(images, ok_items, skipped, len(alpha))
+        return Batch(images, ok_items, skipped, len(alpha), digests)
+
+    def digests(self, items, executor=None) -> list[str | None]:
+        mapper = executor.map if executor is not None else map
+        return list(mapper(lambda it: _file_digest(self.paths[it.index]), items))
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None  # unreadable now: grow extracts it again, and the read records why it is skipped
 
 
 def _is_image(name: str) -> bool:

@@ -12,7 +12,8 @@ One role per module: :mod:`.layout` (file names and numbering), :mod:`.keys`
 plain before a byte of it is read), :mod:`.view` (``features.h5``),
 :mod:`.ownership` (what featcache provably wrote), :mod:`.cache` (reading,
 with :mod:`.rows` and :mod:`.augmented`), :mod:`.sink` (writing) and
-:mod:`.resume` (a directory before a run), :mod:`.targets` (targets beside
+:mod:`.resume` (a directory before a run), :mod:`.grow` (a new generation of rows matched by
+content digest), :mod:`.targets` (targets beside
 the features, from the tables :mod:`.target_tables` reads). The names below are the store's
 public face: the rest of featcache imports them from here.
 """
@@ -26,7 +27,9 @@ from .layout import (COMPRESSIONS, FORMAT_VERSION, LOCK, MANIFEST, SHARDS, STORA
 from .lock import DirectoryLock, is_our_lock
 from .manifest import (MAX_ITEMS, MAX_OUTPUT_DIMS, MAX_ROW_VALUES, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS,
                        read_manifest, write_manifest)
-from .ownership import clear_cache_files, foreign_entries, is_our_manifest, is_temporary, remove_temporaries, shard_key
+from .ownership import (clear_cache_files, foreign_entries, is_our_manifest, is_temporary, remove_stale,
+                        remove_temporaries, shard_key, staging_name)
+from .grow import Match, compact, donor_problem, growable, match, write_generation
 from .proof import ShardSpec, open_shard
 from .resume import claim, existing_shards, refresh_class_names, up_to_date
 from .rows import FeatureBatch, ShardInfo
@@ -43,7 +46,8 @@ __all__ = [
     "DirectoryLock", "is_our_lock",
     "MAX_ITEMS", "MAX_OUTPUT_DIMS", "MAX_ROW_VALUES", "MAX_SHARD_SIZE", "MAX_SHARDS", "MAX_VIEWS",
     "read_manifest", "write_manifest",
-    "clear_cache_files", "foreign_entries", "is_our_manifest", "is_temporary", "remove_temporaries", "shard_key",
+    "clear_cache_files", "foreign_entries", "is_our_manifest", "is_temporary", "remove_stale", "remove_temporaries",
+    "shard_key", "staging_name", "Match", "compact", "donor_problem", "growable", "match", "write_generation",
     "ShardSpec", "open_shard", "claim", "existing_shards", "refresh_class_names", "up_to_date",
     "FeatureBatch", "ShardInfo", "ShardData", "inspect_shard", "shard_problems", "write_shard", "CacheSink",
     "bytes_per_image", "view_problems", "write_view",

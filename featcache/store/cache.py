@@ -161,6 +161,28 @@ class Cache(AugmentedViews):
         return (self.manifest.get("counts") or {}).get("alpha")
 
     @property
+    def generation(self) -> int:
+        """How many times the cache grew in place (0: extracted in one go); its shards live in ``shards/gN``."""
+        return int(self.manifest.get("generation", 0))
+
+    @property
+    def has_digests(self) -> bool:
+        """Whether every row records its image's content digest (caches made before digests do not: they cannot grow)."""
+        return all(r.get("digests") for r in self._all_shards)
+
+    def digests(self) -> list[str]:
+        """Each row's content digest (sha256 hex of the image file's or the array's bytes), in row order."""
+        if not self.has_digests:
+            raise CacheError(f"{self.path} was made before featcache recorded each image's digest; run its "
+                             "`featcache extract` once with --overwrite to record them")
+        out: list[str] = []
+        for shard in self.shards:
+            with self._open(shard) as f:
+                raw = np.frombuffer(f["digests"][:].tobytes(), np.uint8).reshape(-1, 32)  # numpy drops trailing NULs of S32 items
+                out += [r.tobytes().hex() for r in raw]
+        return out
+
+    @property
     def n_shards_done(self) -> int:
         """Shards written so far, views' included (:attr:`n_shards` when complete)."""
         return len(self._all_shards)

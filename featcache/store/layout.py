@@ -31,6 +31,16 @@ def shard_name(index: int) -> str:
     return f"{index:05d}.h5"
 
 
+def generation_dir(generation: int) -> str:
+    """Where generation ``generation``'s shards live: ``shards`` for 0 (every cache before growing), else ``shards/gN``."""
+    return SHARDS if not generation else f"{SHARDS}/g{int(generation)}"
+
+
+def shard_file(index: int, generation: int = 0) -> str:
+    """A shard's path relative to the cache directory: the only path a manifest may name for it."""
+    return f"{generation_dir(generation)}/{shard_name(index)}"
+
+
 def base_shards(shard_size: int, n_items: int) -> int:
     """Shards of the plain view: every source item once (docs/FORMAT.md)."""
     return max(1, -(-int(n_items) // int(shard_size)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import CacheError, is_integer
 from ..files import atomic_write_bytes
-from .layout import FORMAT_VERSION, MANIFEST, SHARDS, STORAGE_DTYPES, base_shards, shard_item_range, shard_name
+from .layout import FORMAT_VERSION, MANIFEST, STORAGE_DTYPES, base_shards, shard_file, shard_item_range
 
 
 def read_manifest(directory: Path) -> dict | None:
@@ -50,6 +50,7 @@ MAX_SHARDS = 10**8
 MAX_ROW_VALUES = 1 << 26  # values in one row of one output (a 64 x 64 x 16,384 feature map)
 MAX_OUTPUT_DIMS = 4
 MAX_IMAGE_SIDE = 1 << 16
+MAX_GENERATION = 10**9
 #: the manifest's numeric fields: (table, field) -> (minimum, maximum, required); the one declared schema
 _MANIFEST_INTS = {
     ("params", "shard_size"): (1, MAX_SHARD_SIZE, True),
@@ -59,6 +60,7 @@ _MANIFEST_INTS = {
     (None, "n_shards"): (0, MAX_SHARDS, False),
     (None, "target_shards"): (0, MAX_SHARDS, False),
     ("counts", "alpha"): (0, MAX_ITEMS, False),  # images composited on the background; absent before they were
+    (None, "generation"): (0, MAX_GENERATION, False),  # how many times the cache grew; absent: 0
 }
 #: a shard record's numeric fields -> (minimum, maximum, required)
 _RECORD_INTS = {"index": (0, MAX_SHARDS, True), "n_rows": (0, MAX_SHARD_SIZE, True), "bytes": (0, 1 << 50, True),
@@ -116,7 +118,7 @@ def _outputs_problem(outputs: dict, complete: bool) -> str | None:
     return None
 
 
-def _record_problem(rec, shard_size: int, n_items: int, n_shards: int) -> str | None:
+def _record_problem(rec, shard_size: int, n_items: int, n_shards: int, generation: int = 0) -> str | None:
     """Why one shard record cannot be trusted, or None (``n_shards``: the most its layout allows)."""
     if not isinstance(rec, dict):
         return "a shard record is not an object"
@@ -125,8 +127,10 @@ def _record_problem(rec, shard_size: int, n_items: int, n_shards: int) -> str | 
         if problem:
             return problem
     index, n = rec["index"], rec["n_rows"]
-    if rec.get("file") != f"{SHARDS}/{shard_name(index)}":
-        return f"shard {index} names the file {rec.get('file')!r}, not {SHARDS}/{shard_name(index)}"
+    if rec.get("file") != shard_file(index, generation):
+        return f"shard {index} names the file {rec.get('file')!r}, not {shard_file(index, generation)}"
+    if not isinstance(rec.get("digests", False), bool):
+        return f"shard {index}: digests {rec.get('digests')!r} is not true or false"
     if index >= n_shards:
         return f"shard index {index} is past the {n_shards} shards its shard_size, n_items and views allow"
     items = rec.get("items")
@@ -186,7 +190,7 @@ def _manifest_problem(manifest: dict) -> str | None:
     n_shards = base_shards(shard_size, n_items) * (1 + views)
     seen = set()
     for rec in manifest["shards"]:
-        problem = _record_problem(rec, shard_size, n_items, n_shards)
+        problem = _record_problem(rec, shard_size, n_items, n_shards, manifest.get("generation", 0))
         if problem:
             return problem
         if rec["index"] in seen:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import h5py
 
 from ..errors import CacheError
-from .layout import LOCK, MANIFEST, SHARDS, VIEW
+from ..files import pause_point
+from .layout import LOCK, MANIFEST, SHARDS, VIEW, generation_dir
 from .lock import is_our_lock
 from .targets import target_entry_foreign
 
@@ -17,6 +19,23 @@ from .targets import target_entry_foreign
 #: what featcache's own temporary files are called: ``.manifest.json.tmp-PID``, ``.00012.h5.tmp-PID``, ...
 _TEMPORARY = re.compile(r"^\.(manifest\.json|features\.h5|\d{5,}\.h5)\.tmp-\d+$")
 _SHARD_FILE = re.compile(r"^\d{5,}\.h5$")  # five digits, more past shard 99,999 (augmented views)
+#: a grown cache's shard generation, ``shards/gN`` (docs/FORMAT.md)
+_GENERATION = re.compile(r"^g\d+$")
+#: where a grow extracts the new images before they join the rows: ``.grow-`` and the new key's first 12 hex digits
+_STAGING = re.compile(r"^\.grow-[0-9a-f]{12}$")
+
+
+def staging_name(key: str) -> str:
+    """The staging cache a grow to ``key`` extracts its new images into (kept across a kill, so it resumes)."""
+    return f".grow-{key[:12]}"
+
+
+def _shard_dirs(directory: Path) -> list[Path]:
+    """``shards/`` and its generation folders (real folders only, never links)."""
+    top = Path(directory) / SHARDS
+    if not top.is_dir() or top.is_symlink():
+        return []
+    return [top] + sorted(p for p in top.iterdir() if _GENERATION.match(p.name) and p.is_dir() and not p.is_symlink())
 
 
 def is_temporary(path: Path) -> bool:
@@ -27,7 +46,7 @@ def is_temporary(path: Path) -> bool:
 def remove_temporaries(directory: Path) -> int:
     """Delete temporary files left by killed writers; return how many."""
     count = 0
-    for d in (Path(directory), Path(directory) / SHARDS):
+    for d in [Path(directory)] + _shard_dirs(directory):
         if d.is_dir():
             for p in d.iterdir():
                 if is_temporary(p):
@@ -94,11 +113,23 @@ def foreign_entries(directory: Path) -> list[str]:
             foreign += theirs
             continue
         if p.name == SHARDS and p.is_dir() and not p.is_symlink():
-            for q in sorted(p.iterdir()):
-                if not is_temporary(q) and shard_key(q) is None:
-                    foreign.append(f"{SHARDS}/{q.name}")
+            foreign += _foreign_shards(p, f"{SHARDS}/")
+            continue
+        if _STAGING.match(p.name) and p.is_dir() and not p.is_symlink():
+            foreign += [f"{p.name}/{q}" for q in foreign_entries(p)]  # a staging cache: ours when all it holds is
             continue
         foreign.append(p.name)
+    return foreign
+
+
+def _foreign_shards(shard_dir: Path, prefix: str) -> list[str]:
+    """What in a shards folder (or a generation folder in it) is not a featcache shard or temporary."""
+    foreign = []
+    for q in sorted(shard_dir.iterdir()):
+        if prefix == f"{SHARDS}/" and _GENERATION.match(q.name) and q.is_dir() and not q.is_symlink():
+            foreign += _foreign_shards(q, f"{prefix}{q.name}/")
+        elif not is_temporary(q) and shard_key(q) is None:
+            foreign.append(f"{prefix}{q.name}")
     return foreign
 
 
@@ -118,11 +149,51 @@ def clear_cache_files(directory: Path) -> list[str]:
                          "replace it even with --overwrite: move it away or choose another --out")
     for name in (MANIFEST, VIEW):
         (directory / name).unlink(missing_ok=True)
-    shard_dir = directory / SHARDS
-    if shard_dir.is_dir():
+    for staging in _staging_dirs(directory):
+        if not any(k.startswith(f"{staging.name}/") for k in kept):
+            shutil.rmtree(staging)
+    for shard_dir in reversed(_shard_dirs(directory)):  # generation folders first, then shards/
+        rel = shard_dir.relative_to(directory).as_posix()
         for p in shard_dir.iterdir():
-            if f"{SHARDS}/{p.name}" not in kept:
+            if p.is_file() and f"{rel}/{p.name}" not in kept:
                 p.unlink(missing_ok=True)
         if not any(shard_dir.iterdir()):
             shard_dir.rmdir()
     return kept
+
+
+def _staging_dirs(directory: Path) -> list[Path]:
+    return sorted(p for p in Path(directory).iterdir() if _STAGING.match(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def remove_stale(directory: Path, manifest: dict, *, keep_staging: str | None = None) -> tuple[int, int]:
+    """Delete what no row of the complete cache ``manifest`` uses: other generations' shards, staging caches.
+
+    Each file is proven ours first (a shard with featcache's attributes, a staging folder holding only
+    featcache's files), and each is removed on its own, so a kill part-way leaves a readable cache and the
+    next call finishes the job. Returns (files removed, bytes freed).
+    """
+    directory = Path(directory)
+    current = directory / generation_dir(int(manifest.get("generation", 0)))
+    listed = {directory / r["file"] for r in manifest.get("shards", [])}
+    files = bytes_freed = 0
+    for shard_dir in _shard_dirs(directory):
+        if shard_dir == current:
+            continue
+        for p in sorted(shard_dir.iterdir()):
+            if p in listed or not (is_temporary(p) or shard_key(p) is not None):
+                continue
+            bytes_freed += p.stat().st_size
+            p.unlink()
+            files += 1
+            pause_point("compact:file")
+        if shard_dir != directory / SHARDS and not any(shard_dir.iterdir()):
+            shard_dir.rmdir()
+    for staging in _staging_dirs(directory):
+        if staging.name == keep_staging or foreign_entries(staging):
+            continue
+        bytes_freed += sum(p.stat().st_size for p in staging.rglob("*") if p.is_file() and not p.is_symlink())
+        files += 1
+        shutil.rmtree(staging)
+        pause_point("compact:file")
+    return files, bytes_freed

@@ -79,8 +79,9 @@ def _prove_structure(f: h5py.File, record: dict, spec: ShardSpec) -> None:
     if (int(f.attrs.get("shard_index", -1)), int(f.attrs.get("n_rows", -1))) != (index, n) or \
             [int(f.attrs.get("item_start", -1)), int(f.attrs.get("item_stop", -1))] != record["items"]:
         raise CacheError(f"its attributes describe other rows than the manifest's shard {index}")
-    check_members(f, {"features", "labels", "ids", "split", "skipped"},
-                   {"features", "labels", "ids", "skipped"} | ({"split"} if spec.has_splits else set()))
+    check_members(f, {"features", "labels", "ids", "split", "skipped", "digests"},
+                   {"features", "labels", "ids", "skipped"} | ({"split"} if spec.has_splits else set())
+                   | ({"digests"} if record.get("digests") else set()))
     names = {name for name, _, _ in spec.outputs}
     for group in (f["features"], f["skipped"]):
         if not isinstance(group, h5py.Group):
@@ -90,6 +91,8 @@ def _prove_structure(f: h5py.File, record: dict, spec: ShardSpec) -> None:
     for name, shape, dtype in spec.outputs:
         _check_dataset(f["features"][name], (n,) + shape, np.dtype(dtype))
     _check_dataset(f["labels"], (n,), np.dtype(np.int64))
+    if "digests" in f:
+        _check_dataset(f["digests"], (n,), np.dtype("S32"))
     for name in ("ids", "split"):
         if name in f:
             _check_dataset(f[name], (n,), str)

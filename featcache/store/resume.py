@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import CacheError, KeyMismatchError
 from .keys import key_differences
-from .layout import SHARDS, shard_item_range
+from .layout import SHARDS, generation_dir, shard_item_range
 from .manifest import write_manifest
 from .ownership import clear_cache_files, foreign_entries, shard_key
 from .proof import ShardSpec, open_shard
@@ -39,8 +39,9 @@ def existing_shards(directory: Path, old: dict | None, *, key: str, n_shards: in
                 path.unlink(missing_ok=True)
         else:
             done[rec["index"]] = rec
-    shard_dir = directory / SHARDS
-    if shard_dir.is_dir():
+    generation = int((old or {}).get("generation", 0)) if (old or {}).get("key") == key else 0
+    shard_dir = directory / generation_dir(generation)
+    if shard_dir.is_dir() and not shard_dir.is_symlink():
         for p in sorted(shard_dir.glob("*.h5")):
             try:
                 index = int(p.stem)
@@ -56,7 +57,7 @@ def existing_shards(directory: Path, old: dict | None, *, key: str, n_shards: in
                 continue
             item_range = shard_item_range(index, shard_size, n_items)
             try:
-                done[index] = inspect_shard(p, key, index, item_range)
+                done[index] = inspect_shard(p, key, index, item_range, generation)
                 if spec is not None:  # a shard written but never committed is adopted only once proven plain
                     open_shard(p, done[index], spec, force=True).close()
             except CacheError as exc:

@@ -13,8 +13,11 @@ import numpy as np
 
 from ..errors import CacheError
 from ..files import fsync_dir, pause_point, sha256_path, temporary_name
-from .layout import (COMPRESSIONS, FORMAT_VERSION, SHARDS, STORAGE_DTYPES, STRING_DTYPE, decode_strings, encode_strings,
-                     shard_name)
+from .layout import (COMPRESSIONS, FORMAT_VERSION, STORAGE_DTYPES, STRING_DTYPE, decode_strings, encode_strings,
+                     generation_dir, shard_name)
+
+#: a row's content digest on disk: the raw sha256 of the image's bytes (docs/FORMAT.md)
+DIGEST_DTYPE = np.dtype("S32")
 from .proof import ShardSpec, open_shard
 
 
@@ -34,16 +37,21 @@ class ShardData:
     splits: list[str] | None
     skipped: list[tuple[str, str]]  # (id, reason)
     alpha: int = 0  # rows whose image had a pixel not opaque
+    #: each row's content digest (sha256 hex of the file's or the array's bytes): what grow matches images by
+    digests: list[str] | None = None
 
 
 def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "float16",
-                compression: str | None = None) -> dict:
+                compression: str | None = None, generation: int = 0) -> dict:
     """Write one shard atomically and return its manifest record."""
     if dtype not in STORAGE_DTYPES:
         raise CacheError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     if compression not in COMPRESSIONS:
         raise CacheError(f"compression must be none, lzf or gzip, got {compression!r}")
-    shard_dir = Path(directory) / SHARDS
+    if shard.digests is not None and len(shard.digests) != len(shard.ids):
+        raise CacheError(f"shard {shard.index} has {len(shard.digests)} digests for {len(shard.ids)} ids")
+    where = generation_dir(generation)
+    shard_dir = Path(directory) / where
     shard_dir.mkdir(parents=True, exist_ok=True)
     final = shard_dir / shard_name(shard.index)
     tmp = temporary_name(final)
@@ -66,9 +74,11 @@ def write_shard(directory: Path, shard: ShardData, *, key: str, dtype: str = "fl
         raise
     fsync_dir(shard_dir)
     return {
-        "index": shard.index, "file": f"{SHARDS}/{final.name}", "items": list(shard.item_range),
+        "index": shard.index, "file": f"{where}/{final.name}", "items": list(shard.item_range),
         "n_rows": n, "sha256": digest, "bytes": size, "mtime_ns": os.stat(final).st_mtime_ns,
-        "skipped": [{"id": i, "reason": r} for i, r in shard.skipped], "alpha": int(shard.alpha),
+        "skipped": [{"id": i, "reason": r} for i, r in shard.skipped],
+        **({"alpha": int(shard.alpha)} if shard.alpha is not None else {}),
+        **({"digests": True} if shard.digests is not None else {}),
     }
 
 
@@ -82,7 +92,8 @@ def _shard_image(shard: ShardData, *, key: str, dtype: str, compression: str | N
         f.attrs["shard_index"] = shard.index
         f.attrs["item_start"], f.attrs["item_stop"] = shard.item_range
         f.attrs["n_rows"] = n
-        f.attrs["alpha"] = int(shard.alpha)  # a shard adopted after a kill keeps its count
+        if shard.alpha is not None:  # a shard adopted after a kill keeps its count; None: not known (grown rows)
+            f.attrs["alpha"] = int(shard.alpha)
         grp = f.create_group("features")
         for name, arr in shard.features.items():
             if arr.shape[0] != n:
@@ -99,6 +110,9 @@ def _shard_image(shard: ShardData, *, key: str, dtype: str, compression: str | N
             grp.create_dataset(name, data=values, **kwargs)
         f.create_dataset("labels", data=np.asarray(shard.labels, np.int64).reshape(n))
         f.create_dataset("ids", data=encode_strings(shard.ids), dtype=STRING_DTYPE, shape=(n,))
+        if shard.digests is not None:
+            f.create_dataset("digests", data=np.array([bytes.fromhex(d) for d in shard.digests], DIGEST_DTYPE)
+                             .reshape(n))
         if shard.splits is not None:
             f.create_dataset("split", data=np.array(shard.splits, dtype=object), dtype=STRING_DTYPE, shape=(n,))
         sk = f.create_group("skipped")
@@ -110,7 +124,7 @@ def _shard_image(shard: ShardData, *, key: str, dtype: str, compression: str | N
     return image.getvalue()
 
 
-def inspect_shard(path: Path, key: str, index: int, item_range: tuple[int, int]) -> dict:
+def inspect_shard(path: Path, key: str, index: int, item_range: tuple[int, int], generation: int = 0) -> dict:
     """Validate a shard found on disk (structure, key, range) and return its record.
 
     Raises :class:`CacheError` naming what is wrong.
@@ -134,11 +148,15 @@ def inspect_shard(path: Path, key: str, index: int, item_range: tuple[int, int])
             skipped = [{"id": i, "reason": r} for i, r in zip(decode_strings(f["skipped/ids"][:]),
                                                                decode_strings(f["skipped/reasons"][:]))]
             alpha = {"alpha": int(f.attrs["alpha"])} if "alpha" in f.attrs else {}  # absent: written before counts
+            if "digests" in f:
+                if f["digests"].shape != (n,) or f["digests"].dtype != DIGEST_DTYPE:
+                    raise CacheError(f"{path.name}: /digests is not {n} sha256 digests")
+                alpha["digests"] = True
     except CacheError:
         raise
     except Exception as exc:
         raise CacheError(f"{path.name} is not a readable shard: {exc}") from None
-    return {"index": index, "file": f"{SHARDS}/{path.name}", "items": list(item_range), "n_rows": n,
+    return {"index": index, "file": f"{generation_dir(generation)}/{path.name}", "items": list(item_range), "n_rows": n,
             "sha256": sha256_path(path), "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
             "skipped": skipped, **alpha}
 

@@ -43,9 +43,11 @@ class CacheSink:
     """
 
     def __init__(self, directory, *, key: str, dtype: str = "float16", compression: str | None = None,
-                 n_items: int = 0):
+                 n_items: int = 0, generation: int = 0):
         self.directory = Path(directory)
         self.key, self.dtype, self.compression, self.n_items = key, dtype, compression, int(n_items)
+        #: the shard generation written (``shards/gN``): a grown cache's repairs and new views go beside its rows
+        self.generation = int(generation)
         self.manifest: dict | None = None
         #: called once with the outputs' ``{name: {"shape", "dtype"}}`` as soon as they are known (the driver's)
         self.on_outputs = None
@@ -53,13 +55,14 @@ class CacheSink:
     def worker_copy(self) -> "CacheSink":
         """The same sink without the manifest: what a worker needs to write shards."""
         return CacheSink(self.directory, key=self.key, dtype=self.dtype, compression=self.compression,
-                         n_items=self.n_items)
+                         n_items=self.n_items, generation=self.generation)
 
     # -- any process
     def write(self, shard: ShardData) -> dict:
         """Write one finished shard atomically; returns its manifest record."""
         return self._disk_full_guard(shard, lambda: write_shard(self.directory, shard, key=self.key,
-                                                                dtype=self.dtype, compression=self.compression))
+                                                                dtype=self.dtype, compression=self.compression,
+                                                                generation=self.generation))
 
     def _disk_full_guard(self, shard: ShardData, write):
         """Run ``write``; a full disk becomes a clear error naming the directory and the bytes needed.
@@ -97,6 +100,8 @@ class CacheSink:
         are on their way).
         """
         finished = {r["index"] for r in (old or {}).get("shards", []) if r["index"] < (old or {}).get("n_shards", 0)}
+        same = old is not None and old["key"] == self.key
+        self.generation = int(old.get("generation", 0)) if same else 0
         if old is not None and old.get("complete") and old["key"] == self.key and views > int(old.get("views", 0)) \
                 and finished <= {s["index"] for s in shards}:  # nothing it had is being repaired
             self.manifest = {**old, "shards": sorted(shards, key=lambda s: s["index"]), "views_target": int(views),
@@ -140,13 +145,15 @@ class CacheSink:
             self.on_outputs(self.manifest["outputs"])
             self.on_outputs = None
 
-    def commit(self, record: dict, shard: ShardData | None = None) -> None:
-        """Add a written shard's record to the manifest and save it."""
+    def commit(self, record: dict, shard: ShardData | None = None, *, save: bool = True) -> None:
+        """Add a written shard's record to the manifest and save it (``save=False``: a grow, committed by finish)."""
         kept = [s for s in self.manifest["shards"] if s["index"] != record["index"]]  # a repaired shard's old record
         self.manifest["shards"] = sorted(kept + [record], key=lambda s: s["index"])
         if not self.manifest["outputs"] and record["n_rows"]:  # engines that never built the model here
             self.manifest["outputs"] = self._outputs_from_shards([record])
             self._announce()
+        if not save:
+            return
         if shard is None:
             write_manifest(self.directory, self.manifest)
         else:
