@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from . import __version__
+from . import __version__, quiet
 from .augment import parse_recipe
 from .backbones import list_specs
 from .bench import BENCH, bench
@@ -415,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, **texts)
         add_arguments(p)
         p.set_defaults(func=func)
+        p.add_argument("--verbose", action="store_true",
+                       help="show TensorFlow's, absl's and CUDA's start-up messages (hidden by default)")
         p.formatter_class = _HelpFormatter  # defaults shown, and one or two examples to copy
         p.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
     return parser
@@ -574,12 +576,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter quiet
     global _python_show_warning
     if warnings.showwarning is not _show_warning:
         _python_show_warning = warnings.showwarning
         warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
+    quiet.install(verbose=args.verbose)  # before any model is built: TensorFlow's start-up chatter filtered
     try:
         return int(args.func(args) or 0)
     except FeatcacheError as exc:
