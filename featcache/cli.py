@@ -26,7 +26,7 @@ from .heads import HEADS, list_heads, parse_value
 from .model_export import EXPORT_FORMATS, export
 from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
 from .params import add_flags
-from .predict import PREDICT, predict
+from .predict import PREDICT, predict, score_predictions
 from .pretrain import PRETRAIN, pretrain
 from .runner import extract
 from .sources import LIMIT_SEED
@@ -275,7 +275,20 @@ def cmd_predict(args) -> int:
         stdout.print(table("predictions", ["id", "class", "probability"],
                            [[r["id"], r["class"] if r["class"] is not None else f"skipped: {r['error']}",
                              "-" if r["probability"] is None else f"{r['probability']:.4f}"] for r in rows]))
+    _print_score(score_predictions(rows))
     return 0
+
+
+def _print_score(score) -> None:
+    """Labelled images (class folders, a CSV's labels): accuracy with its 95% interval, and each class's."""
+    if score is None:
+        return
+    lo, hi = score["accuracy_ci"]
+    stdout.print(f"accuracy {score['accuracy']:.1%} ({score['correct']}/{score['n']} labelled images; "
+                 f"95% bootstrap interval {lo:.1%}-{hi:.1%})")
+    stdout.print(table("per class (true class)", ["class", "images", "correct", "accuracy", "predicted as it"],
+                       [[c["class"], c["n"], c["correct"], "-" if c["accuracy"] is None else f"{c['accuracy']:.1%}",
+                         c["predicted"]] for c in score["per_class"]]))
 
 
 def cmd_export(args) -> int:

@@ -98,7 +98,7 @@ def test_predict_on_raw_images_matches_the_cached_features(photo_cache, photo_fo
     proc = run_featcache("predict", tmp_path / "m", *files, "--out", out_csv, "--cache-dir", tmp_path / "pc", "--quiet")
     assert f"{len(files)} predictions" in proc.stdout
     lines = out_csv.read_text().splitlines()
-    assert lines[0].startswith("id,label,class,probability,error,p_china,p_flower")
+    assert lines[0].startswith("id,predicted_label,predicted_class,probability,error,true_label,true_class,p_china,")
     got = {row.split(",")[0]: row.split(",")[2] for row in lines[1:]}
     ids = photo_cache.ids()
     feats = photo_cache.features().astype(np.float32)
