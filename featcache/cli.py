@@ -26,7 +26,7 @@ from .heads import HEADS, list_heads, parse_value
 from .model_export import EXPORT_FORMATS, export
 from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
 from .params import add_flags
-from .predict import PREDICT, predict, score_predictions
+from .predict import PREDICT, describe_score, predict, score_predictions
 from .pretrain import PRETRAIN, pretrain
 from .runner import extract
 from .sources import LIMIT_SEED
@@ -275,20 +275,12 @@ def cmd_predict(args) -> int:
         stdout.print(table("predictions", ["id", "class", "probability"],
                            [[r["id"], r["class"] if r["class"] is not None else f"skipped: {r['error']}",
                              "-" if r["probability"] is None else f"{r['probability']:.4f}"] for r in rows]))
-    _print_score(score_predictions(rows))
+    score = score_predictions(rows)
+    if score is not None:  # labelled images (class folders, a CSV's labels): accuracy, its interval, each class
+        line, columns, per_class = describe_score(score)
+        stdout.print(line)
+        stdout.print(table("per class (true class)", columns, per_class))
     return 0
-
-
-def _print_score(score) -> None:
-    """Labelled images (class folders, a CSV's labels): accuracy with its 95% interval, and each class's."""
-    if score is None:
-        return
-    lo, hi = score["accuracy_ci"]
-    stdout.print(f"accuracy {score['accuracy']:.1%} ({score['correct']}/{score['n']} labelled images; "
-                 f"95% bootstrap interval {lo:.1%}-{hi:.1%})")
-    stdout.print(table("per class (true class)", ["class", "images", "correct", "accuracy", "predicted as it"],
-                       [[c["class"], c["n"], c["correct"], "-" if c["accuracy"] is None else f"{c['accuracy']:.1%}",
-                         c["predicted"]] for c in score["per_class"]]))
 
 
 def cmd_export(args) -> int:
@@ -428,8 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, **texts)
         add_arguments(p)
         p.set_defaults(func=func)
-        p.add_argument("--verbose", action="store_true",
-                       help="show TensorFlow's, absl's and CUDA's start-up messages (hidden by default)")
+        p.add_argument("--verbose", action="store_true", help="show TensorFlow's, absl's and CUDA's start-up messages")
         p.formatter_class = _HelpFormatter  # defaults shown, and one or two examples to copy
         p.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
     return parser
@@ -558,8 +549,8 @@ COMMANDS = [
      _finetune_arguments, cmd_finetune),
     ("predict", _trusting("classify raw images (files, folders, a CSV, or a cache) with a saved head"),
      _predict_arguments, cmd_predict),
-    ("export", {"help": "write one end-to-end .keras model (Keras heads)",
-                "description": "Write one end-to-end .keras model (Keras heads). " + TRUST[0].upper() + TRUST[1:]
+    ("export", {"help": "write one end-to-end .keras model (Keras and linear heads)",
+                "description": "Write one end-to-end .keras model (Keras and linear heads). " + TRUST[0].upper() + TRUST[1:]
                 + "."}, _export_arguments, cmd_export),
     ("export-features", {"help": "write a cache's features, ids, labels, class names and splits to one "
                          "self-contained .npz, .parquet or .h5 file",

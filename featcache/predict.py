@@ -283,6 +283,16 @@ def score_predictions(rows: list[dict], *, seed: int = 0) -> dict | None:
             "per_class": per_class}
 
 
+def describe_score(score: dict) -> tuple[str, list[str], list[list]]:
+    """:func:`score_predictions`' result as a line of text and a per-class table (columns, rows) to print."""
+    lo, hi = score["accuracy_ci"]
+    line = (f"accuracy {score['accuracy']:.1%} ({score['correct']}/{score['n']} labelled images; "
+            f"95% bootstrap interval {lo:.1%}-{hi:.1%})")
+    rows = [[c["class"], c["n"], c["correct"], "-" if c["accuracy"] is None else f"{c['accuracy']:.1%}",
+             c["predicted"]] for c in score["per_class"]]
+    return line, ["class", "images", "correct", "accuracy", "predicted as it"], rows
+
+
 def _in_input_order(rows: list[dict], target, cache: Cache, names, return_as: str) -> np.ndarray:
     """``labels`` or ``proba`` in the order of the inputs; an unread image is None / a row of NaN."""
     ids = [it.id for it in target.items] if isinstance(target, Source) else cache.ids()
