@@ -27,13 +27,42 @@ KNN_EXPORT_BYTES = 256 * 2**20
 _NEVER = -1e4
 
 
-def refusal(head: str) -> str | None:
-    """Why the head named ``head`` cannot be exported to Keras layers, in one line; None when it can."""
+def refusal(head: str, results=None, cache_key: str | None = None) -> str | None:
+    """Why the head named ``head`` cannot be exported to Keras layers, in one line; None when it can.
+
+    ``results``: a bench's ``results.jsonl`` (a ``best_model`` directory's
+    sibling) whose row of the nearest head on the same cache gives its score.
+    """
     if head in EXPORTABLE:
         return None
     near = NEAREST.get(head, "logreg")
     return (f"the {head} head cannot become Keras layers (it is no matrix product); the nearest head that exports "
-            f"is {near} (train it, e.g. featcache train CACHE --head {near}, and export that)")
+            f"is {near}{_bench_score(results, near, cache_key)} (train it, e.g. featcache train CACHE --head {near}, "
+            "and export that)")
+
+
+def _bench_score(results, head: str, cache_key: str | None) -> str:
+    """`` (test accuracy A, validation V in RESULTS)`` from the same bench's row of ``head``; empty when unknown."""
+    import json
+    from pathlib import Path
+
+    if results is None or not Path(results).is_file():
+        return ""
+    rows = []
+    for line in Path(results).read_text("utf-8", "replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill mid-write
+        if (isinstance(row, dict) and row.get("head") == head and not row.get("baseline")
+                and row.get("cache_key") == cache_key and isinstance(row.get("accuracy"), (int, float))):
+            rows.append(row)
+    if not rows:
+        return ""
+    best = max(rows, key=lambda r: r.get("val_accuracy") or 0.0)
+    val = best.get("val_accuracy")
+    return (f" (test accuracy {best['accuracy']:.1%}" + (f", validation {val:.1%}" if val is not None else "")
+            + f" in the same bench, {results})")
 
 
 def probabilities(pipe, x, name: str = "head"):

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from .backbones import resolve
+from .bench.results import RESULTS
 from .errors import FeatcacheError, is_integer
 from .files import atomic_save, remove_stale_temporaries
 from .linear_export import refusal
@@ -98,7 +99,9 @@ def _check_export_arguments(model_dir, out, input_size, format) -> Path:
                 or not all(is_integer(v) and v >= 1 for v in input_size)):
             raise FeatcacheError(f"input_size must be (height, width) of positive integers or None, got {input_size!r}")
     card = read_card(model_dir)
-    why = None if card.get("kind") == "keras" else refusal(str(card.get("head")))
+    results = Path(model_dir).parent / RESULTS  # a bench's best_model/ sits beside its results.jsonl
+    why = None if card.get("kind") == "keras" else refusal(str(card.get("head")), results,
+                                                           card.get("features", {}).get("cache_key"))
     if why:
         raise FeatcacheError(f"{model_dir}: {why}")
     return out

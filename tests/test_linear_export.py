@@ -78,3 +78,14 @@ def test_every_linear_head_exports_end_to_end_and_matches_the_cached_route(sorte
         np.testing.assert_allclose(np.load(f"{path}.npy"), expected[head], atol=1e-4, err_msg=head)
         assert (np.load(f"{path}.npy").argmax(1) == expected[head].argmax(1)).all(), head
         assert featcache.export_info(path)["head"] == head
+
+
+@pytest.mark.slow
+def test_the_refusal_gives_the_nearest_heads_score_from_the_same_bench(sorted_cache, tmp_path):
+    rows = featcache.bench(sorted_cache, ["random_forest", "logreg"], out=tmp_path / "report", baseline_heads=(),
+                           save_best=False)
+    logreg = next(r for r in rows if r["head"] == "logreg")
+    featcache.train(sorted_cache, "random_forest", out=tmp_path / "report" / "best_model")
+    with pytest.raises(FeatcacheError, match="nearest head that exports is logreg") as exc:
+        featcache.export(tmp_path / "report" / "best_model", tmp_path / "rf.keras")
+    assert f"test accuracy {logreg['accuracy']:.1%}, validation {logreg['val_accuracy']:.1%}" in str(exc.value)
