@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from . import __version__
+from . import __version__, quiet
 from .augment import parse_recipe
 from .backbones import list_specs
 from .bench import BENCH, bench
@@ -26,7 +26,7 @@ from .heads import HEADS, list_heads, parse_value
 from .model_export import EXPORT_FORMATS, export
 from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
 from .params import add_flags
-from .predict import PREDICT, predict
+from .predict import PREDICT, describe_score, predict, score_predictions
 from .pretrain import PRETRAIN, pretrain
 from .runner import extract
 from .sources import LIMIT_SEED
@@ -291,6 +291,11 @@ def cmd_predict(args) -> int:
         stdout.print(table("predictions", ["id", "class", "probability"],
                            [[r["id"], r["class"] if r["class"] is not None else f"skipped: {r['error']}",
                              "-" if r["probability"] is None else f"{r['probability']:.4f}"] for r in rows]))
+    score = score_predictions(rows)
+    if score is not None:  # labelled images (class folders, a CSV's labels): accuracy, its interval, each class
+        line, columns, per_class = describe_score(score)
+        stdout.print(line)
+        stdout.print(table("per class (true class)", columns, per_class))
     return 0
 
 
@@ -432,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, **texts)
         add_arguments(p)
         p.set_defaults(func=func)
+        p.add_argument("--verbose", action="store_true", help="show TensorFlow's, absl's and CUDA's start-up messages")
         p.formatter_class = _HelpFormatter  # defaults shown, and one or two examples to copy
         p.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
     return parser
@@ -567,8 +573,8 @@ COMMANDS = [
      _finetune_arguments, cmd_finetune),
     ("predict", _trusting("classify raw images (files, folders, a CSV, or a cache) with a saved head"),
      _predict_arguments, cmd_predict),
-    ("export", {"help": "write one end-to-end .keras model (Keras heads)",
-                "description": "Write one end-to-end .keras model (Keras heads). " + TRUST[0].upper() + TRUST[1:]
+    ("export", {"help": "write one end-to-end .keras model (Keras and linear heads)",
+                "description": "Write one end-to-end .keras model (Keras and linear heads). " + TRUST[0].upper() + TRUST[1:]
                 + "."}, _export_arguments, cmd_export),
     ("export-features", {"help": "write a cache's features, ids, labels, class names and splits to one "
                          "self-contained .npz, .parquet or .h5 file",
@@ -598,12 +604,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter quiet
     global _python_show_warning
     if warnings.showwarning is not _show_warning:
         _python_show_warning = warnings.showwarning
         warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
+    quiet.install(verbose=args.verbose)  # before any model is built: TensorFlow's start-up chatter filtered
     try:
         return int(args.func(args) or 0)
     except FeatcacheError as exc:

@@ -16,8 +16,10 @@ import zipfile
 from pathlib import Path
 
 from .backbones import resolve
+from .bench.results import RESULTS
 from .errors import FeatcacheError, is_integer
 from .files import atomic_save, remove_stale_temporaries
+from .linear_export import refusal
 from .model_dir import load_model_dir, read_card
 from .predict import card_backbone
 from .runtimes import check_ir_target, export_ir, retire_ir
@@ -35,7 +37,8 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
 
     Preprocessing, the frozen backbone and the head in one graph of Keras'
     own layers and ops, so ``keras.models.load_model`` reads it with nothing
-    else installed. Only Keras heads can be exported. The model takes:
+    else installed. Keras heads and the linear scikit-learn heads export; a
+    forest or boosting is refused, naming the nearest head that exports. The model takes:
 
     * any image size (``input_size=None``, the default): each batch is resized
       in the graph to the size the backbone saw, as the cached route did;
@@ -51,7 +54,10 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
     output's columns follow ``class_names``.
 
     Args:
-        model_dir: a model directory of a Keras head (``keras_linear``, ``keras_mlp``, ``classic``).
+        model_dir: a model directory of a Keras head (``keras_linear``, ``keras_mlp``, ``classic``) or of
+            a linear scikit-learn head (``logreg``, ``ridge``, ``lda``, ``linear_svm``, ``sgd``,
+            ``knn_cosine``), whose scaler, PCA and classifier become Dense layers
+            (:mod:`featcache.linear_export`).
         out: the ``.keras`` file to write (new, or an earlier featcache export).
         input_size: a fixed ``(height, width)`` input instead of any size.
         format: ``openvino`` also writes an OpenVINO IR (``NAME.xml`` +
@@ -72,13 +78,12 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
     """
     out = _check_export_arguments(model_dir, out, input_size, format)
     pipe, card = load_model_dir(model_dir)
-    head = pipe.steps[-1][1]
     backbone = _current_backbone(card)
-    model = _end_to_end(backbone, card, head, tuple(input_size) if input_size else (None, None))
+    model = _end_to_end(backbone, card, pipe, tuple(input_size) if input_size else (None, None))
     _save_with_info(model, out, _export_record(card, input_size), openvino=format == "openvino")
     if format == "openvino":  # the IR takes one fixed size: OpenVINO has no antialiased resize for the graph
         fixed = input_size or card["features"]["params"]["image_size"]
-        export_ir(out, model=model if input_size else _end_to_end(backbone, card, head, tuple(fixed)))
+        export_ir(out, model=model if input_size else _end_to_end(backbone, card, pipe, tuple(fixed)))
     return out
 
 
@@ -94,9 +99,11 @@ def _check_export_arguments(model_dir, out, input_size, format) -> Path:
                 or not all(is_integer(v) and v >= 1 for v in input_size)):
             raise FeatcacheError(f"input_size must be (height, width) of positive integers or None, got {input_size!r}")
     card = read_card(model_dir)
-    if card.get("kind") != "keras":
-        raise FeatcacheError(f"{model_dir} holds a scikit-learn head ({card['head']}); only Keras heads "
-                             "(keras_linear, keras_mlp, classic) export to one Keras model")
+    results = Path(model_dir).parent / RESULTS  # a bench's best_model/ sits beside its results.jsonl
+    why = None if card.get("kind") == "keras" else refusal(str(card.get("head")), results,
+                                                           card.get("features", {}).get("cache_key"))
+    if why:
+        raise FeatcacheError(f"{model_dir}: {why}")
     return out
 
 
@@ -137,7 +144,7 @@ def _save_with_info(model, out: Path, info: dict, *, openvino: bool) -> None:
         raise FeatcacheError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
-def _end_to_end(backbone, card: dict, head, size: tuple):
+def _end_to_end(backbone, card: dict, pipe, size: tuple):
     """Images of ``size`` (``(None, None)``: any) in, the head's probabilities out, in one Keras model."""
     import keras  # heavy: only an export builds a graph
     from keras import ops
@@ -160,7 +167,12 @@ def _end_to_end(backbone, card: dict, head, size: tuple):
     if feats.get("dtype") == "float16":  # the head learned on features stored as float16
         x = keras.layers.Activation("linear", dtype="float16", name="as_stored_float16")(x)
         x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
-    probs = head.model_(x)
+    if card.get("kind") == "keras":
+        probs = pipe.steps[-1][1].model_(x)
+    else:  # a linear scikit-learn head: its scaler, PCA and classifier as Dense layers
+        from .linear_export import probabilities
+
+        probs = probabilities(pipe, x, name="head")
     return keras.Model(images, probs, name=f"featcache_{output_name_safe(card['head'])}")
 
 

@@ -70,8 +70,10 @@ def _mismatch_error(card, params, what):
         raise FeatcacheError("\n".join(lines))
 
 
-#: the first columns of a predictions CSV (then one p_CLASS column per class)
-CSV_HEADER = "id,label,class,probability,error"
+#: the first columns of a predictions CSV (then one p_CLASS column per class); true_*: empty for unlabelled images
+CSV_HEADER = "id,predicted_label,predicted_class,probability,error,true_label,true_class"
+#: the header featcache wrote before the true labels had columns (such a file is ours to replace)
+OLD_CSV_HEADER = "id,label,class,probability,error"
 
 
 def source_for(inputs) -> Source | Cache:
@@ -170,9 +172,13 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
             / a row of NaN there.
 
     Returns:
-        By default one dict per image: ``id``, ``label``, ``class``,
-        ``probability`` and ``probabilities``; skipped images come back with
-        ``error``. See ``return_as`` for the others.
+        By default one dict per image: ``id``, ``label``, ``class`` (the
+        predicted ones), ``probability`` and ``probabilities``, and, where the
+        images carry their true class (class folders, a CSV's labels, a
+        cache), ``true_label`` and ``true_class`` (:func:`score_predictions`
+        scores them); skipped images come back with ``error``. A CSV names the
+        predicted columns ``predicted_label`` and ``predicted_class``. See
+        ``return_as`` for the others.
 
     Examples:
         >>> rows = featcache.predict("models/fm", "new_images/")  # doctest: +SKIP
@@ -221,13 +227,70 @@ def _classify(pipe, card: dict, cache: Cache) -> list[dict]:
     names = card["class_names"]
     column = {c: k for k, c in enumerate(card["classes"])}
     rows = []
-    for rid, p, label in zip(cache.ids(), proba, labels):
+    truth = _true_classes(cache, card)
+    for rid, p, label, (true_label, true_class) in zip(cache.ids(), proba, labels, truth):
         k = column[label.item() if hasattr(label, "item") else label]
         rows.append({"id": rid, "label": card["classes"][k], "class": names[k], "probability": float(p[k]),
-                     "probabilities": {n: float(v) for n, v in zip(names, p)}})
+                     "probabilities": {n: float(v) for n, v in zip(names, p)}}
+                    | ({"true_label": true_label, "true_class": true_class} if true_class is not None else {}))
     for s in cache.skipped:
         rows.append({"id": s["id"], "label": None, "class": None, "probability": None, "error": s["reason"]})
     return rows
+
+
+def _true_classes(cache: Cache, card: dict) -> list[tuple]:
+    """Per cached row ``(true_label, true_class)`` from the images' own labels (class folders, a CSV's labels);
+    ``(None, None)`` where unlabelled; a class the head does not know has ``true_label`` None."""
+    names, classes = card["class_names"], card["classes"]
+    by_name = {n: c for n, c in zip(names, classes)}
+    by_label = {c: n for n, c in zip(names, classes)}
+    source_names = cache.class_names
+    out = []
+    for code in cache.labels().tolist():
+        if code < 0:
+            out.append((None, None))
+        elif source_names:  # the images name their classes: match by name, as the head's card does
+            name = source_names[code]
+            out.append((by_name.get(name), name))
+        else:
+            out.append((code, by_label[code]) if code in by_label else (None, str(code)))
+    return out
+
+
+def score_predictions(rows: list[dict], *, seed: int = 0) -> dict | None:
+    """Accuracy (with its 95% bootstrap interval) and a per-class table over the rows with a true class.
+
+    A true class the head does not know counts as a miss. None when no row
+    is labelled. Returns ``{"n", "correct", "accuracy", "accuracy_ci", "per_class":
+    [{"class", "n", "correct", "accuracy", "predicted"}, ...]}``.
+    """
+    from .bench.stats import bootstrap_intervals
+
+    scored = [r for r in rows if r.get("true_class") is not None and r.get("class") is not None]
+    if not scored:
+        return None
+    truth = [r["true_class"] for r in scored]
+    pred = [r["class"] for r in scored]
+    hit = np.array([t == p for t, p in zip(truth, pred)])
+    per_class = []
+    for name in sorted(set(truth) | set(pred), key=str):
+        mine = np.array([t == name for t in truth])
+        per_class.append({"class": name, "n": int(mine.sum()), "correct": int(hit[mine].sum()),
+                          "accuracy": float(hit[mine].mean()) if mine.any() else None,
+                          "predicted": int(sum(p == name for p in pred))})
+    ci = bootstrap_intervals(truth, pred, seed=seed)["accuracy_ci"]
+    return {"n": len(scored), "correct": int(hit.sum()), "accuracy": float(hit.mean()), "accuracy_ci": ci,
+            "per_class": per_class}
+
+
+def describe_score(score: dict) -> tuple[str, list[str], list[list]]:
+    """:func:`score_predictions`' result as a line of text and a per-class table (columns, rows) to print."""
+    lo, hi = score["accuracy_ci"]
+    line = (f"accuracy {score['accuracy']:.1%} ({score['correct']}/{score['n']} labelled images; "
+            f"95% bootstrap interval {lo:.1%}-{hi:.1%})")
+    rows = [[c["class"], c["n"], c["correct"], "-" if c["accuracy"] is None else f"{c['accuracy']:.1%}",
+             c["predicted"]] for c in score["per_class"]]
+    return line, ["class", "images", "correct", "accuracy", "predicted as it"], rows
 
 
 def _in_input_order(rows: list[dict], target, cache: Cache, names, return_as: str) -> np.ndarray:
@@ -261,7 +324,8 @@ def _is_our_predictions(path: Path) -> bool:
     try:
         if path.suffix.lower() == ".csv":
             with open(path, "rb") as f:
-                return f.read(len(CSV_HEADER)) == CSV_HEADER.encode()
+                head = f.read(len(CSV_HEADER))
+            return head == CSV_HEADER.encode() or head.startswith(OLD_CSV_HEADER.encode())
         rows = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return False
@@ -283,7 +347,7 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
         for r in rows:
             probs = r.get("probabilities") or {}
             w.writerow([spreadsheet_safe(v) for v in [r["id"], r["label"], r["class"], r["probability"],
-                                                      r.get("error", "")]]
+                                                      r.get("error", ""), r.get("true_label"), r.get("true_class")]]
                        + [probs.get(n, "") for n in class_names])
         # surrogateescape: an image whose file name is not UTF-8 keeps its exact bytes in the id column
         data = text.getvalue().encode("utf-8", "surrogateescape")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featcache"
 LEAVES = {"featcache.errors", "featcache.params", "featcache.files", "featcache.homes", "featcache.versions",
-          "featcache.splits", "featcache.console", "featcache.ray_cluster", "featcache.derived"}
+          "featcache.splits", "featcache.console", "featcache.ray_cluster", "featcache.derived", "featcache.quiet"}
 # Stage one, by module name prefix: sources to runner.
 STAGE_ONE = ("featcache.decode", "featcache.datasets", "featcache.sources", "featcache.backbones", "featcache.augment",
              "featcache.plan", "featcache.runtimes", "featcache.extractor", "featcache.engines", "featcache.runner")

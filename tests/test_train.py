@@ -98,7 +98,7 @@ def test_predict_on_raw_images_matches_the_cached_features(photo_cache, photo_fo
     proc = run_featcache("predict", tmp_path / "m", *files, "--out", out_csv, "--cache-dir", tmp_path / "pc", "--quiet")
     assert f"{len(files)} predictions" in proc.stdout
     lines = out_csv.read_text().splitlines()
-    assert lines[0].startswith("id,label,class,probability,error,p_china,p_flower")
+    assert lines[0].startswith("id,predicted_label,predicted_class,probability,error,true_label,true_class,p_china,")
     got = {row.split(",")[0]: row.split(",")[2] for row in lines[1:]}
     ids = photo_cache.ids()
     feats = photo_cache.features().astype(np.float32)
@@ -144,8 +144,8 @@ def test_export_gives_the_same_probabilities_in_a_fresh_process(photo_cache, pho
     rows = featcache.predict(tmp_path / "m", files, cache_dir=tmp_path / "pc")
     expected = np.array([[r["probabilities"][n] for n in ("china", "flower")] for r in rows])
     np.testing.assert_allclose(exported, expected, atol=1e-5)
-    with pytest.raises(FeatcacheError, match="only Keras heads"):
-        train(photo_cache, "logreg", out=tmp_path / "sk")
+    with pytest.raises(FeatcacheError, match="cannot become Keras layers.*nearest head that exports is logreg"):
+        train(photo_cache, "random_forest", out=tmp_path / "sk")
         featcache.export(tmp_path / "sk", tmp_path / "sk.keras")
 
 
