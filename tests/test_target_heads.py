@@ -61,3 +61,33 @@ def test_wrong_kind_names_heads_that_fit():
     assert "\n" not in msg and "does not serve regression" in msg
     assert "ridge" in msg and "knn" in msg
     assert "logreg" in heads_for("multilabel") and "lda" not in heads_for("multilabel")
+
+
+def test_train_regression_target_skips_rows_without_value(small_cache):
+    ids = small_cache.ids()
+    labels = small_cache.labels()
+    keep = np.arange(len(ids)) % 5 != 0  # a fifth of the rows have no value
+    featcache.attach_targets(small_cache, {"id": [i for i, k in zip(ids, keep) if k],
+                                           "bright": [float(v) for v, k in zip(labels, keep) if k]})
+    res = featcache.train(small_cache, head="ridge", target="bright")
+    assert res.card["target"]["kind"] == "regression" and res.card["target"]["name"] == "bright"
+    assert sum(res.card["target"]["rows"].values()) == int(keep.sum())
+    assert {"r2", "mae", "rmse", "spearman"} <= set(res.metrics["test"])
+    with pytest.raises(FeatcacheError, match="heads that do: .*ridge"):
+        featcache.train(small_cache, head="lda", target="bright")
+
+
+def test_cli_train_target_writes_card_and_refuses_wrong_kind(small_cache, tmp_path):
+    import json
+
+    from conftest import run_featcache
+
+    featcache.attach_targets(small_cache, {"id": small_cache.ids(), "shade": [float(v) for v in small_cache.labels()]})
+    out = tmp_path / "model"
+    run_featcache("train", str(small_cache.path), "--head", "ridge", "--target", "shade", "--out", str(out))
+    card = json.loads((out / "card.json").read_text())
+    assert card["target"]["name"] == "shade" and card["target"]["kind"] == "regression"
+    assert set(card["metrics"]) == {"train", "val", "test"} and "r2" in card["metrics"]["test"]
+    bad = run_featcache("train", str(small_cache.path), "--head", "lda", "--target", "shade", "--out",
+                        str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "ridge" in bad.stderr
