@@ -91,3 +91,15 @@ def test_cli_train_target_writes_card_and_refuses_wrong_kind(small_cache, tmp_pa
     bad = run_featcache("train", str(small_cache.path), "--head", "lda", "--target", "shade", "--out",
                         str(tmp_path / "bad"), check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "ridge" in bad.stderr
+
+
+@pytest.mark.parametrize("head", ["logreg", "knn"])
+def test_train_multilabel_target_chooses_thresholds_on_val(small_cache, head):
+    labels = small_cache.labels()
+    tags = ["|".join(t for t, on in (("odd", v % 2), ("dark", v >= 1)) if on) or "|" for v in labels]
+    featcache.attach_targets(small_cache, {"id": small_cache.ids(), "tags": tags})
+    res = featcache.train(small_cache, head=head, target="tags")
+    t = res.card["target"]
+    assert t["kind"] == "multilabel" and t["names"] == ["dark", "odd"] and len(t["thresholds"]) == 2
+    assert {"map", "micro_f1", "macro_f1", "subset_accuracy"} <= set(res.metrics["test"])
+    assert res.metrics["train"]["map"] > 0.5
