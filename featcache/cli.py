@@ -32,6 +32,7 @@ from .runner import extract
 from .sources import LIMIT_SEED
 from .store import KINDS as TARGET_KINDS, attach_targets, bytes_per_image, open_cache, read_targets, remove_targets
 from .train import TRAIN, train
+from .train_targets import target_table
 
 
 #: said next to every command that loads a model directory
@@ -259,6 +260,10 @@ def cmd_train(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
         res = train(args.cache, head, params=params, **_flags(args, TRAIN, "head", "out"), out=out,
                     verbose=0 if args.quiet else 2)
+    if "target" in res.card:  # a regression or multi-label target: its kind's metrics
+        stdout.print(target_table(res, args.cache))
+        stdout.print(f"model saved to {res.model_dir}")
+        return 0
     rows = [[split, m["n"], _fmt(m.get("accuracy")), _fmt(m.get("balanced_accuracy")), _fmt(m.get("macro_f1")),
              _fmt(m.get("log_loss"), pct=False)] for split, m in res.metrics.items()]
     used = res.card.get("views")

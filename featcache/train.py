@@ -160,6 +160,8 @@ TRAIN: tuple[Param, ...] = (
     Param("out", None, "model directory to save into (new, empty, or a featcache model directory holding "
           "nothing else; None saves nothing)", Path,
           pipeline=False),
+    Param("target", None, "the target to learn (featcache targets CACHE lists them; default: label); rows without "
+          "a value are skipped", pipeline=False),
     Param("output", None, "which stored output to train on (default: the first)", pipeline=False),
     Param("stream", False, "never load the whole feature matrix: Keras heads read shard by shard (the same "
           "batches as in memory) and heads with partial_fit (sgd, gaussian_nb, mlp) stream too", bool, pipeline=False),
@@ -186,7 +188,8 @@ _D = defaults(TRAIN)
 def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str | None = None, out=None,
           output: str | None = None, stream: bool = _D["stream"], val_fraction: float = _D["val_fraction"],
           test_fraction: float = _D["test_fraction"], stream_epochs: int = _D["stream_epochs"],
-          fit_splits=_D["fit_splits"], verbose: int = _D["verbose"], views: str = _D["views"]) -> TrainResult:
+          fit_splits=_D["fit_splits"], verbose: int = _D["verbose"], views: str = _D["views"],
+          target: str | None = None):
     """Fit ``head`` on the train split of ``cache`` and measure it on every split.
 
     Args:
@@ -208,8 +211,10 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
     """
     check(TRAIN, dict(params=params, preprocess=preprocess, out=out, output=output, stream=stream,
                       val_fraction=val_fraction, test_fraction=test_fraction, stream_epochs=stream_epochs,
-                      verbose=verbose, views=views))
+                      verbose=verbose, views=views, target=target))
     fit_splits = _check_fit_splits(fit_splits)
+    if target not in (None, "label"):
+        return _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out)
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
     params = dict(params or {})
@@ -231,6 +236,32 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
                      preprocess=preprocess or default_preprocess, fit_seconds=fit_seconds, streamed=stream,
                      fit_splits=fit_splits, views=(n_views, mode), val_fraction=val_fraction,
                      test_fraction=test_fraction)
+
+
+def _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out) -> TrainResult:
+    """A regression or multi-label head (featcache.train_targets), its card (with ``target``) and model dir."""
+    from .train_targets import train_target
+
+    if out is not None:
+        check_model_dir_target(out)
+    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    res = train_target(cache, head, target, params=params, preprocess=preprocess, val_fraction=val_fraction,
+                       test_fraction=test_fraction)
+    output = cache.output_name(None)
+    info = cache.output_info(output)
+    card = {"head": head, "head_params": dict(params or {}),
+            "preprocess": preprocess or get_head_spec(head).preprocess,
+            "features": {"cache_key": cache.key, "cache_path": os.fspath(cache.path), "output": output,
+                         "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
+                         "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
+                         "dtype": cache.params.get("dtype"), "backbone_ref": cache.backbone_ref},
+            "target": res["target"], "metrics": res["metrics"], "fit_seconds": round(res["fit_seconds"], 4),
+            "fit_splits": ["train"], "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
+                                                "from_source": cache.splits() is not None,
+                                                "rows": res["target"]["rows"]}}
+    model_dir = save_model_dir(out, res["pipe"], card) if out is not None else None
+    names = res["target"]["names"]
+    return TrainResult(res["pipe"], head, res["metrics"], res["fit_seconds"], names, names, model_dir, card)
 
 
 if train.__doc__:  # the settings' help, declared once in TRAIN (absent under python -OO)

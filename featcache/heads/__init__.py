@@ -138,6 +138,10 @@ for _spec in [
     register_head(_spec)
 del _spec
 
+from . import kinds as _kinds  # noqa: E402  (the regression and multi-label builds of the heads above)
+
+_kinds.add_kinds()
+
 
 def list_heads() -> list[HeadSpec]:
     return list(HEADS.values())
@@ -205,21 +209,22 @@ def _pca_components(part: str, prep: str):
                          f"share of the variance between 0 and 1, got {text!r}")
 
 
-def make_head(name: str, preprocess: str | None = None, **params):
-    """A head by name, as a Pipeline ending in ``clf``; plain params go to the classifier."""
+def make_head(name: str, preprocess: str | None = None, target_kind: str = "classification", **params):
+    """A head by name for a target of ``target_kind``, as a Pipeline ending in ``clf``; plain params go to it."""
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
 
     spec = get_head_spec(name)
     prep = preprocess if preprocess is not None else spec.preprocess
-    pipe = Pipeline(preprocess_steps(prep) + [("clf", clone(spec.make()))])
+    pipe = Pipeline(preprocess_steps(prep) + [("clf", clone(spec.factory(target_kind)()))])
+    prefix = spec.prefix(target_kind)
     full = {}
     valid = pipe.get_params(deep=True)
     for k, v in params.items():
-        key = k if isinstance(k, str) and "__" in k else spec.param_prefix + str(k)
+        key = k if isinstance(k, str) and "__" in k else prefix + str(k)
         if not isinstance(k, str) or key not in valid:
-            plain = [p[len(spec.param_prefix):] for p in valid
-                     if p.startswith(spec.param_prefix) and "__" not in p[len(spec.param_prefix):]]
+            plain = [p[len(prefix):] for p in valid
+                     if p.startswith(prefix) and "__" not in p[len(prefix):]]
             near = difflib.get_close_matches(str(k), plain, n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"it has {', '.join(sorted(plain))}"
             raise FeatcacheError(f"invalid parameter for head {name!r}: {k!r} is not one of its parameters ({hint})")
@@ -231,7 +236,8 @@ def make_head(name: str, preprocess: str | None = None, **params):
     return pipe
 
 
-def validate_head(name: str, preprocess: str | None = None, params: dict | None = None):
+def validate_head(name: str, preprocess: str | None = None, params: dict | None = None,
+                  target_kind: str = "classification"):
     """The head ``make_head`` builds, with every parameter checked before any work; else a FeatcacheError.
 
     Each estimator in the pipeline (nested ones too, such as the SVM inside
@@ -245,7 +251,7 @@ def validate_head(name: str, preprocess: str | None = None, params: dict | None 
 
     if params is not None and not (isinstance(params, dict) and all(isinstance(k, str) for k in params)):
         raise FeatcacheError(f"parameters for head {name!r} must map names to values, got {params!r}")
-    pipe = make_head(name, preprocess, **(params or {}))
+    pipe = make_head(name, preprocess, target_kind, **(params or {}))
     estimators = [pipe] + [v for v in pipe.get_params(deep=True).values() if isinstance(v, BaseEstimator)]
     for est in estimators:
         try:

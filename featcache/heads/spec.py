@@ -15,6 +15,8 @@ from ..errors import FeatcacheError
 
 #: how a head's hyper-parameters are chosen (:mod:`featcache.bench.protocol` has one function each)
 SELECTIONS = ("early_stopping", "path", "calibrated_on_val", "out_of_bag", "grid", "fit_once")
+#: the kinds of target a head may serve (featcache.store.targets)
+TARGET_KINDS = ("classification", "regression", "multilabel")
 #: a head's process start, its imports and loading the cache, by kind (Keras heads: importing TensorFlow)
 START_SECONDS = {"sklearn": 1.5, "keras": 5.0}
 #: what the up-front estimate counts for a head that declares no cost
@@ -53,6 +55,23 @@ class HeadSpec:
     threaded: bool = False
     #: ``argmax``: its predict is the argmax of predict_proba wherever unique; ``predict``: ask predict
     labels: str = "predict"
+    #: the target kinds it serves (docs/TARGETS.md); classification is built by ``make``
+    kinds: tuple = ("classification",)
+    #: how it is built for each other kind it serves, ``{kind: factory}``
+    builds: dict | None = None
+    #: where a plain parameter goes for each of those kinds (default ``clf__``)
+    build_prefixes: dict | None = None
+
+    def prefix(self, kind: str = "classification") -> str:
+        """Where a plain parameter such as alpha goes in this head's pipeline for a target of ``kind``."""
+        return self.param_prefix if kind == "classification" else (self.build_prefixes or {}).get(kind, "clf__")
+
+    def factory(self, kind: str = "classification") -> Callable:
+        """The factory of the unfitted estimator for a target of ``kind``; a one-line error naming the heads that fit."""
+        if kind not in self.kinds:
+            fit = ", ".join(n for n, s in HEADS.items() if kind in s.kinds) or "none"
+            raise FeatcacheError(f"head {self.name!r} does not serve {kind} targets; heads that do: {fit}")
+        return self.make if kind == "classification" else self.builds[kind]
 
     def __post_init__(self):
         if self.kind not in START_SECONDS:
@@ -62,6 +81,9 @@ class HeadSpec:
                                  f"got {self.selection!r}")
         if self.strategy == "path" and not self.path_param:
             raise FeatcacheError(f"head {self.name!r}: a path selection needs its path_param")
+        if set(self.kinds) - set(TARGET_KINDS) or set(self.kinds) - {"classification"} - set(self.builds or {}):
+            raise FeatcacheError(f"head {self.name!r}: kinds must be among {', '.join(TARGET_KINDS)}, each "
+                                 f"beyond classification with its factory in builds")
         if self.labels not in ("argmax", "predict"):
             raise FeatcacheError(f"head {self.name!r}: labels must be 'argmax' or 'predict', got {self.labels!r}")
 

@@ -1,0 +1,83 @@
+"""The regression and multi-label builds of the registered heads, declared once per head.
+
+Each factory returns the unfitted ``clf`` step for that kind; :func:`add_kinds`
+writes them into the heads' specs, so ``HeadSpec.factory(kind)`` is the one
+place a head is built for a target kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .spec import HEADS, register_head
+
+RIDGE_ALPHAS = (1e-1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def _ridge_reg():
+    from sklearn.linear_model import RidgeCV
+    # RidgeCV's efficient leave-one-out: every alpha from one SVD; multi-output natively
+    return RidgeCV(alphas=RIDGE_ALPHAS)
+
+
+def _sgd_reg():
+    from sklearn.linear_model import SGDRegressor
+    return SGDRegressor(alpha=1e-4, average=True, max_iter=20, tol=1e-3, random_state=0)
+
+
+def _knn_reg():
+    from sklearn.neighbors import KNeighborsRegressor
+    return KNeighborsRegressor(n_neighbors=10, weights="distance")
+
+
+def _forest_reg():
+    from sklearn.ensemble import RandomForestRegressor
+    return RandomForestRegressor(n_estimators=200, random_state=0)
+
+
+def _hist_gb_reg():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    return HistGradientBoostingRegressor(max_iter=300, max_bins=63, early_stopping=False, random_state=0)
+
+
+def _mlp_reg():
+    from sklearn.neural_network import MLPRegressor
+    return MLPRegressor(hidden_layer_sizes=(256,), max_iter=200, random_state=0)
+
+
+def _logreg_ovr():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    return OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=2000, tol=1e-3))
+
+
+def _knn_multilabel():
+    from sklearn.neighbors import KNeighborsClassifier
+    # a 0/1 indicator matrix fit: predict_proba per label is the neighbours' label frequency
+    return KNeighborsClassifier(n_neighbors=10, weights="distance")
+
+
+#: head name -> {kind: factory}
+BUILDS = {
+    "ridge": {"regression": _ridge_reg},
+    "sgd": {"regression": _sgd_reg},
+    "knn": {"regression": _knn_reg, "multilabel": _knn_multilabel},
+    "random_forest": {"regression": _forest_reg},
+    "hist_gb": {"regression": _hist_gb_reg},
+    "mlp": {"regression": _mlp_reg},
+    "logreg": {"multilabel": _logreg_ovr},
+}
+
+
+def add_kinds() -> None:
+    """Give each built-in head in :data:`BUILDS` its other kinds (re-registering its spec)."""
+    for name, builds in BUILDS.items():
+        spec = HEADS[name]
+        prefixes = {"multilabel": "clf__estimator__"} if name == "logreg" else None  # inside one-vs-rest
+        register_head(dataclasses.replace(spec, kinds=("classification", *builds), builds=dict(builds),
+                                          build_prefixes=prefixes), replace=True)
+
+
+def heads_for(kind: str) -> list[str]:
+    """The registered heads that serve targets of ``kind``."""
+    return [n for n, s in HEADS.items() if kind in s.kinds]

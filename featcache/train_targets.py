@@ -1,0 +1,82 @@
+"""Training a head on a regression or multi-label target attached to a cache (docs/TARGETS.md).
+
+Rows without a value for the target are skipped; a multi-label head's
+per-label thresholds are chosen on the val split; every split is measured
+with the kind's metrics (:mod:`featcache.bench.metrics`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import FeatcacheError
+from .heads import get_head_spec, proba_and_labels, validate_head
+from .store import split_masks
+
+
+def _scores(pipe, X, kind: str) -> np.ndarray:
+    """Predicted values (regression) or per-label positive scores (multi-label)."""
+    if kind == "regression":
+        return np.asarray(pipe.predict(X), dtype=np.float64)
+    proba = pipe.predict_proba(X)
+    if isinstance(proba, list):  # KNeighbors on an indicator matrix: one (rows, 2) array per label
+        return np.stack([p[:, -1] for p in proba], axis=1)
+    return np.asarray(proba, dtype=np.float64)
+
+
+def train_target(cache, head: str, target: str, *, params: dict | None = None, preprocess: str | None = None,
+                 val_fraction: float, test_fraction: float) -> dict:
+    """Fit ``head`` for ``target`` on its train rows with a value: ``{"pipe", "metrics", "card_target", ...}``."""
+    from .bench.metrics import choose_thresholds, multilabel_metrics, regression_metrics
+
+    if not isinstance(head, str):
+        raise FeatcacheError("train --target takes a named head for now (featcache heads lists them)")
+    t = cache.target(target)
+    kind = t.kind
+    get_head_spec(head).factory(kind)  # the one-line refusal of a head of the wrong kind, before any work
+    pipe = validate_head(head, preprocess, params or {}, target_kind=kind)
+    masks = {s: m & t.mask for s, m in split_masks(cache, val_fraction=val_fraction,
+                                                   test_fraction=test_fraction).items()}
+    if not masks["train"].any():
+        raise FeatcacheError(f"target {target!r} has no value on any train row of {cache.path}")
+    X = cache.features()
+    X = X.reshape(len(X), -1).astype(np.float32)
+    y = t.values
+    t0 = time.perf_counter()
+    pipe.fit(X[masks["train"]], y[masks["train"]])
+    fit_seconds = time.perf_counter() - t0
+    thresholds = None
+    if kind == "multilabel":
+        thresholds = (choose_thresholds(y[masks["val"]], _scores(pipe, X[masks["val"]], kind))
+                      if masks["val"].any() else np.full(y.shape[1], 0.5))
+    results = {}
+    for split, m in masks.items():
+        if not m.any():
+            continue
+        s = _scores(pipe, X[m], kind)
+        results[split] = (regression_metrics(y[m], s) if kind == "regression"
+                          else multilabel_metrics(y[m], s, thresholds))
+    card_target = {"name": target, "kind": kind, "names": list(t.names),
+                   "rows": {s: int(m.sum()) for s, m in masks.items()}}
+    if thresholds is not None:
+        card_target["thresholds"] = [float(v) for v in thresholds]
+    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target}
+
+
+#: the metrics a target's training table shows, by kind
+TABLE_METRICS = {"regression": ("r2", "mae", "rmse", "spearman"),
+                 "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy")}
+
+
+def target_table(res, cache_path):
+    """The table ``featcache train --target`` prints: each split's rows and its kind's metrics."""
+    from .console import table
+
+    t = res.card["target"]
+    names = TABLE_METRICS[t["kind"]]
+    rows = [[split, t["rows"][split], *["-" if m.get(k) is None else f"{m[k]:.4f}" for k in names]]
+            for split, m in res.metrics.items()]
+    return table(f"{res.head} on {cache_path}, target {t['name']} ({t['kind']}, fit {res.fit_seconds:.2f} s)",
+                 ["split", "rows", *names], rows)

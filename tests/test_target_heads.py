@@ -1,0 +1,105 @@
+"""Heads for regression and multi-label targets, against a by-hand scikit-learn fit on a real cache."""
+
+import numpy as np
+import pytest
+
+import featcache
+from featcache.errors import FeatcacheError
+from featcache.heads import make_head
+from featcache.heads.kinds import heads_for
+
+
+def _xy(small_cache):
+    cache = small_cache
+    X = cache.features().astype(np.float64)
+    labels = cache.labels()
+    return X, labels
+
+
+def test_ridge_regression_matches_ridgecv(small_cache):
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, labels = _xy(small_cache)
+    y = np.stack([labels * 1.5 + 0.1, X[:, 0]], axis=1)  # multi-output regression
+    ours = make_head("ridge", target_kind="regression").fit(X, y)
+    hand = make_pipeline(StandardScaler(), RidgeCV(alphas=(1e-1, 1.0, 10.0, 100.0, 1000.0))).fit(X, y)
+    np.testing.assert_allclose(ours.predict(X), hand.predict(X), rtol=1e-6, atol=1e-8)
+
+
+def test_knn_regression_and_param(small_cache):
+    from sklearn.neighbors import KNeighborsRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, labels = _xy(small_cache)
+    y = labels.astype(float)
+    ours = make_head("knn", target_kind="regression", n_neighbors=3).fit(X, y)
+    hand = make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=3, weights="distance")).fit(X, y)
+    np.testing.assert_allclose(ours.predict(X), hand.predict(X))
+
+
+def test_multilabel_logreg_is_one_vs_rest(small_cache):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, labels = _xy(small_cache)
+    Y = np.stack([labels % 2, (labels >= 2)], axis=1).astype(np.uint8)
+    ours = make_head("logreg", target_kind="multilabel", C=0.5).fit(X, Y)
+    hand = make_pipeline(StandardScaler(), OneVsRestClassifier(
+        LogisticRegression(C=0.5, max_iter=2000, tol=1e-3))).fit(X, Y)
+    np.testing.assert_allclose(ours.predict_proba(X), hand.predict_proba(X), rtol=1e-6, atol=1e-8)
+
+
+def test_wrong_kind_names_heads_that_fit():
+    with pytest.raises(FeatcacheError) as err:
+        make_head("lda", target_kind="regression")
+    msg = str(err.value)
+    assert "\n" not in msg and "does not serve regression" in msg
+    assert "ridge" in msg and "knn" in msg
+    assert "logreg" in heads_for("multilabel") and "lda" not in heads_for("multilabel")
+
+
+def test_train_regression_target_skips_rows_without_value(small_cache):
+    ids = small_cache.ids()
+    labels = small_cache.labels()
+    keep = np.arange(len(ids)) % 5 != 0  # a fifth of the rows have no value
+    featcache.attach_targets(small_cache, {"id": [i for i, k in zip(ids, keep) if k],
+                                           "bright": [float(v) for v, k in zip(labels, keep) if k]})
+    res = featcache.train(small_cache, head="ridge", target="bright")
+    assert res.card["target"]["kind"] == "regression" and res.card["target"]["name"] == "bright"
+    assert sum(res.card["target"]["rows"].values()) == int(keep.sum())
+    assert {"r2", "mae", "rmse", "spearman"} <= set(res.metrics["test"])
+    with pytest.raises(FeatcacheError, match="heads that do: .*ridge"):
+        featcache.train(small_cache, head="lda", target="bright")
+
+
+def test_cli_train_target_writes_card_and_refuses_wrong_kind(small_cache, tmp_path):
+    import json
+
+    from conftest import run_featcache
+
+    featcache.attach_targets(small_cache, {"id": small_cache.ids(), "shade": [float(v) for v in small_cache.labels()]})
+    out = tmp_path / "model"
+    run_featcache("train", str(small_cache.path), "--head", "ridge", "--target", "shade", "--out", str(out))
+    card = json.loads((out / "card.json").read_text())
+    assert card["target"]["name"] == "shade" and card["target"]["kind"] == "regression"
+    assert set(card["metrics"]) == {"train", "val", "test"} and "r2" in card["metrics"]["test"]
+    bad = run_featcache("train", str(small_cache.path), "--head", "lda", "--target", "shade", "--out",
+                        str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "ridge" in bad.stderr
+
+
+@pytest.mark.parametrize("head", ["logreg", "knn"])
+def test_train_multilabel_target_chooses_thresholds_on_val(small_cache, head):
+    labels = small_cache.labels()
+    tags = ["|".join(t for t, on in (("odd", v % 2), ("dark", v >= 1)) if on) or "|" for v in labels]
+    featcache.attach_targets(small_cache, {"id": small_cache.ids(), "tags": tags})
+    res = featcache.train(small_cache, head=head, target="tags")
+    t = res.card["target"]
+    assert t["kind"] == "multilabel" and t["names"] == ["dark", "odd"] and len(t["thresholds"]) == 2
+    assert {"map", "micro_f1", "macro_f1", "subset_accuracy"} <= set(res.metrics["test"])
+    assert res.metrics["train"]["map"] > 0.5
