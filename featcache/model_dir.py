@@ -170,23 +170,41 @@ def read_card(path) -> dict:
 
 
 def current_card(path, head: str, cache_key: str, params: dict, views: int = 0,
-                 views_mode: str | None = None) -> dict | None:
+                 views_mode: str | None = None, rows_key: str | None = None) -> dict | None:
     """The card at ``path`` if it holds ``head`` trained with ``params`` on the cache ``cache_key``, else None.
 
     What the benchmark's best model and a pipeline's heads ask before
     retraining; a missing or damaged card is simply not current. ``views``:
     the augmented views it must have trained on (the cache key does not
     change when a cache gains views), and ``views_mode`` how, when given.
+    ``rows_key`` (the cache's :attr:`~featcache.store.Cache.rows_key`): a card
+    trained on the same rows is current though the cache key changed, as it
+    does when a grow finds every image unchanged.
     """
     try:
         card = read_card(path)
     except FeatcacheError:
         return None
-    same = (card["head"] == head and card["features"]["cache_key"] == cache_key
+    feats = card["features"]
+    same = (card["head"] == head
+            and (feats["cache_key"] == cache_key or (rows_key is not None and feats.get("rows_key") == rows_key))
             and card.get("head_params") == json.loads(json.dumps(params, default=_json_default))
             and (card.get("views") or {}).get("count", 0) == views
             and (views_mode is None or not views or card["views"].get("mode") == views_mode))
     return card if same else None
+
+
+def stale_rows(path, rows_key: str, rows: int) -> str | None:
+    """Why the card at ``path`` is stale if it is its cache's rows that changed (one phrase), else None."""
+    try:
+        feats = read_card(path)["features"]
+    except FeatcacheError:
+        return None
+    if feats.get("rows_key") in (None, rows_key):
+        return None
+    was = feats.get("rows")
+    return f"the cache's rows changed ({was:,} rows then, {rows:,} now)" if is_integer(was) else \
+        "the cache's rows changed"
 
 
 def _is_size(value) -> bool:
@@ -254,6 +272,10 @@ def _card_problem(card: dict) -> str | None:
     for key, kinds in (("params", dict), ("output", str), ("cache_key", str)):
         if not isinstance(feats.get(key), kinds):
             return f"features.{key} is missing or not a {kinds.__name__}"
+    if "rows_key" in feats and not isinstance(feats["rows_key"], str):
+        return f"features.rows_key is {feats['rows_key']!r:.40}, not text"
+    if "rows" in feats and not (is_integer(feats["rows"]) and feats["rows"] >= 0):
+        return f"features.rows is {feats['rows']!r:.40}, not a row count"
     if "n_features" in feats and not (is_integer(feats["n_features"]) and feats["n_features"] >= 1):
         return f"features.n_features is {feats['n_features']!r:.40}, not a positive integer"
     problem = _features_problem(feats)

@@ -36,7 +36,7 @@ from .errors import FeatcacheError, KeyMismatchError
 from .files import atomic_write_bytes, remove_stale_temporaries
 from .finetune import FINETUNE, check_settings, finetune
 from .heads import HEADS, validate_head
-from .model_dir import check_model_dir_target, current_card, read_card
+from .model_dir import check_model_dir_target, current_card, read_card, stale_rows
 from .model_export import export, is_our_model_export
 from .plan import DEFAULT_BACKBONE, SETTINGS, ExtractOptions
 from .pretrain import PRETRAIN, _is_ours, pretrain
@@ -247,14 +247,15 @@ def _check_values(path: Path, cfg: dict) -> None:
             raise FeatcacheError(f"{path}: extract[{i}]: {exc}") from None
 
 
-def _current_finetune(mdir: Path, cache_key: str, settings: dict, views: int = 0) -> dict | None:
-    """The fine-tuned model's card if ``mdir`` holds one trained on ``cache_key`` with ``settings``, else None.
+def _current_finetune(mdir: Path, cache, settings: dict, views: int = 0) -> dict | None:
+    """The fine-tuned model's card if ``mdir`` holds one trained on ``cache``'s rows with ``settings``, else None.
 
     The card records every setting ``finetune`` used (``card["finetune"]``);
     a key the file leaves out is compared at ``finetune``'s default.
     """
 
-    card = current_card(mdir, "finetune", cache_key, {}, views if settings.get("views", "auto") == "auto" else 0)
+    card = current_card(mdir, "finetune", cache.key, {}, views if settings.get("views", "auto") == "auto" else 0,
+                        rows_key=cache.rows_key)
     if card is None:
         return None
     recorded = dict(card.get("finetune", {}), output=card["features"].get("output"))
@@ -343,14 +344,15 @@ def _train_stage(cfg: dict, result: dict, val_accuracy: dict) -> None:
     for head in train_cfg["heads"]:
         params = train_cfg.get("params", {}).get(head, {})
         mdir = out / "models" / f"{cache_name}-{head}"
-        card = current_card(mdir, head, cache.key, params, cache.views)
+        card = current_card(mdir, head, cache.key, params, cache.views, rows_key=cache.rows_key)
         if card is not None:
             _say(f"[bold]train[/] {head}: up to date ({mdir}, test accuracy "
                  f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
         else:
+            why = stale_rows(mdir, cache.rows_key, len(cache))
             card = train(cache, head, params=params, out=mdir).card
-            _say(f"[bold]train[/] {head}: test accuracy {100 * card['metrics']['test']['accuracy']:.2f}% "
-                 f"(fit {card['fit_seconds']:.2f} s) -> {mdir}")
+            _say(f"[bold]train[/] {head}: {f'retrained, {why}: ' if why else ''}test accuracy "
+                 f"{100 * card['metrics']['test']['accuracy']:.2f}% (fit {card['fit_seconds']:.2f} s) -> {mdir}")
         result["models"][head] = str(mdir)
         val_accuracy[head] = card["metrics"].get("val", {}).get("accuracy", float("-inf"))
 
@@ -361,7 +363,7 @@ def _finetune_stage(cfg: dict, result: dict, val_accuracy: dict) -> float:
     settings = {k: v for k, v in cfg["finetune"].items() if k != "cache"}
     cache = open_cache(result["caches"][cfg["finetune"]["cache"]])
     mdir = out / "models" / f"{cfg['finetune']['cache']}-finetune"
-    card = _current_finetune(mdir, cache.key, settings, cache.views)
+    card = _current_finetune(mdir, cache, settings, cache.views)
     if card is not None:
         _say(f"[bold]finetune[/] up to date ({mdir}, test accuracy "
              f"{100 * card['metrics']['test']['accuracy']:.2f}%)")
@@ -477,7 +479,7 @@ def _bench_stamp_path(cfg: dict) -> Path:
 def _bench_inputs(bench_cfg: dict, caches: dict) -> dict:
     """Everything a bench report depends on that a no-op run can see: settings, caches (key and views), version."""
     return {"featcache": __version__, "bench": {k: bench_cfg[k] for k in sorted(bench_cfg)},
-            "caches": {n: [c.key, c.views] for n, c in caches.items()}}
+            "caches": {n: [c.rows_key, c.views] for n, c in caches.items()}}
 
 
 def _report_files(report: Path) -> dict | None:

@@ -25,7 +25,7 @@ from .files import atomic_write_bytes, spreadsheet_safe
 COLUMNS = ["cache", "backbone", "features", "head", "baseline", "status", "accuracy", "accuracy_ci_low",
            "accuracy_ci_high", "balanced_accuracy", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "versus_best",
            "log_loss", "val_accuracy", "fit_seconds", "select_seconds", "predict_seconds_per_1000", "peak_memory_mb",
-           "n_train", "n_test", "best_params", "params", "note", "error", "cache_key", "settings", "wall_seconds",
+           "n_train", "n_test", "best_params", "params", "note", "error", "cache_key", "rows_key", "settings", "wall_seconds",
            "budget_seconds"]
 #: per-row lists kept in results.jsonl (the leakage check reads them) but left out of results.json/csv
 BULKY = ("test_predictions",)

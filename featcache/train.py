@@ -248,13 +248,9 @@ def _train_target(cache, head, target, params, preprocess, val_fraction, test_fr
     res = train_target(cache, head, target, params=params, preprocess=preprocess, val_fraction=val_fraction,
                        test_fraction=test_fraction)
     output = cache.output_name(None)
-    info = cache.output_info(output)
     card = {"head": head, "head_params": dict(params or {}),
             "preprocess": preprocess or get_head_spec(head).preprocess,
-            "features": {"cache_key": cache.key, "cache_path": os.fspath(cache.path), "output": output,
-                         "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
-                         "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
-                         "dtype": cache.params.get("dtype"), "backbone_ref": cache.backbone_ref},
+            "features": features_record(cache, output),
             "target": res["target"], "metrics": res["metrics"], "fit_seconds": round(res["fit_seconds"], 4),
             "fit_splits": ["train"], "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
                                                 "from_source": cache.splits() is not None,
@@ -427,17 +423,22 @@ def card_for(cache: Cache, head: str, pipe, *, params: dict, preprocess: str, ou
     its sha256 and the versions when it saves).
     """
     class_names = [cache.class_name(c) for c in pipe.classes_.tolist()]
-    info = cache.output_info(output)
     return {
         "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess,
-        "features": {"cache_key": cache.key, "cache_path": os.fspath(cache.path), "output": output,
-                     "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
-                     "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
-                     "dtype": cache.params.get("dtype"),
-                     "backbone_ref": cache.backbone_ref},
+        "features": features_record(cache, output),
         **custom_fields(head, pipe),
         "classes": pipe.classes_.tolist(), "class_names": class_names, "metrics": results,
         "fit_seconds": round(fit_seconds, 4), "streamed": bool(streamed), "fit_splits": list(fit_splits),
         "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
                    "from_source": cache.splits() is not None, "rows": {s: int(m.sum()) for s, m in masks.items()}},
     }
+
+
+def features_record(cache, output: str) -> dict:
+    """The card's ``features``: what predict and export rebuild the backbone from, and which rows it learnt."""
+    info = cache.output_info(output)
+    return {"cache_key": cache.key, "rows_key": cache.rows_key, "rows": len(cache),
+            "cache_path": os.fspath(cache.path), "output": output,
+            "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
+            "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
+            "dtype": cache.params.get("dtype"), "backbone_ref": cache.backbone_ref}

@@ -168,7 +168,7 @@ def _tasks(opened: dict, heads, estimators, params, cv, pixel_size, views) -> li
                                 "rows" if spec is None else spec.views, keras, cache.views)
             tasks.append(Task(path, cache.key, h, dict(params.get(h, {})), cv, False, pixel_size,
                               estimator=estimators.get(h), views=cache.views if mode != "none" else 0,
-                              views_mode=mode, spec=spec))
+                              views_mode=mode, spec=spec, rows_key=cache.rows_key))
     return tasks
 
 
@@ -178,7 +178,8 @@ def _baseline_tasks(opened: dict, first_path: str, heads, baseline_heads, params
         warnings.warn(f"no raw-pixel baseline: {first_path} was made from in-memory arrays, whose pixels featcache "
                       "cannot read again", FeatcacheWarning, stacklevel=3)
         return []
-    return [Task(first_path, first.key, h, dict(params.get(h, {})), cv, True, pixel_size, spec=get_head_spec(h))
+    return [Task(first_path, first.key, h, dict(params.get(h, {})), cv, True, pixel_size, spec=get_head_spec(h),
+                 rows_key=first.rows_key)
             for h in baseline_heads or () if h in heads]
 
 
@@ -198,7 +199,8 @@ class _Run:
         for key, r in list(done.items()):
             if retry_reason(r, self.timeout):
                 del done[key]
-        rows = [{**done[t.settings], "cache": t.cache} for t in self.tasks if t.settings in done]
+        rows = [{**done[t.settings], "cache": t.cache, "cache_key": t.cache_key} for t in self.tasks
+                if t.settings in done]
         return rows, [t for t in self.tasks if t.settings not in done]
 
     def prepare_fitted(self, wanted: bool) -> None:
@@ -324,7 +326,7 @@ def _save_best(best: dict, best_dir: Path, own, fitted: Path | None, cv=None, pi
         save_fitted(best["cache"], name, joblib.load(path), out=best_dir, params=params, fit_splits=fit_splits,
                     views=views, fit_seconds=best.get("fit_seconds") or 0.0)
         return
-    card = current_card(best_dir, name, best["cache_key"], params, *views)
+    card = current_card(best_dir, name, best["cache_key"], params, *views, rows_key=best.get("rows_key") or None)
     if own is not None and card is not None:  # the same name, the same estimator?
         from ..heads.custom import user_head  # scikit-learn is slow to import: only for your own heads
 
@@ -345,7 +347,7 @@ def _row_task(row: dict, own, cv, pixel_size: int) -> Task:
     """The task that made a feature ``row`` (its settings), to run it again."""
     return Task(row["cache"], row["cache_key"], row["head"], dict(row.get("params") or {}), cv, False, pixel_size,
                 estimator=own, views=row.get("views") or 0, views_mode=row.get("views_mode") or "none",
-                spec=HEADS.get(row["head"]) if own is None else None)
+                spec=HEADS.get(row["head"]) if own is None else None, rows_key=row.get("rows_key") or "")
 
 
 def _n_features(cache) -> int:
@@ -369,7 +371,7 @@ def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size
     tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size=pixel_size,
                   train_fraction=float(f), cores=_cores_per_head(n_jobs, len(fractions), "threading"),
                   estimator=estimator, views=best.get("views") or 0, views_mode=best.get("views_mode") or "none",
-                  spec=HEADS.get(best["head"]) if estimator is None else None)
+                  spec=HEADS.get(best["head"]) if estimator is None else None, rows_key=best.get("rows_key") or "")
              for f in sorted(set(fractions)) if 0 < f < 1]
     rows = {t.settings: done[t.settings] for t in tasks if t.settings in done}
     todo = [t for t in tasks if t.settings not in rows]

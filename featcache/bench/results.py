@@ -25,7 +25,7 @@ _FITTED_FILE = re.compile(r"([0-9a-f]{16})\.joblib(\.part)?")
 def _row(task: Task, cache, result: dict) -> dict:
     p = cache.params
     return {
-        "cache": task.cache, "cache_key": task.cache_key, "backbone": "raw pixels" if task.baseline else p["backbone"],
+        "cache": task.cache, "cache_key": task.cache_key, "rows_key": task.rows_key, "backbone": "raw pixels" if task.baseline else p["backbone"],
         "features": (f"pixels {task.pixel_size}x{task.pixel_size}" if task.baseline
                      else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"
                      + (f" + {task.views} views" if task.views else "")),  # the report shows the K a row used

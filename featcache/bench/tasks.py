@@ -33,12 +33,15 @@ class Task:
     model_path: str = ""
     #: the named head's spec, so a head registered in this process is known in the head's own; never in the row
     spec: HeadSpec | None = None
+    #: the cache's rows_key: what the row learns from, so a cache whose key changed but whose rows did not (a
+    #: grow that found every image unchanged) keeps its rows ("": a row from before rows had a key)
+    rows_key: str = ""
 
     @property
     def settings(self) -> str:
         """A hash of what makes this row: a re-run with the same settings skips it."""
         spec = self.spec or (HEADS.get(self.head) if self.estimator is None else None)
-        body = {"key": self.cache_key, "head": self.head, "params": self.params, "cv": self.cv,
+        body = {"key": self.rows_key or self.cache_key, "head": self.head, "params": self.params, "cv": self.cv,
                 "baseline": self.baseline, "pixels": self.pixel_size if self.baseline else None,
                 "grid": spec.grid if spec is not None else None, "protocol": "val-select+trainval-refit/v3",
                 "head_is": _head_is(self.head, self.estimator)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +13,7 @@ import numpy as np
 from ..errors import CacheError, check_integer
 from ..splits import SPLIT_NAMES, TEST_FRACTION, VAL_FRACTION, assign_splits
 from .augmented import AugmentedViews
+from .keys import canonical_json
 from .layout import MANIFEST, base_shards, decode_strings
 from .manifest import read_manifest
 from .proof import ShardSpec, open_shard
@@ -68,6 +70,7 @@ class Cache(AugmentedViews):
         #: what each shard must prove it holds before a byte of it is read (:func:`open_shard`)
         self._spec = ShardSpec.of(manifest)
         self._row_columns: dict | None = None
+        self._rows_key: str | None = None
         self._view_columns: dict[int, dict] = {}
         self._view_shards: dict[int, list[ShardInfo]] = {}
         for rec in records:
@@ -181,6 +184,30 @@ class Cache(AugmentedViews):
                 raw = np.frombuffer(f["digests"][:].tobytes(), np.uint8).reshape(-1, 32)  # numpy drops trailing NULs of S32 items
                 out += [r.tobytes().hex() for r in raw]
         return out
+
+    @property
+    def rows_key(self) -> str:
+        """What a head trained on this cache learns from, besides its own settings: the extractor's settings and
+        each row's id, label, split and image digest, in row order.
+
+        A grow that changes no row keeps it although the cache key changes (a touched or copied file changes the
+        key, not the features), so cards and bench rows stay current; a cache made before digests falls back to
+        its key.
+        """
+        if self._rows_key is None:
+            params = {k: v for k, v in self.params.items() if k != "shard_size"}  # how rows are filed, not what
+            h = hashlib.sha256(canonical_json({"params": params, "classes": self.class_names,
+                                               "key": None if self.has_digests else self.key}).encode())
+            cols = self._columns()
+            for name in ("ids", "split"):
+                h.update(b"\0".join(v.encode() for v in cols[name] or []) + b"\1")
+            h.update(cols["labels"].astype("<i8").tobytes())
+            if self.has_digests:
+                for shard in self.shards:
+                    with self._open(shard) as f:
+                        h.update(f["digests"][:].tobytes())
+            self._rows_key = h.hexdigest()[:16]
+        return self._rows_key
 
     @property
     def n_shards_done(self) -> int:
