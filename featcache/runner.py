@@ -66,8 +66,7 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         overwrite: replace a cache made with other settings (only files
             featcache can prove it wrote are removed).
         repair: check every shard's sha256 and recompute the damaged ones.
-        progress: show a progress bar.
-        wait: seconds to wait for another writer's lock.
+        progress: show a progress bar. wait: seconds to wait for another writer's lock.
         engine: from :func:`~featcache.engines.make_engine`; local when None.
         frozen: refuse a source whose images changed (the cache is a snapshot) instead of growing it.
         reuse: other caches (paths) made with the same settings whose features images with the same
@@ -374,15 +373,12 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
         out: the cache directory (new, empty, or a featcache cache).
         weights: ``"imagenet"``, ``"none"`` (seeded random, for tests) or a weights file.
         layer: cut the backbone at this layer.
-        overwrite: replace a cache made with other settings.
-        repair: check every shard's sha256 and recompute damaged ones.
-        progress: show a progress bar.
-        wait: seconds to wait for another writer's lock.
+        overwrite: replace a cache made with other settings. repair: check every shard's sha256 and recompute
+            damaged ones. progress: show a progress bar. wait: seconds to wait for another writer's lock.
         frozen: refuse a changed source (today's snapshot behaviour) instead of growing the cache.
         reuse: paths of other caches with the same settings; images with the same content take their features.
-        classes: keep only these labels.
-        limit: keep a sample of ``limit`` items, stratified by label (and split), drawn with
-            ``limit_seed``, in source order; warns when a class loses every image.
+        classes: keep only these labels. limit: keep a sample of ``limit`` items, stratified by label (and
+            split), drawn with ``limit_seed``, in source order; warns when a class loses every image.
         first: keep the first ``first`` items in source order instead (a class-folder source
             lists its images class by class).
         limit_seed: the seed of ``limit``'s sample.
@@ -391,9 +387,8 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
         class_names: the names of an array source's classes (label i is ``class_names[i]``).
         splits: an array source's split per image (``"train"``, ``"val"``, ``"test"``), used by
             ``train`` and ``Cache.split``.
-        allow_outside: let a CSV manifest name files outside its folder.
-        data_dir: where to look first for named datasets.
-        return_summary: return ``(cache, summary)`` instead of the cache alone.
+        allow_outside: let a CSV manifest name files outside its folder. data_dir: where to look first for
+            named datasets. return_summary: return ``(cache, summary)`` instead of the cache alone.
         engine: ``"local"`` or ``"ray"`` (with ``ray_address``, ``workers``,
             ``gpus_per_worker``); the cache is the same either way.
         **options: :class:`~featcache.plan.ExtractOptions` fields (``image_size``,
