@@ -15,8 +15,6 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .backbones.graph import COMPUTE_DTYPES, POOLINGS
-from .backbones.layers import PREPROCESS_MODES
 from .errors import FeatcacheError, is_integer
 from .files import atomic_write_bytes, commit_directory, fsync_file, remove_stale_siblings, sha256_path, temporary_name
 from .versions import HEAD_PACKAGES, versions
@@ -211,17 +209,13 @@ def _is_size(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and all(is_integer(v) and 1 <= v <= 65536 for v in value)
 
 
-def _one_of(names) -> tuple:
-    return (lambda v: isinstance(v, str) and v in names), "one of " + ", ".join(names)
-
-
 # What predict and export read of a card's features to rebuild its backbone: name -> (check, what it must be).
 _FEATURE_FIELDS = {
     "params.backbone": (lambda v: isinstance(v, str) and v != "", "a backbone name"),
     "params.image_size": (_is_size, "[height, width]"),
-    "params.compute_dtype": _one_of(COMPUTE_DTYPES),
-    "params.preprocess": _one_of(PREPROCESS_MODES),
-    "params.pooling": _one_of(POOLINGS),
+    "params.compute_dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "params.preprocess": (lambda v: isinstance(v, str), "text"),  # its value is the backbones' to judge
+    "params.pooling": (lambda v: isinstance(v, str), "text"),
     "params.layer": (lambda v: v is None or isinstance(v, str), "a layer name or null"),
     "params.outputs": (lambda v: v is None or (isinstance(v, list) and all(isinstance(o, str) for o in v)),
                        "a list of layer names or null"),

@@ -161,7 +161,11 @@ def _end_to_end(backbone, card: dict, pipe, size: tuple):
     top = ops.max(x, axis=(1, 2, 3), keepdims=True)
     x = ops.where(top <= 1.0, x * 255.0, x)  # float 0-1 images to 0-255
     x = ops.cast(ops.round(ops.clip(x, 0.0, 255.0)), "uint8")  # the uint8 pixels the cache was made from
-    x = extractor(x)[feats["output"]]
+    outs = extractor(x)
+    if feats["output"] not in outs:  # a forged card's output: say so, not a KeyError
+        raise FeatcacheError(f"the card's features.output {feats['output']!r} is not an output of "
+                             f"{params['backbone']}; it has {', '.join(outs)}")
+    x = outs[feats["output"]]
     if len(x.shape) > 2:
         x = keras.layers.Flatten(name="flatten_features")(x)
     if feats.get("dtype") == "float16":  # the head learned on features stored as float16

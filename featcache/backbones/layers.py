@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import BackboneError
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -31,7 +33,7 @@ _AFFINE = {"tf": (1 / 127.5, -1.0), "unit": (1 / 255.0, 0.0), "lite": (1 / 128.0
 
 def check_mode(mode: str) -> str:
     if mode not in PREPROCESS_MODES:
-        raise ValueError(f"unknown preprocessing mode {mode!r}; known: {', '.join(PREPROCESS_MODES)}")
+        raise BackboneError(f"unknown preprocessing mode {mode!r}; known: {', '.join(PREPROCESS_MODES)}")
     return mode
 
 
