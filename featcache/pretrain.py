@@ -148,7 +148,7 @@ def _is_ours(out: Path, sidecar: Path) -> bool:
 PRETRAIN: tuple[Param, ...] = (
     Param("arch", "small_cnn", "the CNN to train", choices=tuple(sorted(ARCHS))),
     Param("epochs", 5, "passes over the training rows", int, minimum=1),
-    # the source's flags are extract's too (cli._add_source_args)
+    # the source's flags are extract's too (cli.arguments._add_source_args)
     Param("classes", None, "keep only these labels", int, minimum=0, many=True, cli=False),
     Param("limit", None, "use a sample of N images, stratified by class (and split)", int, minimum=1, cli=False),
     Param("first", None, "use the first N images in source order instead", int, minimum=1, cli=False),

@@ -13,7 +13,8 @@ STAGE_ONE = ("featcache.decode", "featcache.datasets", "featcache.sources", "fea
 # The stage-two modules that also drive stage one (docs/ARCHITECTURE.md names each and why).
 ABOVE_BOTH = {"featcache.predict", "featcache.model_export", "featcache.bench", "featcache.bench.pixels", "featcache.finetune",
               "featcache.leakage", "featcache.pretrain"}
-TOP = {"featcache", "featcache.__main__", "featcache.cli", "featcache.pipeline"}
+TOP = {"featcache", "featcache.__main__", "featcache.cli", "featcache.cli.arguments", "featcache.cli.commands",
+       "featcache.pipeline"}
 
 
 def _modules() -> dict[str, Path]:

@@ -27,7 +27,7 @@ ENTRY = {"bench": (BENCH, bench, "bench"), "train": (TRAIN, train, "train"),
          "pretrain": (PRETRAIN, pretrain, "pretrain")}
 #: keywords of the function that are not settings (where the output goes, given by hand)
 UNDECLARED = {"pretrain": {"out"}}
-#: flags written by hand in cli.py: positional-like things, --param, --quiet, and the source's flags
+#: flags written by hand in cli/arguments.py: positional-like things, --param, --quiet, and the source's flags
 HAND_FLAGS = {"bench": {"--heads", "--all", "--param", "--quiet"}, "train": {"--param", "--quiet"},
               "finetune": {"--quiet"}, "predict": {"--quiet"},
               "pretrain": {"--out", "--classes", "--limit", "--first", "--limit-seed", "--data-dir", "--allow-outside"}}
