@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import signal
@@ -80,6 +79,14 @@ def fig_grow(work: Path, n: int, size: int) -> dict:
             "grow_computed": grown.timings.get("images_computed")}
 
 
+def _shards(out: Path) -> list:
+    """The shards a cache's manifest has committed so far ([] before it exists or while it is replaced)."""
+    try:
+        return json.loads((out / "manifest.json").read_text())["shards"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
 def fig_kill(work: Path, n: int, size: int, seed: int = 1) -> dict:
     images, labels, _ = load_fashion_mnist("test")
     folder = work / "kill_images"
@@ -89,25 +96,32 @@ def fig_kill(work: Path, n: int, size: int, seed: int = 1) -> dict:
     t0 = time.perf_counter()
     uninterrupted = cli(*args[:3], work / "whole", *args[4:])
     timings = featcache.open_cache(work / "whole").timings
-    compute = timings["compute_seconds"]
-    start_up = max(0.0, uninterrupted - compute)  # imports, planning, the graph: before any image reaches the CNN
-    # a random moment while the CNN runs: a kill during start-up costs nothing and would flatter the figure
-    delay = start_up + random.Random(seed).uniform(0.1, 0.9) * compute
+    build = timings.get("build_seconds", 0.0)  # the graph's build and compile: no image reaches the CNN yet
+    compute = timings["compute_seconds"] - build
+    # a random moment while the CNN runs (a kill during start-up costs nothing and would flatter the figure):
+    # after the killed run's first shard commits, a random fraction of the uninterrupted run's CNN time
+    wait = random.Random(seed).uniform(0.0, 0.9) * compute
     proc = subprocess.Popen([sys.executable, "-m", "featcache", *map(str, args)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
+    t_start = time.perf_counter()
+    while proc.poll() is None and not _shards(out):
+        time.sleep(0.01)
+    time.sleep(wait)
+    delay = time.perf_counter() - t_start
+    finished = proc.poll() is not None  # a slow start-up can outlast the uninterrupted run's: no kill, no figure
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    manifest = out / "manifest.json"
-    kept = json.loads(manifest.read_text())["shards"] if manifest.exists() else []
+    kept = _shards(out)
     done_before = sum(r["n_rows"] + len(r["skipped"]) for r in kept)
     cli(*args)
-    resumed = featcache.open_cache(out).timings.get("images_computed", 0)
-    # what the killed run put through the CNN is not recorded anywhere: bounded by the uninterrupted run's CNN
-    # rate over the time the killed one had left after the same start-up (an over-estimate if it started slower)
-    killed_work = min(n, max(0.0, delay - start_up) * n / compute)
-    return {"n": n, "killed_after_s": delay, "start_up_s": start_up, "compute_s": compute,
-            "kept_images": done_before, "resumed_images": resumed, "killed_run_images_at_most": killed_work,
+    resumed = 0 if finished else featcache.open_cache(out).timings.get("images_computed", 0)
+    # what the killed run put through the CNN is not recorded anywhere: at most its kept shards and the three a
+    # local run can hold uncommitted (one in the model, one waiting for the writer, one being written)
+    shard = featcache.open_cache(out).params["shard_size"]
+    killed_work = min(n, done_before + 3 * shard)
+    return {"n": n, "killed_after_s": delay, "uninterrupted_s": uninterrupted, "cnn_s": compute,
+            "finished_before_kill": finished, "kept_images": done_before, "resumed_images": resumed,
+            "killed_run_images_at_most": killed_work,
             "cnn_work_ratio_upper_bound": (killed_work + resumed) / n, "seconds": time.perf_counter() - t0}
 
 
@@ -118,6 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--json", type=Path)
     p.add_argument("--only", choices=("grow", "kill"), help="one figure")
+    p.add_argument("--kills", type=int, default=3, help="random kill moments (one seed each)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="featcache-grow-"))
     try:
@@ -125,7 +140,11 @@ def main(argv=None) -> int:
         if args.only in (None, "grow"):
             result["grow"] = fig_grow(work, args.n, args.image_size)
         if args.only in (None, "kill"):
-            result["kill"] = fig_kill(work, args.kill_n, args.image_size)
+            result["kill"] = []
+            for seed in range(1, args.kills + 1):
+                shutil.rmtree(work / "kill", ignore_errors=True)
+                shutil.rmtree(work / "whole", ignore_errors=True)
+                result["kill"].append(fig_kill(work, args.kill_n, args.image_size, seed))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)

@@ -22,7 +22,8 @@ class ShardWriter:
 
     def __init__(self, sink: store.CacheSink):
         self.sink = sink
-        self.q: queue.Queue = queue.Queue(maxsize=2)
+        # one shard waiting: writing is quick beside compute, and each uncommitted shard is work a kill loses
+        self.q: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.bytes = 0
         self.thread = threading.Thread(target=self._run, name="featcache-writer", daemon=True)
