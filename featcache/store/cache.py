@@ -199,8 +199,8 @@ class Cache(AugmentedViews):
             h = hashlib.sha256(canonical_json({"params": params, "classes": self.class_names,
                                                "key": None if self.has_digests else self.key}).encode())
             cols = self._columns()
-            for name in ("ids", "split"):
-                h.update(b"\0".join(v.encode() for v in cols[name] or []) + b"\1")
+            for name in ("ids", "split"):  # surrogateescape: ids keep a file name's undecodable bytes
+                h.update(b"\0".join(v.encode("utf-8", "surrogateescape") for v in cols[name] or []) + b"\1")
             h.update(cols["labels"].astype("<i8").tobytes())
             if self.has_digests:
                 for shard in self.shards:
