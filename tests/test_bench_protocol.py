@@ -174,7 +174,7 @@ def test_a_timed_out_row_says_how_far_it_got(small_cache, tmp_path):
 @pytest.mark.slow
 def test_a_timed_out_keras_head_counts_its_epochs(small_cache, tmp_path):
     endless = {"epochs": 10 ** 6, "patience": 10 ** 6, "batch_size": 8}
-    row = featcache.bench(small_cache, ["keras_linear"], params={"keras_linear": endless}, timeout=40,
+    row = featcache.bench(small_cache, ["keras_linear"], params={"keras_linear": endless}, timeout=20,
                           out=tmp_path / "r", save_best=False, **QUICK)[0]
     assert row["status"] == "timed out"
     assert "epochs done" in row["progress"] and "train rows" in row["progress"], row["progress"]
