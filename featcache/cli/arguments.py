@@ -14,6 +14,7 @@ from ..plan import DEFAULT_BACKBONE, SETTINGS
 from ..predict import PREDICT
 from ..pretrain import PRETRAIN
 from ..runner import extract
+from ..similar import SIMILAR
 from ..sources import LIMIT_SEED
 from ..store import KINDS as TARGET_KINDS
 from ..train import TRAIN
@@ -88,6 +89,8 @@ EXAMPLES = {
               "featcache bench caches/mine --heads logreg,sklearn.svm:SVC --param sklearn.svm:SVC:C=2"],
     "run": ["featcache run pipelines/quickstart.toml"],
     "pretrain": ["featcache pretrain fashion_mnist:train --classes 0,1,2,3,4 --epochs 3 --out source.keras"],
+    "similar": ["featcache similar caches/mine new.jpg -k 5",
+                "featcache similar caches/mine train/cat/001.jpg vectors.npy --format csv   # an id, then vectors"],
     "heads": ["featcache heads"],
     "backbones": ["featcache backbones"],
 }
@@ -198,6 +201,14 @@ def targets_arguments(p: argparse.ArgumentParser) -> None:
                    "lists or 0/1 columns: multilabel; anything else: classification)")
     p.add_argument("--id-column", default="id", help="the column of item ids (what featcache info shows)")
     p.add_argument("--remove", metavar="NAME", help="detach the target NAME")
+
+
+def similar_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cache", help="cache directory")
+    p.add_argument("queries", nargs="+", metavar="QUERY",
+                   help="an image file (extracted with the cache's backbone), a row id (featcache info shows them) "
+                        "or a .npy file of vectors of the cache's width")
+    add_flags(p, SIMILAR)  # declared once, in featcache/similar.py
 
 
 def compact_arguments(p: argparse.ArgumentParser) -> None:

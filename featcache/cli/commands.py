@@ -23,6 +23,7 @@ from ..model_export import export
 from ..plan import SETTINGS, ExtractOptions
 from ..predict import PREDICT, describe_score, predict, score_predictions
 from ..pretrain import PRETRAIN, pretrain
+from ..similar import SIMILAR, render, similar
 from ..store import attach_targets, bytes_per_image, open_cache, read_targets, remove_targets
 from ..train import TRAIN, train
 from ..train_targets import target_table
@@ -255,6 +256,17 @@ def cmd_predict(args) -> int:
         line, columns, per_class = describe_score(score)
         stdout.print(line)
         stdout.print(table("per class (true class)", columns, per_class))
+    return 0
+
+
+def cmd_similar(args) -> int:
+    results = similar(args.cache, args.queries, **_flags(args, SIMILAR, "format"))
+    if args.format != "table":
+        sys.stdout.write(render(results, args.format))  # plain text, no console wrapping: for pipes and files
+        return 0
+    for r in results:
+        stdout.print(table(f"nearest to {r['query']}", ["rank", "id", "class", "cosine"],
+                           [[n["rank"], n["id"], n["class"] or "-", f"{n['cosine']:.4f}"] for n in r["neighbours"]]))
     return 0
 
 

@@ -12,6 +12,7 @@ import h5py
 from ..errors import CacheError
 from ..files import pause_point
 from .layout import LOCK, MANIFEST, SHARDS, VIEW, generation_dir
+from .index_file import is_index_entry
 from .lock import is_our_lock
 from .targets import target_entry_foreign
 
@@ -111,6 +112,8 @@ def foreign_entries(directory: Path) -> list[str]:
         theirs = target_entry_foreign(p)  # targets.json and targets/: store/targets.py knows what is ours there
         if theirs is not None:
             foreign += theirs
+            continue
+        if is_index_entry(p):  # similar/: the derived search index (store/index_file.py)
             continue
         if p.name == SHARDS and p.is_dir() and not p.is_symlink():
             foreign += _foreign_shards(p, f"{SHARDS}/")
