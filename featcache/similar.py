@@ -92,7 +92,7 @@ def _results(cache: Cache, names: list[str], rows: np.ndarray, sims: np.ndarray)
         out.append({"query": name, "neighbours": [
             {"rank": i + 1, "row": int(row), "id": ids[row], "label": int(labels[row]),
              "class": cache.class_name(int(labels[row])) if labels[row] >= 0 else "", "cosine": float(c)}
-            for i, (row, c) in enumerate(zip(r, s))]})
+            for i, (row, c) in enumerate(zip(r, s)) if np.isfinite(c)]})  # -inf: the index found fewer than k
     return out
 
 
@@ -117,14 +117,16 @@ def query_vectors(cache: Cache, queries, output: str, cache_dir=None) -> tuple[l
             block = _as_vectors(_load_npy(Path(q)), width, str(q))
         elif Path(q).is_file():
             block = str(q)  # an image: extracted below, all of them in one run
+        elif Path(q).is_dir():
+            raise FeatcacheError(f"query {q} is a folder: give image files, row ids or .npy files")
         elif Path(q).exists() or os.sep in str(q) or Path(q).suffix:
             raise FeatcacheError(f"query {q}: no such image file")
         else:
             raise FeatcacheError(f"query {q!r} is neither a file nor a row id of {cache.path} (featcache info "
                                  "shows its ids)")
+        name = "vector" if isinstance(q, np.ndarray) else str(q)
         one = isinstance(block, str) or len(block) == 1
-        names += [str(q) if not isinstance(q, np.ndarray) else "vector"] if one else \
-            [f"{q if not isinstance(q, np.ndarray) else 'vector'}[{i}]" for i in range(len(block))]
+        names += [name] if one else [f"{name}[{i}]" for i in range(len(block))]
         parts.append(block)
     files = list(dict.fromkeys(p for p in parts if isinstance(p, str)))
     if files:
@@ -143,6 +145,8 @@ def _as_vectors(a: np.ndarray, width: int, what: str) -> np.ndarray:
         raise FeatcacheError(f"{what} has shape {a.shape} ({a.dtype}); this cache's vectors are {width} numbers "
                              "(one vector, or one per row)")
     a = a.reshape(-1, width).astype(np.float32)
+    if not len(a):
+        raise FeatcacheError(f"{what} holds no vectors")
     if not np.isfinite(a).all():
         raise FeatcacheError(f"{what} holds NaN or infinite values")
     return a
