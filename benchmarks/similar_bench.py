@@ -105,6 +105,38 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found.tolist(), truth.tolist())]))
 
 
+def featcache_path(rows: int, n_queries: int = 200) -> dict:
+    """featcache.similar end to end on a real cache (random 32 px images, random-weights MobileNetV2: 1,280
+    values a row): the exact search, the index's first build, and one-query calls through the index."""
+    import tempfile
+
+    import featcache
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (rows, 32, 32, 3), dtype=np.uint8)
+    images[: rows // 2] //= 2  # two brightness classes: some structure for the graph
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = featcache.extract(images, labels=np.arange(rows) % 2, out=f"{tmp}/c", backbone="mobilenet_v2",
+                                  weights="none", image_size=32, batch_size=256)
+        ids = cache.ids()[:: max(1, rows // n_queries)][:n_queries]
+        t0 = time.perf_counter()
+        exact = featcache.similar(cache, ids, k=10, index="exact")
+        exact_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ann = featcache.similar(cache, ids, k=10, index="ann")
+        first_s = time.perf_counter() - t0
+        single = []
+        for q in ids[:50]:
+            t = time.perf_counter()
+            featcache.similar(cache, q, k=10, index="ann")
+            single.append(time.perf_counter() - t)
+        recall = np.mean([len({n["row"] for n in a["neighbours"]} & {n["row"] for n in e["neighbours"]}) / 10
+                          for a, e in zip(ann, exact)])
+    return {"featcache_rows": rows, "queries": len(ids), "exact_batch_s": round(exact_s, 2),
+            "index_build_and_batch_s": round(first_s, 2),
+            "median_one_query_call_ms": round(1000 * float(np.median(single)), 2), "recall_at_10": round(float(recall), 4)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=100_000)
@@ -112,9 +144,13 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--libs", default="usearch,faiss")
+    p.add_argument("--featcache-rows", type=int, help="instead: featcache.similar end to end on a real cache of N rows")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--out")
     a = p.parse_args()
+    if a.featcache_rows:
+        print(json.dumps(featcache_path(a.featcache_rows)))
+        return
     if a.one:
         print(json.dumps(one(a.one, a.rows, a.dim, a.queries, a.threads)))
         return

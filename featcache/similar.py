@@ -6,8 +6,8 @@ cache's rows, shard by shard). From :data:`ANN_ROWS` rows (or with
 built once from the shards, block by block, kept beside the cache as a
 derived file (featcache/store/index_file.py: keyed to the cache's rows,
 checksummed, rebuilt when stale or damaged) and memory-mapped for queries;
-its candidates are re-scored with the cache's own features, so the cosines
-shown are exact. docs/SEARCH.md says why USearch, from measurements.
+its cosines are those of the float16 vectors (within about 1e-3). docs/SEARCH.md
+says why USearch, from measurements.
 
 Sits above both stages: an image query goes through the cache's own
 backbone settings by predict's feature path (:func:`featcache.predict.features_for`).
@@ -20,13 +20,14 @@ import io
 import json
 import os
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FeatcacheError, FeatcacheWarning
 from .params import Param, check, defaults
-from .store import Cache, cache_width, open_cache, proven_index, write_index
+from .store import Cache, cache_width, index_path, open_cache, proven_index, record_path, write_index
 
 #: rows from which ``index="auto"`` builds an approximate index (docs/SEARCH.md: exact search of 200k x 1,280
 #: float16 rows takes about a second a query batch on 2 cores; the index answers in about a millisecond)
@@ -85,8 +86,20 @@ def similar(cache, queries, k: int = _D["k"], *, index: str = _D["index"], outpu
     return _results(cache, names, rows, sims)
 
 
+#: each open cache's ids, labels and id positions, made once: a query costs no pass over a large cache's rows
+_ROWS: "weakref.WeakKeyDictionary[Cache, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _row_columns(cache: Cache) -> tuple[list[str], np.ndarray, dict]:
+    got = _ROWS.get(cache)
+    if got is None or len(got[0]) != len(cache):
+        ids = cache.ids()
+        got = _ROWS[cache] = (ids, cache.labels(), {row_id: i for i, row_id in enumerate(ids)})
+    return got
+
+
 def _results(cache: Cache, names: list[str], rows: np.ndarray, sims: np.ndarray) -> list[dict]:
-    ids, labels = cache.ids(), cache.labels()
+    ids, labels, _ = _row_columns(cache)
     out = []
     for name, r, s in zip(names, rows, sims):
         out.append({"query": name, "neighbours": [
@@ -106,7 +119,7 @@ def query_vectors(cache: Cache, queries, output: str, cache_dir=None) -> tuple[l
     queries = list(queries)
     if not queries:
         raise FeatcacheError("give at least one query: an image file, a row id, or a vector")
-    positions = {row_id: i for i, row_id in enumerate(cache.ids())}
+    positions = _row_columns(cache)[2]
     names, parts = [], []
     for q in queries:
         if isinstance(q, np.ndarray):
@@ -243,36 +256,58 @@ def build_index(cache: Cache, output: str) -> Path:
     return write_index(cache, output, ANN_SETTINGS, lambda tmp: index.save(str(tmp)))
 
 
+#: the last index this process proved and mapped, by what it was proven for: hashed once a process, not per query
+_OPENED: dict = {}
+
+
+def _stamp(cache: Cache, output: str) -> tuple:
+    """What must be unchanged for an index proven earlier in this process to stand: its file's and record's
+    inode, size and mtime, and the cache's rows."""
+    files = []
+    for p in (index_path(cache), record_path(cache)):
+        try:
+            st = p.stat()
+            files.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            files.append(None)
+    return (str(cache.path), output, cache.rows_key, len(cache), *files)
+
+
 def open_index(cache: Cache, output: str):
     """The proven index, memory-mapped (built first when missing, stale or damaged)."""
     Index = _usearch()
+    stamp = _stamp(cache, output)
+    if stamp in _OPENED:
+        return _OPENED[stamp]
     path = proven_index(cache, output, ANN_SETTINGS) or build_index(cache, output)
     try:
-        return Index.restore(str(path), view=True)
+        index = Index.restore(str(path), view=True)
     except (RuntimeError, ValueError, OSError) as exc:  # the sha256 matched but the library refuses the file
         raise FeatcacheError(f"the similar-image index {path} cannot be opened ({exc}); delete it to rebuild "
                              "it") from None
+    _OPENED.clear()
+    _OPENED[_stamp(cache, output)] = index
+    return index
 
 
 def ann_search(cache: Cache, queries: np.ndarray, k: int, output: str) -> tuple[np.ndarray, np.ndarray]:
-    """The index's candidates, re-scored exactly against the cache's own rows."""
+    """The index's neighbours and cosines (of its float16 vectors: within about 1e-3 of the exact ones)."""
     index = open_index(cache, output)
     index.expansion_search = max(EXPANSION_SEARCH, 2 * k)
     found = index.search(queries, k)
     keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
+    dist = np.asarray(found.distances, dtype=np.float32).reshape(len(queries), -1)
     counts = np.asarray(getattr(found, "counts", [keys.shape[1]])).reshape(-1)  # one query: Matches, no counts
     rows = np.zeros((len(queries), k), np.int64)
     sims = np.full((len(queries), k), -np.inf, np.float32)
-    for i, (r, n) in enumerate(zip(keys, counts)):
-        r = r[:int(n)]
-        if len(r) and (r.min() < 0 or r.max() >= len(cache)):
+    for i, n in enumerate(counts.astype(int)):
+        r = keys[i, :n]
+        if len(r) and (r.min() < 0 or r.max() >= len(cache)):  # the index is proven, its answers checked too
             raise FeatcacheError(f"the similar-image index of {cache.path} names rows the cache does not have; "
                                  "delete its similar/ folder to rebuild it")
-        vecs = _flat(cache.read_rows(r, output).features).astype(np.float32)
-        norms = np.linalg.norm(vecs, axis=1)
-        s = vecs @ queries[i] / np.where(norms == 0, 1, norms)
+        s = 1 - dist[i, :n]  # usearch's cosine distance is 1 - cosine
         order = np.lexsort((r, -s))
-        rows[i, :len(r)], sims[i, :len(r)] = r[order], s[order]
+        rows[i, :n], sims[i, :n] = r[order], s[order]
     return rows, sims
 
 

@@ -33,6 +33,10 @@ def index_path(cache) -> Path:
     return Path(cache.path) / INDEX_DIR / INDEX_FILE
 
 
+def record_path(cache) -> Path:
+    return Path(cache.path) / INDEX_DIR / RECORD
+
+
 def expected_record(cache, output: str, settings: dict) -> dict:
     """What the record of an index of ``cache``'s rows of ``output`` built with ``settings`` must say."""
     return {"rows_key": cache.rows_key, "key": cache.key, "rows": len(cache), "output": output,
