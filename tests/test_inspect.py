@@ -11,7 +11,9 @@ from PIL import Image
 import featcache
 from featcache.cli import main
 from featcache.errors import FeatcacheError
+from featcache.inspect.duplicates import unit_rows
 from featcache.inspect.labels import out_of_fold
+from featcache.inspect.outliers import datalab_score
 
 N_PER_CLASS, FLIPS, SIZE = 60, 12, 32
 #: the real ImageNet backbone shipped offline, at 32 px, so the features mean something and no download runs
@@ -115,6 +117,9 @@ def test_planted_outliers_top_the_outlier_scores(planted):
     ids = cache.ids()
     top = {ids[r] for r in np.argsort(-report["outlier_scores"])[:max(3, len(ids) // 100 + 2)]}
     assert len(top & truth["outliers"]) >= 2, top
+    U = unit_rows(cache.read_rows(np.arange(len(cache))).features)
+    dl = datalab_score(U, 10)  # --outlier-method datalab: cleanlab's score, on the same features
+    assert dl.shape == (len(ids),) and len({ids[r] for r in np.argsort(-dl)[:len(top)]} & truth["outliers"]) >= 1
 
 
 class _Points(html.parser.HTMLParser):

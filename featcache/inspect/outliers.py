@@ -28,14 +28,17 @@ def knn_distance(U: np.ndarray, k: int, work_bytes: int = WORK_BYTES) -> np.ndar
 
 
 def datalab_score(X: np.ndarray, k: int) -> np.ndarray:
-    """cleanlab Datalab's outlier issue on the features, as 1 - its outlier quality (higher: more of an outlier)."""
+    """cleanlab's feature-based outlier score (Datalab's outlier issue), as 1 - its quality (higher: more of an outlier).
+
+    Datalab itself needs ``cleanlab[datalab]`` (the ``datasets`` package); the score it
+    reports for features is :class:`cleanlab.outlier.OutOfDistribution`'s, used directly.
+    """
     try:
-        from cleanlab import Datalab
+        from cleanlab.outlier import OutOfDistribution
     except ImportError:
         raise FeatcacheError(f"the datalab outlier score needs cleanlab: {INSTALL}") from None
-    lab = Datalab(data={"row": np.arange(len(X))}, verbosity=0)
-    lab.find_issues(features=np.asarray(X, np.float32), issue_types={"outlier": {"k": min(k, len(X) - 1)}})
-    return 1.0 - lab.get_issues("outlier")["outlier_score"].to_numpy()
+    ood = OutOfDistribution({"k": min(k, len(X) - 1)})
+    return 1.0 - ood.fit_score(features=np.asarray(X, np.float32), verbose=False)
 
 
 def outlier_scores(U: np.ndarray, k: int, method: str = "knn") -> np.ndarray:
