@@ -116,6 +116,10 @@ def main() -> None:
         "rows": len(ids), "flipped": len(truth["flipped"]), "flagged": len(flagged),
         "label_precision": round(len(hit) / max(1, len(flagged)), 3),
         "label_recall": round(len(hit) / max(1, len(truth["flipped"])), 3),
+        # the ranking alone: the worst len(flipped) flagged rows (precision = recall at that cut)
+        "label_precision_at_flipped": round(len({ids[r] for r in rep["label_rows"][:len(truth["flipped"])]}
+                                                & truth["flipped"]) / max(1, len(truth["flipped"])), 3),
+        "oof_accuracy": rep.get("oof_accuracy"),
         "duplicate_recall": {v: f"{sum(x)}/{len(x)}" for v, x in dup.items()},
         "outlier_recall_top1pct": {"knn": f"{len(knn_top & truth['outliers'])}/{len(truth['outliers'])}",
                                    "datalab": f"{len(dl_top & truth['outliers'])}/{len(truth['outliers'])}"},

@@ -158,4 +158,5 @@ def inspect(cache: Cache | str, *, out=_D["out"], threshold: float = _D["thresho
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["outlier_scores"] = scores
     summary["label_rows"] = [] if lab is None else [int(r) for r in lab["rows"]]
+    summary["oof_accuracy"] = None if lab is None else round(lab["oof_accuracy"], 4)
     return summary
