@@ -49,6 +49,8 @@ def _prepare_out(out: Path) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / "issues.csv").is_file():
         raise FeatcacheError(f"{out} is not empty and not a featcache inspect report; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "thumbnails").glob("row*.png"):  # an earlier report's images would outlive its findings
+        stale.unlink()
     return out
 
 
