@@ -20,11 +20,12 @@ from .model_export import export, export_info  # noqa: E402
 from .finetune import finetune  # noqa: E402
 from .heads import make_head  # noqa: E402
 from .bench import bench  # noqa: E402
+from .inspect import inspect  # noqa: E402
 from .similar import similar  # noqa: E402
 
 __all__ = [
     "ArraySource", "Cache", "CsvSource", "DEFAULT_BACKBONE", "ExtractOptions", "FeatcacheError", "FolderSource",
     "TrainResult", "__version__", "attach_targets", "bench", "compact", "export", "export_features", "export_info", "extract",
-    "finetune", "keras_dataset", "load_features", "make_head", "open_cache", "open_source", "predict",
+    "finetune", "inspect", "keras_dataset", "load_features", "make_head", "open_cache", "open_source", "predict",
     "remove_targets", "similar", "split_masks", "tf_dataset", "train",
 ]

@@ -12,7 +12,7 @@ STAGE_ONE = ("featcache.decode", "featcache.datasets", "featcache.sources", "fea
              "featcache.plan", "featcache.runtimes", "featcache.extractor", "featcache.engines", "featcache.runner")
 # The stage-two modules that also drive stage one (docs/ARCHITECTURE.md names each and why).
 ABOVE_BOTH = {"featcache.predict", "featcache.model_export", "featcache.bench", "featcache.bench.pixels", "featcache.finetune",
-              "featcache.leakage", "featcache.pretrain"}
+              "featcache.leakage", "featcache.pretrain", "featcache.inspect.thumbs"}
 TOP = {"featcache", "featcache.__main__", "featcache.cli", "featcache.cli.arguments", "featcache.cli.commands",
        "featcache.pipeline"}
 

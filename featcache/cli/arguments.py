@@ -8,6 +8,7 @@ import inspect
 from ..bench import BENCH
 from ..engines import ENGINES
 from ..finetune import FINETUNE
+from ..inspect import INSPECT
 from ..model_export import EXPORT_FORMATS
 from ..params import add_flags
 from ..plan import DEFAULT_BACKBONE, SETTINGS
@@ -87,6 +88,7 @@ EXAMPLES = {
     "bench": ["featcache bench caches/mine --heads logreg,lda,keras_linear --out report",
               "featcache bench caches/a caches/b --out report   # compare backbones",
               "featcache bench caches/mine --heads logreg,sklearn.svm:SVC --param sklearn.svm:SVC:C=2"],
+    "inspect": ["featcache inspect caches/mine --out inspect   # label errors, duplicates, outliers, a map"],
     "run": ["featcache run pipelines/quickstart.toml"],
     "pretrain": ["featcache pretrain fashion_mnist:train --classes 0,1,2,3,4 --epochs 3 --out source.keras"],
     "similar": ["featcache similar caches/mine new.jpg -k 5",
@@ -177,6 +179,11 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", metavar="HEAD:KEY=VALUE", help="fix a head parameter, repeatable")
     add_flags(p, BENCH)  # declared once, in featcache/bench/options.py
     p.add_argument("--quiet", action="store_true")
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cache", help="cache directory")
+    add_flags(p, INSPECT)  # declared once, in featcache/inspect/__init__.py
 
 
 def run_arguments(p: argparse.ArgumentParser) -> None:

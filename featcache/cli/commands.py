@@ -18,6 +18,7 @@ from ..console import console, human_bytes, key_value_table, stdout, table
 from ..errors import FeatcacheError
 from ..feature_export import export_features
 from ..finetune import FINETUNE, finetune
+from ..inspect import INSPECT, inspect
 from ..heads import HEADS, list_heads, parse_value
 from ..model_export import export
 from ..plan import SETTINGS, ExtractOptions
@@ -301,6 +302,17 @@ def cmd_bench(args) -> int:
     stdout.print(table("benchmark", ["features", "head", "status", "test acc. [95% CI]", "macro-F1 [95% CI]",
                                      "vs. best", "fit s", "note"], body))
     stdout.print(f"report: {os.path.join(args.out, 'report.html')}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    s = inspect(args.cache, **_flags(args, INSPECT))
+    c = s["counts"]
+    if not s["label_checks"]:
+        stdout.print("label checks skipped: the cache has no labels")
+    stdout.print(f"{c['rows']:,} rows: {c['label']:,} likely label errors, {c['duplicate_groups']:,} duplicate groups, "
+                 f"{c['outliers']:,} outliers, {c['overlapping_pairs']:,} overlapping class pairs ({s['seconds']} s)")
+    stdout.print(f"report: {os.path.join(s['out'], 'report.html')}")
     return 0
 
 

@@ -1,0 +1,131 @@
+"""featcache inspect on Fashion-MNIST with planted label flips, duplicates and outliers: precision, recall, time.
+
+    PYTHONPATH=$PWD python benchmarks/inspect_bench.py --n 4000 --work /tmp/insp4k
+
+Flips ``--flip`` of the train images' labels (seeded), copies 40 train images
+into test (exact bytes, a 5% crop, a mirror, a JPEG re-encode: 10 each) and
+adds 20 crops of scikit-learn's sample photos to train; prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+VARIANTS = ("exact", "crop", "mirror", "jpeg")
+
+
+def _variant(src: Path, dst_dir: Path, k: int, kind: str) -> Path:
+    img = Image.open(src)
+    w, h = img.size
+    if kind == "exact":
+        return Path(shutil.copy(src, dst_dir / f"dup{k}.png"))
+    out = dst_dir / (f"dup{k}.jpg" if kind == "jpeg" else f"dup{k}.png")
+    if kind == "crop":
+        img = img.crop((1, 1, w - 1, h - 1)).resize((w, h))
+    elif kind == "mirror":
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img.convert("RGB").save(out, quality=85) if kind == "jpeg" else img.save(out)
+    return out
+
+
+def plant(root: Path, n: int, flip: float, seed: int) -> dict:
+    """Write the planted folder; what was planted, by id (train/cX/name)."""
+    from sklearn.datasets import load_sample_images
+
+    from featcache.datasets import load_fashion_mnist
+
+    rng = np.random.default_rng(seed)
+    images, labels, _ = load_fashion_mnist("train")
+    images, labels = images[:n], labels[:n].astype(int)
+    split = np.where(np.arange(n) % 10 == 0, "test", "train")
+    train = np.flatnonzero(split == "train")
+    flipped = set(rng.choice(train, int(round(flip * len(train))), replace=False).tolist())
+    truth = {"flipped": set(), "duplicates": [], "outliers": set()}
+    for i in range(n):
+        given = (labels[i] + rng.integers(1, 10)) % 10 if i in flipped else labels[i]
+        d = root / split[i] / f"c{given}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(d / f"fm{i:05d}.png")
+        if i in flipped:
+            truth["flipped"].add(f"train/c{given}/fm{i:05d}.png")
+    sources = rng.choice(sorted(set(train.tolist()) - flipped), 40, replace=False)
+    for k, i in enumerate(sources):
+        src = root / "train" / f"c{labels[i]}" / f"fm{i:05d}.png"
+        dst = root / "test" / f"c{labels[i]}"
+        dst.mkdir(parents=True, exist_ok=True)
+        out = _variant(src, dst, k, VARIANTS[k % 4])
+        truth["duplicates"].append((str(src.relative_to(root)), str(out.relative_to(root)), VARIANTS[k % 4]))
+    photos = load_sample_images().images
+    for k in range(20):
+        y, x = rng.integers(0, 300, 2)
+        c = int(rng.integers(0, 10))
+        Image.fromarray(photos[k % 2][y:y + 96, x:x + 96]).save(root / "train" / f"c{c}" / f"photo{k}.png")
+        truth["outliers"].add(f"train/c{c}/photo{k}.png")
+    return truth
+
+
+def main() -> None:
+    import featcache
+    from featcache.inspect.duplicates import unit_rows
+    from featcache.inspect.outliers import datalab_score
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("--flip", type=float, default=0.05)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/insp-bench"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true", help="keep an earlier run's images and cache (extract is a no-op)")
+    a = ap.parse_args()
+    if not a.reuse:
+        shutil.rmtree(a.work, ignore_errors=True)
+    truth = plant(a.work / "images", a.n, a.flip, a.seed)  # deterministic: rewrites the same images
+    shutil.rmtree(a.work / "report", ignore_errors=True)
+    t0 = time.perf_counter()
+    cache = featcache.extract(str(a.work / "images"), out=a.work / "cache", backbone=a.backbone,
+                              image_size=a.image_size, batch_size=128)
+    t1 = time.perf_counter()
+    rep = featcache.inspect(cache, out=a.work / "report")
+    t2 = time.perf_counter()
+    ids = cache.ids()
+    flagged = {ids[r] for r in rep["label_rows"]}
+    hit = flagged & truth["flipped"]
+    group_of: dict[str, set] = {}
+    import csv
+    with open(a.work / "report" / "issues.csv") as f:
+        for r in csv.DictReader(f):
+            if r["issue"] in ("duplicate", "near_duplicate"):
+                group_of.setdefault(r["id"], set()).add(r["group"])
+    dup = {v: [bool(group_of.get(s, set()) & group_of.get(d, set())) for s, d, k in truth["duplicates"] if k == v]
+           for v in VARIANTS}
+    top = max(1, len(ids) // 100)
+    knn_top = {ids[r] for r in np.argsort(-rep["outlier_scores"])[:top]}
+    t3 = time.perf_counter()
+    dl = datalab_score(unit_rows(cache.read_rows(np.arange(len(cache))).features), 10)
+    t4 = time.perf_counter()
+    dl_top = {ids[r] for r in np.argsort(-dl)[:top]}
+    print(json.dumps({
+        "rows": len(ids), "flipped": len(truth["flipped"]), "flagged": len(flagged),
+        "label_precision": round(len(hit) / max(1, len(flagged)), 3),
+        "label_recall": round(len(hit) / max(1, len(truth["flipped"])), 3),
+        # the ranking alone: the worst len(flipped) flagged rows (precision = recall at that cut)
+        "label_precision_at_flipped": round(len({ids[r] for r in rep["label_rows"][:len(truth["flipped"])]}
+                                                & truth["flipped"]) / max(1, len(truth["flipped"])), 3),
+        "oof_accuracy": rep.get("oof_accuracy"),
+        "duplicate_recall": {v: f"{sum(x)}/{len(x)}" for v, x in dup.items()},
+        "outlier_recall_top1pct": {"knn": f"{len(knn_top & truth['outliers'])}/{len(truth['outliers'])}",
+                                   "datalab": f"{len(dl_top & truth['outliers'])}/{len(truth['outliers'])}"},
+        "map": rep["map"], "extract_s": round(t1 - t0, 1), "inspect_s": round(t2 - t1, 1),
+        "datalab_s": round(t4 - t3, 1), "counts": rep["counts"]}))
+
+
+if __name__ == "__main__":
+    main()
