@@ -62,3 +62,11 @@ def test_heads_that_serve_no_kind_are_refused(target_cache):
     with pytest.raises(FeatcacheError, match="target names"):
         bench_targets(target_cache, "zoom,,tags")
     assert np.isfinite([r["map"] for r in bench_targets(target_cache, "tags", heads=["logreg"])]).all()
+
+
+def test_cli_bench_target_flag(target_cache, tmp_path):
+    from featcache.cli import main
+
+    assert main(["bench", str(target_cache.path), "--target", "zoom", "--out", str(tmp_path / "r")]) == 0
+    with open(tmp_path / "r" / "target_results.csv") as f:
+        assert [r["head"] for r in csv.DictReader(f)] == ["ridge", "knn", "train_mean"]
