@@ -45,3 +45,31 @@ def mosaic_task(images: np.ndarray, labels: np.ndarray, n: int, *, n_classes: in
             out[i, y * tile:(y + 1) * tile, x * tile:(x + 1) * tile] = tiles[k]
             present[i, labels[k]] = 1
     return out, present
+
+
+def measure(n: int = 2000) -> None:
+    """The docs/PERFORMANCE.md targets measurement: each default head and baseline on zoom and mosaic tasks."""
+    import numpy as np, featcache
+    from featcache.datasets import load_fashion_mnist
+    from featcache.store import attach_targets
+    from featcache.bench.targets import bench_targets
+    images, labels, _ = load_fashion_mnist("test")
+    canv, zoom = zoom_task(images[:n], canvas=32)
+    mos, present = mosaic_task(images, labels, n, tile=16)
+    d = tempfile.mkdtemp()
+    t = time.perf_counter()
+    cz = featcache.extract(canv, labels=labels[:n], out=d + "/zoom", backbone="mobilenet_v2", weights="none", image_size=32, batch_size=64)
+    cm = featcache.extract(mos, labels=np.zeros(n, int) + (present[:, 0]), out=d + "/mos", backbone="mobilenet_v2", weights="none", image_size=32, batch_size=64)
+    print("extract s", round(time.perf_counter() - t, 1))
+    attach_targets(cz, {"id": list(cz.ids()), "zoom": list(zoom)}, kind="regression")
+    attach_targets(cm, {"id": list(cm.ids()), **{f"c{k}": list(present[:, k]) for k in range(10)}}, name="tags", kind="multilabel")
+    for c, name, ks in ((cz, "zoom", ("r2", "mae")), (cm, "tags", ("map", "micro_f1"))):
+        t = time.perf_counter()
+        rows = bench_targets(c, name)
+        print(name, "bench s", round(time.perf_counter() - t, 1))
+        for r in rows:
+            print(" ", r["head"], r.get("best", ""), *[f"{k}={r[k]:.3f} [{r[k+'_lo']:.3f},{r[k+'_hi']:.3f}]" for k in ks], f"fit={r.get('fit_seconds', 0):.2f}s")
+
+
+if __name__ == "__main__":
+    measure()
