@@ -49,7 +49,10 @@ def mosaic_task(images: np.ndarray, labels: np.ndarray, n: int, *, n_classes: in
 
 def measure(n: int = 2000) -> None:
     """The docs/PERFORMANCE.md targets measurement: each default head and baseline on zoom and mosaic tasks."""
-    import numpy as np, featcache
+    import tempfile
+    import time
+
+    import featcache
     from featcache.datasets import load_fashion_mnist
     from featcache.store import attach_targets
     from featcache.bench.targets import bench_targets
