@@ -49,7 +49,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
           timeout: float | None = _D["timeout"], n_jobs: int = _D["n_jobs"], out=_D["out"],
           baseline_heads=_D["baseline_heads"], pixel_size: int = _D["pixel_size"], backend: str = _D["backend"],
           progress: bool = _D["progress"], save_best: bool = _D["save_best"], ray_address: str | None = None,
-          learning_curve=_D["learning_curve"], leakage: bool = _D["leakage"], views: str = _D["views"]) -> list[dict]:
+          learning_curve=_D["learning_curve"], leakage: bool = _D["leakage"], views: str = _D["views"],
+          target=_D["target"]) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
     Hyper-parameters are chosen on the validation split (or ``cv`` folds
@@ -78,7 +79,9 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     """
     check_options(params=params, cv=cv, timeout=timeout, n_jobs=n_jobs, out=out, baseline_heads=baseline_heads,
                   pixel_size=pixel_size, backend=backend, progress=progress, save_best=save_best,
-                  ray_address=ray_address, learning_curve=learning_curve, leakage=leakage, views=views)
+                  ray_address=ray_address, learning_curve=learning_curve, leakage=leakage, views=views, target=target)
+    if target is not None:  # regression and multi-label targets: in this process, on the first cache
+        return _bench_with_targets(caches, heads, target, out, locals())
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)
     opened = _open(caches)
     tasks = _tasks(opened, heads, estimators, params, cv, pixel_size, views)
@@ -99,6 +102,23 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
             _remove_fitted(run.fitted, None)
     _write_report(out, rows, best, best_dir, curve, opened if leakage else None)
     return rows
+
+
+def _bench_with_targets(caches, heads, target, out, kw: dict) -> list[dict]:
+    """The other targets' rows (:func:`.targets.bench_targets`), then ``label``'s usual bench if it was asked for."""
+    from .targets import bench_targets, parse_targets
+
+    names = parse_targets(target)
+    first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
+    named = [h for h in heads if isinstance(h, str)] if heads else None
+    if named is not None and set(named) == set(HEADS):  # the CLI's "every head": each kind's defaults instead
+        named = None
+    rows = []
+    if "label" in names:  # first: its report directory check sees the directory as the user left it
+        keep = {k: v for k, v in kw.items() if k in {p.name for p in BENCH} and k != "target"}
+        rows = bench(caches, heads, **keep)
+    return rows + bench_targets(first, [n for n in names if n != "label"] or "label", heads=named,
+                                out=_report_dir(out))
 
 
 if bench.__doc__:  # the settings' help, declared once in .options (absent under python -OO)

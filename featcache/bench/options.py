@@ -43,6 +43,8 @@ BENCH: tuple[Param, ...] = (
           "row (cosine >= 0.98)", bool, cli=False),
     Param("views", "auto", "how heads train on the caches' augmented views: auto (each head's own way), rows, mean "
           "(Keras heads draw one view an epoch either way) or none", choices=VIEW_MODES, spelling="--use-views"),
+    Param("target", None, "targets to bench on the first cache, e.g. age,tags,label (default: label only); "
+          "regression and multi-label rows go to target_results.csv and targets.md", many=True, nullable=True),
 )
 
 

@@ -49,3 +49,18 @@ def mark_ties(rows: list[dict]) -> dict | None:
         elif r.get("status") == "ok" and b and c:
             r["versus_best"] = "tie" if c[0] <= b[1] and b[0] <= c[1] else ("below" if c[1] < b[0] else "above")
     return best
+
+
+#: the validation metric that picks a target's best head, by kind (higher is better)
+SELECT_METRIC = {"regression": "r2", "multilabel": "map"}
+
+
+def best_target_row(rows: list[dict]) -> dict | None:
+    """A regression or multi-label target's best head: its kind's validation metric alone, as :func:`best_row`."""
+    ok = [r for r in rows if r.get("status") == "ok" and not r.get("baseline")
+          and r.get(f"val_{SELECT_METRIC[r['kind']]}") is not None]
+    if not ok:
+        return None
+    key = lambda r: r[f"val_{SELECT_METRIC[r['kind']]}"]  # noqa: E731
+    top = max(key(r) for r in ok)
+    return next(r for r in ok if key(r) == top)

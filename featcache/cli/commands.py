@@ -296,6 +296,12 @@ def cmd_bench(args) -> int:
     rows = bench(args.caches, heads, params=params, **_flags(args, BENCH), progress=not args.quiet)
     from ..report import with_interval
 
+    if any("target" in r for r in rows):  # regression / multi-label rows: their own file and sections
+        stdout.print(f"targets: {os.path.join(args.out, 'targets.md')} (and target_results.csv)")
+        rows = [r for r in rows if "target" not in r]
+        if not rows:
+            return 0
+
     body = [[r["features"], r["head"], r.get("status"), with_interval(r, "accuracy"), with_interval(r, "macro_f1"),
              r.get("versus_best") or "", "-" if r.get("fit_seconds") is None else f"{r['fit_seconds']:.2f}",
              (r.get("note") or r.get("error") or "")[:70]] for r in rows]

@@ -1,0 +1,153 @@
+"""Benchmarking regression and multi-label targets attached to one cache (docs/TARGETS.md).
+
+Each target's heads (those whose ``HeadSpec.kinds`` serve its kind) run in
+this process on the one cache: fit on train rows with a value, multi-label
+thresholds chosen on val, the test split measured once; the best head per
+target is picked on validation alone (:func:`.select.best_target_row`). Each
+kind's trivial baseline (train mean; train label frequencies) is a row too.
+Classification targets (``label``) are :func:`featcache.bench`'s own job.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FeatcacheError
+from .select import SELECT_METRIC, best_target_row
+
+#: the heads a kind runs when none are named: fast, and one linear plus one local head each
+DEFAULT_TARGET_HEADS = {"regression": ("ridge", "knn"), "multilabel": ("logreg", "knn")}
+#: results.csv metric columns by kind, each also with ``_lo``/``_hi`` 95% bootstrap bounds
+METRICS = {"regression": ("r2", "mae", "rmse", "spearman"),
+           "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy")}
+#: the file of target rows in the report directory
+TARGET_RESULTS = "target_results.csv"
+
+
+def parse_targets(target) -> list[str]:
+    """``"age,tags"`` or ``["age", "tags"]`` -> the target names, in order, without repeats."""
+    names = target.split(",") if isinstance(target, str) else list(target or ())
+    names = [str(n).strip() for n in names]
+    if not names or any(not n for n in names):
+        raise FeatcacheError(f"--target needs comma-separated target names, got {target!r}")
+    return list(dict.fromkeys(names))
+
+
+def _metric_cells(kind: str, m: dict) -> dict:
+    cells = {}
+    for k in METRICS[kind]:
+        ci = m.get(f"{k}_ci") or [None, None]
+        cells.update({k: m.get(k), f"{k}_lo": ci[0], f"{k}_hi": ci[1]})
+    return cells
+
+
+def _baseline_row(cache, name: str, t, masks: dict) -> dict:
+    """The kind's trivial predictor: the train mean (regression) or train label frequencies (multi-label)."""
+    from .metrics import frequency_baseline, mean_baseline, multilabel_metrics, regression_metrics
+
+    y = t.values
+    test, val = masks["test"], masks["val"]
+    if t.kind == "regression":
+        head, score = "train_mean", lambda m: regression_metrics(y[m], mean_baseline(y[masks["train"]], int(m.sum())))
+    else:
+        head, score = "label_frequency", lambda m: multilabel_metrics(
+            y[m], frequency_baseline(y[masks["train"]], int(m.sum())))
+    m_test = score(test) if test.any() else {}
+    m_val = score(val) if val.any() else {}
+    return {"target": name, "kind": t.kind, "head": head, "status": "ok", "baseline": True,
+            f"val_{SELECT_METRIC[t.kind]}": m_val.get(SELECT_METRIC[t.kind]), "fit_seconds": 0.0,
+            "rows_test": int(test.sum()), **_metric_cells(t.kind, m_test)}
+
+
+def _head_row(cache, name: str, head: str, kind: str, val_fraction: float, test_fraction: float) -> dict:
+    from ..train_targets import train_target
+
+    t0 = time.perf_counter()
+    try:
+        res = train_target(cache, head, name, val_fraction=val_fraction, test_fraction=test_fraction)
+    except (FeatcacheError, ValueError) as e:  # one head's failure is its row, not the run's end
+        return {"target": name, "kind": kind, "head": head, "status": "failed", "baseline": False,
+                "error": str(e).splitlines()[0]}
+    m = res["metrics"]
+    return {"target": name, "kind": kind, "head": head, "status": "ok", "baseline": False,
+            f"val_{SELECT_METRIC[kind]}": m.get("val", {}).get(SELECT_METRIC[kind]),
+            "fit_seconds": res["fit_seconds"], "seconds": time.perf_counter() - t0,
+            "rows_test": res["target"]["rows"]["test"], **_metric_cells(kind, m.get("test", {})),
+            "pipe": res["pipe"]}
+
+
+def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | None = None,
+                  test_fraction: float | None = None) -> list[dict]:
+    """Run each non-classification target's heads and baseline on ``cache``; return (and write) the rows.
+
+    ``heads``: names to run where they serve a target's kind (default :data:`DEFAULT_TARGET_HEADS`).
+    Each target's best row (on validation) gets ``best: True``. With ``out``, rows go to
+    ``out/target_results.csv`` and one section per target to ``out/targets.md``.
+    """
+    from ..heads.kinds import heads_for
+    from ..splits import TEST_FRACTION, VAL_FRACTION
+    from ..store import open_cache, split_masks
+
+    cache = open_cache(cache) if isinstance(cache, (str, Path)) else cache
+    vf = VAL_FRACTION if val_fraction is None else val_fraction
+    tf = TEST_FRACTION if test_fraction is None else test_fraction
+    rows = []
+    for name in parse_targets(target):
+        t = cache.target(name)
+        if t.kind == "classification":
+            continue
+        served = heads_for(t.kind)
+        names = [h for h in heads if h in served] if heads else list(DEFAULT_TARGET_HEADS[t.kind])
+        if not names:
+            raise FeatcacheError(f"none of the heads {list(heads)} serve {t.kind} target {name!r}; "
+                                 f"heads that do: {', '.join(served)}")
+        masks = {s: m & t.mask for s, m in split_masks(cache, val_fraction=vf, test_fraction=tf).items()}
+        own = [_head_row(cache, name, h, t.kind, vf, tf) for h in names]
+        own.append(_baseline_row(cache, name, t, masks))
+        best = best_target_row(own)
+        if best is not None:
+            best["best"] = True
+        rows += own
+    if out is not None:
+        write_target_results(rows, Path(out))
+    return rows
+
+
+def write_target_results(rows: list[dict], out: Path) -> None:
+    """``target_results.csv`` (a ``target`` column, each kind's metrics with bounds) and ``targets.md``."""
+    from ..files import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["target", "kind", "head", "status", "baseline", "best", "val_r2", "val_map", "rows_test",
+            "fit_seconds"]
+    for kind in METRICS:
+        for k in METRICS[kind]:
+            cols += [k, f"{k}_lo", f"{k}_hi"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / TARGET_RESULTS, buf.getvalue().encode())
+    atomic_write_bytes(out / "targets.md", targets_markdown(rows).encode())
+
+
+def targets_markdown(rows: list[dict]) -> str:
+    """One section per target: its rows' test metrics with 95% intervals, the best (by validation) marked."""
+    lines = ["# Targets", ""]
+    for name in dict.fromkeys(r["target"] for r in rows):
+        own = [r for r in rows if r["target"] == name]
+        kind = own[0]["kind"]
+        lines += [f"## {name} ({kind})", "", "| head | " + " | ".join(METRICS[kind]) + " |",
+                  "|---" * (len(METRICS[kind]) + 1) + "|"]
+        for r in own:
+            cells = ["-" if r.get(k) is None else f"{r[k]:.3f} [{r[f'{k}_lo']:.3f}, {r[f'{k}_hi']:.3f}]"
+                     if r.get(f"{k}_lo") is not None else f"{r[k]:.3f}" for k in METRICS[kind]]
+            label = r["head"] + (" (best)" if r.get("best") else "") + (" (baseline)" if r.get("baseline") else "")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
