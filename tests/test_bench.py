@@ -175,12 +175,18 @@ def test_each_head_gets_its_share_of_the_cores():
     assert _cores_per_head(2, 5, "ray") == 0  # Ray places its tasks itself
 
 
-def test_train_shows_a_keras_heads_epochs_on_stderr(two_class_cache, tmp_path):
-    args = ("train", two_class_cache.path, "--head", "keras_linear", "--param", "epochs=2", "--param", "patience=5")
-    proc = run_featcache(*args, "--out", tmp_path / "a")
-    assert "Epoch 1/2" in proc.stderr and "Epoch 2/2" in proc.stderr and "Epoch" not in proc.stdout
-    quiet = run_featcache(*args, "--out", tmp_path / "b", "--quiet")
-    assert "Epoch" not in quiet.stderr + quiet.stdout
+def test_train_shows_a_keras_heads_epochs_on_stderr(two_class_cache, tmp_path, capfd):
+    from featcache.cli import main
+
+    # in-process (capfd reads the real file descriptors): saves two TensorFlow imports
+    args = ["train", str(two_class_cache.path), "--head", "keras_linear", "--param", "epochs=2",
+            "--param", "patience=5"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    proc = capfd.readouterr()
+    assert "Epoch 1/2" in proc.err and "Epoch 2/2" in proc.err and "Epoch" not in proc.out
+    assert main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    quiet = capfd.readouterr()
+    assert "Epoch" not in quiet.err + quiet.out
 
 
 def test_bench_takes_your_own_estimator_from_a_notebook_style_script(two_class_cache, tmp_path):
