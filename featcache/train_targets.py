@@ -27,8 +27,12 @@ def _scores(pipe, X, kind: str) -> np.ndarray:
 
 
 def train_target(cache, head: str, target: str, *, params: dict | None = None, preprocess: str | None = None,
-                 val_fraction: float, test_fraction: float) -> dict:
-    """Fit ``head`` for ``target`` on its train rows with a value: ``{"pipe", "metrics", "card_target", ...}``."""
+                 val_fraction: float, test_fraction: float, features: np.ndarray | None = None) -> dict:
+    """Fit ``head`` for ``target`` on its train rows with a value: ``{"pipe", "metrics", "target", "test", ...}``.
+
+    ``features``: other rows to learn from in the cache's row order (the bench's raw-pixel baseline);
+    ``test`` is ``(true, predicted)`` on the test rows (predicted: values, or per-label scores).
+    """
     from .bench.metrics import choose_thresholds, multilabel_metrics, regression_metrics
 
     if not isinstance(head, str):
@@ -41,7 +45,7 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
                                                    test_fraction=test_fraction).items()}
     if not masks["train"].any():
         raise FeatcacheError(f"target {target!r} has no value on any train row of {cache.path}")
-    X = cache.features()
+    X = cache.features() if features is None else features
     X = X.reshape(len(X), -1).astype(np.float32)
     y = t.values
     t0 = time.perf_counter()
@@ -51,18 +55,20 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
     if kind == "multilabel":
         thresholds = (choose_thresholds(y[masks["val"]], _scores(pipe, X[masks["val"]], kind))
                       if masks["val"].any() else np.full(y.shape[1], 0.5))
-    results = {}
+    results, test = {}, None
     for split, m in masks.items():
         if not m.any():
             continue
         s = _scores(pipe, X[m], kind)
         results[split] = (regression_metrics(y[m], s) if kind == "regression"
                           else multilabel_metrics(y[m], s, thresholds))
+        if split == "test":
+            test = (y[m], s)
     card_target = {"name": target, "kind": kind, "names": list(t.names),
                    "rows": {s: int(m.sum()) for s, m in masks.items()}}
     if thresholds is not None:
         card_target["thresholds"] = [float(v) for v in thresholds]
-    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target}
+    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test}
 
 
 #: the metrics a target's training table shows, by kind
