@@ -112,3 +112,21 @@ def test_arrays_have_no_pixel_baseline_and_say_so(tmp_path, fashion_mnist_availa
     with pytest.warns(FeatcacheWarning, match="no raw-pixel baseline"):
         rows = bench_targets(cache, "zoom", heads=["ridge"])
     assert [r["head"] for r in rows] == ["ridge", "train_mean"]
+
+
+def test_report_has_a_section_and_plots_per_target_kept_by_a_later_report(target_cache, tmp_path):
+    from featcache.report import write_report
+
+    bench_targets(target_cache, "zoom,tags", heads=["ridge", "logreg"], out=tmp_path)
+    page, md = (tmp_path / "report.html").read_text(), (tmp_path / "report.md").read_text()
+    for f in ("target_zoom_predicted.png", "target_zoom_residuals.png", "target_zoom_deciles.png",
+              "target_tags_ap.png", "target_tags_pr.png"):
+        assert (tmp_path / f).read_bytes()[:4] == b"\x89PNG" and f"![{f}]({f})" in md
+    assert "<h2>zoom (regression), test split</h2>" in page and page.count("data:image/png;base64,") == 5
+    assert "## tags (multilabel), test split" in md and "pixels 16x16" in md
+    write_report(tmp_path, [])  # a later label bench rewrites the report: the targets section stays, once
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<h2>zoom (regression), test split</h2>") == 1 and page.rstrip().endswith("</html>")
+    bench_targets(target_cache, "zoom", heads=["ridge"], out=tmp_path)  # a new targets run replaces it
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("# Targets") == 1 and "tags (multilabel)" not in md and "# featcache benchmark" in md
