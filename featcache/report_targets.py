@@ -26,6 +26,10 @@ SHOWN = {"regression": ("r2", "mae", "rmse", "spearman"),
          "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy")}
 
 
+#: each figure's file name is target_NAME_PLOT.png, in this order
+PLOTS = ("predicted", "residuals", "deciles", "ap", "pr")
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -174,6 +178,9 @@ def write_target_report(out: Path, rows: list[dict]) -> None:
     for files in figures.values():
         for f, data in files.items():
             atomic_write_bytes(out / f, data)
+    for name in dict.fromkeys(r["target"] for r in rows if r["target"] not in figures):  # kept rows: kept figures
+        files = [out / f"target_{name}_{p}.png" for p in PLOTS]
+        figures[name] = {f.name: f.read_bytes() for f in files if f.is_file() and not f.is_symlink()}
     md, page = sections(rows, figures)
     old_md = _read(out / "report.md") or "# featcache benchmark\n"
     old_html = _read(out / "report.html") or ('<!doctype html><html><head><meta charset="utf-8"><title>featcache '

@@ -65,10 +65,17 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
         if split == "test":
             test = (y[m], s)
     card_target = {"name": target, "kind": kind, "names": list(t.names),
-                   "rows": {s: int(m.sum()) for s, m in masks.items()}}
+                   "rows": {s: int(m.sum()) for s, m in masks.items()}, "sha256": target_sha256(cache, target)}
     if thresholds is not None:
         card_target["thresholds"] = [float(v) for v in thresholds]
     return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test}
+
+
+def target_sha256(cache, name: str) -> str:
+    """What a target's values are, as the store checksums them: its file's sha256 (``label``: the rows key)."""
+    from .store.targets import LABEL, read_index
+
+    return cache.rows_key if name == LABEL else read_index(cache.path)[name]["sha256"]
 
 
 #: the metrics a target's training table shows, by kind

@@ -126,7 +126,8 @@ def _target_rows(cache, name: str, t, names, vf: float, tf: float, pixel_heads, 
 
 
 def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | None = None,
-                  test_fraction: float | None = None, baseline_heads=("logreg",), pixel_size: int = 16) -> list[dict]:
+                  test_fraction: float | None = None, baseline_heads=("logreg",), pixel_size: int = 16,
+                  only=None) -> list[dict]:
     """Run each non-classification target's heads and baselines on ``cache``; return (and write) the rows.
 
     ``heads``: names to run where they serve a target's kind (default :data:`DEFAULT_TARGET_HEADS`).
@@ -134,6 +135,8 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
     that serve the kind, else the kind's :data:`PIXEL_HEADS` head (empty: no pixel baseline).
     Each target's best row (on validation) gets ``best: True``. With ``out``, rows go to
     ``out/target_results.csv``, one section per target to ``out/targets.md`` and to the report.
+    ``only``: run just these targets; the others' rows are kept from ``out/target_results.csv``
+    (a pipeline re-run after one target's table changed).
     """
     from ..heads.kinds import heads_for
     from ..splits import TEST_FRACTION, VAL_FRACTION
@@ -143,7 +146,11 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
     vf = VAL_FRACTION if val_fraction is None else val_fraction
     tf = TEST_FRACTION if test_fraction is None else test_fraction
     rows, memo = [], {}
+    kept = read_target_results(Path(out)) if only is not None and out is not None else {}
     for name in parse_targets(target):
+        if only is not None and name not in only and name in kept:
+            rows += kept[name]
+            continue
         t = cache.target(name)
         if t.kind == "classification":
             continue
@@ -179,6 +186,35 @@ def write_target_results(rows: list[dict], out: Path) -> None:
     from ..report_targets import write_target_report
 
     write_target_report(out, rows)
+
+
+def is_target_report(out: Path) -> bool:
+    """Whether ``out`` holds a ``target_results.csv`` that :func:`write_target_results` wrote (its header)."""
+    path = Path(out) / TARGET_RESULTS
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith("target,kind,head,features,status,baseline,best,")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def read_target_results(out: Path) -> dict[str, list[dict]]:
+    """The rows of an earlier ``target_results.csv`` in ``out`` by target, numbers as numbers ({} if none)."""
+    try:
+        with open(out / TARGET_RESULTS, newline="", encoding="utf-8") as f:
+            table = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    numbers = {c for kind in METRICS for k in METRICS[kind] for c in (k, f"{k}_lo", f"{k}_hi")}
+    numbers |= {"val_r2", "val_map", "fit_seconds"}
+    rows = {}
+    for r in table:
+        r = {k: (float(v) if k in numbers else v == "True" if k in ("baseline", "best") else v) if v != "" else None
+             for k, v in r.items()}
+        rows.setdefault(r["target"], []).append(r)
+    return rows
 
 
 def targets_markdown(rows: list[dict]) -> str:
