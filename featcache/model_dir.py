@@ -319,6 +319,8 @@ def _head_problem(pipe, card: dict) -> str | None:
     """
     import numpy as np
 
+    if card.get("target"):
+        return _target_head_problem(pipe, card)
     if not hasattr(pipe, "steps") or not hasattr(pipe, "predict_proba"):
         return f"the head is a {type(pipe).__name__}, not a featcache Pipeline with predict_proba"
     want, width = card["classes"], card["features"].get("n_features")
@@ -343,6 +345,21 @@ def _head_problem(pipe, card: dict) -> str | None:
     n_in = getattr(pipe, "n_features_in_", None)
     if width is not None and n_in is not None and n_in != width:
         return f"the head takes {n_in} features but the card's features have {width}"
+    return None
+
+
+def _target_head_problem(pipe, card: dict) -> str | None:
+    """A regression head must predict, a multi-label one give per-label probabilities, of the card's width."""
+    t, width = card["target"], card["features"].get("n_features")
+    if not hasattr(pipe, "steps") or not hasattr(pipe, "predict_proba" if t["kind"] == "multilabel" else "predict"):
+        return f"the head is a {type(pipe).__name__}, not a featcache Pipeline for a {t['kind']} target"
+    n_in = getattr(pipe, "n_features_in_", None)
+    if width is not None and n_in is not None and n_in != width:
+        return f"the head takes {n_in} features but the card's features have {width}"
+    clf = pipe.steps[-1][1]
+    n_out = len(getattr(clf, "classes_", [])) if t["kind"] == "multilabel" else None  # one per label (OvR, KNN)
+    if n_out and n_out != len(t["names"]):
+        return f"the head has {n_out} labels but the card names {len(t['names'])}"
     return None
 
 

@@ -13,7 +13,6 @@ import numpy as np
 
 from .errors import FeatcacheError
 from .heads import get_head_spec, proba_and_labels, validate_head
-from .store import split_masks
 
 
 def _scores(pipe, X, kind: str) -> np.ndarray:
@@ -24,6 +23,16 @@ def _scores(pipe, X, kind: str) -> np.ndarray:
     if isinstance(proba, list):  # KNeighbors on an indicator matrix: one (rows, 2) array per label
         return np.stack([p[:, -1] for p in proba], axis=1)
     return np.asarray(proba, dtype=np.float64)
+
+
+def target_masks(cache, t, val_fraction: float, test_fraction: float) -> dict:
+    """Each split's rows with a value for target ``t``: the cache's own split of each row, unlabelled rows
+    included (``split_masks`` leaves them out, but a mosaic folder's images have targets and no class)."""
+    from .splits import SPLIT_NAMES, assign_splits
+
+    names = assign_splits(cache.ids(), cache.splits(), val_fraction=val_fraction, test_fraction=test_fraction,
+                          labels=cache.labels())
+    return {s: (names == s) & t.mask for s in SPLIT_NAMES}
 
 
 def train_target(cache, head: str, target: str, *, params: dict | None = None, preprocess: str | None = None,
@@ -41,8 +50,7 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
     kind = t.kind
     get_head_spec(head).factory(kind)  # the one-line refusal of a head of the wrong kind, before any work
     pipe = validate_head(head, preprocess, params or {}, target_kind=kind)
-    masks = {s: m & t.mask for s, m in split_masks(cache, val_fraction=val_fraction,
-                                                   test_fraction=test_fraction).items()}
+    masks = target_masks(cache, t, val_fraction, test_fraction)
     if not masks["train"].any():
         raise FeatcacheError(f"target {target!r} has no value on any train row of {cache.path}")
     X = cache.features() if features is None else features

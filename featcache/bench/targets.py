@@ -112,9 +112,9 @@ def _pixel_heads(kind: str, baseline_heads, served) -> list[str]:
 
 
 def _target_rows(cache, name: str, t, names, vf: float, tf: float, pixel_heads, pixels) -> list[dict]:
-    from ..store import split_masks
+    from ..train_targets import target_masks
 
-    masks = {s: m & t.mask for s, m in split_masks(cache, val_fraction=vf, test_fraction=tf).items()}
+    masks = target_masks(cache, t, vf, tf)
     own = [_head_row(cache, name, h, t.kind, vf, tf) for h in names]
     if pixels is not None:
         own += [_head_row(cache, name, h, t.kind, vf, tf, pixels) for h in pixel_heads]
