@@ -99,3 +99,7 @@ def test_export_refusals(heads, tmp_path):
     with pytest.raises(FeatcacheError, match="trained on the same cache"):
         featcache.export([root / "m_zoom", tmp_path / "m_other"], tmp_path / "mixed.keras")
     assert not list(tmp_path.glob("*.keras"))
+    from featcache.cli import main
+
+    assert main(["export", f"{root / 'm_zoom'},{root / 'm_tags'}", str(tmp_path / "cli.keras")]) == 0
+    assert [o["name"] for o in featcache.export_info(tmp_path / "cli.keras")["outputs"]] == ["zoom", "tags"]
