@@ -47,32 +47,55 @@ def mosaic_task(images: np.ndarray, labels: np.ndarray, n: int, *, n_classes: in
     return out, present
 
 
+def _write_pngs(images: np.ndarray, root, labels=None) -> None:
+    """Each image as ROOT/[cLABEL/]NNNNN.png: a folder source, whose pixels the raw-pixel baseline can read again."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    for i, img in enumerate(images):
+        d = Path(root) / (f"c{labels[i]}" if labels is not None else "")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i:05d}.png")
+
+
 def measure(n: int = 2000) -> None:
-    """The docs/PERFORMANCE.md targets measurement: each default head and baseline on zoom and mosaic tasks."""
+    """The docs/PERFORMANCE.md targets measurement: each default head, the raw-pixel baseline (the kind's
+    linear head on 16x16 pixels) and the trivial baseline on zoom and mosaic tasks, from PNG folders."""
     import tempfile
     import time
+    from pathlib import Path
 
     import featcache
+    from featcache.bench.targets import bench_targets
     from featcache.datasets import load_fashion_mnist
     from featcache.store import attach_targets
-    from featcache.bench.targets import bench_targets
+
     images, labels, _ = load_fashion_mnist("test")
     canv, zoom = zoom_task(images[:n], canvas=32)
     mos, present = mosaic_task(images, labels, n, tile=16)
     d = tempfile.mkdtemp()
+    _write_pngs(canv, d + "/zoom", labels[:n])
+    _write_pngs(mos, d + "/mos")
     t = time.perf_counter()
-    cz = featcache.extract(canv, labels=labels[:n], out=d + "/zoom", backbone="mobilenet_v2", weights="none", image_size=32, batch_size=64)
-    cm = featcache.extract(mos, labels=np.zeros(n, int) + (present[:, 0]), out=d + "/mos", backbone="mobilenet_v2", weights="none", image_size=32, batch_size=64)
+    tiny = dict(backbone="mobilenet_v2", weights="none", image_size=32, batch_size=64)
+    cz = featcache.extract(d + "/zoom", out=d + "/cz", **tiny)
+    cm = featcache.extract(d + "/mos", out=d + "/cm", **tiny)
     print("extract s", round(time.perf_counter() - t, 1))
-    attach_targets(cz, {"id": list(cz.ids()), "zoom": list(zoom)}, kind="regression")
-    attach_targets(cm, {"id": list(cm.ids()), **{f"c{k}": list(present[:, k]) for k in range(10)}}, name="tags", kind="multilabel")
+    rz, rm = ([int(Path(i).stem) for i in c.ids()] for c in (cz, cm))
+    attach_targets(cz, {"id": list(cz.ids()), "zoom": list(zoom[rz])}, kind="regression")
+    attach_targets(cm, {"id": list(cm.ids()), **{f"c{k}": list(present[rm, k]) for k in range(10)}}, name="tags",
+                   kind="multilabel")
     for c, name, ks in ((cz, "zoom", ("r2", "mae")), (cm, "tags", ("map", "micro_f1"))):
         t = time.perf_counter()
-        rows = bench_targets(c, name)
+        rows = bench_targets(c, name, out=d + f"/report_{name}")
         print(name, "bench s", round(time.perf_counter() - t, 1))
         for r in rows:
-            print(" ", r["head"], r.get("best", ""), *[f"{k}={r[k]:.3f} [{r[k+'_lo']:.3f},{r[k+'_hi']:.3f}]" for k in ks], f"fit={r.get('fit_seconds', 0):.2f}s")
+            print(" ", r["head"], r["features"], r.get("best", ""),
+                  *[f"{k}={r[k]:.3f} [{r[k+'_lo']:.3f},{r[k+'_hi']:.3f}]" for k in ks], f"fit={r.get('fit_seconds', 0):.2f}s")
 
 
 if __name__ == "__main__":
-    measure()
+    import sys
+
+    measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)

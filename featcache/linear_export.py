@@ -208,3 +208,56 @@ def knn_cosine_layers(clf, x, name: str):
     onehot.set_weights([np.eye(n_classes, dtype=np.float32)[clf._codes]])
     votes = ops.sum(votes * ops.expand_dims(w, -1), axis=1)
     return votes / ops.sum(votes, axis=-1, keepdims=True)
+
+
+#: the regression and multi-label heads that become Keras layers (a target's card, train --target)
+TARGET_EXPORTABLE = {"regression": ("ridge", "sgd"), "multilabel": ("logreg",)}
+
+
+def target_refusal(head: str, kind: str) -> str | None:
+    """Why a ``kind`` head named ``head`` cannot become Keras layers, in one line; None when it can."""
+    if head in TARGET_EXPORTABLE.get(kind, ()):
+        return None
+    return (f"the {head} head of a {kind} target cannot become Keras layers (it is no matrix product); heads "
+            f"that export for {kind}: {', '.join(TARGET_EXPORTABLE.get(kind, ())) or 'none'}")
+
+
+def target_outputs(pipe, x, kind: str, name: str = "head"):
+    """Keras tensor ``x`` through ``pipe``: a regression head's values (linear Dense) or a one-vs-rest
+    multi-label head's per-label probabilities (one sigmoid per label)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    for step_name, step in pipe.steps[:-1]:
+        if isinstance(step, StandardScaler):
+            x = scaler_layers(step, x, f"{name}_{step_name}")
+        elif isinstance(step, PCA):
+            x = pca_layers(step, x, f"{name}_{step_name}")
+        elif step is not None and step != "passthrough":
+            raise FeatcacheError(f"the {step_name} step ({type(step).__name__}) cannot become Keras layers; only "
+                                 "StandardScaler and PCA steps export")
+    clf = pipe.steps[-1][1]
+    if kind == "regression":
+        if not hasattr(clf, "coef_"):
+            raise FeatcacheError(f"a {type(clf).__name__} cannot become Keras layers; export ridge or sgd")
+        coef = np.atleast_2d(np.asarray(clf.coef_, np.float64))  # (outputs, features)
+        b = np.broadcast_to(np.asarray(clf.intercept_, np.float64), (coef.shape[0],))
+        return _dense(x, coef.T, b, f"{name}_values")
+    return _sigmoid_per_label(clf, x, name)
+
+
+def _sigmoid_per_label(clf, x, name: str):
+    """OneVsRestClassifier on an indicator matrix: each label's logistic regression as one sigmoid column; a
+    label train never varied (scikit-learn's constant predictor) is its constant probability."""
+    estimators = getattr(clf, "estimators_", None)
+    if estimators is None:
+        raise FeatcacheError(f"a {type(clf).__name__} cannot become Keras layers; export logreg")
+    d = clf.n_features_in_
+    W, b = np.zeros((d, len(estimators))), np.zeros(len(estimators))
+    for k, est in enumerate(estimators):
+        if hasattr(est, "coef_"):
+            W[:, k], b[k] = np.ravel(est.coef_), np.ravel(est.intercept_)[0]
+        else:  # sklearn.multiclass._ConstantPredictor: its one value, as a logit
+            p = float(np.clip(np.ravel(est.y_)[0], 1e-7, 1 - 1e-7))
+            b[k] = np.log(p / (1 - p))
+    return _dense(x, W, b, f"{name}_labels", "sigmoid")

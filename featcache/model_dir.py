@@ -10,6 +10,7 @@ which is checked before anything is unpickled or loaded.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from datetime import datetime, timezone
@@ -244,6 +245,21 @@ def _features_problem(feats: dict) -> str | None:
     return None
 
 
+def _target_problem(t) -> str | None:
+    """What is wrong with a regression or multi-label card's ``target`` record (train --target), or None."""
+    if not isinstance(t, dict) or t.get("kind") not in ("regression", "multilabel"):
+        return "target must be a record of kind regression or multilabel"
+    if not isinstance(t.get("name"), str) or not isinstance(t.get("names"), list) or not t["names"] \
+            or not all(isinstance(n, str) for n in t["names"]):
+        return "target must hold its name and the names of its outputs or labels"
+    if t["kind"] == "multilabel":
+        th = t.get("thresholds")
+        if not isinstance(th, list) or len(th) != len(t["names"]) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in th):
+            return "target.thresholds must be one finite number per label"
+    return None
+
+
 def _card_problem(card: dict) -> str | None:
     kind = card.get("kind")
     if kind not in HEAD_FILES:
@@ -251,10 +267,13 @@ def _card_problem(card: dict) -> str | None:
     if card.get("file") != HEAD_FILES[kind]:
         # the head file is named by featcache, inside the directory: a card cannot point anywhere else
         return f"file is {card.get('file')!r}; a {kind} head is always {HEAD_FILES[kind]!r} beside the card"
-    for key, kinds in (("sha256", str), ("head", str), ("classes", list), ("class_names", list),
-                       ("features", dict)):
+    target = "target" in card and card["target"] is not None
+    for key, kinds in (("sha256", str), ("head", str), ("features", dict),
+                       *(() if target else (("classes", list), ("class_names", list)))):
         if not isinstance(card.get(key), kinds):
             return f"{key!r} is missing or not a {kinds.__name__}"
+    if target:
+        return _target_problem(card["target"]) or _features_problem(card["features"])
     if len(card["classes"]) != len(card["class_names"]) or len(card["classes"]) < 2:
         return "classes and class_names must be two or more, one name per class"
     if not all(is_integer(c) for c in card["classes"]) or len(set(card["classes"])) != len(card["classes"]):
@@ -300,6 +319,8 @@ def _head_problem(pipe, card: dict) -> str | None:
     """
     import numpy as np
 
+    if card.get("target"):
+        return _target_head_problem(pipe, card)
     if not hasattr(pipe, "steps") or not hasattr(pipe, "predict_proba"):
         return f"the head is a {type(pipe).__name__}, not a featcache Pipeline with predict_proba"
     want, width = card["classes"], card["features"].get("n_features")
@@ -324,6 +345,21 @@ def _head_problem(pipe, card: dict) -> str | None:
     n_in = getattr(pipe, "n_features_in_", None)
     if width is not None and n_in is not None and n_in != width:
         return f"the head takes {n_in} features but the card's features have {width}"
+    return None
+
+
+def _target_head_problem(pipe, card: dict) -> str | None:
+    """A regression head must predict, a multi-label one give per-label probabilities, of the card's width."""
+    t, width = card["target"], card["features"].get("n_features")
+    if not hasattr(pipe, "steps") or not hasattr(pipe, "predict_proba" if t["kind"] == "multilabel" else "predict"):
+        return f"the head is a {type(pipe).__name__}, not a featcache Pipeline for a {t['kind']} target"
+    n_in = getattr(pipe, "n_features_in_", None)
+    if width is not None and n_in is not None and n_in != width:
+        return f"the head takes {n_in} features but the card's features have {width}"
+    clf = pipe.steps[-1][1]
+    n_out = len(getattr(clf, "classes_", [])) if t["kind"] == "multilabel" else None  # one per label (OvR, KNN)
+    if n_out and n_out != len(t["names"]):
+        return f"the head has {n_out} labels but the card names {len(t['names'])}"
     return None
 
 

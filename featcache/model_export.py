@@ -76,6 +76,10 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
         >>> model.predict(uint8_images)  # N x H x W x 3, any H x W              # doctest: +SKIP
         >>> featcache.export_info("fm.keras")["class_names"]                    # doctest: +SKIP
     """
+    dirs = model_dirs(model_dir)
+    if len(dirs) > 1 or read_card(dirs[0]).get("target"):  # targets, or several tasks on one backbone run
+        return export_heads(dirs, out, input_size=input_size, format=format)
+    model_dir = dirs[0]
     out = _check_export_arguments(model_dir, out, input_size, format)
     pipe, card = load_model_dir(model_dir)
     backbone = _current_backbone(card)
@@ -85,6 +89,19 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
         fixed = input_size or card["features"]["params"]["image_size"]
         export_ir(out, model=model if input_size else _end_to_end(backbone, card, pipe, tuple(fixed)))
     return out
+
+
+def model_dirs(model_dir) -> list:
+    """One model directory, several (a list, or ``a,b`` naming no directory of its own), as a list."""
+    if isinstance(model_dir, (list, tuple)):
+        dirs = list(model_dir)
+    elif isinstance(model_dir, str) and "," in model_dir and not Path(model_dir).is_dir():
+        dirs = [d.strip() for d in model_dir.split(",")]
+    else:
+        dirs = [model_dir]
+    if not dirs or any(not str(d) for d in dirs):
+        raise FeatcacheError(f"export needs one model directory or several (a,b,c), got {model_dir!r}")
+    return dirs
 
 
 def _check_export_arguments(model_dir, out, input_size, format) -> Path:
@@ -121,7 +138,7 @@ def _export_record(card: dict, input_size) -> dict:
     feats = card["features"]
     params = feats["params"]
     name, _weights, _layer = card_backbone(card)
-    return {"format": "featcache-export/1", "class_names": card["class_names"], "classes": card["classes"],
+    return {"format": "featcache-export/1", "class_names": card.get("class_names"), "classes": card.get("classes"),
             "head": card["head"], "backbone": name, "weights": params["weights"],
             "image_size": list(params["image_size"]), "input_size": list(input_size) if input_size else None,
             "input": "N x H x W x 3 (RGB) or x 1 (grey); uint8 0-255, float 0-255, or float 0-1",
@@ -147,6 +164,20 @@ def _save_with_info(model, out: Path, info: dict, *, openvino: bool) -> None:
 def _end_to_end(backbone, card: dict, pipe, size: tuple):
     """Images of ``size`` (``(None, None)``: any) in, the head's probabilities out, in one Keras model."""
     import keras  # heavy: only an export builds a graph
+
+    images, x = _features_graph(backbone, card, size)
+    if card.get("kind") == "keras":
+        probs = pipe.steps[-1][1].model_(x)
+    else:  # a linear scikit-learn head: its scaler, PCA and classifier as Dense layers
+        from .linear_export import probabilities
+
+        probs = probabilities(pipe, x, name="head")
+    return keras.Model(images, probs, name=f"featcache_{output_name_safe(card['head'])}")
+
+
+def _features_graph(backbone, card: dict, size: tuple):
+    """``(images input, features tensor)``: the pixels as the cache saw them through the backbone, as stored."""
+    import keras  # heavy: only an export builds a graph
     from keras import ops
 
     from .backbones.graph import build_extractor
@@ -171,13 +202,84 @@ def _end_to_end(backbone, card: dict, pipe, size: tuple):
     if feats.get("dtype") == "float16":  # the head learned on features stored as float16
         x = keras.layers.Activation("linear", dtype="float16", name="as_stored_float16")(x)
         x = keras.layers.Activation("linear", dtype="float32", name="as_float32")(x)
-    if card.get("kind") == "keras":
-        probs = pipe.steps[-1][1].model_(x)
-    else:  # a linear scikit-learn head: its scaler, PCA and classifier as Dense layers
+    return images, x
+
+
+def export_heads(dirs: list, out, *, input_size: tuple[int, int] | None = None, format: str = "keras") -> Path:
+    """One model for one regression or multi-label head, or several heads trained on one cache: one backbone
+    run, then every head; several heads give one output each, named after its target (``TARGET_HEAD`` where
+    two share a target). ``featcache.json`` lists each output's name, kind, names (classes, labels or
+    outputs), head and, for multi-label, its per-label thresholds."""
+    if format != "keras":
+        raise FeatcacheError("format openvino exports one classification head; several heads or a target's head "
+                             "export as .keras only")
+    out = _check_export_target(out)
+    if input_size is not None and (not isinstance(input_size, (tuple, list)) or len(input_size) != 2
+                                   or not all(is_integer(v) and v >= 1 for v in input_size)):
+        raise FeatcacheError(f"input_size must be (height, width) of positive integers or None, got {input_size!r}")
+    cards = [read_card(d) for d in dirs]
+    _check_heads_export(dirs, cards)
+    pipes = [load_model_dir(d)[0] for d in dirs]
+    import keras  # heavy: only an export builds a graph
+
+    images, x = _features_graph(_current_backbone(cards[0]), cards[0], tuple(input_size) if input_size else (None, None))
+    outputs = _output_records(cards)
+    tensors = {o["name"]: _head_tensor(p, c, x, o["name"]) for o, p, c in zip(outputs, pipes, cards)}
+    model = keras.Model(images, tensors if len(dirs) > 1 else next(iter(tensors.values())),
+                        name=f"featcache_{output_name_safe('_'.join(tensors))}"[:120])
+    info = _export_record(cards[0], input_size) | {"outputs": outputs, "head": [c["head"] for c in cards]}
+    info |= {"class_names": outputs[0]["names"] if len(outputs) == 1 else [], "classes": None,
+             "metrics": {o["name"]: c.get("metrics", {}) for o, c in zip(outputs, cards)}}
+    _save_with_info(model, out, info, openvino=False)
+    return out
+
+
+def _check_heads_export(dirs: list, cards: list) -> None:
+    """Every head exportable, all trained on the same cache's features: each refusal in one line."""
+    from .linear_export import target_refusal
+
+    for d, card in zip(dirs, cards):
+        t = card.get("target")
+        why = (target_refusal(str(card.get("head")), t["kind"]) if t
+               else None if card.get("kind") == "keras" else refusal(str(card.get("head"))))
+        if why:
+            raise FeatcacheError(f"{d}: {why}")
+    keys = {c["features"]["cache_key"] for c in cards}
+    if len(keys) > 1 or len({c["features"]["output"] for c in cards}) > 1:
+        raise FeatcacheError("one model with several outputs needs heads trained on the same cache; these came from "
+                             f"{len(keys)} caches ({', '.join(str(d) for d in dirs)})")
+
+
+def _output_records(cards: list) -> list[dict]:
+    """Each head's output: named after its target (``label`` for a classifier), ``TARGET_HEAD`` where two share one."""
+    targets = [(c.get("target") or {}).get("name", "label") for c in cards]
+    records = []
+    for name, card in zip(targets, cards):
+        t = card.get("target") or {"kind": "classification", "names": card["class_names"]}
+        out = name if targets.count(name) == 1 else f"{name}_{output_name_safe(card['head'])}"
+        records.append({"name": out, "target": name, "kind": t["kind"], "names": list(t["names"]),
+                        "head": card["head"], **({"thresholds": t["thresholds"]} if "thresholds" in t else {})})
+    if len({r["name"] for r in records}) < len(records):
+        raise FeatcacheError("two of the heads are the same head of the same target; export each once")
+    return records
+
+
+def _head_tensor(pipe, card: dict, x, name: str):
+    """One head on the shared features: a classifier's probabilities, a regression's values or per-label
+    probabilities, under a layer named ``name``."""
+    import keras
+
+    if card.get("target"):
+        from .linear_export import target_outputs
+
+        y = target_outputs(pipe, x, card["target"]["kind"], name=f"{name}_head")
+    elif card.get("kind") == "keras":
+        y = pipe.steps[-1][1].model_(x)
+    else:
         from .linear_export import probabilities
 
-        probs = probabilities(pipe, x, name="head")
-    return keras.Model(images, probs, name=f"featcache_{output_name_safe(card['head'])}")
+        y = probabilities(pipe, x, name=f"{name}_head")
+    return keras.layers.Identity(name=name)(y)
 
 
 def output_name_safe(text: str) -> str:

@@ -26,7 +26,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from . import __version__
+from . import __version__, pipeline_targets as targets
 from .backbones import get_spec
 from .params import check as check_params, defaults as param_defaults, schema as param_schema
 from .bench import BENCH, bench, check_options, check_report_target
@@ -62,8 +62,10 @@ SCHEMA = {
     "train": {"heads": _LIST_STR, "cache": _STR, "params": _TABLE, "export": _STR, **param_schema(TRAIN)},
     "finetune": {"cache": _STR, **param_schema(FINETUNE)},
     "bench": {"caches": _LIST_STR, **param_schema(BENCH)},
+    **targets.SCHEMA,  # [[targets]] tables to attach, [[heads]] trained for a target
 }
-REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"], "finetune": ["cache"]}
+REQUIRED = {"pipeline": ["name"], "data": ["source"], "extract": ["name"], "finetune": ["cache"], **targets.REQUIRED}
+LISTS = ("extract", *targets.SCHEMA)  # the sections written [[NAME]]
 #: the [[extract]] keys that are ExtractOptions
 EXTRACT_OPTIONS = tuple(s.name for s in SETTINGS)
 
@@ -108,11 +110,11 @@ def load(path) -> dict:
     for section, value in raw.items():
         if section not in SCHEMA:
             raise _unknown(path, "", section, SCHEMA)
-        entries = value if section == "extract" else [value]
-        if section == "extract" and not isinstance(value, list):
-            raise FeatcacheError(f"{path}: 'extract' must be a list of tables: write [[extract]]")
+        entries = value if section in LISTS else [value]
+        if section in LISTS and not isinstance(value, list):
+            raise FeatcacheError(f"{path}: '{section}' must be a list of tables: write [[{section}]]")
         for i, entry in enumerate(entries):
-            where = f"{section}[{i}]." if section == "extract" else f"{section}."
+            where = f"{section}[{i}]." if section in LISTS else f"{section}."
             if not isinstance(entry, dict):
                 raise FeatcacheError(f"{path}: '{section}' must be a table")
             for key, val in entry.items():
@@ -157,6 +159,7 @@ def _resolve(path: Path, cfg: dict) -> dict:
         pre["source"] = source_path(pre.get("source", cfg["data"]["source"]), "pretrain.source")
         pre["out"] = str(out / pre.get("out", "pretrained.keras"))
     names = _resolve_extracts(path, cfg, out, source_path)
+    targets.resolve(path, cfg, names, base)
     for section in ("train", "bench"):
         for h in cfg.get(section, {}).get("heads", []) + cfg.get(section, {}).get("baseline_heads", []):
             if h not in HEADS:
@@ -284,9 +287,11 @@ def run(path, *, progress: bool = True) -> dict:
     transfer = _pretrain_stage(cfg, result) if "pretrain" in cfg else None
     for ex in cfg["extract"]:
         _extract_stage(cfg, ex, transfer, result, progress)
+    targets.targets_stage(cfg, result)
     val_accuracy = {}  # model name: validation accuracy, for export = "best"
     if cfg.get("train", {}).get("heads"):
         _train_stage(cfg, result, val_accuracy)
+    targets.heads_stage(cfg, result)
     finetune_test = _finetune_stage(cfg, result, val_accuracy) if "finetune" in cfg else None
     if cfg.get("train", {}).get("export"):
         _export_stage(cfg, result, val_accuracy)
@@ -407,17 +412,22 @@ def _bench_stage(cfg: dict, result: dict, progress: bool) -> dict | None:
     report = out / bench_cfg.get("out", "report")
     result["report"] = str(report)
     stamp = _bench_stamp_path(cfg)
-    inputs = _bench_inputs(bench_cfg, {n: open_cache(result["caches"][n]) for n in names})
+    opened = {n: open_cache(result["caches"][n]) for n in names}
+    inputs = _bench_inputs(bench_cfg, opened)
+    if "target" in bench_cfg:  # each target's values by their checksum
+        inputs["targets"] = targets.bench_inputs(bench_cfg, opened[names[0]])
     recorded = _read_bench_stamp(stamp)
     if recorded is not None and recorded["inputs"] == inputs and recorded["files"] == _report_files(report):
         _say(f"[bold]bench[/] report: {report / 'report.html'}: up to date")
         return recorded["best"]
     settings = {k: v for k, v in bench_cfg.items() if k not in ("caches", "heads", "out")}  # bench's own keywords
-    rows = bench([result["caches"][n] for n in names], bench_cfg.get("heads") or None, out=report, progress=progress,
-                 **settings)
+    changed = targets.changed_targets(recorded, inputs, _report_files(report))
+    rows = targets.rebench(cfg, opened[names[0]], report, changed) if changed else bench(
+        [result["caches"][n] for n in names], bench_cfg.get("heads") or None, out=report, progress=progress, **settings)
     _say(f"[bold]bench[/] report: {report / 'report.html'} (and report.md, results.csv)")
-    top = best_row(rows)
-    best = None if top is None else {k: top[k] for k in ("head", "features", "accuracy")}
+    top = best_row([r for r in rows if "target" not in r])  # label's rows: target rows are not classifiers
+    best = recorded["best"] if changed else None if top is None else {k: top[k] for k in ("head", "features",
+                                                                                          "accuracy")}
     if rows and all(r.get("status") == "ok" for r in rows):  # a failed row is for bench to judge again next run
         _write_json(stamp, {"format": BENCH_STAMP_FORMAT, "inputs": inputs, "files": _report_files(report),
                             "best": best})
@@ -522,6 +532,7 @@ def output_plan(cfg: dict) -> list[tuple[str, Path]]:
     models = [out / "models" / f"{cache_name}-{h}" for h in train.get("heads", [])]
     if "finetune" in cfg:
         models.append(out / "models" / f"{cfg['finetune']['cache']}-finetune")
+    models += targets.model_dirs(cfg)
     if models:
         plan.append(("folder", out / "models"))
     plan += [("model", m) for m in models]

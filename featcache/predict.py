@@ -191,6 +191,8 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
     pipe, card = load_model_dir(model_dir)
     target = source_for(inputs)
     cache = features_for(card, target, cache_dir=cache_dir, progress=progress)
+    if card.get("target"):  # a regression or multi-label head: values, or label sets with probabilities
+        return _predict_target(pipe, card, cache, target, out, return_as, pandas)
     rows = _classify(pipe, card, cache)
     if out is not None:
         write_predictions(rows, out, card["class_names"])
@@ -201,6 +203,74 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
         return pandas.DataFrame([{k: v for k, v in r.items() if k != "probabilities"}
                                  | {f"p_{n}": (r.get("probabilities") or {}).get(n) for n in names} for r in rows])
     return _in_input_order(rows, target, cache, card["class_names"], return_as)
+
+
+def _target_rows(pipe, card: dict, cache: Cache) -> list[dict]:
+    """Regression: ``value`` (one output) and ``values`` by output; multi-label: ``labels`` (each label's
+    probability at or above its validation threshold) and ``probabilities``. ``class``: the prediction as text."""
+    from .train_targets import _scores
+
+    t = card["target"]
+    X = cache.features(card["features"]["output"])
+    X = X.reshape(len(X), -1).astype(np.float32)
+    scores = _scores(pipe, X, t["kind"]).reshape(len(X), -1) if len(X) else np.zeros((0, len(t["names"])))
+    rows = []
+    for rid, s in zip(cache.ids(), scores):
+        if t["kind"] == "regression":
+            values = {n: float(v) for n, v in zip(t["names"], s)}
+            row = {"id": rid, "target": t["name"], "values": values, "class": ", ".join(f"{v:.4g}" for v in s)}
+            row |= {"value": float(s[0])} if len(s) == 1 else {}
+        else:
+            labels = [n for n, v, th in zip(t["names"], s, t["thresholds"]) if v >= th]
+            row = {"id": rid, "target": t["name"], "labels": labels, "class": "|".join(labels),
+                   "probabilities": {n: float(v) for n, v in zip(t["names"], s)}}
+        rows.append(row | {"probability": None})
+    for sk in cache.skipped:
+        rows.append({"id": sk["id"], "target": t["name"], "class": None, "probability": None, "error": sk["reason"]})
+    return rows
+
+
+def _target_columns(card: dict) -> list[str]:
+    """A target's prediction columns: ``predicted_OUTPUT`` per regression output, ``predicted_labels`` then
+    ``p_LABEL`` per label."""
+    t = card["target"]
+    if t["kind"] == "regression":
+        return [f"predicted_{n}" for n in t["names"]]
+    return ["predicted_labels", *[f"p_{n}" for n in t["names"]]]
+
+
+def _target_cells(r: dict, card: dict) -> list:
+    t = card["target"]
+    if r.get("error"):
+        return [None] * len(_target_columns(card))
+    if t["kind"] == "regression":
+        return [r["values"][n] for n in t["names"]]
+    return ["|".join(r["labels"]), *[r["probabilities"][n] for n in t["names"]]]
+
+
+def _predict_target(pipe, card: dict, cache: Cache, target, out, return_as: str, pandas):
+    """:func:`predict` for a regression or multi-label head (its card's ``target``)."""
+    rows = _target_rows(pipe, card, cache)
+    if out is not None:
+        write_predictions(rows, out, card=card)
+    if return_as == "rows":
+        return rows
+    columns = _target_columns(card)
+    if return_as == "frame":
+        return pandas.DataFrame([{"id": r["id"], **dict(zip(columns, _target_cells(r, card))),
+                                  "error": r.get("error", "")} for r in rows], columns=["id", *columns, "error"])
+    kind, names = card["target"]["kind"], card["target"]["names"]
+    ids = [it.id for it in target.items] if isinstance(target, Source) else cache.ids()
+    by_id = {r["id"]: r for r in rows if not r.get("error")}
+    if return_as == "labels" and kind == "multilabel":
+        return np.array([by_id[i]["labels"] if i in by_id else None for i in ids], dtype=object)
+    if return_as == "proba" and kind == "regression":
+        raise FeatcacheError("a regression head predicts values, not probabilities: use return_as='labels' "
+                             "(the values) or 'rows'")
+    key = "values" if kind == "regression" else "probabilities"
+    nan = [float("nan")] * len(names)
+    out_arr = np.array([[by_id[i][key][n] for n in names] if i in by_id else nan for i in ids], np.float64)
+    return out_arr[:, 0] if kind == "regression" and len(names) == 1 else out_arr.reshape(len(ids), len(names))
 
 
 def _check_predict_arguments(return_as: str, out, cache_dir):
@@ -325,14 +395,18 @@ def _is_our_predictions(path: Path) -> bool:
         if path.suffix.lower() == ".csv":
             with open(path, "rb") as f:
                 head = f.read(len(CSV_HEADER))
-            return head == CSV_HEADER.encode() or head.startswith(OLD_CSV_HEADER.encode())
+            # a target's predictions: id, predicted_OUTPUT... or predicted_labels, then error
+            return head == CSV_HEADER.encode() or head.startswith(OLD_CSV_HEADER.encode()) or \
+                head.startswith(b"id,predicted_") and b",error" in path.read_bytes().split(b"\n", 1)[0]
         rows = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return False
     return isinstance(rows, list) and all(isinstance(r, dict) and "id" in r and "class" in r for r in rows)
 
 
-def write_predictions(rows: list[dict], out, class_names) -> None:
+def write_predictions(rows: list[dict], out, class_names=(), *, card: dict | None = None) -> None:
+    """Rows to a .json file, or a .csv: classes (``CSV_HEADER`` then ``p_CLASS``), or with the ``card`` of a
+    regression or multi-label head ``id``, its prediction columns (:func:`_target_columns`) and ``error``."""
     out = _check_predictions_target(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -340,6 +414,13 @@ def write_predictions(rows: list[dict], out, class_names) -> None:
         raise FeatcacheError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
     if out.suffix.lower() == ".json":
         data = (json.dumps(rows, indent=2) + "\n").encode()  # ASCII: non-UTF-8 names travel as \udcXX escapes
+    elif card is not None and card.get("target"):
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow([spreadsheet_safe(v) for v in ["id", *_target_columns(card), "error"]])
+        for r in rows:
+            w.writerow([spreadsheet_safe(v) for v in [r["id"], *_target_cells(r, card), r.get("error", "")]])
+        data = text.getvalue().encode("utf-8", "surrogateescape")
     else:
         text = io.StringIO(newline="")
         w = csv.writer(text)

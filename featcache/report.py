@@ -21,6 +21,7 @@ from rich.text import Text
 from .bench.select import best_row, mark_ties  # the selection rules are the bench's; re-exported here
 from .console import console
 from .files import atomic_write_bytes, spreadsheet_safe
+from .report_targets import keep_target_sections
 
 COLUMNS = ["cache", "backbone", "features", "head", "baseline", "status", "accuracy", "accuracy_ci_low",
            "accuracy_ci_high", "balanced_accuracy", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "versus_best",
@@ -548,6 +549,7 @@ def write_report(out: Path, rows: list[dict], best_dir: Path | None = None, curv
         atomic_write_bytes(out / name, data)
     classes = per_class(best, class_names) if best else []
     md = _markdown_report(rows, best, best_dir, classes, curve, leakage, leak_text, images)
-    atomic_write_bytes(out / "report.md", md.encode("utf-8", "surrogateescape"))
     page = _html_report(rows, best, best_dir, classes, curve, leak_text, images)
+    md, page = keep_target_sections(out, md, page)  # a targets run's section outlives a later label bench
+    atomic_write_bytes(out / "report.md", md.encode("utf-8", "surrogateescape"))
     atomic_write_bytes(out / "report.html", page.encode("utf-8", "surrogateescape"))

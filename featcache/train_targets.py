@@ -13,7 +13,6 @@ import numpy as np
 
 from .errors import FeatcacheError
 from .heads import get_head_spec, proba_and_labels, validate_head
-from .store import split_masks
 
 
 def _scores(pipe, X, kind: str) -> np.ndarray:
@@ -26,9 +25,23 @@ def _scores(pipe, X, kind: str) -> np.ndarray:
     return np.asarray(proba, dtype=np.float64)
 
 
+def target_masks(cache, t, val_fraction: float, test_fraction: float) -> dict:
+    """Each split's rows with a value for target ``t``: the cache's own split of each row, unlabelled rows
+    included (``split_masks`` leaves them out, but a mosaic folder's images have targets and no class)."""
+    from .splits import SPLIT_NAMES, assign_splits
+
+    names = assign_splits(cache.ids(), cache.splits(), val_fraction=val_fraction, test_fraction=test_fraction,
+                          labels=cache.labels())
+    return {s: (names == s) & t.mask for s in SPLIT_NAMES}
+
+
 def train_target(cache, head: str, target: str, *, params: dict | None = None, preprocess: str | None = None,
-                 val_fraction: float, test_fraction: float) -> dict:
-    """Fit ``head`` for ``target`` on its train rows with a value: ``{"pipe", "metrics", "card_target", ...}``."""
+                 val_fraction: float, test_fraction: float, features: np.ndarray | None = None) -> dict:
+    """Fit ``head`` for ``target`` on its train rows with a value: ``{"pipe", "metrics", "target", "test", ...}``.
+
+    ``features``: other rows to learn from in the cache's row order (the bench's raw-pixel baseline);
+    ``test`` is ``(true, predicted)`` on the test rows (predicted: values, or per-label scores).
+    """
     from .bench.metrics import choose_thresholds, multilabel_metrics, regression_metrics
 
     if not isinstance(head, str):
@@ -37,11 +50,10 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
     kind = t.kind
     get_head_spec(head).factory(kind)  # the one-line refusal of a head of the wrong kind, before any work
     pipe = validate_head(head, preprocess, params or {}, target_kind=kind)
-    masks = {s: m & t.mask for s, m in split_masks(cache, val_fraction=val_fraction,
-                                                   test_fraction=test_fraction).items()}
+    masks = target_masks(cache, t, val_fraction, test_fraction)
     if not masks["train"].any():
         raise FeatcacheError(f"target {target!r} has no value on any train row of {cache.path}")
-    X = cache.features()
+    X = cache.features() if features is None else features
     X = X.reshape(len(X), -1).astype(np.float32)
     y = t.values
     t0 = time.perf_counter()
@@ -51,18 +63,27 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
     if kind == "multilabel":
         thresholds = (choose_thresholds(y[masks["val"]], _scores(pipe, X[masks["val"]], kind))
                       if masks["val"].any() else np.full(y.shape[1], 0.5))
-    results = {}
+    results, test = {}, None
     for split, m in masks.items():
         if not m.any():
             continue
         s = _scores(pipe, X[m], kind)
         results[split] = (regression_metrics(y[m], s) if kind == "regression"
                           else multilabel_metrics(y[m], s, thresholds))
+        if split == "test":
+            test = (y[m], s)
     card_target = {"name": target, "kind": kind, "names": list(t.names),
-                   "rows": {s: int(m.sum()) for s, m in masks.items()}}
+                   "rows": {s: int(m.sum()) for s, m in masks.items()}, "sha256": target_sha256(cache, target)}
     if thresholds is not None:
         card_target["thresholds"] = [float(v) for v in thresholds]
-    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target}
+    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test}
+
+
+def target_sha256(cache, name: str) -> str:
+    """What a target's values are, as the store checksums them: its file's sha256 (``label``: the rows key)."""
+    from .store.targets import LABEL, read_index
+
+    return cache.rows_key if name == LABEL else read_index(cache.path)[name]["sha256"]
 
 
 #: the metrics a target's training table shows, by kind

@@ -118,7 +118,8 @@ def _bench_with_targets(caches, heads, target, out, kw: dict) -> list[dict]:
         keep = {k: v for k, v in kw.items() if k in {p.name for p in BENCH} and k != "target"}
         rows = bench(caches, heads, **keep)
     return rows + bench_targets(first, [n for n in names if n != "label"] or "label", heads=named,
-                                out=_report_dir(out))
+                                out=_report_dir(out), baseline_heads=kw["baseline_heads"],
+                                pixel_size=kw["pixel_size"])
 
 
 if bench.__doc__:  # the settings' help, declared once in .options (absent under python -OO)

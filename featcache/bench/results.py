@@ -137,6 +137,10 @@ def _is_fitted_leftover(path: Path) -> bool:
 
 
 def _is_report(out: Path) -> bool:
+    from .targets import is_target_report  # bench --target of regression/multi-label targets alone is ours too
+
+    if is_target_report(out):
+        return True
     path = out / RESULTS
     if path.is_symlink() or not path.is_file():
         return False

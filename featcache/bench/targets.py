@@ -13,15 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import FeatcacheError
+from ..errors import FeatcacheError, FeatcacheWarning
 from .select import SELECT_METRIC, best_target_row
 
 #: the heads a kind runs when none are named: fast, and one linear plus one local head each
 DEFAULT_TARGET_HEADS = {"regression": ("ridge", "knn"), "multilabel": ("logreg", "knn")}
+#: the head run on raw pixels for a kind when the bench's baseline heads name none that serves it
+PIXEL_HEADS = {"regression": "ridge", "multilabel": "logreg"}
 #: results.csv metric columns by kind, each also with ``_lo``/``_hi`` 95% bootstrap bounds
 METRICS = {"regression": ("r2", "mae", "rmse", "spearman"),
            "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy")}
@@ -59,45 +62,95 @@ def _baseline_row(cache, name: str, t, masks: dict) -> dict:
             y[m], frequency_baseline(y[masks["train"]], int(m.sum())))
     m_test = score(test) if test.any() else {}
     m_val = score(val) if val.any() else {}
-    return {"target": name, "kind": t.kind, "head": head, "status": "ok", "baseline": True,
+    return {"target": name, "kind": t.kind, "head": head, "status": "ok", "baseline": True, "features": "-",
             f"val_{SELECT_METRIC[t.kind]}": m_val.get(SELECT_METRIC[t.kind]), "fit_seconds": 0.0,
             "rows_test": int(test.sum()), **_metric_cells(t.kind, m_test)}
 
 
-def _head_row(cache, name: str, head: str, kind: str, val_fraction: float, test_fraction: float) -> dict:
+def _head_row(cache, name: str, head: str, kind: str, val_fraction: float, test_fraction: float,
+              pixels: tuple | None = None) -> dict:
+    """One head's row; ``pixels`` ``(size, features)``: the same head on raw pixels, a baseline row."""
     from ..train_targets import train_target
 
     t0 = time.perf_counter()
+    where = {"baseline": pixels is not None, "features": f"pixels {pixels[0]}x{pixels[0]}" if pixels else "cache"}
     try:
-        res = train_target(cache, head, name, val_fraction=val_fraction, test_fraction=test_fraction)
+        res = train_target(cache, head, name, val_fraction=val_fraction, test_fraction=test_fraction,
+                           features=pixels[1] if pixels else None)
     except (FeatcacheError, ValueError) as e:  # one head's failure is its row, not the run's end
-        return {"target": name, "kind": kind, "head": head, "status": "failed", "baseline": False,
+        return {"target": name, "kind": kind, "head": head, "status": "failed", **where,
                 "error": str(e).splitlines()[0]}
     m = res["metrics"]
-    return {"target": name, "kind": kind, "head": head, "status": "ok", "baseline": False,
+    return {"target": name, "kind": kind, "head": head, "status": "ok", **where,
             f"val_{SELECT_METRIC[kind]}": m.get("val", {}).get(SELECT_METRIC[kind]),
             "fit_seconds": res["fit_seconds"], "seconds": time.perf_counter() - t0,
             "rows_test": res["target"]["rows"]["test"], **_metric_cells(kind, m.get("test", {})),
-            "pipe": res["pipe"]}
+            "pipe": res["pipe"], "test": res["test"], "names": res["target"]["names"]}
+
+
+def _pixels(cache, baseline_heads, size: int, memo: dict):
+    """``(size, raw-pixel features)`` of the cache once per run, or None: no baseline asked, or arrays."""
+    if not baseline_heads:
+        return None
+    if "pixels" not in memo:
+        memo["pixels"] = None
+        if cache.source_address is None:  # arrays: their pixels cannot be read again
+            warnings.warn(f"no raw-pixel baseline: {cache.path} was made from in-memory arrays, whose pixels "
+                          "featcache cannot read again", FeatcacheWarning, stacklevel=3)
+        else:
+            from .pixels import pixel_features
+
+            memo["pixels"] = (size, pixel_features(cache, size))
+    return memo["pixels"]
+
+
+def _pixel_heads(kind: str, baseline_heads, served) -> list[str]:
+    """The baseline heads that serve ``kind``, else its :data:`PIXEL_HEADS` one (none when none are asked)."""
+    if not baseline_heads:
+        return []
+    return [h for h in baseline_heads if h in served] or [PIXEL_HEADS[kind]]
+
+
+def _target_rows(cache, name: str, t, names, vf: float, tf: float, pixel_heads, pixels) -> list[dict]:
+    from ..train_targets import target_masks
+
+    masks = target_masks(cache, t, vf, tf)
+    own = [_head_row(cache, name, h, t.kind, vf, tf) for h in names]
+    if pixels is not None:
+        own += [_head_row(cache, name, h, t.kind, vf, tf, pixels) for h in pixel_heads]
+    own.append(_baseline_row(cache, name, t, masks))
+    best = best_target_row(own)
+    if best is not None:
+        best["best"] = True
+    return own
 
 
 def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | None = None,
-                  test_fraction: float | None = None) -> list[dict]:
-    """Run each non-classification target's heads and baseline on ``cache``; return (and write) the rows.
+                  test_fraction: float | None = None, baseline_heads=("logreg",), pixel_size: int = 16,
+                  only=None) -> list[dict]:
+    """Run each non-classification target's heads and baselines on ``cache``; return (and write) the rows.
 
     ``heads``: names to run where they serve a target's kind (default :data:`DEFAULT_TARGET_HEADS`).
+    ``baseline_heads``: run on the cache's raw pixels (``pixel_size`` square) as baseline rows: those
+    that serve the kind, else the kind's :data:`PIXEL_HEADS` head (empty: no pixel baseline).
     Each target's best row (on validation) gets ``best: True``. With ``out``, rows go to
-    ``out/target_results.csv`` and one section per target to ``out/targets.md``.
+    ``out/target_results.csv``, one section per target to ``out/targets.md`` and to the report.
+    ``only``: run just these targets; the others' rows are kept from ``out/target_results.csv``
+    (a pipeline re-run after one target's table changed).
     """
     from ..heads.kinds import heads_for
     from ..splits import TEST_FRACTION, VAL_FRACTION
-    from ..store import open_cache, split_masks
+    from ..store import open_cache
 
     cache = open_cache(cache) if isinstance(cache, (str, Path)) else cache
     vf = VAL_FRACTION if val_fraction is None else val_fraction
     tf = TEST_FRACTION if test_fraction is None else test_fraction
-    rows = []
+    rows, memo = [], {}
+    kept = read_target_results(Path(out)) if only is not None and out is not None else {}
     for name in parse_targets(target):
+        if only is not None and name not in only and name in kept:
+            rows += kept[name]
+            continue
         t = cache.target(name)
         if t.kind == "classification":
             continue
@@ -106,13 +159,9 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
         if not names:
             raise FeatcacheError(f"none of the heads {list(heads)} serve {t.kind} target {name!r}; "
                                  f"heads that do: {', '.join(served)}")
-        masks = {s: m & t.mask for s, m in split_masks(cache, val_fraction=vf, test_fraction=tf).items()}
-        own = [_head_row(cache, name, h, t.kind, vf, tf) for h in names]
-        own.append(_baseline_row(cache, name, t, masks))
-        best = best_target_row(own)
-        if best is not None:
-            best["best"] = True
-        rows += own
+        pixel_heads = _pixel_heads(t.kind, baseline_heads, served)
+        rows += _target_rows(cache, name, t, names, vf, tf, pixel_heads,
+                             _pixels(cache, pixel_heads, pixel_size, memo))
     if out is not None:
         write_target_results(rows, Path(out))
     return rows
@@ -123,7 +172,7 @@ def write_target_results(rows: list[dict], out: Path) -> None:
     from ..files import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["target", "kind", "head", "status", "baseline", "best", "val_r2", "val_map", "rows_test",
+    cols = ["target", "kind", "head", "features", "status", "baseline", "best", "val_r2", "val_map", "rows_test",
             "fit_seconds"]
     for kind in METRICS:
         for k in METRICS[kind]:
@@ -134,6 +183,38 @@ def write_target_results(rows: list[dict], out: Path) -> None:
     w.writerows(rows)
     atomic_write_bytes(out / TARGET_RESULTS, buf.getvalue().encode())
     atomic_write_bytes(out / "targets.md", targets_markdown(rows).encode())
+    from ..report_targets import write_target_report
+
+    write_target_report(out, rows)
+
+
+def is_target_report(out: Path) -> bool:
+    """Whether ``out`` holds a ``target_results.csv`` that :func:`write_target_results` wrote (its header)."""
+    path = Path(out) / TARGET_RESULTS
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith("target,kind,head,features,status,baseline,best,")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def read_target_results(out: Path) -> dict[str, list[dict]]:
+    """The rows of an earlier ``target_results.csv`` in ``out`` by target, numbers as numbers ({} if none)."""
+    try:
+        with open(out / TARGET_RESULTS, newline="", encoding="utf-8") as f:
+            table = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    numbers = {c for kind in METRICS for k in METRICS[kind] for c in (k, f"{k}_lo", f"{k}_hi")}
+    numbers |= {"val_r2", "val_map", "fit_seconds"}
+    rows = {}
+    for r in table:
+        r = {k: (float(v) if k in numbers else v == "True" if k in ("baseline", "best") else v) if v != "" else None
+             for k, v in r.items()}
+        rows.setdefault(r["target"], []).append(r)
+    return rows
 
 
 def targets_markdown(rows: list[dict]) -> str:
@@ -147,7 +228,9 @@ def targets_markdown(rows: list[dict]) -> str:
         for r in own:
             cells = ["-" if r.get(k) is None else f"{r[k]:.3f} [{r[f'{k}_lo']:.3f}, {r[f'{k}_hi']:.3f}]"
                      if r.get(f"{k}_lo") is not None else f"{r[k]:.3f}" for k in METRICS[kind]]
-            label = r["head"] + (" (best)" if r.get("best") else "") + (" (baseline)" if r.get("baseline") else "")
+            label = r["head"] + (" (best)" if r.get("best") else "") + (
+                f" ({r['features']}, baseline)" if r.get("features", "").startswith("pixels")
+                else " (baseline)" if r.get("baseline") else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
