@@ -1,5 +1,7 @@
 """Heads for regression and multi-label targets, against a by-hand scikit-learn fit on a real cache."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,14 @@ import featcache
 from featcache.errors import FeatcacheError
 from featcache.heads import make_head
 from featcache.heads.kinds import heads_for
+
+
+@pytest.fixture(scope="module")
+def own_cache(small_cache, tmp_path_factory):
+    """A copy of the shared cache for the tests that attach targets: the shared one must stay as other files expect."""
+    dst = tmp_path_factory.mktemp("target_heads") / "cache"
+    shutil.copytree(small_cache.path, dst)
+    return featcache.open_cache(dst)
 
 
 def _xy(small_cache):
@@ -63,42 +73,42 @@ def test_wrong_kind_names_heads_that_fit():
     assert "logreg" in heads_for("multilabel") and "lda" not in heads_for("multilabel")
 
 
-def test_train_regression_target_skips_rows_without_value(small_cache):
-    ids = small_cache.ids()
-    labels = small_cache.labels()
+def test_train_regression_target_skips_rows_without_value(own_cache):
+    ids = own_cache.ids()
+    labels = own_cache.labels()
     keep = np.arange(len(ids)) % 5 != 0  # a fifth of the rows have no value
-    featcache.attach_targets(small_cache, {"id": [i for i, k in zip(ids, keep) if k],
+    featcache.attach_targets(own_cache, {"id": [i for i, k in zip(ids, keep) if k],
                                            "bright": [float(v) for v, k in zip(labels, keep) if k]})
-    res = featcache.train(small_cache, head="ridge", target="bright")
+    res = featcache.train(own_cache, head="ridge", target="bright")
     assert res.card["target"]["kind"] == "regression" and res.card["target"]["name"] == "bright"
     assert sum(res.card["target"]["rows"].values()) == int(keep.sum())
     assert {"r2", "mae", "rmse", "spearman"} <= set(res.metrics["test"])
     with pytest.raises(FeatcacheError, match="heads that do: .*ridge"):
-        featcache.train(small_cache, head="lda", target="bright")
+        featcache.train(own_cache, head="lda", target="bright")
 
 
-def test_cli_train_target_writes_card_and_refuses_wrong_kind(small_cache, tmp_path):
+def test_cli_train_target_writes_card_and_refuses_wrong_kind(own_cache, tmp_path):
     import json
 
     from conftest import run_featcache
 
-    featcache.attach_targets(small_cache, {"id": small_cache.ids(), "shade": [float(v) for v in small_cache.labels()]})
+    featcache.attach_targets(own_cache, {"id": own_cache.ids(), "shade": [float(v) for v in own_cache.labels()]})
     out = tmp_path / "model"
-    run_featcache("train", str(small_cache.path), "--head", "ridge", "--target", "shade", "--out", str(out))
+    run_featcache("train", str(own_cache.path), "--head", "ridge", "--target", "shade", "--out", str(out))
     card = json.loads((out / "card.json").read_text())
     assert card["target"]["name"] == "shade" and card["target"]["kind"] == "regression"
     assert set(card["metrics"]) == {"train", "val", "test"} and "r2" in card["metrics"]["test"]
-    bad = run_featcache("train", str(small_cache.path), "--head", "lda", "--target", "shade", "--out",
+    bad = run_featcache("train", str(own_cache.path), "--head", "lda", "--target", "shade", "--out",
                         str(tmp_path / "bad"), check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "ridge" in bad.stderr
 
 
 @pytest.mark.parametrize("head", ["logreg", "knn"])
-def test_train_multilabel_target_chooses_thresholds_on_val(small_cache, head):
-    labels = small_cache.labels()
+def test_train_multilabel_target_chooses_thresholds_on_val(own_cache, head):
+    labels = own_cache.labels()
     tags = ["|".join(t for t, on in (("odd", v % 2), ("dark", v >= 1)) if on) or "|" for v in labels]
-    featcache.attach_targets(small_cache, {"id": small_cache.ids(), "tags": tags})
-    res = featcache.train(small_cache, head=head, target="tags")
+    featcache.attach_targets(own_cache, {"id": own_cache.ids(), "tags": tags})
+    res = featcache.train(own_cache, head=head, target="tags")
     t = res.card["target"]
     assert t["kind"] == "multilabel" and t["names"] == ["dark", "odd"] and len(t["thresholds"]) == 2
     assert {"map", "micro_f1", "macro_f1", "subset_accuracy"} <= set(res.metrics["test"])
