@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import featcache
-from conftest import REPO, SORTED_NAMES as NAMES, TINY, TINY_ARGS, class_sorted_images, run_featcache
+from conftest import REPO, SORTED_NAMES as NAMES, TINY, TINY_ARGS, class_sorted_images, run_here
 from featcache.errors import FeatcacheError
 
 NOTEBOOK = """
@@ -199,12 +199,12 @@ def test_an_npz_that_another_program_wrote_is_not_replaced(sorted_cache, tmp_pat
 
 def test_export_features_on_the_command_line(sorted_cache, tmp_path):
     out = tmp_path / "f.h5"
-    proc = run_featcache("export-features", sorted_cache.path, out)
+    proc = run_here("export-features", sorted_cache.path, out)
     assert out.is_file() and str(out) in proc.stdout
     (tmp_path / "notes.h5").write_text("mine")
-    proc = run_featcache("export-features", sorted_cache.path, tmp_path / "notes.h5", check=False)
+    proc = run_here("export-features", sorted_cache.path, tmp_path / "notes.h5", check=False)
     assert proc.returncode == 2 and "not a featcache feature export" in proc.stderr
-    proc = run_featcache("export-features", sorted_cache.path, tmp_path / "f.csv", check=False)
+    proc = run_here("export-features", sorted_cache.path, tmp_path / "f.csv", check=False)
     assert proc.returncode == 2 and ".npz, .parquet or .h5" in proc.stderr
 
 
@@ -217,14 +217,14 @@ def test_limit_samples_every_class_of_a_folder_and_first_warns(tmp_path):
             pixels = np.full((8, 8, 3), 40 * i, np.uint8)
             pixels[..., k] = 255
             Image.fromarray(pixels).save(root / name / f"{i}.png")
-    proc = run_featcache("extract", root, *TINY_ARGS, "--first", "6", "--out", tmp_path / "first", "--quiet")
+    proc = run_here("extract", root, *TINY_ARGS, "--first", "6", "--out", tmp_path / "first", "--quiet")
     assert "warning: first=6 keeps 6 images and no image of 2 class(es): dog, fox" in proc.stderr
     assert set(featcache.open_cache(tmp_path / "first").labels().tolist()) == {0}
-    proc = run_featcache("extract", root, *TINY_ARGS, "--limit", "6", "--out", tmp_path / "limit", "--quiet")
+    proc = run_here("extract", root, *TINY_ARGS, "--limit", "6", "--out", tmp_path / "limit", "--quiet")
     assert "warning" not in proc.stderr
     cache = featcache.open_cache(tmp_path / "limit")
     assert np.bincount(cache.labels()).tolist() == [2, 2, 2]
     assert cache.ids() == sorted(cache.ids())  # source order
-    proc = run_featcache("extract", root, *TINY_ARGS, "--limit", "6", "--first", "6", "--out", tmp_path / "x",
+    proc = run_here("extract", root, *TINY_ARGS, "--limit", "6", "--first", "6", "--out", tmp_path / "x",
                          check=False)
     assert proc.returncode == 2 and "not both" in proc.stderr and not (tmp_path / "x").exists()

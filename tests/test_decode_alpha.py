@@ -12,7 +12,7 @@ from featcache.decode import decode_image
 from featcache.plan import ExtractOptions, make_plan
 from featcache.sources import ArraySource
 
-from conftest import TINY, TINY_ARGS, run_featcache
+from conftest import TINY, TINY_ARGS, run_here
 
 INK = (10, 20, 30)
 
@@ -93,7 +93,7 @@ def test_palette_grey_and_colour_key_transparency_are_composited(tmp_path, mode)
 def test_bad_background_exits_2_with_one_line(tmp_path):
     folder = _icons_folder(tmp_path / "imgs", 1, 0, 1)
     for bad in ("notacolour", "#12345", "#ff000080"):
-        proc = run_featcache("extract", folder, *TINY_ARGS, "--background", bad, "--out", tmp_path / "c",
+        proc = run_here("extract", folder, *TINY_ARGS, "--background", bad, "--out", tmp_path / "c",
                              check=False)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -118,11 +118,11 @@ def test_the_background_is_in_the_key_and_the_default_keeps_old_keys():
 @pytest.mark.slow
 def test_folder_of_icons_counts_alpha_in_manifest_and_info_and_black_equals_the_old_decode(tmp_path):
     folder = _icons_folder(tmp_path / "imgs")
-    run_featcache("extract", folder, *TINY_ARGS, "--quiet", "--out", tmp_path / "white")
+    run_here("extract", folder, *TINY_ARGS, "--quiet", "--out", tmp_path / "white")
     manifest = json.loads((tmp_path / "white" / "manifest.json").read_text())
     assert manifest["counts"]["alpha"] == 2  # the opaque RGBA file changes nothing and is not counted
     assert all("alpha" in s for s in manifest["shards"])
-    info = run_featcache("info", tmp_path / "white").stdout
+    info = run_here("info", tmp_path / "white").stdout
     assert "with alpha" in info and "2 (on white)" in info
 
     # the old decode, alpha dropped, as RGB files of the same names
@@ -131,14 +131,14 @@ def test_folder_of_icons_counts_alpha_in_manifest_and_info_and_black_equals_the_
         (old / p.parent.name).mkdir(parents=True, exist_ok=True)
         with Image.open(p) as im:
             im.convert("RGB").save(old / p.parent.name / p.name)
-    run_featcache("extract", old, *TINY_ARGS, "--quiet", "--out", tmp_path / "old-cache")
-    run_featcache("extract", folder, *TINY_ARGS, "--quiet", "--background", "black", "--out", tmp_path / "black")
+    run_here("extract", old, *TINY_ARGS, "--quiet", "--out", tmp_path / "old-cache")
+    run_here("extract", folder, *TINY_ARGS, "--quiet", "--background", "black", "--out", tmp_path / "black")
     w, b, o = (featcache.open_cache(tmp_path / n) for n in ("white", "black", "old-cache"))
     assert w.ids() == b.ids() == o.ids()
     assert np.array_equal(b.features(), o.features())
     assert not np.array_equal(w.features(), o.features())
     assert b.key != w.key
-    assert "1 computed" in run_featcache("extract", folder, *TINY_ARGS, "--background", "black", "--out",
+    assert "1 computed" in run_here("extract", folder, *TINY_ARGS, "--background", "black", "--out",
                                          tmp_path / "white", "--overwrite").stdout
 
 

@@ -9,7 +9,7 @@ import featcache
 from featcache import store
 from featcache.errors import CacheError
 
-from conftest import TINY, TINY_ARGS, run_featcache
+from conftest import TINY, TINY_ARGS, run_featcache, run_here
 
 
 def test_cli_extract_writes_a_complete_cache(fm_cache):
@@ -41,7 +41,7 @@ def test_second_identical_run_is_a_noop(fm_cache):
     out, _ = fm_cache
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
     manifest_before = (out / "manifest.json").read_bytes()
-    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
+    proc = run_here("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
                          "--out", out)
     assert "nothing to do" in proc.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
@@ -50,7 +50,7 @@ def test_second_identical_run_is_a_noop(fm_cache):
 
 def test_info_reports_parameters_counts_and_completeness(fm_cache):
     out, _ = fm_cache
-    proc = run_featcache("info", out)
+    proc = run_here("info", out)
     for text in ("complete", "yes", "mobilenet_v2", "random", "32x32", "Ankle boot", "size on disk"):
         assert text in proc.stdout, text
     # per-class counts add up to the rows
@@ -63,20 +63,20 @@ def test_info_reports_parameters_counts_and_completeness(fm_cache):
 
 def test_changed_parameter_is_a_clear_error_and_overwrite_replaces(fm_cache, tmp_path):
     out, _ = fm_cache
-    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
+    proc = run_here("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
                          "--pooling", "max", "--out", out, check=False)
     assert proc.returncode == 2
     assert "pooling: cache has 'avg', this run asks for 'max'" in proc.stderr
     assert "--overwrite" in proc.stderr
     assert featcache.open_cache(out).params["pooling"] == "avg"  # nothing was touched
     # a different dataset is named too, under --frozen (without it, the cache would grow)
-    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "300", "--shard-size", "256",
+    proc = run_here("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "300", "--shard-size", "256",
                          "--out", out, "--frozen", check=False)
     assert proc.returncode == 2 and "dataset" in proc.stderr
     # --overwrite on a copy replaces the cache
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
+    run_here("extract", "fashion_mnist:test", *TINY_ARGS, "--first", "600", "--shard-size", "256",
                   "--pooling", "max", "--out", copy, "--overwrite")
     assert featcache.open_cache(copy).params["pooling"] == "max"
 
@@ -93,7 +93,7 @@ def test_corrupt_image_in_folder_is_skipped_and_reported(photo_folder, copy_fold
     assert cache.manifest["counts"]["skipped"] == 2
     assert "train/china/zz_broken.jpg" not in cache.ids()
     assert sorted(set(cache.splits())) == ["test", "train"]
-    info = run_featcache("info", tmp_path / "c")
+    info = run_here("info", tmp_path / "c")
     assert "zz_broken.jpg" in info.stdout and "skipped items (2)" in info.stdout
 
 
@@ -142,7 +142,7 @@ def test_refuses_a_foreign_non_empty_directory(tmp_path):
 
 
 def test_backbones_lists_the_registry():
-    proc = run_featcache("backbones")
+    proc = run_here("backbones")
     for name in ("mobilenet_v2", "resnet50", "efficientnet_b3", "convnext_tiny", "xception", "densenet121"):
         assert name in proc.stdout
     lines = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if line.count("│") > 3}

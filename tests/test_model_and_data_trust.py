@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_ARGS, run_featcache
+from conftest import TINY_ARGS, run_here
 from featcache.splits import assign_splits
 
 #: TensorFlow's own start-up lines on stderr (absl logging), which are not featcache's
@@ -55,7 +55,7 @@ def cache3(tmp_path_factory):
     """A tiny cache of the three-class folder."""
     root = _folder(tmp_path_factory.mktemp("three") / "images")
     out = root.parent / "cache"
-    run_featcache("extract", root, *TINY_ARGS, "--out", out, "--quiet")
+    run_here("extract", root, *TINY_ARGS, "--out", out, "--quiet")
     return out
 
 
@@ -75,8 +75,8 @@ def _edit_card(model, **changes):
 def models(cache3, tmp_path_factory):
     """A logreg and a keras_linear model directory trained on the three-class cache, through the CLI."""
     base = tmp_path_factory.mktemp("models")
-    run_featcache("train", cache3, "--head", "logreg", "--out", base / "logreg", "--quiet")
-    run_featcache("train", cache3, "--head", "keras_linear", "--out", base / "keras", "--quiet")
+    run_here("train", cache3, "--head", "logreg", "--out", base / "logreg", "--quiet")
+    run_here("train", cache3, "--head", "keras_linear", "--out", base / "keras", "--quiet")
     return base
 
 
@@ -92,7 +92,7 @@ def model_copy(models, tmp_path):
 
 def _predict_refused(model, images, tmp_path):
     out = tmp_path / "predictions.csv"
-    line = _one_line_exit_2(run_featcache("predict", model, images, "--out", out, check=False))
+    line = _one_line_exit_2(run_here("predict", model, images, "--out", out, check=False))
     assert not out.exists()
     return line
 
@@ -135,7 +135,7 @@ def test_export_and_predict_refuse_a_keras_head_with_1400_outputs(model_copy, ca
     keras.Model(inputs, keras.layers.Dense(1400, activation="softmax")(inputs)).save(model / "head.keras")
     _edit_card(model, sha256=_sha256(model / "head.keras"))
     out = tmp_path / "exported.keras"
-    line = _one_line_exit_2(run_featcache("export", model, out, check=False))
+    line = _one_line_exit_2(run_here("export", model, out, check=False))
     assert "1400 outputs" in line and "3 classes" in line
     assert not out.exists() and not list(tmp_path.glob("*.keras"))
     assert "1400 outputs" in _predict_refused(model, cache3.parent / "images" / "test", tmp_path)
@@ -163,7 +163,7 @@ def test_csv_rows_of_one_image_by_dotdot_or_symlink_are_duplicates(tmp_path):
         first = "img/0000.png" if "0000" in second else "img/0001.png"
         (tmp_path / "list.csv").write_text(f"path,label\n{first},a\nimg/0002.png,b\n{second},b\n")
         _image(tmp_path / "img" / "0002.png", (90, 90, 90), 3)
-        line = _one_line_exit_2(run_featcache("extract", tmp_path / "list.csv", *TINY_ARGS,
+        line = _one_line_exit_2(run_here("extract", tmp_path / "list.csv", *TINY_ARGS,
                                               "--out", tmp_path / "cache", check=False))
         assert second in line and first in line and "line 4" in line and "line 2" in line
         assert not (tmp_path / "cache").exists()
@@ -173,7 +173,7 @@ def test_a_nul_in_a_csv_label_is_refused_before_any_work(tmp_path):
     _image(tmp_path / "a.png", (10, 20, 30), 1)
     _image(tmp_path / "b.png", (30, 20, 10), 2)
     (tmp_path / "list.csv").write_bytes(b"path,label\na.png,ant\nb.png,be\x00e\n")
-    line = _one_line_exit_2(run_featcache("extract", tmp_path / "list.csv", *TINY_ARGS,
+    line = _one_line_exit_2(run_here("extract", tmp_path / "list.csv", *TINY_ARGS,
                                           "--out", tmp_path / "cache", check=False))
     assert "NUL" in line and "line 3" in line
     assert not (tmp_path / "cache").exists()
@@ -191,9 +191,9 @@ def rare_bench(tmp_path_factory):
     for split in ("train", "val", "test"):
         (root / split / "cat").rename(root / split / NASTY)
     cache = root.parent / "cache"
-    run_featcache("extract", root, *TINY_ARGS, "--out", cache, "--quiet")
+    run_here("extract", root, *TINY_ARGS, "--out", cache, "--quiet")
     out = root.parent / "report"
-    run_featcache("bench", cache, "--heads", "logreg,ridge", "--baseline-heads", "logreg", "--out", out,
+    run_here("bench", cache, "--heads", "logreg,ridge", "--baseline-heads", "logreg", "--out", out,
                   "--quiet", "--n-jobs", "1", "--timeout", "120")
     return out
 
@@ -240,6 +240,6 @@ def test_train_refuses_a_label_outside_the_cache_class_names(cache3, tmp_path):
         f["labels"][:] = labels
     record.update(sha256=_sha256(shard), bytes=shard.stat().st_size)
     (cache / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    proc = run_featcache("train", cache, "--head", "logreg", "--out", tmp_path / "model", check=False)
+    proc = run_here("train", cache, "--head", "logreg", "--out", tmp_path / "model", check=False)
     assert "57" in _one_line_exit_2(proc)
     assert not (tmp_path / "model").exists()

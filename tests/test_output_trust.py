@@ -18,7 +18,7 @@ import pytest
 import featcache
 from featcache.runtimes import openvino_installed
 
-from conftest import TINY, kill_at, run_featcache
+from conftest import TINY, kill_at, run_featcache, run_here
 
 
 def _images(n=24, seed=0):
@@ -84,7 +84,7 @@ def test_a_pipeline_into_a_user_folder_refuses_a_foreign_file_before_any_extract
     user_bytes = b'{"head_sha256": "mine", "note": "the user\'s own file"}\n'
     (out / foreign).write_bytes(user_bytes)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    proc = run_featcache("run", _pipeline(tmp_path, photo_folder / "train", out), check=False)
+    proc = run_here("run", _pipeline(tmp_path, photo_folder / "train", out), check=False)
     _one_line_error(proc, out / foreign.rpartition("/")[0] if "/" in foreign else out / foreign)  # what it writes
     assert (out / foreign).read_bytes() == user_bytes
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # no cache, model or report begun
@@ -92,7 +92,7 @@ def test_a_pipeline_into_a_user_folder_refuses_a_foreign_file_before_any_extract
 
 def test_a_pipeline_out_that_is_a_file_is_a_one_line_error(tmp_path, photo_folder):
     (tmp_path / "afile").write_text("mine\n")
-    proc = run_featcache("run", _pipeline(tmp_path, photo_folder / "train", tmp_path / "afile"), check=False)
+    proc = run_here("run", _pipeline(tmp_path, photo_folder / "train", tmp_path / "afile"), check=False)
     _one_line_error(proc, tmp_path / "afile", "is not a folder")
     assert (tmp_path / "afile").read_text() == "mine\n"
 
@@ -101,7 +101,7 @@ def test_a_pipeline_out_that_is_a_file_is_a_one_line_error(tmp_path, photo_folde
 def test_a_deeply_nested_pipeline_file_is_a_one_line_error(tmp_path, nest):
     path = tmp_path / "deep.toml"
     path.write_text(f"[pipeline]\nname = \"t\"\ndeep = {nest}\n")
-    proc = run_featcache("run", path, check=False)
+    proc = run_here("run", path, check=False)
     _one_line_error(proc, path, "nested too deeply")
 
 
@@ -120,7 +120,7 @@ def test_killed_feature_exports_temporaries_are_cleaned_but_a_live_writers_and_t
         # a link: never ours; another dead pid, since dead + 1 may be the live writer's
         link = tmp_path / f".out.tmp-{_dead_pid()}.h5"
         os.symlink(tmp_path / ".out.tmp-notes.h5", link)
-        run_featcache("export-features", tiny_cache, tmp_path / "out.h5")
+        run_here("export-features", tiny_cache, tmp_path / "out.h5")
         assert featcache.load_features(tmp_path / "out.h5")["features"].shape[0] == 24
         for name in left:
             assert not os.path.lexists(tmp_path / name), name
@@ -158,7 +158,7 @@ def full_disk(tmp_path):
 def test_export_features_to_a_full_disk_is_one_line_naming_the_file_and_bytes_and_leaves_no_temporary(
         tiny_cache, full_disk, suffix):
     out = full_disk / f"out{suffix}"
-    proc = run_featcache("export-features", tiny_cache, out, check=False)
+    proc = run_here("export-features", tiny_cache, out, check=False)
     _one_line_error(proc, f"disk full while writing {out}", "bytes are needed")
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # no temporary, no half file
 
@@ -221,6 +221,6 @@ def test_an_export_killed_between_the_ir_renames_never_leaves_a_pair_that_predic
         assert (ir_predictions() == expected).all()
     assert not ir_matches(out)  # the sidecar does not vouch for a set the kill left half made
     assert _temporaries(out.parent)  # the killed run's staged IR, cleaned by the next
-    run_featcache("export", b, out, "--format", "openvino")
+    run_here("export", b, out, "--format", "openvino")
     assert _temporaries(out.parent) == [] and ir_matches(out)
     assert (ir_predictions() == expected).all()

@@ -18,7 +18,7 @@ import featcache
 from featcache.errors import CacheError, FeatcacheError
 from featcache.model_dir import load_model_dir
 
-from conftest import TINY, kill_at, run_featcache
+from conftest import TINY, kill_at, run_here
 
 PRECIOUS = b"my thesis, five years of work\n"
 
@@ -72,7 +72,7 @@ def test_a_manifest_naming_a_file_outside_the_cache_is_refused_and_the_file_surv
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["shards"][1]["file"] = "../thesis.tex" if where == "parent" else str(victim)
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    proc = run_featcache("verify", cache, check=False)
+    proc = run_here("verify", cache, check=False)
     assert proc.returncode == 2 and "damaged" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(CacheError, match="damaged"):
         _extract_tiny(cache)  # the plain re-run that used to "repair" (delete) the victim
@@ -95,7 +95,7 @@ def test_a_card_naming_a_file_outside_the_model_directory_is_refused(tiny_cache,
     (model / "card.json").write_text(json.dumps(card))
     with pytest.raises(FeatcacheError, match="always 'head.joblib' beside the card"):
         load_model_dir(model)
-    proc = run_featcache("predict", model, tmp_path, check=False)
+    proc = run_here("predict", model, tmp_path, check=False)
     assert proc.returncode == 2 and "beside the card" in proc.stderr and "Traceback" not in proc.stderr
     # retraining into it is refused too: without a valid card nothing there is provably ours
     with pytest.raises(FeatcacheError, match="did not write"):
@@ -108,7 +108,7 @@ def test_a_broken_card_is_a_one_line_error(tiny_cache, tmp_path, card):
     model = tmp_path / "model"
     featcache.train(tiny_cache, "lda", out=model)
     (model / "card.json").write_text(card)
-    proc = run_featcache("predict", model, tmp_path, check=False)
+    proc = run_here("predict", model, tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -132,7 +132,7 @@ def test_overwrite_removes_only_what_featcache_wrote(tiny_cache, tmp_path):
     cache = _copy(tiny_cache, tmp_path)
     (cache / "notes.txt").write_bytes(PRECIOUS)
     (cache / "shards" / "db-part1.dat").write_bytes(PRECIOUS)
-    proc = run_featcache("extract", "fashion_mnist:test", "--limit", "8", "--backbone", "mobilenet_v2", "--weights",
+    proc = run_here("extract", "fashion_mnist:test", "--limit", "8", "--backbone", "mobilenet_v2", "--weights",
                          "none", "--image-size", "32", "--out", cache, "--overwrite", "--quiet", check=False)
     if proc.returncode == 2 and "dataset-fashion-mnist" in proc.stderr:
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
@@ -160,14 +160,14 @@ def test_bench_and_train_refuse_an_out_directory_that_is_not_theirs(tiny_cache, 
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_bytes(PRECIOUS)
-    proc = run_featcache("bench", tiny_cache, "--heads", "lda", "--out", site, check=False)
+    proc = run_here("bench", tiny_cache, "--heads", "lda", "--out", site, check=False)
     assert proc.returncode == 2 and "holds no featcache report" in proc.stderr
-    proc = run_featcache("train", tiny_cache, "--head", "lda", "--out", site, check=False)
+    proc = run_here("train", tiny_cache, "--head", "lda", "--out", site, check=False)
     assert proc.returncode == 2 and "did not write" in proc.stderr
     assert sorted(p.name for p in site.iterdir()) == ["index.html"] and (site / "index.html").read_bytes() == PRECIOUS
     a_file = tmp_path / "plain.txt"
     a_file.write_bytes(PRECIOUS)
-    proc = run_featcache("train", tiny_cache, "--head", "lda", "--out", a_file, check=False)
+    proc = run_here("train", tiny_cache, "--head", "lda", "--out", a_file, check=False)
     assert proc.returncode == 2 and "not a model directory" in proc.stderr
     assert a_file.read_bytes() == PRECIOUS
     # a model directory of ours with a file of the user's in it is not replaced either
@@ -200,7 +200,7 @@ def test_a_report_directory_of_ours_is_reused(tiny_cache, tmp_path):
 @pytest.mark.slow
 def test_a_kill_while_a_model_directory_is_replaced_leaves_the_old_or_the_new_model(tiny_cache, tmp_path):
     model = tmp_path / "model"
-    run_featcache("train", tiny_cache, "--head", "logreg", "--param", "C=0.5", "--out", model)
+    run_here("train", tiny_cache, "--head", "logreg", "--param", "C=0.5", "--out", model)
     train = ("train", tiny_cache, "--head", "logreg", "--param", "C=2.0", "--out", model)
 
     kill_at("before-swap:model", tmp_path / "paused-1", *train)
@@ -213,7 +213,7 @@ def test_a_kill_while_a_model_directory_is_replaced_leaves_the_old_or_the_new_mo
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")]
     assert leftovers  # the old model, still in its hidden sibling after the kill
 
-    run_featcache("train", *train[1:])
+    run_here("train", *train[1:])
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")] == []
     assert load_model_dir(model)[1]["head_params"] == {"C": 2.0}
 
@@ -242,9 +242,9 @@ def test_a_complete_cache_on_read_only_media_is_readable_and_a_rerun_is_a_no_op(
         out=cache, shard_size=4, return_summary=True, **TINY)
     assert summary.noop and len(again) == 12
     # training and benchmarking onto the read-only disk: one-line errors, nothing left behind
-    proc = run_featcache("train", cache, "--head", "lda", "--out", small_disk / "model", check=False)
+    proc = run_here("train", cache, "--head", "lda", "--out", small_disk / "model", check=False)
     assert proc.returncode == 2 and "Read-only" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_featcache("bench", cache, "--heads", "lda", "--out", small_disk / "report", check=False)
+    proc = run_here("bench", cache, "--heads", "lda", "--out", small_disk / "report", check=False)
     assert proc.returncode == 2 and "Read-only" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in small_disk.iterdir()) == ["cache"]
 
@@ -261,7 +261,7 @@ def test_a_full_disk_while_training_is_a_clear_error_and_the_old_model_stays(tin
                 f.write(b"\0" * 4096)
         except OSError:
             pass
-    proc = run_featcache("train", tiny_cache, "--head", "random_forest", "--out", model, check=False)
+    proc = run_here("train", tiny_cache, "--head", "random_forest", "--out", model, check=False)
     assert proc.returncode == 2 and "No space left" in proc.stderr and "Traceback" not in proc.stderr
     assert (model / "head.joblib").read_bytes() == before and load_model_dir(model)[1]["head"] == "logreg"
     assert _temporaries(small_disk) == []
@@ -340,7 +340,7 @@ def test_predict_and_pretrain_never_replace_a_file_they_did_not_write(tiny_cache
     featcache.predict(model, images, out=ours, cache_dir=tmp_path / "pc")  # its own file: replaced
     mine = tmp_path / "mymodel.keras"
     mine.write_bytes(PRECIOUS)
-    proc = run_featcache("pretrain", images, "--epochs", "1", "--out", mine, check=False)
+    proc = run_here("pretrain", images, "--epochs", "1", "--out", mine, check=False)
     assert proc.returncode == 2 and "not a model featcache pre-trained" in proc.stderr
     assert grades.read_bytes() == PRECIOUS and mine.read_bytes() == PRECIOUS
 
@@ -366,14 +366,14 @@ def test_a_manifest_missing_what_every_cache_records_is_a_one_line_error(tiny_ca
     else:
         manifest["shards"][0]["skipped"] = [1]
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    proc = run_featcache("info", cache, check=False)
+    proc = run_here("info", cache, check=False)
     assert proc.returncode == 2 and "damaged" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_train_out_dot_from_inside_a_model_directory(tiny_cache, tmp_path):
     model = tmp_path / "m"
     featcache.train(tiny_cache, "lda", out=model)
-    run_featcache("train", tiny_cache, "--head", "logreg", "--out", ".", cwd=model)
+    run_here("train", tiny_cache, "--head", "logreg", "--out", ".", cwd=model)
     assert load_model_dir(model)[1]["head"] == "logreg"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")] == []
 

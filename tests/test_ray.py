@@ -1,7 +1,9 @@
 """The Ray engine: same shards, same cache, same guarantees, on a local Ray instance.
 
-Each extraction here starts its own local instance (``ray.init`` with no
-address, no network), the way a user's first ``--engine ray`` run does.
+The README's command and the killed-worker test start their own local
+instance (``ray.init`` with no address, no network), the way a user's first
+``--engine ray`` run does; the rest run in this process and share one instance,
+which saves a Ray start and a TensorFlow import each.
 """
 
 import json
@@ -18,7 +20,7 @@ import pytest
 import featcache
 from featcache import store
 
-from conftest import TINY_ARGS, assert_same_cache, reference_cache, run_featcache, start_featcache
+from conftest import TINY_ARGS, assert_same_cache, reference_cache, run_featcache, run_here, start_featcache
 
 if os.environ.get("CI"):
     import ray  # noqa: F401 - CI installs the ray extra; a missing one must fail, not skip
@@ -33,6 +35,17 @@ ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "1280", "--shard-size", "12
 @pytest.fixture(scope="module")
 def local(tmp_path_factory, fashion_mnist_available):
     return reference_cache(tmp_path_factory, ARGS)
+
+
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One local Ray instance for the in-process tests, started with the engine's own settings."""
+    from featcache import ray_cluster
+
+    started = ray_cluster.connect()
+    yield
+    if started:
+        ray_cluster.import_ray().shutdown()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -63,15 +76,15 @@ def _n_shards(out: Path) -> int:
     return len(list((out / "shards").glob("*.h5"))) if (out / "shards").is_dir() else 0
 
 
-def test_ray_engine_builds_the_same_cache_as_the_local_engine(local, tmp_path):
+def test_ray_engine_builds_the_same_cache_as_the_local_engine(local, shared_ray, tmp_path):
     out = tmp_path / "ray"
-    proc = run_featcache("extract", *ARGS, "--out", out, "--engine", "ray", "--workers", "2")
+    proc = run_here("extract", *ARGS, "--out", out, "--engine", "ray", "--workers", "2")
     assert "10 computed" in proc.stdout
     assert_same_cache(local, out)
     timings = featcache.open_cache(out).manifest["timings"]
     assert timings["engine"] == "ray" and timings["workers"] == 2
     # the same command again is the local engine's no-op, whichever engine asked
-    again = run_featcache("extract", *ARGS, "--out", out, "--engine", "ray")
+    again = run_here("extract", *ARGS, "--out", out, "--engine", "ray")
     assert "nothing to do" in again.stdout
 
 
@@ -97,7 +110,7 @@ def test_a_killed_ray_worker_has_its_shard_retried_and_the_cache_completes(local
     assert not [p for p in (out / "shards").iterdir() if not p.name[:5].isdigit()]  # no temporaries left
 
 
-def test_ray_engine_resumes_a_killed_local_run(local, tmp_path):
+def test_ray_engine_resumes_a_killed_local_run(local, shared_ray, tmp_path):
     out = tmp_path / "mixed"
     proc = start_featcache("extract", *ARGS, "--out", out)
     deadline = time.monotonic() + 120
@@ -108,18 +121,18 @@ def test_ray_engine_resumes_a_killed_local_run(local, tmp_path):
     assert not store.read_manifest(out)["complete"]
     kept = _n_shards(out)  # finished shard files (the manifest may lag the last rename by one)
     assert 0 < kept < 10
-    finish = run_featcache("extract", *ARGS, "--out", out, "--engine", "ray")
+    finish = run_here("extract", *ARGS, "--out", out, "--engine", "ray")
     assert f"{10 - kept} computed, {kept} reused" in finish.stdout
     assert_same_cache(local, out)
 
 
-def test_bench_runs_its_heads_through_joblibs_ray_backend(local, tmp_path):
+def test_bench_runs_its_heads_through_joblibs_ray_backend(local, shared_ray, tmp_path):
     from featcache.cli import main
 
     common = ["bench", local, "--heads", "lda,gaussian_nb", "--baseline-heads", "", "--quiet"]
     # the threads reference needs no fresh process: in-process saves a TensorFlow import
     assert main([*map(str, common), "--out", str(tmp_path / "threads")]) == 0
-    run_featcache(*common, "--out", tmp_path / "ray", "--backend", "ray", "--n-jobs", "2")
+    run_here(*common, "--out", tmp_path / "ray", "--backend", "ray", "--n-jobs", "2")
     rows = {}
     for name in ("threads", "ray"):
         lines = (tmp_path / name / "results.jsonl").read_text().splitlines()
@@ -156,8 +169,8 @@ def test_the_readme_ray_command_runs_as_written(tmp_path, fashion_mnist_availabl
     assert len(cache) == 512 and cache.manifest["timings"]["engine"] == "ray"
 
 
-def test_views_built_on_ray_equal_the_local_engines_row_for_row(tmp_path, fashion_mnist_available):
+def test_views_built_on_ray_equal_the_local_engines_row_for_row(tmp_path, shared_ray, fashion_mnist_available):
     args = ["fashion_mnist:test", *TINY_ARGS, "--limit", "300", "--shard-size", "64", "--views", "2", "--quiet"]
-    run_featcache("extract", *args, "--out", tmp_path / "local")
-    run_featcache("extract", *args, "--out", tmp_path / "ray", "--engine", "ray", "--workers", "2")
+    run_here("extract", *args, "--out", tmp_path / "local")
+    run_here("extract", *args, "--out", tmp_path / "ray", "--engine", "ray", "--workers", "2")
     assert_same_cache(tmp_path / "local", tmp_path / "ray")  # every view of every image, bit for bit

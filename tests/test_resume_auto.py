@@ -16,7 +16,7 @@ from PIL import Image
 from featcache import store
 from featcache.plan import auto_shard_size
 
-from conftest import REPO, TINY_ARGS, assert_same_cache, run_featcache
+from conftest import REPO, TINY_ARGS, assert_same_cache, run_here
 
 N = 500
 
@@ -75,7 +75,7 @@ def test_sigkill_at_a_random_point_at_the_default_shard_size_loses_at_most_a_sha
     # queue then holds up to three computed shards (milliseconds of work, yet more than one shard of images)
     args = ["extract", folder, *TINY_ARGS, "--image-size", "96", "--decode-threads", "1"]  # no --shard-size
     reference = tmp_path / "reference"
-    run_featcache(*args, "--quiet", "--out", reference)
+    run_here(*args, "--quiet", "--out", reference)
     ref = store.read_manifest(reference)
     shard = ref["params"]["shard_size"]
     assert shard == auto_shard_size(N) == 64 and ref["n_shards"] == 8  # a kill can keep something
@@ -92,7 +92,7 @@ def test_sigkill_at_a_random_point_at_the_default_shard_size_loses_at_most_a_sha
     partial = store.read_manifest(out)
     assert partial is None or not partial["complete"]
 
-    run_featcache(*args, "--quiet", "--out", out)
+    run_here(*args, "--quiet", "--out", out)
     resumed = store.read_manifest(out)["timings"]["images_computed"]
     total = before + resumed  # images through the CNN: the killed run's (its bar) and the resume's
     assert total <= 1.1 * N + shard, f"killed at {before} (target {target}), resumed {resumed}"
@@ -107,7 +107,7 @@ def _plain_shards(manifest):
 def test_a_cache_made_before_automatic_sizes_is_up_to_date_and_resumes_at_its_own_size(folder, tmp_path):
     old = tmp_path / "old"
     args = ["extract", folder, *TINY_ARGS, "--quiet"]
-    run_featcache(*args, "--shard-size", "4096", "--out", old)
+    run_here(*args, "--shard-size", "4096", "--out", old)
     manifest = json.loads((old / "manifest.json").read_text())
     for s in manifest["shards"]:  # as a cache made before alpha counts: no count anywhere
         s.pop("alpha")
@@ -115,20 +115,20 @@ def test_a_cache_made_before_automatic_sizes_is_up_to_date_and_resumes_at_its_ow
     (old / "manifest.json").write_text(json.dumps(manifest, indent=2))
     before = (old / "manifest.json").read_bytes()
 
-    rerun = run_featcache(*args, "--out", old)  # the default shard size: the cache's own 4096, recognised by its key
+    rerun = run_here(*args, "--out", old)  # the default shard size: the cache's own 4096, recognised by its key
     assert "nothing to do" in rerun.stdout, rerun.stdout
     assert (old / "manifest.json").read_bytes() == before
-    assert "not counted" in run_featcache("info", old).stdout
+    assert "not counted" in run_here("info", old).stdout
 
     # an unfinished cache made with an explicit size resumes at that size when the flag is left out
     explicit = tmp_path / "explicit"
-    run_featcache(*args, "--shard-size", "100", "--out", explicit)
+    run_here(*args, "--shard-size", "100", "--out", explicit)
     manifest = json.loads((explicit / "manifest.json").read_text())
     last = manifest["shards"].pop()  # as if killed before the last shard was committed
     (explicit / last["file"]).unlink()
     manifest["complete"] = False
     (explicit / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    resumed = run_featcache(*args, "--out", explicit)
+    resumed = run_here(*args, "--out", explicit)
     assert "1 computed, 4 reused" in resumed.stdout, resumed.stdout
     manifest = store.read_manifest(explicit)
     assert manifest["complete"] and manifest["params"]["shard_size"] == 100
@@ -138,9 +138,9 @@ def test_a_cache_made_before_automatic_sizes_is_up_to_date_and_resumes_at_its_ow
 @pytest.mark.slow
 def test_an_explicit_shard_size_still_wins_and_another_cache_gets_the_automatic_one(folder, tmp_path):
     args = ["extract", folder, *TINY_ARGS, "--quiet", "--limit", "200"]
-    run_featcache(*args, "--shard-size", "50", "--out", tmp_path / "a")
+    run_here(*args, "--shard-size", "50", "--out", tmp_path / "a")
     assert store.read_manifest(tmp_path / "a")["params"]["shard_size"] == 50
-    run_featcache(*args, "--out", tmp_path / "b")
+    run_here(*args, "--out", tmp_path / "b")
     b = store.read_manifest(tmp_path / "b")
     assert b["params"]["shard_size"] == 64 and b["n_shards"] == 4
-    assert "nothing to do" in run_featcache(*args, "--out", tmp_path / "b").stdout
+    assert "nothing to do" in run_here(*args, "--out", tmp_path / "b").stdout

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import featcache
-from conftest import TINY, run_featcache
+from conftest import TINY, run_here
 from featcache.errors import FeatcacheError
 
 N, SHARD = 24, 12  # two shards of 12 images, three classes
@@ -202,12 +202,12 @@ def test_a_forged_shard_is_refused_by_every_reader(cache, secret, attack):
 def test_external_storage_never_reaches_an_export_training_or_verify(cache, secret, tmp_path):
     _forge(cache, external_storage(secret))
     out = tmp_path / "export.npz"
-    proc = run_featcache("export-features", cache, out, check=False)
+    proc = run_here("export-features", cache, out, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and not out.exists(), proc.stderr
-    proc = run_featcache("train", cache, "--head", "lda", "--out", tmp_path / "model", check=False)
+    proc = run_here("train", cache, "--head", "lda", "--out", tmp_path / "model", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "model").exists()
-    proc = run_featcache("verify", cache, check=False)
+    proc = run_here("verify", cache, check=False)
     assert proc.returncode != 0 and "external storage" in proc.stdout and "ok" not in proc.stdout.split(), proc.stdout
 
 
@@ -247,7 +247,7 @@ def test_a_forged_features_h5_is_refused_by_verify_and_rebuilt_by_a_rerun(cache,
         f.create_virtual_dataset("features/avg", layout)
     problems = featcache.open_cache(cache).verify()
     assert any("features.h5" in p and "secret" in p for p in problems), problems
-    proc = run_featcache("verify", cache, check=False)
+    proc = run_here("verify", cache, check=False)
     assert proc.returncode == 1 and "features.h5" in proc.stdout, proc.stdout
     _extract(cache)  # the same extraction again: features.h5 is rebuilt over the shards
     assert featcache.open_cache(cache).verify() == []
@@ -322,7 +322,7 @@ def test_a_manifest_nested_5000_deep_is_one_line(cache):
     (cache / "manifest.json").write_text(text.replace('"params": {', '"deep": ' + "[" * 5000 + "]" * 5000
                                                       + ', "params": {', 1))
     assert "nested" in _refused(lambda: featcache.open_cache(cache))
-    proc = run_featcache("verify", cache, check=False)
+    proc = run_here("verify", cache, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -331,7 +331,7 @@ def test_huge_n_rows_fails_verify_and_train_in_one_line(cache, tmp_path):
     manifest["shards"][0]["n_rows"] = 10**13
     _save(cache, manifest)
     for args in (("verify", cache), ("train", cache, "--head", "lda", "--out", tmp_path / "m")):
-        proc = run_featcache(*args, check=False)
+        proc = run_here(*args, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and "n_rows" in proc.stderr, proc.stderr
 
 
