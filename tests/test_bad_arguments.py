@@ -11,7 +11,7 @@ from featcache.plan import ExtractOptions
 from featcache.errors import FeatcacheError
 from featcache.model_dir import load_model_dir
 
-from conftest import REPO, TINY, TINY_ARGS, run_featcache
+from conftest import REPO, TINY, TINY_ARGS, run_here
 
 
 def assert_refused(proc, message):
@@ -50,7 +50,7 @@ def cache(tmp_path_factory):
     ("--wait", "-3", "wait must be a number of seconds >= 0, got -3.0"),
 ])
 def test_extract_refuses_a_bad_option_before_writing(folder, tmp_path, flag, value, message):
-    proc = run_featcache("extract", folder, *TINY_ARGS, flag, value, "--out", tmp_path / "c", "--quiet", check=False)
+    proc = run_here("extract", folder, *TINY_ARGS, flag, value, "--out", tmp_path / "c", "--quiet", check=False)
     assert_refused(proc, message)
     assert not (tmp_path / "c").exists()
 
@@ -83,13 +83,13 @@ def test_extract_options_are_checked_for_the_python_api_too(tmp_path):
     (["--head", "keras_mlp", "--preprocess", "standard"], "use preprocess 'none'"),
 ])
 def test_train_refuses_bad_head_settings_before_any_work(cache, tmp_path, args, message):
-    proc = run_featcache("train", cache.path, *args, "--out", tmp_path / "m", check=False)
+    proc = run_here("train", cache.path, *args, "--out", tmp_path / "m", check=False)
     assert_refused(proc, message)
     assert not (tmp_path / "m").exists()
 
 
 def test_train_hidden_as_an_int_means_one_hidden_layer(cache, tmp_path):
-    run_featcache("train", cache.path, "--head", "keras_linear", "--param", "hidden=8", "--param", "epochs=2",
+    run_here("train", cache.path, "--head", "keras_linear", "--param", "hidden=8", "--param", "epochs=2",
                   "--out", tmp_path / "m")
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["head_params"] == {"hidden": 8, "epochs": 2} and card["keras_head"]["params"]["hidden"] == 8
@@ -99,13 +99,13 @@ def test_train_hidden_as_an_int_means_one_hidden_layer(cache, tmp_path):
 
 
 def test_train_a_head_the_cache_cannot_satisfy_is_one_line(cache, tmp_path):
-    proc = run_featcache("train", cache.path, "--head", "knn", "--param", "n_neighbors=1000", "--out", tmp_path / "m",
+    proc = run_here("train", cache.path, "--head", "knn", "--param", "n_neighbors=1000", "--out", tmp_path / "m",
                          check=False)
     assert_refused(proc, "head 'knn' cannot be trained on this cache: Expected n_neighbors <= n_samples_fit")
     assert not (tmp_path / "m").exists()
     one_each = featcache.extract(np.random.default_rng(2).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8),
                                  labels=[0, 1, 2, 3], out=tmp_path / "one", **TINY)
-    proc = run_featcache("train", one_each.path, "--head", "lda", "--out", tmp_path / "m", check=False)
+    proc = run_here("train", one_each.path, "--head", "lda", "--out", tmp_path / "m", check=False)
     assert_refused(proc, "head 'lda' cannot be trained on this cache: The number of samples must be more than the "
                          "number of classes.")
     assert not (tmp_path / "m").exists()
@@ -119,7 +119,7 @@ def test_train_a_head_the_cache_cannot_satisfy_is_one_line(cache, tmp_path):
     (["--timeout", "-1"], "timeout must be a number > 0 (or None), got -1.0"),
 ])
 def test_bench_refuses_bad_settings_before_any_work(cache, tmp_path, args, message):
-    proc = run_featcache("bench", cache.path, "--heads", "logreg", *args, "--out", tmp_path / "r", check=False)
+    proc = run_here("bench", cache.path, "--heads", "logreg", *args, "--out", tmp_path / "r", check=False)
     assert_refused(proc, message)
     assert not (tmp_path / "r").exists()
 
@@ -139,7 +139,7 @@ def test_bench_checks_every_setting_and_head_parameter_up_front(cache, tmp_path)
 
 def test_predict_help_and_readme_say_a_model_directory_is_code():
     sentence = "a model directory is code (a scikit-learn head is a pickle)"
-    proc = run_featcache("predict", "--help")
+    proc = run_here("predict", "--help")
     assert sentence in " ".join(proc.stdout.lower().split()) and "someone you trust" in " ".join(proc.stdout.split())
     readme = (REPO / "README.md").read_text()
     tour = readme.split("## A five-minute tour", 1)[1].split("\n## ", 1)[0]

@@ -21,7 +21,7 @@ from PIL import Image
 import featcache
 from featcache.errors import CacheError, FeatcacheError, SourceError
 
-from conftest import REPO, TINY, run_featcache
+from conftest import REPO, TINY, run_here
 
 
 def _png(path: Path, value: int):
@@ -81,7 +81,7 @@ def test_a_file_name_that_is_not_utf8_is_kept_losslessly(tmp_path):
     assert len(odd) == 1 and os.fsencode(root / odd[0]) == raw  # the exact bytes on disk
     again, summary = featcache.extract(root, out=out, return_summary=True, **TINY)
     assert summary.noop and again.ids() == cache.ids()
-    proc = run_featcache("info", out)
+    proc = run_here("info", out)
     assert "Traceback" not in proc.stderr
     model = tmp_path / "m"
     featcache.train(cache, "lda", out=model)
@@ -100,7 +100,7 @@ def test_an_absurd_image_size_is_refused_before_any_work(tmp_path):
                                                                                  "batch_size": 64})
     assert not (tmp_path / "c").exists()
     _png(tmp_path / "imgs" / "a" / "0.png", 0)
-    proc = run_featcache("extract", tmp_path / "imgs", "--image-size", "100000", "--out", tmp_path / "c", check=False)
+    proc = run_here("extract", tmp_path / "imgs", "--image-size", "100000", "--out", tmp_path / "c", check=False)
     assert proc.returncode == 2 and "4096" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -125,7 +125,7 @@ def test_a_folder_where_every_image_is_broken_is_never_marked_complete(tmp_path)
         for i in range(3):
             (root / c / f"{i}.jpg").write_bytes(b"not a jpeg at all")
     out = tmp_path / "c"
-    proc = run_featcache("extract", root, "--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32",
+    proc = run_here("extract", root, "--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32",
                          "--out", out, "--quiet", check=False)
     assert proc.returncode == 2 and "every one of the 6 images was skipped" in proc.stderr
     assert "not an image" in proc.stderr

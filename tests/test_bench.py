@@ -18,7 +18,7 @@ import featcache
 from featcache.heads import HEADS
 from featcache.model_dir import read_card
 
-from conftest import REPO, run_featcache
+from conftest import REPO, run_here
 
 
 def _embedded_images(html_text):
@@ -28,7 +28,7 @@ def _embedded_images(html_text):
 @pytest.mark.slow
 def test_bench_all_heads_writes_a_report_with_plots(fm_lite, tmp_path):
     out = tmp_path / "report"
-    proc = run_featcache("bench", fm_lite.path, "--n-jobs", "2", "--timeout", "90", "--out", out, "--quiet",
+    proc = run_here("bench", fm_lite.path, "--n-jobs", "2", "--timeout", "90", "--out", out, "--quiet",
                          timeout=900)
     rows = json.loads((out / "results.json").read_text())
     heads = {r["head"] for r in rows if not r["baseline"]}
@@ -95,7 +95,7 @@ def test_killed_bench_keeps_finished_rows_and_completes(fm_lite, tmp_path):
     proc.wait()
     before = [json.loads(line) for line in results.read_text().splitlines()]
     assert 2 <= len(before) < 6
-    run_featcache("bench", fm_lite.path, "--heads", heads, "--out", tmp_path, "--quiet", "--baseline-heads", "")
+    run_here("bench", fm_lite.path, "--heads", heads, "--out", tmp_path, "--quiet", "--baseline-heads", "")
     after = json.loads((tmp_path / "results.json").read_text())
     assert sorted(r["head"] for r in after) == sorted(heads.split(","))
     kept = {r["settings"]: r for r in after}

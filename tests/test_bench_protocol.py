@@ -183,17 +183,17 @@ def test_a_timed_out_keras_head_counts_its_epochs(small_cache, tmp_path):
 def test_the_command_line_takes_your_own_classifier_as_module_and_class(small_cache, tmp_path):
     import json
 
-    from conftest import run_featcache
+    from conftest import run_here
 
-    run_featcache("bench", small_cache.path, "--heads", "gaussian_nb,sklearn.svm:SVC", "--param",
+    run_here("bench", small_cache.path, "--heads", "gaussian_nb,sklearn.svm:SVC", "--param",
                   "sklearn.svm:SVC:C=2", "--out", tmp_path / "r", "--quiet")
     rows = {r["head"]: r for r in json.loads((tmp_path / "r" / "results.json").read_text())}
     assert rows["custom:SVC"]["status"] == "ok" and "C=2" in rows["custom:SVC"]["estimator"]
-    run_featcache("train", small_cache.path, "--head", "sklearn.svm:SVC", "--param", "C=3", "--out",
+    run_here("train", small_cache.path, "--head", "sklearn.svm:SVC", "--param", "C=3", "--out",
                   tmp_path / "m", "--quiet")
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["head"] == "custom:SVC" and "C=3" in card["estimator"]
-    bad = run_featcache("bench", small_cache.path, "--heads", "sklearn.nowhere:SVC", "--out", tmp_path / "r2",
+    bad = run_here("bench", small_cache.path, "--heads", "sklearn.nowhere:SVC", "--out", tmp_path / "r2",
                         check=False)
     assert bad.returncode == 2 and "cannot import the head 'sklearn.nowhere:SVC'" in bad.stderr
     assert not (tmp_path / "r2").exists()

@@ -11,7 +11,7 @@ import pytest
 import featcache
 from featcache.errors import FeatcacheError
 
-from conftest import TINY, run_featcache
+from conftest import TINY, run_here
 
 CUT = "block_15_add"  # MobileNetV2: block 16, Conv_1 and its BatchNorm lie above it
 
@@ -45,7 +45,7 @@ def test_finetune_trains_the_block_keeps_batchnorm_and_exports_the_cached_route(
     from featcache.model_dir import load_model_dir
 
     cache, imgs, labels = map_cache
-    proc = run_featcache("finetune", cache.path, "--epochs", "6", "--head-epochs", "4", "--out", tmp_path / "ft")
+    proc = run_here("finetune", cache.path, "--epochs", "6", "--head-epochs", "4", "--out", tmp_path / "ft")
     assert "top block above block_15_add" in proc.stdout
     card = json.loads((tmp_path / "ft" / "card.json").read_text())
     assert card["head"] == "finetune" and card["finetune"]["from_layer"] == CUT
@@ -65,7 +65,7 @@ def test_finetune_trains_the_block_keeps_batchnorm_and_exports_the_cached_route(
     assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(conv, tuned_conv))
     assert card["metrics"]["test"]["accuracy"] > 0.5  # three classes: chance is a third
     # one end-to-end model: raw images in, the cached route's probabilities out, in a process without featcache
-    run_featcache("export", tmp_path / "ft", tmp_path / "ft.keras")
+    run_here("export", tmp_path / "ft", tmp_path / "ft.keras")
     np.save(tmp_path / "x.npy", imgs[:12])
     code = ("import sys, numpy as np, keras; m = keras.models.load_model(sys.argv[1]); "
             "assert 'featcache' not in sys.modules; np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))")
@@ -87,5 +87,5 @@ def test_finetune_refuses_pooled_caches_and_unknown_layers_in_one_line(tmp_path,
         featcache.finetune(cache, from_layer="block_3_add")
     with pytest.raises(FeatcacheError, match="learning_rate must be a number > 0"):
         featcache.finetune(cache, learning_rate=0)
-    proc = run_featcache("finetune", pooled.path, check=False)
+    proc = run_here("finetune", pooled.path, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

@@ -8,7 +8,7 @@ import pytest
 from featcache.errors import FeatcacheError
 from featcache.pipeline import load
 
-from conftest import REPO, run_featcache
+from conftest import REPO, run_featcache, run_here
 
 
 def _write(tmp_path, text, name="p.toml"):
@@ -58,7 +58,7 @@ image_size = 32
 ])
 def test_bad_pipeline_fails_before_any_work_naming_key_and_file(tmp_path, edit, message):
     path = _write(tmp_path, edit(GOOD))
-    proc = run_featcache("run", path, check=False)
+    proc = run_here("run", path, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and str(path) in proc.stderr.replace("\n", "")
     assert not (tmp_path / "out").exists()  # no partial work
@@ -92,7 +92,7 @@ def test_quickstart_main_job_end_to_end_then_nothing_to_redo(tmp_path, fashion_m
     assert (out / "keras_mlp.keras").is_file() and (out / "report" / "report.html").is_file()
     pixels = next(r for r in rows if r["baseline"])
     assert feats["logreg"]["accuracy"] > pixels["accuracy"]
-    second = run_featcache("run", path, "--quiet", timeout=600)
+    second = run_here("run", path, "--quiet", timeout=600)
     assert "up to date, nothing extracted" in second.stderr
     assert "trained in" not in second.stderr and "test accuracy" in second.stderr
     assert "keras_mlp.keras: up to date" in second.stderr
@@ -112,7 +112,7 @@ def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mn
     # the comparison is the promise; the best head's learning curve and leakage check are the report's extras
     path = _write(tmp_path, text.replace("timeout = 300\n", "timeout = 300\nlearning_curve = []\nleakage = false\n"),
                   "source_to_target.toml")
-    run_featcache("run", path, "--quiet", timeout=900)
+    run_here("run", path, "--quiet", timeout=900)
     out = tmp_path / "out" / "source_to_target"
     rows = json.loads((out / "report" / "results.json").read_text())
     acc = {(r["backbone"], r["head"]): r["accuracy"] for r in rows if r["status"] == "ok"}
@@ -122,7 +122,7 @@ def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mn
         assert acc[("source_cnn.keras", head)] > acc[("raw pixels", head)], acc
     sidecar = json.loads((out / "source_cnn.keras.json").read_text())
     assert sidecar["classes"] == [0, 1, 2, 3, 4] and sidecar["val_accuracy"] > 0.8  # learned the source domain
-    again = run_featcache("run", path, "--quiet", timeout=600)
+    again = run_here("run", path, "--quiet", timeout=600)
     assert "unchanged, kept" in again.stderr
     shutil.rmtree(out)
 
@@ -142,7 +142,7 @@ head_epochs = 1
 def test_finetune_pipeline_trains_exports_the_best_on_validation_and_reruns_only_what_changed(
         tmp_path, fashion_mnist_available):
     path = _write(tmp_path, FINETUNE)
-    first = run_featcache("run", path, "--quiet", timeout=600).stderr
+    first = run_here("run", path, "--quiet", timeout=600).stderr
     out = tmp_path / "out" / "t"
     assert "finetune block_15_add and above: test accuracy" in first
     cards = {n: json.loads((out / "models" / f"a-{n}" / "card.json").read_text()) for n in ("keras_linear", "finetune")}
@@ -150,10 +150,10 @@ def test_finetune_pipeline_trains_exports_the_best_on_validation_and_reruns_only
     chosen = json.loads((out / "best.keras.json").read_text())["model"]
     assert val[chosen] == max(val.values()) and f"export best on validation: {chosen}" in first
     assert (out / "best.keras").is_file()
-    again = run_featcache("run", path, "--quiet", timeout=600).stderr
+    again = run_here("run", path, "--quiet", timeout=600).stderr
     assert "finetune up to date" in again and "best.keras: up to date" in again
     edited = _write(tmp_path, FINETUNE.replace("epochs = 1\n", "epochs = 2\n", 1))
-    third = run_featcache("run", edited, "--quiet", timeout=600).stderr
+    third = run_here("run", edited, "--quiet", timeout=600).stderr
     assert "finetune block_15_add and above" in third  # a changed setting retrains
     assert json.loads((out / "models" / "a-finetune" / "card.json").read_text())["finetune"]["epochs"] == 2
 

@@ -18,7 +18,7 @@ from featcache import store
 from featcache.errors import BackboneError
 
 from conftest import (REPO, TINY, TINY_ARGS, assert_same_cache, kill_at, paused_featcache, reference_cache,
-                      run_featcache, start_featcache)
+                      run_here, start_featcache)
 
 ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "900", "--shard-size", "128", "--quiet"]
 
@@ -47,7 +47,7 @@ def test_kill_at_each_commit_point_then_rerun(reference, tmp_path, point):
     kill_at(point, tmp_path / "paused", "extract", *ARGS, "--out", out)
     assert [p for p in out.rglob("*") if ".tmp-" in p.name]  # killed with a temporary file on disk
     _no_temporary_shards(out)
-    run_featcache("extract", *ARGS, "--out", out)
+    run_here("extract", *ARGS, "--out", out)
     assert_same_cache(reference, out)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
@@ -66,7 +66,7 @@ def test_kill_loop_at_random_moments(tmp_path, request, fashion_mnist_available)
     args[args.index("--limit") + 1] = str(64 * (8 * count + 8))
     args[args.index("--shard-size") + 1] = "64"
     reference = tmp_path / "reference"
-    run_featcache("extract", *args, "--out", reference)
+    run_here("extract", *args, "--out", reference)
     rng = random.Random(1234)
     out = tmp_path / "c"
     kills = 0
@@ -89,7 +89,7 @@ def test_kill_loop_at_random_moments(tmp_path, request, fashion_mnist_available)
             assert all((out / s["file"]).is_file() for s in m["shards"])
     assert kills == count
     assert not store.read_manifest(out).get("complete")
-    run_featcache("extract", *args, "--out", out)
+    run_here("extract", *args, "--out", out)
     assert_same_cache(reference, out)
 
 
@@ -106,14 +106,14 @@ def test_full_disk_is_a_clear_error_and_finishes_after_space_is_freed(tmp_path, 
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mnt)], check=True)
     try:
         out = mnt / "cache"
-        proc = run_featcache("extract", *ARGS, "--out", out, check=False)
+        proc = run_here("extract", *ARGS, "--out", out, check=False)
         assert proc.returncode == 2
         assert "disk full while writing" in proc.stderr and str(out) in proc.stderr
         assert "more bytes are needed" in proc.stderr
         written = featcache.open_cache(out, allow_partial=True)
         assert written.manifest["shards"] and written.verify() == []  # what was written is valid
         subprocess.run(["mount", "-o", "remount,size=20m", str(mnt)], check=True)
-        again = run_featcache("extract", *ARGS, "--out", out)
+        again = run_here("extract", *ARGS, "--out", out)
         assert f"{len(written.manifest['shards'])} reused" in again.stdout
         assert featcache.open_cache(out).verify() == []
     finally:
@@ -128,15 +128,15 @@ def test_verify_finds_flipped_and_truncated_shards_and_repair_recomputes_only_th
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     short.write_bytes(short.read_bytes()[:-100])
-    proc = run_featcache("verify", out, check=False)
+    proc = run_here("verify", out, check=False)
     assert proc.returncode == 1
     assert "00002.h5: sha256 differs" in proc.stdout and "00005.h5: size" in proc.stdout
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
-    proc = run_featcache("extract", *ARGS, "--out", out, "--repair")
+    proc = run_here("extract", *ARGS, "--out", out, "--repair")
     assert "2 computed, 6 reused" in proc.stdout
     changed = {p.name for p in (out / "shards").iterdir() if p.stat().st_mtime_ns != mtimes.get(p.name)}
     assert changed == {"00002.h5", "00005.h5"}
-    assert run_featcache("verify", out).returncode == 0
+    assert run_here("verify", out).returncode == 0
     assert_same_cache(reference, out)
 
 
@@ -144,13 +144,13 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, fashion_mnist
     out = tmp_path / "c"
     first = paused_featcache("before-rename:shard", tmp_path / "paused", "extract", *ARGS, "--out", out)
     try:
-        second = run_featcache("extract", *ARGS, "--out", out, check=False)
+        second = run_here("extract", *ARGS, "--out", out, check=False)
         assert second.returncode == 2 and "another featcache process (pid" in second.stderr
     finally:
         first.kill()
         first.wait()
     # the lock died with its process: a new run takes over and finishes
-    assert run_featcache("extract", *ARGS, "--out", out).returncode == 0
+    assert run_here("extract", *ARGS, "--out", out).returncode == 0
 
 
 def _hostile_folder(root: Path, photo: np.ndarray):

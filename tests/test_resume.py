@@ -7,7 +7,7 @@ import pytest
 import featcache
 from featcache import store
 
-from conftest import TINY_ARGS, assert_same_cache, kill_when, reference_cache, run_featcache, start_featcache
+from conftest import TINY_ARGS, assert_same_cache, kill_when, reference_cache, start_featcache, run_here
 
 ARGS = ["fashion_mnist:test", *TINY_ARGS, "--limit", "1500", "--shard-size", "128", "--quiet"]
 
@@ -33,7 +33,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(reference, tmp_path):
     # no temporary file ever looks like a shard
     assert all(p.name[0].isdigit() for p in (out / "shards").glob("*.h5"))
 
-    rerun = run_featcache("extract", *ARGS, "--out", out)
+    rerun = run_here("extract", *ARGS, "--out", out)
     assert f"{12 - n_before} computed, {n_before} reused" in rerun.stdout
     assert_same_cache(reference, out)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

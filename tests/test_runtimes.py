@@ -18,7 +18,7 @@ from PIL import Image
 import featcache
 from featcache.runtimes import RUNTIMES, choose, keras_has_accelerator, openvino_installed
 
-from conftest import TINY, TINY_ARGS, run_featcache
+from conftest import TINY, TINY_ARGS, run_featcache, run_here
 
 needs_openvino = pytest.mark.skipif(not openvino_installed() and not os.environ.get("CI"),
                                     reason="the openvino extra is not installed (make installs it)")
@@ -140,7 +140,7 @@ def test_auto_and_the_choices():
 
 
 def test_a_bad_runtime_is_refused_in_one_line(tmp_path):
-    proc = run_featcache("extract", tmp_path, "--runtime", "tensorrt", "--out", tmp_path / "c", check=False)
+    proc = run_here("extract", tmp_path, "--runtime", "tensorrt", "--out", tmp_path / "c", check=False)
     assert proc.returncode == 2
     assert "tensorrt" in proc.stderr and "keras" in proc.stderr
 
@@ -155,10 +155,10 @@ def test_export_format_openvino_writes_an_ir_that_gives_the_keras_probabilities(
     cache = featcache.extract(x, labels=np.arange(24) % 2, out=tmp_path / "c", progress=False, **TINY)
     featcache.train(cache, "keras_linear", out=tmp_path / "m")
     (tmp_path / "foreign.xml").write_text("<net name='someone else'/>")
-    refused = run_featcache("export", tmp_path / "m", tmp_path / "foreign.keras", "--format", "openvino", check=False)
+    refused = run_here("export", tmp_path / "m", tmp_path / "foreign.keras", "--format", "openvino", check=False)
     assert refused.returncode == 2 and "foreign.xml exists and is not an IR featcache exported" in refused.stderr
     assert (tmp_path / "foreign.xml").read_text() == "<net name='someone else'/>"  # left alone
-    run_featcache("export", tmp_path / "m", tmp_path / "model.keras", "--format", "openvino")
+    run_here("export", tmp_path / "m", tmp_path / "model.keras", "--format", "openvino")
     assert (tmp_path / "model.xml").is_file() and (tmp_path / "model.bin").is_file()
     expected = keras.models.load_model(tmp_path / "model.keras").predict(x, verbose=0)
     # float32, as the docs say to: on a CPU with AMX or AVX512-BF16, OpenVINO's default is bfloat16
@@ -167,4 +167,4 @@ def test_export_format_openvino_writes_an_ir_that_gives_the_keras_probabilities(
     # the graph rounds features to float16 as the cache stored them, which amplifies last-bit differences
     np.testing.assert_allclose(got, expected, atol=2e-3)
     assert (got.argmax(1) == expected.argmax(1)).all()
-    run_featcache("export", tmp_path / "m", tmp_path / "model.keras", "--format", "openvino")  # its own IR: replaced
+    run_here("export", tmp_path / "m", tmp_path / "model.keras", "--format", "openvino")  # its own IR: replaced

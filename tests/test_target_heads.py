@@ -90,15 +90,15 @@ def test_train_regression_target_skips_rows_without_value(own_cache):
 def test_cli_train_target_writes_card_and_refuses_wrong_kind(own_cache, tmp_path):
     import json
 
-    from conftest import run_featcache
+    from conftest import run_here
 
     featcache.attach_targets(own_cache, {"id": own_cache.ids(), "shade": [float(v) for v in own_cache.labels()]})
     out = tmp_path / "model"
-    run_featcache("train", str(own_cache.path), "--head", "ridge", "--target", "shade", "--out", str(out))
+    run_here("train", str(own_cache.path), "--head", "ridge", "--target", "shade", "--out", str(out))
     card = json.loads((out / "card.json").read_text())
     assert card["target"]["name"] == "shade" and card["target"]["kind"] == "regression"
     assert set(card["metrics"]) == {"train", "val", "test"} and "r2" in card["metrics"]["test"]
-    bad = run_featcache("train", str(own_cache.path), "--head", "lda", "--target", "shade", "--out",
+    bad = run_here("train", str(own_cache.path), "--head", "lda", "--target", "shade", "--out",
                         str(tmp_path / "bad"), check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "ridge" in bad.stderr
 

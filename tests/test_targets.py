@@ -19,7 +19,7 @@ from featcache.files import sha256_path
 from featcache.sources import FolderSource
 from featcache.store import TargetError, foreign_entries
 
-from conftest import REPO, TINY, kill_at, run_featcache
+from conftest import REPO, TINY, kill_at, run_here
 
 sys.path.insert(0, str(REPO / "data"))
 import make_tasks  # noqa: E402
@@ -138,17 +138,17 @@ def test_bad_tables_exit_2_through_the_cli_with_one_line(cache, tmp_path):
              "nan": ([[ids[0], "nan"]], "has nan in row 1"),
              "mixed": ([[ids[0], "1"], [ids[1], "tall"]], "mixes numbers")}
     for name, (rows, message) in cases.items():
-        proc = run_featcache("targets", cache.path, write_csv(tmp_path / f"{name}.csv", ["id", "h"], rows),
+        proc = run_here("targets", cache.path, write_csv(tmp_path / f"{name}.csv", ["id", "h"], rows),
                              check=False)
         assert proc.returncode == 2, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], proc.stderr
-    proc = run_featcache("targets", cache.path, write_csv(tmp_path / "ok.csv", ["id", "h"], [[ids[0], 3]]),
+    proc = run_here("targets", cache.path, write_csv(tmp_path / "ok.csv", ["id", "h"], [[ids[0], 3]]),
                          "--name", "height")
     assert "height" in proc.stdout and "regression" in proc.stdout
-    info = run_featcache("info", cache.path).stdout
+    info = run_here("info", cache.path).stdout
     assert "height (regression, 1 of 150 rows (1%))" in info and "label (classification, 150 of 150" in info
-    run_featcache("targets", cache.path, "--remove", "height")
+    run_here("targets", cache.path, "--remove", "height")
     assert list(featcache.open_cache(cache.path).targets()) == ["label"]
 
 

@@ -16,7 +16,7 @@ from featcache.errors import CacheError, FeatcacheError
 from featcache.model_dir import load_model_dir
 from featcache.train import split_masks, train
 
-from conftest import TINY, run_featcache
+from conftest import TINY, run_here
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _pixel_baseline(cache, head):
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["logreg", "keras_mlp"])
 def test_cli_train_beats_raw_pixels(fm_lite, tmp_path, head):
-    proc = run_featcache("train", fm_lite.path, "--head", head, "--out", tmp_path / "m")
+    proc = run_here("train", fm_lite.path, "--head", head, "--out", tmp_path / "m")
     assert "test" in proc.stdout and "macro-F1" in proc.stdout
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     test_acc = card["metrics"]["test"]["accuracy"]
@@ -95,7 +95,7 @@ def test_predict_on_raw_images_matches_the_cached_features(photo_cache, photo_fo
     res = train(photo_cache, "keras_mlp", out=tmp_path / "m")
     files = sorted((photo_folder / "test").rglob("*.*"))
     out_csv = tmp_path / "preds.csv"
-    proc = run_featcache("predict", tmp_path / "m", *files, "--out", out_csv, "--cache-dir", tmp_path / "pc", "--quiet")
+    proc = run_here("predict", tmp_path / "m", *files, "--out", out_csv, "--cache-dir", tmp_path / "pc", "--quiet")
     assert f"{len(files)} predictions" in proc.stdout
     lines = out_csv.read_text().splitlines()
     assert lines[0].startswith("id,predicted_label,predicted_class,probability,error,true_label,true_class,p_china,")
@@ -132,7 +132,7 @@ def test_export_gives_the_same_probabilities_in_a_fresh_process(photo_cache, pho
     from featcache.decode import decode_image
 
     train(photo_cache, "keras_mlp", out=tmp_path / "m")
-    run_featcache("export", tmp_path / "m", tmp_path / "model.keras")
+    run_here("export", tmp_path / "m", tmp_path / "model.keras")
     files = sorted((photo_folder / "test").rglob("*.*"))
     images = np.stack([decode_image(f, (224, 224)) for f in files])
     np.save(tmp_path / "x.npy", images)
