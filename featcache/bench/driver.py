@@ -50,7 +50,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
           baseline_heads=_D["baseline_heads"], pixel_size: int = _D["pixel_size"], backend: str = _D["backend"],
           progress: bool = _D["progress"], save_best: bool = _D["save_best"], ray_address: str | None = None,
           learning_curve=_D["learning_curve"], leakage: bool = _D["leakage"], views: str = _D["views"],
-          target=_D["target"], repeats: int = _D["repeats"], seed: int = _D["seed"]) -> list[dict]:
+          target=_D["target"], repeats: int = _D["repeats"], seed: int = _D["seed"], shots=_D["shots"],
+          shot_draws: int = _D["shot_draws"]) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
     Hyper-parameters are chosen on the validation split (or ``cv`` folds
@@ -80,7 +81,14 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     check_options(params=params, cv=cv, timeout=timeout, n_jobs=n_jobs, out=out, baseline_heads=baseline_heads,
                   pixel_size=pixel_size, backend=backend, progress=progress, save_best=save_best,
                   ray_address=ray_address, learning_curve=learning_curve, leakage=leakage, views=views, target=target,
-                  repeats=repeats, seed=seed)
+                  repeats=repeats, seed=seed, shots=shots, shot_draws=shot_draws)
+    if shots is not None:  # the few-shot protocol instead of the table: in this process, on the first cache
+        from .shots import few_shot
+
+        first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
+        named = [h for h in heads if isinstance(h, str)] if heads else None
+        named = None if named is not None and set(named) == set(HEADS) else named  # the CLI's "every head"
+        return few_shot(first, shots, heads=named, draws=shot_draws, seed=seed, out=_report_dir(out))
     if target is not None:  # regression and multi-label targets: in this process, on the first cache
         return _bench_with_targets(caches, heads, target, out, locals())
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)

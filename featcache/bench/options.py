@@ -29,6 +29,10 @@ BENCH: tuple[Param, ...] = (
           "cv); each row reports its validation mean and sd over them, and ties are a paired test on them", int,
           minimum=1),
     Param("seed", 0, "seed of the repeats' re-draws: the same seed, the same draws and rows", int, minimum=0),
+    Param("shots", None, "few-shot instead of the table: k train images a class for each k, e.g. 1,2,4,8,16, "
+          "min(k, 4) val images a class, the whole test split; to shots.md/csv/json", int, minimum=1, many=True,
+          nullable=True),
+    Param("shot_draws", 5, "seeded draws per k for shots", int, minimum=1),
     Param("timeout", DEFAULT_TIMEOUT, "seconds per head before it is reported timed out (None: no limit); a kept "
           "timed-out row runs again under a larger budget", float, minimum=0, bounds="(]", nullable=True),
     Param("n_jobs", DEFAULT_N_JOBS, "heads run in parallel, each with its share of the cores (-1: every CPU of the "
