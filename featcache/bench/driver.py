@@ -78,19 +78,12 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
         >>> from sklearn.svm import SVC
         >>> rows = featcache.bench("caches/fm", ["logreg", SVC()], out="report")  # doctest: +SKIP
     """
-    check_options(params=params, cv=cv, timeout=timeout, n_jobs=n_jobs, out=out, baseline_heads=baseline_heads,
-                  pixel_size=pixel_size, backend=backend, progress=progress, save_best=save_best,
-                  ray_address=ray_address, learning_curve=learning_curve, leakage=leakage, views=views, target=target,
-                  repeats=repeats, seed=seed, shots=shots, shot_draws=shot_draws)
+    given = locals()
+    check_options(**{p.name: given[p.name] for p in BENCH if p.name != "heads"})  # heads: _check_heads's
     if shots is not None:  # the few-shot protocol instead of the table: in this process, on the first cache
-        from .shots import few_shot
-
-        first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
-        named = [h for h in heads if isinstance(h, str)] if heads else None
-        named = None if named is not None and set(named) == set(HEADS) else named  # the CLI's "every head"
-        return few_shot(first, shots, heads=named, draws=shot_draws, seed=seed, out=_report_dir(out))
+        return _bench_shots(caches, heads, shots, shot_draws, seed, out)
     if target is not None:  # regression and multi-label targets: in this process, on the first cache
-        return _bench_with_targets(caches, heads, target, out, locals())
+        return _bench_with_targets(caches, heads, target, out, given)
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)
     opened = _open(caches)
     draws = {"repeats": repeats, "seed": seed if repeats > 1 else 0}  # one draw: the seed changes nothing
@@ -112,6 +105,16 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
             _remove_fitted(run.fitted, None)
     _write_report(out, rows, best, best_dir, curve, opened if leakage else None)
     return rows
+
+
+def _bench_shots(caches, heads, shots, draws: int, seed: int, out) -> list[dict]:
+    """:func:`.shots.few_shot` on the first cache with the named heads (the CLI's "every head": its defaults)."""
+    from .shots import few_shot
+
+    first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
+    named = [h for h in heads if isinstance(h, str)] if heads else None
+    named = None if named is not None and set(named) == set(HEADS) else named
+    return few_shot(first, shots, heads=named, draws=draws, seed=seed, out=_report_dir(out))
 
 
 def _bench_with_targets(caches, heads, target, out, kw: dict) -> list[dict]:
