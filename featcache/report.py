@@ -25,7 +25,7 @@ from .report_targets import keep_target_sections
 
 COLUMNS = ["cache", "backbone", "features", "head", "baseline", "status", "accuracy", "accuracy_ci_low",
            "accuracy_ci_high", "balanced_accuracy", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "versus_best",
-           "log_loss", "val_accuracy", "fit_seconds", "select_seconds", "predict_seconds_per_1000", "peak_memory_mb",
+           "versus_best_p", "log_loss", "val_accuracy", "val_accuracy_sd", "repeats", "fit_seconds", "select_seconds", "predict_seconds_per_1000", "peak_memory_mb",
            "n_train", "n_test", "best_params", "params", "note", "error", "cache_key", "rows_key", "settings", "wall_seconds",
            "budget_seconds"]
 #: per-row lists kept in results.jsonl (the leakage check reads them) but left out of results.json/csv
@@ -320,7 +320,8 @@ HEADERS = ["features", "head", "status", "test acc. [95% CI]", "vs. best", "bal.
 def _cells(r, width=160) -> list[str]:
     return [r["features"], r["head"], r.get("status", "?"), with_interval(r, "accuracy"), r.get("versus_best") or "",
             _pct(r.get("balanced_accuracy")), with_interval(r, "macro_f1"), _num(r.get("log_loss"), "{:.3f}"),
-            _pct(r.get("val_accuracy")), _num(r.get("select_seconds")), _num(r.get("fit_seconds")),
+            _pct(r.get("val_accuracy")) + (f" ± {100 * r['val_accuracy_sd']:.1f}" if r.get("val_accuracy_sd")
+                                           is not None else ""), _num(r.get("select_seconds")), _num(r.get("fit_seconds")),
             _num(r.get("predict_seconds_per_1000"), "{:.3f}"), _num(r.get("peak_memory_mb"), "{:.0f}"),
             json.dumps(r.get("best_params") or {}), (r.get("note") or r.get("error") or "")[:width]]
 
@@ -400,7 +401,10 @@ PROTOCOL = ("Hyper-parameters chosen on the validation split (or by K-fold CV in
             "refit on train+val; the test split touched once. Keras heads early-stop on the validation split. "
             "The best head is picked by validation accuracy, never by test accuracy. Intervals are 95% "
             "percentile bootstraps over the test rows (1,000 resamples); 'tie' marks a head whose accuracy "
-            "interval overlaps the best head's. Peak MB is each head's own: the peak resident memory of its "
+            "interval overlaps the best head's. With repeats (R seeded re-draws of train/val inside train+val), "
+            "val acc. is the mean over the draws, the best has the highest mean, and 'tie' means a paired, "
+            "corrected resampled t-test (Nadeau and Bengio) on the same draws finds no difference (p >= 0.05). "
+            "Peak MB is each head's own: the peak resident memory of its "
             "process while it ran, above what the process held once its libraries were imported.")
 
 

@@ -50,7 +50,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
           baseline_heads=_D["baseline_heads"], pixel_size: int = _D["pixel_size"], backend: str = _D["backend"],
           progress: bool = _D["progress"], save_best: bool = _D["save_best"], ray_address: str | None = None,
           learning_curve=_D["learning_curve"], leakage: bool = _D["leakage"], views: str = _D["views"],
-          target=_D["target"]) -> list[dict]:
+          target=_D["target"], repeats: int = _D["repeats"], seed: int = _D["seed"], shots=_D["shots"],
+          shot_draws: int = _D["shot_draws"]) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
     Hyper-parameters are chosen on the validation split (or ``cv`` folds
@@ -77,15 +78,17 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
         >>> from sklearn.svm import SVC
         >>> rows = featcache.bench("caches/fm", ["logreg", SVC()], out="report")  # doctest: +SKIP
     """
-    check_options(params=params, cv=cv, timeout=timeout, n_jobs=n_jobs, out=out, baseline_heads=baseline_heads,
-                  pixel_size=pixel_size, backend=backend, progress=progress, save_best=save_best,
-                  ray_address=ray_address, learning_curve=learning_curve, leakage=leakage, views=views, target=target)
+    given = locals()
+    check_options(**{p.name: given[p.name] for p in BENCH if p.name != "heads"})  # heads: _check_heads's
+    if shots is not None:  # the few-shot protocol instead of the table: in this process, on the first cache
+        return _bench_shots(caches, heads, shots, shot_draws, seed, out)
     if target is not None:  # regression and multi-label targets: in this process, on the first cache
-        return _bench_with_targets(caches, heads, target, out, locals())
+        return _bench_with_targets(caches, heads, target, out, given)
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)
     opened = _open(caches)
-    tasks = _tasks(opened, heads, estimators, params, cv, pixel_size, views)
-    tasks += _baseline_tasks(opened, str(caches[0]), heads, baseline_heads, params, cv, pixel_size)
+    draws = {"repeats": repeats, "seed": seed if repeats > 1 else 0}  # one draw: the seed changes nothing
+    tasks = _tasks(opened, heads, estimators, params, cv, pixel_size, views, draws)
+    tasks += _baseline_tasks(opened, str(caches[0]), heads, baseline_heads, params, cv, pixel_size, draws)
     out = _report_dir(out)
     run = _Run(out, tasks, estimators, timeout, n_jobs, backend)
     rows, todo = run.resume()
@@ -102,6 +105,16 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
             _remove_fitted(run.fitted, None)
     _write_report(out, rows, best, best_dir, curve, opened if leakage else None)
     return rows
+
+
+def _bench_shots(caches, heads, shots, draws: int, seed: int, out) -> list[dict]:
+    """:func:`.shots.few_shot` on the first cache with the named heads (the CLI's "every head": its defaults)."""
+    from .shots import few_shot
+
+    first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
+    named = [h for h in heads if isinstance(h, str)] if heads else None
+    named = None if named is not None and set(named) == set(HEADS) else named
+    return few_shot(first, shots, heads=named, draws=draws, seed=seed, out=_report_dir(out))
 
 
 def _bench_with_targets(caches, heads, target, out, kw: dict) -> list[dict]:
@@ -178,7 +191,7 @@ def _check_heads(caches, heads, params, baseline_heads):
     return caches, heads, estimators, params
 
 
-def _tasks(opened: dict, heads, estimators, params, cv, pixel_size, views) -> list[Task]:
+def _tasks(opened: dict, heads, estimators, params, cv, pixel_size, views, draws: dict) -> list[Task]:
     tasks = []
     for path, cache in opened.items():
         for h in heads:
@@ -189,18 +202,19 @@ def _tasks(opened: dict, heads, estimators, params, cv, pixel_size, views) -> li
                                 "rows" if spec is None else spec.views, keras, cache.views)
             tasks.append(Task(path, cache.key, h, dict(params.get(h, {})), cv, False, pixel_size,
                               estimator=estimators.get(h), views=cache.views if mode != "none" else 0,
-                              views_mode=mode, spec=spec, rows_key=cache.rows_key))
+                              views_mode=mode, spec=spec, rows_key=cache.rows_key, **draws))
     return tasks
 
 
-def _baseline_tasks(opened: dict, first_path: str, heads, baseline_heads, params, cv, pixel_size) -> list[Task]:
+def _baseline_tasks(opened: dict, first_path: str, heads, baseline_heads, params, cv, pixel_size,
+                    draws: dict) -> list[Task]:
     first = opened[first_path]
     if baseline_heads and first.source_address is None:  # arrays: their pixels cannot be read again
         warnings.warn(f"no raw-pixel baseline: {first_path} was made from in-memory arrays, whose pixels featcache "
                       "cannot read again", FeatcacheWarning, stacklevel=3)
         return []
     return [Task(first_path, first.key, h, dict(params.get(h, {})), cv, True, pixel_size, spec=get_head_spec(h),
-                 rows_key=first.rows_key)
+                 rows_key=first.rows_key, **draws)
             for h in baseline_heads or () if h in heads]
 
 
@@ -260,7 +274,7 @@ class _Run:
                 if self.fitted:  # only the best so far is kept: the others' files go as soon as they are beaten
                     leader = best_row(self._ordered(rows))
                     _remove_fitted(self.fitted, {r["settings"] for r in rows} - {(leader or {}).get("settings")})
-            live.summarise(rows)  # the best head and its ties, once every row is in
+            live.summarise(self._ordered(rows))  # the best and its ties: the report's rule on the report's order
         return self._ordered(rows)
 
     def _ordered(self, rows: list) -> list:

@@ -11,6 +11,8 @@ from .process import BACKENDS
 
 #: seconds per head: interactive (every default head takes well under a minute on the reference bench)
 DEFAULT_TIMEOUT = 180.0
+#: split draws per row: 1 keeps one split (docs/PERFORMANCE.md "Repeated selection" measures what R costs)
+DEFAULT_REPEATS = 1
 #: heads at once: each gets half the cores (BLAS capped), which hides one head's start-up behind another's work
 DEFAULT_N_JOBS = 2
 #: how bench's heads may use a cache's augmented views (Keras heads draw one view an epoch whenever they do)
@@ -23,6 +25,14 @@ BENCH: tuple[Param, ...] = (
           "them, each shown as custom:ClassName", object, many=True, cli=False),
     Param("params", None, "fixed parameters per head, e.g. {'knn': {'n_neighbors': 5}}", dict, cli=False),
     Param("cv", None, "choose hyper-parameters by K-fold CV inside train instead of on val", int, minimum=2),
+    Param("repeats", DEFAULT_REPEATS, "seeded re-draws of the train/val split inside train+val (R x K folds with "
+          "cv); each row reports its validation mean and sd over them, and ties are a paired test on them", int,
+          minimum=1),
+    Param("seed", 0, "seed of the repeats' re-draws: the same seed, the same draws and rows", int, minimum=0),
+    Param("shots", None, "few-shot instead of the table: k train images a class for each k, e.g. 1,2,4,8,16, "
+          "min(k, 4) val images a class, the whole test split; to shots.md/csv/json", int, minimum=1, many=True,
+          nullable=True),
+    Param("shot_draws", 5, "seeded draws per k for shots", int, minimum=1),
     Param("timeout", DEFAULT_TIMEOUT, "seconds per head before it is reported timed out (None: no limit); a kept "
           "timed-out row runs again under a larger budget", float, minimum=0, bounds="(]", nullable=True),
     Param("n_jobs", DEFAULT_N_JOBS, "heads run in parallel, each with its share of the cores (-1: every CPU of the "

@@ -24,6 +24,7 @@ the strategy (Keras heads still early-stop).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from ..store import open_cache
 from ..train import metrics, split_masks
 from .pixels import pixel_features
 from .progress import epoch_progress, progress
+from .repeats import draw_state, draws_key, redraw, summary
 from .tasks import Task, task_spec
 
 
@@ -63,6 +65,9 @@ class Rows:
     draw: np.ndarray | None = None  # a Keras head's views, drawn one per epoch
     groups: np.ndarray | None = None  # the image each train row shows (views as rows), for CV folds
     notes: list = field(default_factory=list)
+    split: tuple = ()  # (train, val) before the row cap and views: what a repeat's re-draw splits again
+    score_only: bool = False  # a repeat's draw: its validation score is wanted, not a refit
+    fold_seed: int = 0  # the CV folds' shuffle
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Selected:
     select_seconds: float
     fit_seconds: float
     notes: tuple = ()
+    draw_scores: tuple = ()  # CV: the chosen setting's score on each fold
 
 
 def evaluate(task: Task) -> dict:
@@ -85,6 +91,7 @@ def evaluate(task: Task) -> dict:
     with threadpool_limits(cores):
         rows = load_rows(task, spec)
         chosen = select(task, spec, rows, cores)
+        draws = repeated(task, spec, rows, chosen, cores)
     est, y, te = chosen.estimator, rows.y, rows.te
     progress("fitted; predicting the test split")
     t2 = time.perf_counter()
@@ -97,7 +104,7 @@ def evaluate(task: Task) -> dict:
     labels = sorted(set(y[te].tolist()) | set(est.classes_.tolist()))
     return {
         **{k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")},
-        "val_accuracy": chosen.val_accuracy, "best_params": chosen.params, "fit_seconds": chosen.fit_seconds,
+        "val_accuracy": chosen.val_accuracy, **draws, "best_params": chosen.params, "fit_seconds": chosen.fit_seconds,
         "select_seconds": chosen.select_seconds,
         "predict_seconds_per_1000": predict_s / max(len(te), 1) * 1000, "n_train": int(len(chosen.fit_rows)),
         "n_test": int(len(te)), "note": "; ".join(rows.notes + list(chosen.notes)),
@@ -110,8 +117,34 @@ def evaluate(task: Task) -> dict:
     }
 
 
-def load_rows(task: Task, spec: HeadSpec) -> Rows:
-    """The task's features and splits, with its learning-curve share, row cap and views applied."""
+def repeated(task: Task, spec: HeadSpec, rows: Rows, chosen: Selected, cores: int) -> dict:
+    """The row's validation fields over ``task.repeats`` draws (:mod:`.repeats`): draw 0 is ``chosen``'s own,
+    each other draw runs the same selection again on its rows, scored only (its fit is never the row's)."""
+    if task.repeats <= 1:
+        return {"repeats": 1}
+    tr, va = rows.split
+    cv = task.cv if spec.strategy != "early_stopping" else None  # Keras heads early-stop on val even with cv
+    if cv:  # R x K folds inside train: the folds shuffled again
+        scores = list(chosen.draw_scores)
+        for r in range(1, task.repeats):
+            again = dataclasses.replace(load_rows(task, spec), score_only=True, fold_seed=draw_state(task.seed, r))
+            scores += select(task, spec, again, cores).draw_scores
+        ratio = 1 / (cv - 1)
+    elif len(va) and chosen.val_accuracy is not None:
+        scores = [chosen.val_accuracy]
+        for r in range(1, task.repeats):
+            again = load_rows(task, spec, split=redraw(rows.y, tr, va, r, task.seed))
+            scores.append(select(task, spec, dataclasses.replace(again, score_only=True), cores).val_accuracy)
+        ratio = len(va) / len(tr)
+    else:
+        return {"repeats": 1}  # no validation rows to draw again
+    progress(f"validation scored on {task.repeats} draws")
+    return {"repeats": task.repeats, **summary(scores, ratio, draws_key(rows.y, tr, va, cv, task.repeats, task.seed))}
+
+
+def load_rows(task: Task, spec: HeadSpec, split: tuple | None = None) -> Rows:
+    """The task's features and splits, with its learning-curve share, row cap and views applied; ``split``:
+    a repeat's (train, val) rows instead of the cache's."""
     progress("loading the features")
     cache = open_cache(task.cache)
     X = pixel_features(cache, task.pixel_size) if task.baseline else cache.features().reshape(len(cache), -1)
@@ -125,6 +158,9 @@ def load_rows(task: Task, spec: HeadSpec) -> Rows:
     if task.train_fraction < 1.0:  # a learning-curve point
         tr, va = _fraction(tr, y, task.train_fraction), _fraction(va, y, task.train_fraction)
         notes.append(f"learning curve: {task.train_fraction:.0%} of the train and val rows")
+    if split is not None:
+        tr, va = split
+    pool = (tr, va)
     limit = spec.row_cap
     if limit and task.views and task.views_mode == "rows":  # the cap is on rows fitted: views are rows too
         limit = max(1, limit // (1 + task.views))
@@ -134,7 +170,7 @@ def load_rows(task: Task, spec: HeadSpec) -> Rows:
     absent = absent_classes(y[tr], np.unique(y[y >= 0]))
     if absent:  # a rare class whose images are all in val or test: the heads give it zero probability
         notes.append("classes absent from train: " + ", ".join(cache.class_name(c) for c in absent))
-    rows = Rows(X, y, tr, va, te, notes=notes)
+    rows = Rows(X, y, tr, va, te, notes=notes, split=pool)
     if task.views:
         V = cache.views_of(tr, views=task.views).reshape(task.views, len(tr), -1).astype(np.float32)
         _add_views(rows, V, task.views_mode)
@@ -189,17 +225,22 @@ def cross_validated(task: Task, spec: HeadSpec, rows: Rows, cores: int) -> Selec
     t0 = time.perf_counter()
     grid = {k: v for k, v in (spec.grid or {}).items() if k not in task.params}
     # views of one image stay in one fold: a view of a held-out image is never trained on
-    folds = (StratifiedKFold(task.cv, shuffle=True, random_state=0) if rows.groups is None
-             else StratifiedGroupKFold(task.cv, shuffle=True, random_state=0))
+    folds = (StratifiedKFold(task.cv, shuffle=True, random_state=rows.fold_seed) if rows.groups is None
+             else StratifiedGroupKFold(task.cv, shuffle=True, random_state=rows.fold_seed))
     prefixed = {spec.param_prefix + k: v for k, v in grid.items()}
     search = GridSearchCV(_make(task, cores, **task.params), prefixed or {}, cv=folds, n_jobs=1)
     search.fit(X[tr], y[tr], **({"groups": rows.groups} if rows.groups is not None else {}))
     best = {**task.params, **{k[len(spec.param_prefix):]: v for k, v in search.best_params_.items()}}
-    progress(f"chose {best} by {task.cv}-fold CV; refitting it on train")
+    folds_scores = tuple(float(search.cv_results_[f"split{i}_test_score"][search.best_index_])
+                         for i in range(task.cv))
     select_s = time.perf_counter() - t0
+    if rows.score_only:
+        return Selected(None, best, float(search.best_score_), tr, select_s, 0.0, draw_scores=folds_scores)
+    progress(f"chose {best} by {task.cv}-fold CV; refitting it on train")
     t1 = time.perf_counter()
     est = fit_head(_make(task, cores, **best), X, y, tr)
-    return Selected(est, best, float(search.best_score_), tr, select_s, time.perf_counter() - t1)
+    return Selected(est, best, float(search.best_score_), tr, select_s, time.perf_counter() - t1,
+                    draw_scores=folds_scores)
 
 
 def out_of_bag(task: Task, rows: Rows, cores: int) -> Selected:
@@ -240,6 +281,8 @@ def _refit(task, rows: Rows, cores, best, val_acc, warm, t0, notes=()) -> Select
     y = rows.y
     fit_idx = np.concatenate([rows.tr, rows.va])
     select_s = time.perf_counter() - t0
+    if rows.score_only:
+        return Selected(None, best, val_acc, fit_idx, select_s, 0.0)
     progress(f"chose {best} on val; refitting it on train+val ({len(fit_idx):,} rows)")
     t1 = time.perf_counter()
     est = _make(task, cores, **best)
@@ -348,6 +391,8 @@ def calibrated_on_val(task: Task, spec: HeadSpec, rows: Rows, cores: int) -> Sel
         best, base = _base_on_val(task, cands, Xtr, y[tr], Xva, y[va], cores)
     val_acc = float(base.score(Xva, y[va]))
     select_s = time.perf_counter() - t0
+    if rows.score_only:
+        return Selected(None, best, val_acc, tr, select_s, 0.0)
     progress(f"chose {best} on val; calibrating on val")
     t1 = time.perf_counter()
     known = np.isin(y[va], base.classes_)  # val rows of a class train lacks cannot calibrate its scores

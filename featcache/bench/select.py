@@ -17,12 +17,32 @@ def best_row(rows: list[dict]) -> dict | None:
     return next(r for r in ok if (r.get("val_accuracy") or 0.0) == top)
 
 
-def mark_ties(rows: list[dict]) -> dict | None:
-    """Set each successful row's ``versus_best`` from its test-accuracy interval; return the best row.
+#: a paired test's p-value at or above this: the two rows are not distinguishable, a ``tie``
+TIE_ALPHA = 0.05
 
-    ``best`` for the best head (chosen by validation accuracy, :func:`best_row`),
-    ``tie`` where a row's 95% interval overlaps the best's, else ``below`` or
-    ``above`` (a head the validation split ranked lower can still score higher on test).
+
+def paired_p(best: dict, row: dict) -> float | None:
+    """The corrected resampled t-test's p-value between two rows' validation draws, or None when they were not
+    scored on the same draws (one split only, other rows or another draw rule: nothing to pair)."""
+    a, b = best.get("val_draws"), row.get("val_draws")
+    if not a or not b or len(a) != len(b) or len(a) < 2 or best.get("draws_key") != row.get("draws_key"):
+        return None
+    from .stats import corrected_ttest  # scipy: only when draws are paired
+
+    return corrected_ttest(a, b, best["val_ratio"])
+
+
+def mark_ties(rows: list[dict]) -> dict | None:
+    """Set each successful row's ``versus_best``; return the best row. One rule for the console, results, report
+    and best_model/: every one of them calls this (or :func:`best_row`) on the rows in task order.
+
+    ``best`` for the best head (chosen by validation accuracy, its mean over
+    repeats: :func:`best_row`). With repeats, a row scored on the best's
+    draws is a ``tie`` when the paired test (:func:`paired_p`, its p-value
+    in ``versus_best_p``) cannot tell it from the best (p >= 0.05), else
+    ``below``. Without repeats, ``tie`` where a row's 95% test interval
+    overlaps the best's, else ``below`` or ``above`` (a head the validation
+    split ranked lower can still score higher on test).
 
     Args:
         rows: benchmark rows (changed in place).
@@ -39,13 +59,17 @@ def mark_ties(rows: list[dict]) -> dict | None:
     best = best_row(rows)
     for r in rows:
         r.pop("versus_best", None)
+        r.pop("versus_best_p", None)
     if best is None:
         return None
     b = best.get("accuracy_ci")
     for r in rows:
         c = r.get("accuracy_ci")
+        p = paired_p(best, r) if r is not best and r.get("status") == "ok" else None
         if r is best:
             r["versus_best"] = "best"
+        elif p is not None:
+            r["versus_best"], r["versus_best_p"] = ("tie" if p >= TIE_ALPHA else "below"), p
         elif r.get("status") == "ok" and b and c:
             r["versus_best"] = "tie" if c[0] <= b[1] and b[0] <= c[1] else ("below" if c[1] < b[0] else "above")
     return best

@@ -56,3 +56,33 @@ def bootstrap_intervals(y_true, y_pred, n_boot: int = 1000, level: float = 0.95,
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     return {"accuracy_ci": [float(v) for v in np.percentile(acc, q)],
             "macro_f1_ci": [float(v) for v in np.percentile(macro, q)]}
+
+
+def corrected_ttest(a, b, test_train_ratio: float) -> float:
+    """Two-sided p-value of Nadeau and Bengio's corrected resampled t-test between paired draw scores.
+
+    ``a[j]`` and ``b[j]`` are two heads' validation scores on the same draw j.
+    The draws share most of their training rows, so the plain paired t-test's
+    variance ``s^2 / J`` is far too small; Nadeau and Bengio (2003) widen it
+    to ``(1/J + n_val/n_train) s^2`` (for J = R x K folds: ``n_val/n_train =
+    1/(K-1)``), with J - 1 degrees of freedom.
+
+    Args:
+        a, b: paired scores, one per draw (two or more).
+        test_train_ratio: held-out rows over training rows of one draw.
+
+    Returns:
+        The p-value (1.0 when every difference is zero, 0.0 when they are equal and not zero).
+
+    Examples:
+        >>> round(corrected_ttest([.80, .82, .84], [.78, .81, .80], 0.25), 4)  # t = 2.0 on 2 degrees of freedom
+        0.1835
+    """
+    from scipy import stats  # scipy is slow to import: only when a tie is tested
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    m, s2 = float(d.mean()), float(d.var(ddof=1))
+    if s2 <= 1e-24:  # constant differences: no spread to test against
+        return 1.0 if abs(m) <= 1e-12 else 0.0
+    t = m / np.sqrt((1 / len(d) + test_train_ratio) * s2)
+    return float(2 * stats.t.sf(abs(t), len(d) - 1))

@@ -36,6 +36,9 @@ class Task:
     #: the cache's rows_key: what the row learns from, so a cache whose key changed but whose rows did not (a
     #: grow that found every image unchanged) keeps its rows ("": a row from before rows had a key)
     rows_key: str = ""
+    #: split draws (1: the cache's own split only) and the seed of the re-draws (:mod:`.repeats`)
+    repeats: int = 1
+    seed: int = 0
 
     @property
     def settings(self) -> str:
@@ -47,6 +50,8 @@ class Task:
                 "head_is": _head_is(self.head, self.estimator)}
         if self.train_fraction != 1.0:  # absent at 1.0, so the rows of earlier reports keep their hashes
             body["train_fraction"] = self.train_fraction
+        if self.repeats > 1:  # absent at 1, so the rows of earlier reports keep their hashes
+            body["repeats"] = [self.repeats, self.seed]
         if self.views:  # absent without views, likewise; K is not in the cache key, so it is here
             body["views"] = [self.views, self.views_mode]
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]

@@ -302,6 +302,12 @@ def cmd_bench(args) -> int:
         if not rows:
             return 0
 
+    if rows and "shots" in rows[0]:  # few-shot rows: their own table and files
+        stdout.print(table("few-shot", ["head", "k a class", "test acc. (mean ± sd)", "draws"],
+                           [[r["head"], str(r["shots"]), f"{100 * r['accuracy']:.2f}% ± {100 * r['accuracy_sd']:.2f}",
+                             str(r["draws"])] for r in rows]))
+        stdout.print(f"few-shot: {os.path.join(args.out, 'shots.md')} (and shots.csv, shots.json)")
+        return 0
     body = [[r["features"], r["head"], r.get("status"), with_interval(r, "accuracy"), with_interval(r, "macro_f1"),
              r.get("versus_best") or "", "-" if r.get("fit_seconds") is None else f"{r['fit_seconds']:.2f}",
              (r.get("note") or r.get("error") or "")[:70]] for r in rows]
