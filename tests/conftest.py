@@ -39,19 +39,22 @@ def run_featcache(*args, env=None, timeout=300, check=True, cwd=REPO):
     return proc
 
 
-def run_here(*args, check=True, cwd=None, timeout=None):
+def run_here(*args, check=True, cwd=None, timeout=None, env=None):
     """The console entry point in this process, answered like :func:`run_featcache`.
 
     For a test about what a command does rather than about a fresh process: it
     saves the TensorFlow import a new interpreter pays (about 6 s of CPU each).
+    ``env`` holds variables read at run time (FEATCACHE_HOME), set for the call only.
     """
     import contextlib
     import io
+    from unittest import mock
 
     from featcache.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or REPO):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or REPO), \
+            mock.patch.dict(os.environ, env or {}):
         try:
             code = main([str(a) for a in args])
         except SystemExit as exc:  # argparse's usage errors

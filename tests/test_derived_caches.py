@@ -19,7 +19,7 @@ from featcache.errors import FeatcacheWarning
 from featcache.files import sha256_path
 from featcache.runtimes import openvino_installed
 
-from conftest import TINY, TINY_ARGS, run_featcache
+from conftest import TINY, TINY_ARGS, run_here
 
 needs_openvino = pytest.mark.skipif(not openvino_installed() and not os.environ.get("CI"),
                                     reason="the openvino extra is not installed (make installs it)")
@@ -60,19 +60,19 @@ ARGS = [*TINY_ARGS, "--shard-size", "4", "--dtype", "float32", "--quiet"]
 @pytest.mark.slow
 def test_a_damaged_cached_ir_is_rebuilt_and_repair_writes_only_right_rows(images, tmp_path):
     env = {"FEATCACHE_HOME": str(tmp_path / "home")}
-    run_featcache("extract", images, *ARGS, "--runtime", "keras", "--out", tmp_path / "ref", env=env)
-    run_featcache("extract", images, *ARGS, "--runtime", "openvino", "--out", tmp_path / "ov", env=env)
+    run_here("extract", images, *ARGS, "--runtime", "keras", "--out", tmp_path / "ref", env=env)
+    run_here("extract", images, *ARGS, "--runtime", "openvino", "--out", tmp_path / "ov", env=env)
     (binary,) = (tmp_path / "home" / "openvino").glob("mobilenet_v2-*/model.bin")
     _damage(binary)
     (tmp_path / "ov" / "shards" / "00001.h5").write_bytes(b"damaged")  # --repair recomputes it
-    proc = run_featcache("extract", images, *ARGS, "--runtime", "openvino", "--repair", "--out", tmp_path / "ov",
+    proc = run_here("extract", images, *ARGS, "--runtime", "openvino", "--repair", "--out", tmp_path / "ov",
                          env=env)
     ref, repaired = featcache.open_cache(tmp_path / "ref"), featcache.open_cache(tmp_path / "ov")
     assert _cosines(repaired.features(), ref.features()).min() >= 0.9999
     assert repaired.verify() == [] and repaired.timings["runtime"] == "openvino"
     lines = _rebuilt_lines(proc.stderr)
     assert len(lines) == 1 and "OpenVINO IR" in lines[0] and "model.bin" in lines[0], proc.stderr
-    fresh = run_featcache("extract", images, *ARGS, "--runtime", "openvino", "--out", tmp_path / "again", env=env)
+    fresh = run_here("extract", images, *ARGS, "--runtime", "openvino", "--out", tmp_path / "again", env=env)
     assert _rebuilt_lines(fresh.stderr) == []  # the rebuilt entry is whole
     assert _cosines(featcache.open_cache(tmp_path / "again").features(), ref.features()).min() >= 0.9999
 

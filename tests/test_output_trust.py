@@ -18,7 +18,7 @@ import pytest
 import featcache
 from featcache.runtimes import openvino_installed
 
-from conftest import TINY, kill_at, run_featcache, run_here
+from conftest import TINY, kill_at, run_here
 
 
 def _images(n=24, seed=0):
@@ -174,8 +174,8 @@ def test_predict_with_an_unwritable_home_names_the_predictions_directory_and_fea
 
     Image.fromarray(_images(1)[0]).save(images / "a.png")
     (tmp_path / "afile").write_text("not a folder\n")
-    proc = run_featcache("predict", tmp_path / "m", images, env={"FEATCACHE_HOME": str(tmp_path / "afile" / "home")},
-                         check=False)
+    proc = run_here("predict", tmp_path / "m", images, env={"FEATCACHE_HOME": str(tmp_path / "afile" / "home")},
+                    check=False)
     _one_line_error(proc, f"cannot create the predictions directory {tmp_path / 'afile' / 'home' / 'predictions'}",
                     "set FEATCACHE_HOME")
     assert "--out" not in proc.stderr.replace("--cache-dir", "")
