@@ -59,7 +59,12 @@ def _write_pngs(images: np.ndarray, root, labels=None) -> None:
         Image.fromarray(img).save(d / f"{i:05d}.png")
 
 
-def measure(n: int = 2000) -> None:
+#: the backbones measure() can run: random-weight MobileNetV2 (fast, weak on purpose) or the default ImageNet Lite0
+BACKBONES = {"tiny": dict(backbone="mobilenet_v2", weights="none", image_size=32, batch_size=64),
+             "lite0": dict(image_size=96)}
+
+
+def measure(n: int = 2000, backbone: str = "tiny") -> None:
     """The docs/PERFORMANCE.md targets measurement: each default head, the raw-pixel baseline (the kind's
     linear head on 16x16 pixels) and the trivial baseline on zoom and mosaic tasks, from PNG folders."""
     import tempfile
@@ -78,9 +83,8 @@ def measure(n: int = 2000) -> None:
     _write_pngs(canv, d + "/zoom", labels[:n])
     _write_pngs(mos, d + "/mos")
     t = time.perf_counter()
-    tiny = dict(backbone="mobilenet_v2", weights="none", image_size=32, batch_size=64)
-    cz = featcache.extract(d + "/zoom", out=d + "/cz", **tiny)
-    cm = featcache.extract(d + "/mos", out=d + "/cm", **tiny)
+    cz = featcache.extract(d + "/zoom", out=d + "/cz", **BACKBONES[backbone])
+    cm = featcache.extract(d + "/mos", out=d + "/cm", **BACKBONES[backbone])
     print("extract s", round(time.perf_counter() - t, 1))
     rz, rm = ([int(Path(i).stem) for i in c.ids()] for c in (cz, cm))
     attach_targets(cz, {"id": list(cz.ids()), "zoom": list(zoom[rz])}, kind="regression")
@@ -98,4 +102,4 @@ def measure(n: int = 2000) -> None:
 if __name__ == "__main__":
     import sys
 
-    measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2000, sys.argv[2] if len(sys.argv) > 2 else "tiny")
