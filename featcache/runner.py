@@ -25,6 +25,7 @@ from .engines import make_engine
 from .errors import CacheError, FeatcacheError
 from .files import pause_point
 from .augment import parse_recipe
+from .decode import parse_background
 from .plan import DEFAULT_BACKBONE, ExtractOptions, Plan, make_plan
 from .sources import LIMIT_SEED, PickedSource, open_source
 from .versions import versions
@@ -174,6 +175,18 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
     return cache, summary
 
 
+def _alpha(plan: Plan, sources: list, rows: dict) -> dict[str, bool]:
+    """Whether each row's image had alpha: what its shard's count says, else the image decoded again."""
+    states = [store.alpha_rows(cache) for cache in sources]
+    alpha = {item_id: int(states[s][row]) for item_id, (s, row) in rows.items()}
+    unknown = [it for it in plan.source.items if alpha.get(it.id, 0) < 0]
+    if unknown:
+        with ThreadPoolExecutor(8, thread_name_prefix="featcache-alpha") as pool:
+            found = plan.source.had_alpha(unknown, pool, background=parse_background(plan.options.background))
+        alpha.update({it.id: int(a) for it, a in zip(unknown, found)})
+    return {item_id: bool(a) for item_id, a in alpha.items()}
+
+
 def _take_staged(staged: store.Cache, s: int, new_ids: set, rows: dict, by_id: dict, views: dict) -> None:
     """Point the new images' rows, and every view no donor had, at the staging cache (source ``s``)."""
     for row, (item_id, digest) in enumerate(zip(staged.ids(), staged.digests())):
@@ -193,7 +206,8 @@ def _write_generation(plan: Plan, old: dict | None, recipe: str, sources: list, 
     sink.manifest.update({"generation": sink.generation} if sink.generation else {})
     sink.manifest["outputs"] = dict(sources[0].manifest["outputs"])
     shards = [(i, *plan.shard_items(i), plan.view_of(i)) for i in range(plan.n_shards)]
-    store.write_generation(sink, shards, sources, rows, by_id, plan.source.has_splits, reasons, views)
+    alpha = _alpha(plan, sources, rows)
+    store.write_generation(sink, shards, sources, rows, by_id, plan.source.has_splits, reasons, views, alpha)
     sink.finish(timings=timings, versions=versions())
     pause_point("grow:committed")
     store.remove_stale(plan.out, sink.manifest)

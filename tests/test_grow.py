@@ -259,3 +259,19 @@ def test_settings_changes_still_refuse(tmp_path):
     with pytest.raises(KeyMismatchError, match="pooling"):
         featcache.extract(_src(X, y, range(30)), out=out, pooling="max", **TINY)
     assert store.read_manifest(out).get("generation", 0) == 0
+
+
+def test_the_alpha_count_of_a_grown_cache_is_right_across_generations(tmp_path):
+    X, y = _arrays(70, seed=9)
+    rgba = np.concatenate([X, np.full(X.shape[:3] + (1,), 255, np.uint8)], axis=-1)
+    alpha = np.zeros(70, bool)
+    alpha[[2, 9, 17, 18, 33, 41, 50, 62, 69]] = True  # a few in each shard, so no shard is all or none
+    rgba[alpha, :4, :4, 3] = 0
+    ids = [f"a{i:02d}" for i in range(70)]
+    out = tmp_path / "c"
+    featcache.extract(_src(rgba[:40], y[:40], ids[:40]), out=out, shard_size=16, **TINY)
+    for gen, keep in enumerate([np.r_[5:60], np.r_[0:3, 20:70]], start=1):  # two grows: remove some, add some
+        src = _src(rgba[keep], y[keep], [ids[i] for i in keep])
+        grown = featcache.extract(src, out=out, shard_size=16, **TINY)
+        fresh = featcache.extract(src, out=tmp_path / f"fresh{gen}", shard_size=16, **TINY)
+        assert grown.generation == gen and grown.alpha_count == fresh.alpha_count == int(alpha[keep].sum())

@@ -102,19 +102,30 @@ def view_rows(donors: list[Cache], items, digests: dict[str, str], views: int,
     return found
 
 
+def alpha_rows(cache: Cache) -> np.ndarray:
+    """Per row of ``cache``: 1 its image had alpha, 0 it did not, -1 unknown (its shard counted both, or none)."""
+    state = np.full(len(cache), -1, np.int8)
+    for shard in cache.shards:
+        count = cache.manifest_record(shard.index).get("alpha")
+        if count == 0 or count == shard.n_rows:
+            state[shard.rows[0]:shard.rows[1]] = int(count > 0)
+    return state
+
+
 def _name(names: list[str], label: int) -> str:
     return names[label] if 0 <= label < len(names) else str(label)
 
 
 def write_generation(sink: CacheSink, shards: list[tuple[int, tuple[int, int], list, int]], sources: list[Cache],
                      rows: dict[str, tuple[int, int]], digests: dict[str, str], has_splits: bool,
-                     reasons: dict[str, str], views: dict[tuple[str, int], tuple[int, int]] | None = None) -> None:
+                     reasons: dict[str, str], views: dict[tuple[str, int], tuple[int, int]] | None = None,
+                     alpha: dict[str, bool] | None = None) -> None:
     """Write every shard of the new generation into ``sink`` (begun, manifest not saved) and commit each.
 
     ``shards`` are ``(index, item range, items, view)``; ``sources`` are the donors and the staging cache;
     ``rows`` maps an item id to ``(source, row)`` and ``views`` an ``(item id, view)`` to ``(source, view
     row)``; an item with no row is skipped (no view either), with its reason from ``reasons`` (the staging
-    cache's skips).
+    cache's skips); ``alpha`` says which images had alpha (None: not counted).
     """
     outputs = list(sink.manifest["outputs"])
     for index, item_range, items, view in shards:
@@ -124,7 +135,7 @@ def write_generation(sink: CacheSink, shards: list[tuple[int, tuple[int, int], l
         shard = ShardData(index, item_range, feats, np.array([it.label for it in kept], np.int64),
                           [it.id for it in kept], [it.split or "" for it in kept] if has_splits else None,
                           [(it.id, reasons.get(it.id, "not extracted")) for it in items if it.id not in rows],
-                          alpha=None, digests=[digests[it.id] for it in kept])
+                          alpha=None if alpha is None else sum(alpha[it.id] for it in kept), digests=[digests[it.id] for it in kept])
         sink.commit(sink.write(shard), shard, save=False)
         pause_point("grow:shard")
 
