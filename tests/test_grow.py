@@ -275,3 +275,21 @@ def test_the_alpha_count_of_a_grown_cache_is_right_across_generations(tmp_path):
         grown = featcache.extract(src, out=out, shard_size=16, **TINY)
         fresh = featcache.extract(src, out=tmp_path / f"fresh{gen}", shard_size=16, **TINY)
         assert grown.generation == gen and grown.alpha_count == fresh.alpha_count == int(alpha[keep].sum())
+
+
+def test_repair_of_a_grown_cache_with_views_recomputes_the_damaged_view_shard_only(tmp_path):
+    X, y = _arrays(50, seed=10)
+    out = tmp_path / "c"
+    featcache.extract(_src(X[:35], y[:35], range(35)), out=out, shard_size=16, views=1, **TINY)
+    src = _src(X, y, range(50))
+    grown = featcache.extract(src, out=out, shard_size=16, views=1, **TINY)
+    want = grown.views_of(np.arange(len(grown)))
+    record = max(grown.manifest["shards"], key=lambda r: r["n_rows"] * (r["index"] >= 4))  # a view shard
+    damaged = out / record["file"]
+    data = bytearray(damaged.read_bytes())
+    data[-100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    repaired, s = featcache.extract(src, out=out, shard_size=16, views=1, repair=True, return_summary=True, **TINY)
+    assert s.computed_shards == 1 and repaired.generation == 1 and repaired.verify() == []
+    assert record["file"].startswith("shards/g1/")
+    np.testing.assert_array_equal(repaired.views_of(np.arange(len(repaired))), want)
