@@ -165,8 +165,8 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
     _write_generation(plan, old, recipe, sources, m.rows, by_id, reasons, views, timings)
     cache = store.open_cache(out)
     if plan.views:
-        notes.append(f"augmented views: {(cache.manifest.get('counts') or {}).get('view_rows', 0) - reused_views:,} computed, "
-                     f"{reused_views:,} reused")
+        view_rows = sum(len(cache.view_ids(v)) for v in range(1, cache.views + 1))
+        notes.append(f"augmented views: {view_rows - reused_views:,} computed, {reused_views:,} reused")
     counts = {"new": len(m.unmatched), "reused": len(src) - len(m.unmatched), "removed": m.removed,
               "relabelled": m.relabelled, "moved": m.moved}
     summary = RunSummary(out, plan.key, len(src), len(cache), len(cache.skipped), plan.n_shards, 0,
