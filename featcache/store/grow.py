@@ -129,7 +129,7 @@ def write_generation(sink: CacheSink, shards: list[tuple[int, tuple[int, int], l
     """
     outputs = list(sink.manifest["outputs"])
     for index, item_range, items, view in shards:
-        kept = [it for it in items if it.id in rows]
+        kept = [it for it in items if it.id in rows and (not view or (it.id, view) in views)]
         picks = [rows[it.id] if not view else views[(it.id, view)] for it in kept]
         feats = {name: _gather(sources, picks, name, view) for name in outputs}
         shard = ShardData(index, item_range, feats, np.array([it.label for it in kept], np.int64),
