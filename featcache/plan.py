@@ -145,6 +145,8 @@ class Plan:
     key: str
     #: how to rebuild the backbone later (predict, export): not part of the key
     backbone_ref: dict = field(default_factory=dict)
+    #: which items get augmented views (default: the labelled train items); a grow's staging run names its own
+    view_items: np.ndarray | None = None
     #: shards of the plain view (every item); shards ``n_base * v`` to ``n_base * (v + 1) - 1`` hold view ``v``
     n_base: int = field(init=False)
     n_shards: int = field(init=False)
@@ -165,9 +167,16 @@ class Plan:
         """The view shard ``index`` holds: 0 for the plain view, 1 ... K for the augmented ones."""
         return index // self.n_base
 
+    @property
+    def view_mask(self) -> np.ndarray:
+        """Whether each source item gets augmented views (when the plan asks for any)."""
+        return self._train_items
+
     @functools.cached_property
     def _train_items(self) -> np.ndarray:
         """Whether each source item is a labelled train item under the default split: the items views are for."""
+        if self.view_items is not None:
+            return np.asarray(self.view_items, bool)
         items = self.source.items
         labels = [-1 if it.label is None else it.label for it in items]  # the same splits as Cache.split_masks
         names = assign_splits([it.id for it in items], [it.split for it in items] if self.source.has_splits else None,

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
+import numpy as np
+
 from . import store
 from .backbones import Backbone
 from .engines import make_engine
 from .errors import CacheError, FeatcacheError
 from .files import pause_point
 from .augment import parse_recipe
+from .decode import parse_background
 from .plan import DEFAULT_BACKBONE, ExtractOptions, Plan, make_plan
 from .sources import LIMIT_SEED, PickedSource, open_source
 from .versions import versions
@@ -123,16 +126,16 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
     """Grow the cache at ``plan.out`` to ``plan``'s images, or None when this run is not a grow.
 
     A grow is a complete cache whose images changed (or a new one given ``reuse``): images whose content a
-    donor holds keep those features, the rest go through the CNN into a staging cache, and a new
-    generation of shards in the source's order is committed with one manifest write (store/grow.py).
+    donor holds keep those features, and their views when the id is the same too; the rest go through the
+    CNN into a staging cache, and a new generation of shards in the source's order (views included) is
+    committed with one manifest write (store/grow.py).
     """
     out = plan.out
     old = store.read_manifest(out)
     if not (store.growable(old, plan.params, plan.fingerprint) or (old is None and reuse)):
         return None
-    if plan.views or (old or {}).get("views"):
-        raise CacheError(f"{out} has augmented views, and a cache with views cannot grow yet: pass --frozen to "
-                         "refuse the change, or --overwrite to extract everything again")
+    recipe = parse_recipe(plan.options.augment).text
+    plan, notes = _keep_views(plan, old, recipe)
     own = [store.open_cache(out)] if old else []
     if own and not own[0].has_digests:
         raise CacheError(f"{out} was made before featcache recorded each image's digest, so it cannot grow: run "
@@ -147,31 +150,67 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
         digests = src.digests(src.items, pool)
     m = store.match(src.items, digests, donors, list(src.class_names), own=bool(own))
     by_id = {it.id: d for it, d in zip(src.items, digests)}
+    viewed = [it for it, keep in zip(src.items, plan.view_mask) if keep] if plan.views else []
+    views = store.view_rows(donors, viewed, by_id, plan.views, recipe)
+    reused_views = len(views)
     sources, reasons, timings = list(donors), {}, _timings(t_start, 0.0, 0, {})
-    if m.unmatched:
-        staged = _stage(plan, m.unmatched, progress, engine)
+    new_ids = {it.id for it in m.unmatched}
+    need_views = {it.id for it in viewed if any((it.id, v) not in views for v in range(1, plan.views + 1))}
+    if new_ids or need_views:
+        staged = _stage(plan, new_ids, need_views, progress, engine)
         sources.append(staged)
-        for row, (item_id, digest) in enumerate(zip(staged.ids(), staged.digests())):
-            m.rows[item_id] = (len(sources) - 1, row)
-            by_id[item_id] = digest  # the bytes the CNN saw, should the file have changed since it was hashed
+        _take_staged(staged, len(sources) - 1, new_ids, m.rows, by_id, views)
         reasons = {x["id"]: x["reason"] for x in staged.skipped}
         timings = {**staged.timings, "seconds": round(time.perf_counter() - t_start, 3)}
-    sink = _begin(plan, {}, None, parse_recipe(plan.options.augment).text)
+    _write_generation(plan, old, recipe, sources, m.rows, by_id, reasons, views, timings)
+    cache = store.open_cache(out)
+    if plan.views:
+        view_rows = sum(len(cache.view_ids(v)) for v in range(1, cache.views + 1))
+        notes.append(f"augmented views: {view_rows - reused_views:,} computed, {reused_views:,} reused")
+    counts = {"new": len(m.unmatched), "reused": len(src) - len(m.unmatched), "removed": m.removed,
+              "relabelled": m.relabelled, "moved": m.moved}
+    summary = RunSummary(out, plan.key, len(src), len(cache), len(cache.skipped), plan.n_shards, 0,
+                         time.perf_counter() - t_start, timings.get("images_per_s") or 0.0,
+                         cache.disk_bytes(), False, notes, counts)
+    return cache, summary
+
+
+def _alpha(plan: Plan, sources: list, rows: dict) -> dict[str, bool]:
+    """Whether each row's image had alpha: what its shard's count says, else the image decoded again."""
+    states = [store.alpha_rows(cache) for cache in sources]
+    alpha = {item_id: int(states[s][row]) for item_id, (s, row) in rows.items()}
+    unknown = [it for it in plan.source.items if alpha.get(it.id, 0) < 0]
+    if unknown:
+        with ThreadPoolExecutor(8, thread_name_prefix="featcache-alpha") as pool:
+            found = plan.source.had_alpha(unknown, pool, background=parse_background(plan.options.background))
+        alpha.update({it.id: int(a) for it, a in zip(unknown, found)})
+    return {item_id: bool(a) for item_id, a in alpha.items()}
+
+
+def _take_staged(staged: store.Cache, s: int, new_ids: set, rows: dict, by_id: dict, views: dict) -> None:
+    """Point the new images' rows, and every view no donor had, at the staging cache (source ``s``)."""
+    for row, (item_id, digest) in enumerate(zip(staged.ids(), staged.digests())):
+        if item_id in new_ids:  # an image staged for its views alone keeps its donor's plain row
+            rows[item_id] = (s, row)
+            by_id[item_id] = digest  # the bytes the CNN saw, should the file have changed since it was hashed
+    for v in range(1, staged.views + 1):
+        for pos, item_id in enumerate(staged.view_ids(v)):
+            views.setdefault((item_id, v), (s, pos))
+
+
+def _write_generation(plan: Plan, old: dict | None, recipe: str, sources: list, rows: dict, by_id: dict,
+                      reasons: dict, views: dict, timings: dict) -> None:
+    """Write and commit generation *g + 1* (or 0 for a new cache), then drop what the previous one left."""
+    sink = _begin(plan, {}, None, recipe)
     sink.generation = int(old.get("generation", 0)) + 1 if old else 0
     sink.manifest.update({"generation": sink.generation} if sink.generation else {})
     sink.manifest["outputs"] = dict(sources[0].manifest["outputs"])
-    shards = [(i, *plan.shard_items(i)) for i in range(plan.n_base)]
-    store.write_generation(sink, shards, sources, m.rows, by_id, src.has_splits, reasons)
+    shards = [(i, *plan.shard_items(i), plan.view_of(i)) for i in range(plan.n_shards)]
+    alpha = _alpha(plan, sources, rows)
+    store.write_generation(sink, shards, sources, rows, by_id, plan.source.has_splits, reasons, views, alpha)
     sink.finish(timings=timings, versions=versions())
     pause_point("grow:committed")
-    store.remove_stale(out, sink.manifest)
-    cache = store.open_cache(out)
-    counts = {"new": len(m.unmatched), "reused": len(src) - len(m.unmatched), "removed": m.removed,
-              "relabelled": m.relabelled, "moved": m.moved}
-    summary = RunSummary(out, plan.key, len(src), len(cache), len(cache.skipped), plan.n_base, 0,
-                         time.perf_counter() - t_start, timings.get("images_per_s") or 0.0,
-                         cache.disk_bytes(), False, [], counts)
-    return cache, summary
+    store.remove_stale(plan.out, sink.manifest)
 
 
 def _donor(path: Path, plan: Plan) -> store.Cache:
@@ -183,15 +222,19 @@ def _donor(path: Path, plan: Plan) -> store.Cache:
     return cache
 
 
-def _stage(plan: Plan, items: list, progress: bool, engine) -> store.Cache:
-    """The features of ``items`` (the images no donor holds), extracted into the grow's staging cache.
+def _stage(plan: Plan, new_ids: set, need_views: set, progress: bool, engine) -> store.Cache:
+    """The features of the images no donor holds (``new_ids``), and the views of ``need_views``, extracted
+    into the grow's staging cache.
 
     The staging cache is an ordinary cache inside ``--out``, named after the new key, so a grow killed
-    while the CNN runs resumes there; one left by another change is replaced.
+    while the CNN runs resumes there; one left by another change is replaced. An image staged for its views
+    alone (a renamed one: a view is seeded by its id) goes through the CNN for its plain row too.
     """
     staging = plan.out / store.staging_name(plan.key)
-    sub = make_plan(PickedSource(plan.source, items), plan.backbone, staging,
-                    dataclasses.replace(plan.options, shard_size=None))
+    items = [it for it in plan.source.items if it.id in new_ids or it.id in need_views]
+    options = dataclasses.replace(plan.options, shard_size=None, views=plan.views if need_views else 0)
+    sub = make_plan(PickedSource(plan.source, items), plan.backbone, staging, options)
+    sub = dataclasses.replace(sub, view_items=np.array([it.id in need_views for it in items], bool))
     try:
         held = store.read_manifest(staging) if staging.is_dir() else None
     except CacheError:
@@ -225,16 +268,21 @@ def _claim(plan: Plan, overwrite: bool) -> tuple[Plan, dict | None, str, list[st
         old = None  # clear_cache_files decides whether the file is ours to replace
     old, kept = store.claim(out, old, key=plan.key, params=plan.params, fingerprint=plan.fingerprint,
                             overwrite=overwrite)
-    notes = [f"not featcache's, left alone: {k}" for k in kept]
-    stored_views = int((old or {}).get("views", 0)) if (old or {}).get("complete") else 0
     recipe = parse_recipe(plan.options.augment).text
+    plan, notes = _keep_views(plan, old, recipe)
+    return plan, old, recipe, [f"not featcache's, left alone: {k}" for k in kept] + notes
+
+
+def _keep_views(plan: Plan, old: dict | None, recipe: str) -> tuple[Plan, list[str]]:
+    """``plan`` with at least the views the complete cache ``old`` holds, made with the same ``recipe``."""
+    stored_views = int((old or {}).get("views", 0)) if (old or {}).get("complete") else 0
     if stored_views and old.get("augment") != recipe:  # the default recipe is not in the key: never mix two
-        raise CacheError(f"{out} holds views made with the recipe {old.get('augment')!r}, not {recipe!r}; pass "
-                         "that --augment, or --overwrite to start again")
+        raise CacheError(f"{plan.out} holds views made with the recipe {old.get('augment')!r}, not {recipe!r}; "
+                         "pass that --augment, or --overwrite to start again")
     if stored_views > plan.views:  # finished views are never thrown away: asking for fewer keeps them all
-        notes.append(f"the cache keeps the {stored_views} views it holds (asked for {plan.views})")
-        plan = plan.with_views(stored_views)
-    return plan, old, recipe, notes
+        return plan.with_views(stored_views), [f"the cache keeps the {stored_views} views it holds (asked for "
+                                               f"{plan.views})"]
+    return plan, []
 
 
 def _begin(plan: Plan, done: dict, old: dict | None, recipe: str):

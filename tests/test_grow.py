@@ -127,12 +127,41 @@ def test_a_forged_digest_dataset_is_refused_before_reading(tmp_path):
         featcache.open_cache(out).digests()
 
 
-def test_views_refuse_to_grow_in_one_line(tmp_path):
-    X, y = _arrays(40, seed=4)
+def _same_views(grown, fresh):
+    """The same augmented views, row for row, as a cache built from nothing (bit-equal)."""
+    assert grown.views == fresh.views and grown.augment == fresh.augment
+    for v in range(1, fresh.views + 1):
+        assert grown.view_ids(v) == fresh.view_ids(v)
+    rows = np.arange(len(fresh))
+    np.testing.assert_array_equal(grown.views_of(rows), fresh.views_of(rows))
+
+
+def test_views_grow_with_the_images_and_only_new_ones_are_computed(tmp_path):
+    X, y = _arrays(60, seed=4)
+    ids = np.array([f"v{i:02d}" for i in range(60)], dtype=object)
     out = tmp_path / "c"
-    featcache.extract(_src(X[:30], y[:30], range(30)), out=out, views=1, **TINY)
-    with pytest.raises(CacheError, match="augmented views.*--frozen.*--overwrite"):
-        featcache.extract(_src(X, y, range(40)), out=out, views=1, **TINY)
+    first = featcache.extract(_src(X[:45], y[:45], ids[:45]), out=out, views=2, **TINY)
+    trained = [i for i in first.view_ids(1) if int(i[1:]) >= 5]  # train images with views, and not removed
+    X2, y2, ids2 = X.copy(), y.copy(), ids.copy()
+    renamed, changed = int(trained[0][1:]), int(trained[1][1:])
+    ids2[renamed] = "renamed"  # its views are seeded by its id: computed again
+    X2[changed] = 255 - X2[changed]  # same id, new bytes: plain row and views computed again
+    y2[int(trained[2][1:])] = (y2[int(trained[2][1:])] + 1) % 3  # relabelled: its views are kept
+    keep = np.r_[5:60]  # 5 removed, 15 new
+    src = _src(X2[keep], y2[keep], ids2[keep])
+    grown, s = featcache.extract(src, out=out, views=2, return_summary=True, **TINY)
+    assert grown.generation == 1 and s.grow["new"] == 16 and grown.verify() == []
+    fresh = featcache.extract(src, out=tmp_path / "fresh", views=2, **TINY)
+    _same_rows(grown, fresh)
+    _same_views(grown, fresh)
+    new_views = 2 * (sum(i not in first.view_ids(1) for i in fresh.view_ids(1)) + 1)  # + the changed image's
+    assert f"augmented views: {new_views:,} computed" in s.notes[-1]
+    assert new_views < fresh.manifest["counts"]["view_rows"] / 2  # most views were reused
+    # a later grow that does not ask for views keeps them, and still grows them
+    src3 = _src(X2[keep[:-3]], y2[keep[:-3]], ids2[keep[:-3]])
+    kept, s3 = featcache.extract(src3, out=out, return_summary=True, **TINY)
+    assert "keeps the 2 views" in s3.notes[0] and kept.views == 2
+    _same_views(kept, featcache.extract(src3, out=tmp_path / "fresh3", views=2, **TINY))
 
 
 @pytest.mark.slow
@@ -230,3 +259,37 @@ def test_settings_changes_still_refuse(tmp_path):
     with pytest.raises(KeyMismatchError, match="pooling"):
         featcache.extract(_src(X, y, range(30)), out=out, pooling="max", **TINY)
     assert store.read_manifest(out).get("generation", 0) == 0
+
+
+def test_the_alpha_count_of_a_grown_cache_is_right_across_generations(tmp_path):
+    X, y = _arrays(70, seed=9)
+    rgba = np.concatenate([X, np.full(X.shape[:3] + (1,), 255, np.uint8)], axis=-1)
+    alpha = np.zeros(70, bool)
+    alpha[[2, 9, 17, 18, 33, 41, 50, 62, 69]] = True  # a few in each shard, so no shard is all or none
+    rgba[alpha, :4, :4, 3] = 0
+    ids = [f"a{i:02d}" for i in range(70)]
+    out = tmp_path / "c"
+    featcache.extract(_src(rgba[:40], y[:40], ids[:40]), out=out, shard_size=16, **TINY)
+    for gen, keep in enumerate([np.r_[5:60], np.r_[0:3, 20:70]], start=1):  # two grows: remove some, add some
+        src = _src(rgba[keep], y[keep], [ids[i] for i in keep])
+        grown = featcache.extract(src, out=out, shard_size=16, **TINY)
+        fresh = featcache.extract(src, out=tmp_path / f"fresh{gen}", shard_size=16, **TINY)
+        assert grown.generation == gen and grown.alpha_count == fresh.alpha_count == int(alpha[keep].sum())
+
+
+def test_repair_of_a_grown_cache_with_views_recomputes_the_damaged_view_shard_only(tmp_path):
+    X, y = _arrays(50, seed=10)
+    out = tmp_path / "c"
+    featcache.extract(_src(X[:35], y[:35], range(35)), out=out, shard_size=16, views=1, **TINY)
+    src = _src(X, y, range(50))
+    grown = featcache.extract(src, out=out, shard_size=16, views=1, **TINY)
+    want = grown.views_of(np.arange(len(grown)))
+    record = max(grown.manifest["shards"], key=lambda r: r["n_rows"] * (r["index"] >= 4))  # a view shard
+    damaged = out / record["file"]
+    data = bytearray(damaged.read_bytes())
+    data[-100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    repaired, s = featcache.extract(src, out=out, shard_size=16, views=1, repair=True, return_summary=True, **TINY)
+    assert s.computed_shards == 1 and repaired.generation == 1 and repaired.verify() == []
+    assert record["file"].startswith("shards/g1/")
+    np.testing.assert_array_equal(repaired.views_of(np.arange(len(repaired))), want)

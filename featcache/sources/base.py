@@ -78,6 +78,15 @@ class Source:
         """The content digest of each item, as :meth:`read` records it (None: unreadable): what grow matches by."""
         raise NotImplementedError
 
+    def had_alpha(self, items: Sequence[Item], executor: Executor | None = None, *,
+                  background=(255, 255, 255)) -> list[bool]:
+        """Whether each item's image has a pixel that is not opaque (decoded again, resized to almost nothing).
+
+        What a grow asks of the rows whose shard's ``alpha`` count does not say (it counts a shard, not a row).
+        """
+        mapper = executor.map if executor is not None else map
+        return list(mapper(lambda it: self.read([it], (8, 8), background=background).alpha > 0, items))
+
     def subset(self, *, classes: Sequence[int] | None = None, limit: int | None = None, first: int | None = None,
                limit_seed: int = LIMIT_SEED) -> "Source":
         """A view of this source: some labels, and a seeded stratified sample of ``limit`` items or the ``first``.

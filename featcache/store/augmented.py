@@ -94,6 +94,12 @@ class AugmentedViews:
                 out[v - 1][~missing] = self._read_view_rows(v, pos[~missing], name)
         return out
 
+    def read_view_rows(self, view: int, positions, output: str | None = None) -> np.ndarray:
+        """Rows ``positions`` of augmented view ``view`` (its own row numbers, see :meth:`view_positions`)."""
+        if not 1 <= int(view) <= self.views:
+            raise CacheError(f"{self.path} has views 1 to {self.views}, not {view!r}")
+        return self._read_view_rows(int(view), np.asarray(positions, np.int64).reshape(-1), self.output_name(output))
+
     def _read_view_rows(self, view: int, positions: np.ndarray, name: str) -> np.ndarray:
         shards = self.view_shards(view)
         info = self.output_info(name)

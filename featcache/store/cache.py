@@ -83,6 +83,10 @@ class Cache(AugmentedViews):
         self._n_base = n_base
 
     # -- metadata
+    def manifest_record(self, index: int) -> dict:
+        """The manifest's record of shard ``index`` (a copy)."""
+        return dict(self._records[int(index)])
+
     @property
     def key(self) -> str:
         return self.manifest["key"]

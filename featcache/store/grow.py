@@ -80,32 +80,68 @@ def match(items, digests: list[str | None], donors: list[Cache], class_names: li
     return m
 
 
+def view_rows(donors: list[Cache], items, digests: dict[str, str], views: int,
+              recipe: str) -> dict[tuple[str, int], tuple[int, int]]:
+    """``(item id, view) -> (donor, view row)``: each view a donor holds of the same bytes under the same id.
+
+    A view is seeded by the item's id (featcache/augment.py), so a moved or renamed image's views are not
+    the ones a cache built from nothing would hold: only an image at the same id with the same digest,
+    made with the same recipe, takes them.
+    """
+    found: dict[tuple[str, int], tuple[int, int]] = {}
+    for d, cache in enumerate(donors):
+        if not cache.views or cache.augment != recipe:
+            continue
+        own = {item_id: (row, digest) for row, (item_id, digest) in enumerate(zip(cache.ids(), cache.digests()))}
+        same = [it.id for it in items if it.id in own and own[it.id][1] == digests.get(it.id)]
+        rows = [own[i][0] for i in same]
+        for v in range(1, min(views, cache.views) + 1):
+            for item_id, pos in zip(same, cache.view_positions(v, rows).tolist()):
+                if pos >= 0:
+                    found.setdefault((item_id, v), (d, pos))
+    return found
+
+
+def alpha_rows(cache: Cache) -> np.ndarray:
+    """Per row of ``cache``: 1 its image had alpha, 0 it did not, -1 unknown (its shard counted both, or none)."""
+    state = np.full(len(cache), -1, np.int8)
+    for shard in cache.shards:
+        count = cache.manifest_record(shard.index).get("alpha")
+        if count == 0 or count == shard.n_rows:
+            state[shard.rows[0]:shard.rows[1]] = int(count > 0)
+    return state
+
+
 def _name(names: list[str], label: int) -> str:
     return names[label] if 0 <= label < len(names) else str(label)
 
 
-def write_generation(sink: CacheSink, shards: list[tuple[int, tuple[int, int], list]], sources: list[Cache],
+def write_generation(sink: CacheSink, shards: list[tuple[int, tuple[int, int], list, int]], sources: list[Cache],
                      rows: dict[str, tuple[int, int]], digests: dict[str, str], has_splits: bool,
-                     reasons: dict[str, str]) -> None:
-    """Write every plain shard of the new generation into ``sink`` (begun, manifest not saved) and commit each.
+                     reasons: dict[str, str], views: dict[tuple[str, int], tuple[int, int]] | None = None,
+                     alpha: dict[str, bool] | None = None) -> None:
+    """Write every shard of the new generation into ``sink`` (begun, manifest not saved) and commit each.
 
-    ``sources`` are the donors and the staging cache; ``rows`` maps an item id to ``(source, row)``;
-    an item with no row is skipped, with its reason from ``reasons`` (the staging cache's skips).
+    ``shards`` are ``(index, item range, items, view)``; ``sources`` are the donors and the staging cache;
+    ``rows`` maps an item id to ``(source, row)`` and ``views`` an ``(item id, view)`` to ``(source, view
+    row)``; an item with no row is skipped (no view either), with its reason from ``reasons`` (the staging
+    cache's skips); ``alpha`` says which images had alpha (None: not counted).
     """
     outputs = list(sink.manifest["outputs"])
-    for index, item_range, items in shards:
-        kept = [it for it in items if it.id in rows]
-        feats = {name: _gather(sources, [rows[it.id] for it in kept], name) for name in outputs}
+    for index, item_range, items, view in shards:
+        kept = [it for it in items if it.id in rows and (not view or (it.id, view) in views)]
+        picks = [rows[it.id] if not view else views[(it.id, view)] for it in kept]
+        feats = {name: _gather(sources, picks, name, view) for name in outputs}
         shard = ShardData(index, item_range, feats, np.array([it.label for it in kept], np.int64),
                           [it.id for it in kept], [it.split or "" for it in kept] if has_splits else None,
                           [(it.id, reasons.get(it.id, "not extracted")) for it in items if it.id not in rows],
-                          alpha=None, digests=[digests[it.id] for it in kept])
+                          alpha=None if alpha is None else sum(alpha[it.id] for it in kept), digests=[digests[it.id] for it in kept])
         sink.commit(sink.write(shard), shard, save=False)
         pause_point("grow:shard")
 
 
-def _gather(sources: list[Cache], picks: list[tuple[int, int]], name: str) -> np.ndarray:
-    """The stored features of ``picks`` (``(source, row)``), in order, in their storage dtype (bit-equal)."""
+def _gather(sources: list[Cache], picks: list[tuple[int, int]], name: str, view: int = 0) -> np.ndarray:
+    """The stored features of ``picks`` (``(source, row)``; rows of augmented ``view`` if > 0), bit-equal."""
     info = sources[0].output_info(name) if sources else None
     if info is None:
         raise CacheError("a grow needs at least one cache to take features from")
@@ -113,7 +149,9 @@ def _gather(sources: list[Cache], picks: list[tuple[int, int]], name: str) -> np
     picks_arr = np.array(picks, np.int64).reshape(-1, 2)
     for s in np.unique(picks_arr[:, 0]) if len(picks) else []:
         sel = np.flatnonzero(picks_arr[:, 0] == s)
-        out[sel] = sources[int(s)].read_rows(picks_arr[sel, 1], name).features
+        source = sources[int(s)]
+        out[sel] = source.read_view_rows(view, picks_arr[sel, 1], name) if view else \
+            source.read_rows(picks_arr[sel, 1], name).features
     return out
 
 
