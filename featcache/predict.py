@@ -26,7 +26,7 @@ from .homes import featcache_home
 from .params import Param, check, defaults
 from .plan import ExtractOptions, make_plan
 from .runner import run
-from .model_dir import feature_mismatch, load_model_dir
+from .model_dir import feature_mismatch, load_model_dir, other_kind
 from .sources import ArraySource, CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, is_our_manifest, open_cache
 
@@ -191,7 +191,7 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
     pipe, card = load_model_dir(model_dir)
     target = source_for(inputs)
     cache = features_for(card, target, cache_dir=cache_dir, progress=progress)
-    if card.get("target"):  # a regression or multi-label head: values, or label sets with probabilities
+    if other_kind(card):  # a regression or multi-label head: values, or label sets with probabilities
         return _predict_target(pipe, card, cache, target, out, return_as, pandas)
     rows = _classify(pipe, card, cache)
     if out is not None:
@@ -414,7 +414,7 @@ def write_predictions(rows: list[dict], out, class_names=(), *, card: dict | Non
         raise FeatcacheError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
     if out.suffix.lower() == ".json":
         data = (json.dumps(rows, indent=2) + "\n").encode()  # ASCII: non-UTF-8 names travel as \udcXX escapes
-    elif card is not None and card.get("target"):
+    elif card is not None and other_kind(card):
         text = io.StringIO(newline="")
         w = csv.writer(text)
         w.writerow([spreadsheet_safe(v) for v in ["id", *_target_columns(card), "error"]])

@@ -23,7 +23,8 @@ START, END = "<!-- featcache:targets -->", "<!-- /featcache:targets -->"
 _SECTION = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
 #: the metrics each kind's table shows (the same columns as target_results.csv)
 SHOWN = {"regression": ("r2", "mae", "rmse", "spearman"),
-         "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy")}
+         "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy"),
+         "classification": ("accuracy", "macro_f1")}
 
 
 #: each figure's file name is target_NAME_PLOT.png, in this order
@@ -105,7 +106,7 @@ def target_plots(rows: list[dict]) -> dict[str, dict[str, bytes]]:
 
     out = {}
     for r in rows:
-        if not r.get("best") or r.get("test") is None or not len(r["test"][0]):
+        if not r.get("best") or r.get("test") is None or not len(r["test"][0]) or r["kind"] == "classification":
             continue
         y, pred = r["test"]
         draw = regression_plots if r["kind"] == "regression" else multilabel_plots

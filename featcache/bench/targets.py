@@ -27,7 +27,10 @@ DEFAULT_TARGET_HEADS = {"regression": ("ridge", "knn"), "multilabel": ("logreg",
 PIXEL_HEADS = {"regression": "ridge", "multilabel": "logreg"}
 #: results.csv metric columns by kind, each also with ``_lo``/``_hi`` 95% bootstrap bounds
 METRICS = {"regression": ("r2", "mae", "rmse", "spearman"),
-           "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy")}
+           "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy"),
+           "classification": ("accuracy", "macro_f1")}
+#: the sub-directory of the report that holds a classification target's own full bench report
+CLASSIFICATION_REPORT = "target_{}"
 #: the file of target rows in the report directory
 TARGET_RESULTS = "target_results.csv"
 
@@ -39,6 +42,37 @@ def parse_targets(target) -> list[str]:
     if not names or any(not n for n in names):
         raise FeatcacheError(f"--target needs comma-separated target names, got {target!r}")
     return list(dict.fromkeys(names))
+
+
+#: bench settings that regression and multi-label targets cannot honour, and why (one line each; docs/TARGETS.md)
+NOT_FOR_TARGETS = {
+    "backend": ("ray", "their heads run in this process in seconds, not as processes Ray could spread"),
+    "cv": (None, "their heads choose on the val split (ridge: every alpha by leave-one-out), not by K folds"),
+    "repeats": (1, "their rows are one split's; repeated draws are classification's"),
+}
+
+
+def check_target_bench(cache, names, heads, options: dict) -> None:
+    """Refuse, before any work, what a ``bench --target`` run cannot do: an unknown target, a head that serves
+    none of the targets' kinds, or a setting regression and multi-label targets do not honour."""
+    from ..heads import HEADS, get_head_spec
+    from ..store import open_cache
+
+    cache = open_cache(cache) if isinstance(cache, (str, Path)) else cache
+    kinds = {n: cache.target(n).kind for n in names}  # an unknown target: one line naming those there are
+    other = sorted({k for k in kinds.values() if k != "classification"})
+    for key, (default, why) in NOT_FOR_TARGETS.items():
+        value = options.get(key, default)
+        if other and (value == default if key == "backend" else value != default):
+            raise FeatcacheError(f"bench --{key.replace('_', '-')} {value} does not apply to {' and '.join(other)} "
+                                 f"targets ({', '.join(n for n, k in kinds.items() if k != 'classification')}): {why}")
+    every = not heads or {h for h in heads if isinstance(h, str)} == set(HEADS)  # the CLI's "every head"
+    for h in [] if every else list(heads):
+        serves = {"classification"} if not isinstance(h, str) else set(get_head_spec(h).kinds)
+        if not serves & set(kinds.values()):
+            shown = h if isinstance(h, str) else type(h).__name__
+            raise FeatcacheError(f"head {shown} serves {', '.join(sorted(serves))} targets, none of those benched "
+                                 f"({', '.join(f'{n}: {k}' for n, k in kinds.items())})")
 
 
 def _metric_cells(kind: str, m: dict) -> dict:
@@ -127,7 +161,7 @@ def _target_rows(cache, name: str, t, names, vf: float, tf: float, pixel_heads, 
 
 def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | None = None,
                   test_fraction: float | None = None, baseline_heads=("logreg",), pixel_size: int = 16,
-                  only=None) -> list[dict]:
+                  only=None, options: dict | None = None, classify=None) -> list[dict]:
     """Run each non-classification target's heads and baselines on ``cache``; return (and write) the rows.
 
     ``heads``: names to run where they serve a target's kind (default :data:`DEFAULT_TARGET_HEADS`).
@@ -136,7 +170,10 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
     Each target's best row (on validation) gets ``best: True``. With ``out``, rows go to
     ``out/target_results.csv``, one section per target to ``out/targets.md`` and to the report.
     ``only``: run just these targets; the others' rows are kept from ``out/target_results.csv``
-    (a pipeline re-run after one target's table changed).
+    (a pipeline re-run after one target's table changed). A classification target other than ``label``
+    runs ``classify`` (:func:`featcache.bench`, passed in by its callers: this module is below it) with
+    every classification head, ``options`` its other settings and the target as the labels, its full
+    report in ``out/target_NAME/``, its rows summarised here.
     """
     from ..heads.kinds import heads_for
     from ..splits import TEST_FRACTION, VAL_FRACTION
@@ -153,6 +190,12 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
             continue
         t = cache.target(name)
         if t.kind == "classification":
+            if name != "label":  # label's table is featcache.bench's own, in out itself
+                if classify is None:
+                    raise FeatcacheError(f"{name!r} is a classification target: bench it with featcache.bench(cache, "
+                                         f"target={name!r}) (featcache bench CACHE --target {name})")
+                rows += classification_rows(classify, cache, name, heads, out, baseline_heads, pixel_size,
+                                            options or {})
             continue
         served = heads_for(t.kind)
         names = [h for h in heads if h in served] if heads else list(DEFAULT_TARGET_HEADS[t.kind])
@@ -167,6 +210,57 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
     return rows
 
 
+def classification_rows(bench, cache, name: str, heads, out, baseline_heads, pixel_size: int,
+                        options: dict) -> list[dict]:
+    """A classification target's rows: ``bench`` (:func:`featcache.bench`) on the cache read with ``name`` as its
+    labels (its full report in ``out/target_NAME``), each row summarised with accuracy and macro-F1, then the
+    majority class."""
+    import tempfile
+
+    from .select import best_row
+    from .stats import bootstrap_intervals
+
+    sub = Path(out) / CLASSIFICATION_REPORT.format(name) if out is not None else Path(tempfile.mkdtemp())
+    labelled = cache.with_target(name)
+    options = dict(options)
+    heads = options.pop("heads", heads)  # featcache.bench's own head list (your estimators too), else the named
+    options.update(out=sub, baseline_heads=baseline_heads, pixel_size=pixel_size)
+    table = bench(labelled, heads, **options)
+    best = best_row(table)
+    rows = []
+    for r in table:
+        ci = {k: r.get(f"{k}_ci") or [None, None] for k in ("accuracy", "macro_f1")}
+        rows.append({"target": name, "kind": "classification", "head": r["head"], "status": r.get("status"),
+                     "baseline": bool(r.get("baseline")), "best": r is best,
+                     "features": f"pixels {pixel_size}x{pixel_size}" if r.get("baseline") else "cache",
+                     "val_accuracy": r.get("val_accuracy"), "fit_seconds": r.get("fit_seconds"),
+                     "rows_test": r.get("n_test"), "report": str(sub),
+                     **{c: v for k in ci for c, v in ((k, r.get(k)), (f"{k}_lo", ci[k][0]), (f"{k}_hi", ci[k][1]))}})
+    return rows + [_majority_row(labelled, name, bootstrap_intervals)]
+
+
+def _majority_row(cache, name: str, intervals) -> dict:
+    """The trivial classifier: every val and test row gets the train split's most frequent class."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from ..train import split_masks
+
+    y, masks = cache.labels(), split_masks(cache)
+    train = y[masks["train"]]
+    top = int(np.bincount(train).argmax()) if len(train) else 0
+    val, test = y[masks["val"]], y[masks["test"]]
+    ci = intervals(test, np.full(len(test), top)) if len(test) else {}
+    out = {"target": name, "kind": "classification", "head": "majority", "status": "ok", "baseline": True,
+           "features": "-", "fit_seconds": 0.0, "rows_test": int(len(test)),
+           "val_accuracy": float(np.mean(val == top)) if len(val) else None}
+    scores = {"accuracy": accuracy_score, "macro_f1": lambda t, p: f1_score(t, p, average="macro", zero_division=0)}
+    for k, score in scores.items():
+        low, high = ci.get(f"{k}_ci") or [None, None]
+        out.update({k: float(score(test, np.full(len(test), top))) if len(test) else None, f"{k}_lo": low,
+                    f"{k}_hi": high})
+    return out
+
+
 def write_target_results(rows: list[dict], out: Path) -> None:
     """``target_results.csv`` (a ``target`` column, each kind's metrics with bounds) and ``targets.md``."""
     from ..files import atomic_write_bytes
@@ -176,7 +270,8 @@ def write_target_results(rows: list[dict], out: Path) -> None:
             "fit_seconds"]
     for kind in METRICS:
         for k in METRICS[kind]:
-            cols += [k, f"{k}_lo", f"{k}_hi"]
+            cols += [c for c in (k, f"{k}_lo", f"{k}_hi") if c not in cols]
+    cols.append("val_accuracy")  # last: a file written before classification targets keeps its header's start
     buf = io.StringIO()
     w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -208,7 +303,7 @@ def read_target_results(out: Path) -> dict[str, list[dict]]:
     except (OSError, UnicodeDecodeError, csv.Error):
         return {}
     numbers = {c for kind in METRICS for k in METRICS[kind] for c in (k, f"{k}_lo", f"{k}_hi")}
-    numbers |= {"val_r2", "val_map", "fit_seconds"}
+    numbers |= {"val_r2", "val_map", "val_accuracy", "fit_seconds"}
     rows = {}
     for r in table:
         r = {k: (float(v) if k in numbers else v == "True" if k in ("baseline", "best") else v) if v != "" else None

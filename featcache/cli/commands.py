@@ -216,7 +216,7 @@ def cmd_train(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
         res = train(args.cache, head, params=params, **_flags(args, TRAIN, "head", "out"), out=out,
                     verbose=0 if args.quiet else 2)
-    if "target" in res.card:  # a regression or multi-label target: its kind's metrics
+    if res.card.get("target", {}).get("kind", "classification") != "classification":  # its kind's metrics
         stdout.print(target_table(res, args.cache))
         stdout.print(f"model saved to {res.model_dir}")
         return 0
