@@ -66,12 +66,11 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     Every setting is checked before any work.
 
     Args:
-        caches: one cache (a :class:`~featcache.store.Cache` or its directory) or several.
+        caches: one cache (a :class:`~featcache.store.Cache`, opened with ``target=`` to bench that label) or several.
 {settings}
 
     Returns:
-        The rows, one dict per (cache, head): test accuracy, macro-F1,
-        validation accuracy, chosen parameters, fit time, status, ...
+        The rows, one dict per (cache, head): test accuracy, macro-F1, validation accuracy, parameters, status...
 
     Examples:
         >>> rows = featcache.bench("caches/fm", ["logreg", "knn"], out="report")  # doctest: +SKIP
