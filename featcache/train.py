@@ -251,7 +251,7 @@ def _train_target(cache, head, target, params, preprocess, val_fraction, test_fr
     res = train_target(cache, head, target, params=params, preprocess=preprocess, val_fraction=val_fraction,
                        test_fraction=test_fraction)
     output = cache.output_name(None)
-    card = {"head": head, "head_params": dict(params or {}),
+    card = {"head": head, "head_params": dict(res["best_params"]),  # a grid's choice on val included
             "preprocess": preprocess or get_head_spec(head).preprocess,
             "features": features_record(cache, output),
             "target": res["target"], "metrics": res["metrics"], "fit_seconds": round(res["fit_seconds"], 4),

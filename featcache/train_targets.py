@@ -57,7 +57,7 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
     X = X.reshape(len(X), -1).astype(np.float32)
     y = t.values
     t0 = time.perf_counter()
-    pipe.fit(X[masks["train"]], y[masks["train"]])
+    pipe, chosen = _fit_on_val(head, preprocess, params or {}, kind, pipe, X, y, masks)
     fit_seconds = time.perf_counter() - t0
     thresholds = None
     if kind == "multilabel":
@@ -76,7 +76,31 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
                    "rows": {s: int(m.sum()) for s, m in masks.items()}, "sha256": target_sha256(cache, target)}
     if thresholds is not None:
         card_target["thresholds"] = [float(v) for v in thresholds]
-    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test}
+    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test,
+            "best_params": chosen, "thresholds": thresholds}
+
+
+def _fit_on_val(head: str, preprocess, params: dict, kind: str, pipe, X, y, masks):
+    """``(fitted pipe, chosen params)``: the head's grid for this kind (:data:`~.heads.kinds.GRIDS`, less what
+    ``params`` fixes) scored on val by the kind's metric, the best kept; one fit when there is no grid or no val."""
+    from sklearn.metrics import r2_score
+
+    from .bench.metrics import mean_average_precision
+    from .heads.kinds import GRIDS
+
+    grid = {k: v for k, v in GRIDS.get(head, {}).get(kind, {}).items() if k not in params}
+    tr, va = masks["train"], masks["val"]
+    if not grid or not va.any():
+        return pipe.fit(X[tr], y[tr]), dict(params)
+    (key, values), = grid.items()  # one parameter a grid (C): the path is short
+    best = None
+    for v in values:
+        cand = validate_head(head, preprocess, {**params, key: v}, target_kind=kind).fit(X[tr], y[tr])
+        s = _scores(cand, X[va], kind)
+        score = r2_score(y[va], s) if kind == "regression" else mean_average_precision(y[va], s)
+        if best is None or score > best[0]:  # ties: the smaller C, the stronger regularisation, first
+            best = (score, cand, {**params, key: v})
+    return best[1], best[2]
 
 
 def target_sha256(cache, name: str) -> str:

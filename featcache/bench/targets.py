@@ -119,7 +119,8 @@ def _head_row(cache, name: str, head: str, kind: str, val_fraction: float, test_
             f"val_{SELECT_METRIC[kind]}": m.get("val", {}).get(SELECT_METRIC[kind]),
             "fit_seconds": res["fit_seconds"], "seconds": time.perf_counter() - t0,
             "rows_test": res["target"]["rows"]["test"], **_metric_cells(kind, m.get("test", {})),
-            "pipe": res["pipe"], "test": res["test"], "names": res["target"]["names"]}
+            "pipe": res["pipe"], "test": res["test"], "names": res["target"]["names"],
+            "best_params": res["best_params"], "thresholds": res["thresholds"]}
 
 
 def _pixels(cache, baseline_heads, size: int, memo: dict):
