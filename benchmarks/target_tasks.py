@@ -159,10 +159,127 @@ def mosaic_study(n: int = 2000) -> None:
 
 
 
+
+def _show(rows, keys) -> None:
+    for r in rows:
+        cells = [f"{k}={r[k]:.3f} [{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]" for k in keys if r.get(k) is not None]
+        print(f"    {r['head']:16s} {r['features']:13s} {'best' if r.get('best') else '    '} {' '.join(cells)} "
+              f"fit {r.get('fit_seconds') or 0:.2f} s {r.get('best_params') or ''}")
+
+
+def measure_10k(n: int = 10_000) -> None:
+    """The whole default bench (``bench --target``: its default heads, the pixel baseline, the trivial one, the
+    report) for one regression and one multi-label target on ``n`` rows, each timed; the mosaic target both on
+    the default layer and on a mid-level one (``mosaic_study`` says why)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import featcache
+    from featcache.datasets import load_fashion_mnist
+    from featcache.store import attach_targets
+
+    images, labels, _ = load_fashion_mnist("test")
+    images, labels = images[:n], labels[:n]
+    d = tempfile.mkdtemp()
+    canv, zoom = zoom_task(images, canvas=32)
+    _write_pngs(canv, d + "/zoom", labels)
+    caches = {}
+    for name, tile, size, outputs in (("mos16", 16, 96, None), ("mos28_mid", 28, 112, ("block10_add",))):
+        mos, present = mosaic_task(images, labels, n, tile=tile)
+        _write_pngs(mos, f"{d}/{name}")
+        caches[name] = (dict(image_size=size, **({"outputs": outputs} if outputs else {})), present)
+    print(_context())
+    jobs = [("zoom", "zoom", dict(image_size=96), None)] + [(k, "tags", o, p) for k, (o, p) in caches.items()]
+    for folder, target, opts, present in jobs:
+        t = time.perf_counter()
+        c = featcache.extract(f"{d}/{folder}", out=f"{d}/c_{folder}", **opts)
+        ext = time.perf_counter() - t
+        rows_of = [int(Path(i).stem) for i in c.ids()]
+        if present is None:
+            attach_targets(c, {"id": c.ids(), "zoom": list(zoom[rows_of])}, kind="regression")
+        else:
+            attach_targets(c, {"id": c.ids(), **{f"c{k}": list(present[rows_of, k]) for k in range(10)}},
+                           name="tags", kind="multilabel")
+        print(f"{folder}: {len(c)} rows x {c.output_info()['shape']} ({opts}), extract {ext:.1f} s; {_context()}")
+        t = time.perf_counter()
+        rows = featcache.bench(c, target=[target], out=f"{d}/report_{folder}")
+        print(f"  whole bench --target {target}: {time.perf_counter() - t:.1f} s")
+        _show(rows, ("r2", "mae") if target == "zoom" else ("map", "micro_f1"))
+    print(_context())
+
+
+PIPELINE = """
+[pipeline]
+name = "multi"
+out = "{out}"
+[data]
+source = "{source}"
+[[extract]]
+name = "lite0"
+image_size = 96
+[[targets]]
+file = "{source}/targets.csv"
+[[heads]]
+head = "logreg"
+target = "group"
+[[heads]]
+head = "ridge"
+target = "count"
+[bench]
+target = ["label", "group", "count"]
+"""
+
+
+def measure_pipeline(n: int = 3000) -> None:
+    """Three targets on one cache (data/make_tasks.py's multi set: label, group, count): one extraction and three
+    benches; then ``count`` changes in the table and the re-run trains and benches only it. Both runs timed."""
+    import csv
+    import io
+    import sys
+    import tempfile
+    import time
+    from contextlib import redirect_stderr
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from data.make_tasks import make_task
+    from featcache.pipeline import run
+
+    d = Path(tempfile.mkdtemp())
+    make_task("multi", d / "multi", limit=n)
+    (d / "p.toml").write_text(PIPELINE.format(out=d / "out", source=d / "multi"))
+    for step in ("first run", "after count changed", "nothing changed"):
+        if step == "after count changed":
+            table = list(csv.DictReader(open(d / "multi" / "targets.csv")))
+            for r in table:
+                r["count"] = str(5 - int(r["count"]))  # a new value for every row: the same images
+            with open(d / "multi" / "targets.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, list(table[0]))
+                w.writeheader()
+                w.writerows(table)
+        said = io.StringIO()
+        t = time.perf_counter()
+        with redirect_stderr(said):
+            run(d / "p.toml", progress=False)
+        print(f"{step}: {time.perf_counter() - t:.1f} s; {_context()}")
+        for line in said.getvalue().splitlines():
+            if any(w in line for w in ("extract", "targets", "train", "bench")):
+                print("   ", line.strip()[:160])
+    rows = list(csv.DictReader(open(d / "out" / "report" / "target_results.csv")))
+    for r in rows:
+        k = "accuracy" if r["kind"] == "classification" else "r2"
+        print(f"    {r['target']:6s} {r['head']:14s} {r['features']:13s} {k} {float(r[k] or 'nan'):.3f} "
+              f"[{float(r[k + '_lo'] or 'nan'):.3f}, {float(r[k + '_hi'] or 'nan'):.3f}] best={r['best']}")
+
+
 if __name__ == "__main__":
     import sys
 
     if len(sys.argv) > 1 and sys.argv[1] == "mosaic-study":
         mosaic_study(int(sys.argv[2]) if len(sys.argv) > 2 else 2000)
+    elif len(sys.argv) > 1 and sys.argv[1] == "all":  # the docs/PERFORMANCE.md targets figures, one invocation
+        measure_10k(int(sys.argv[2]) if len(sys.argv) > 2 else 10_000)
+        measure_pipeline(int(sys.argv[3]) if len(sys.argv) > 3 else 3000)
     else:
         measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2000, sys.argv[2] if len(sys.argv) > 2 else "tiny")
