@@ -216,7 +216,7 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
     if target not in (None, "label"):
         cache = cache if isinstance(cache, Cache) else open_cache(cache)
         if cache.target(target).kind != "classification":
-            return _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out)
+            return _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out, views)
         cache = cache.with_target(target)  # a classification target: every classifier learns it as the labels
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
@@ -241,7 +241,8 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
                      test_fraction=test_fraction)
 
 
-def _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out) -> TrainResult:
+def _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out,
+                  views: str = "auto") -> TrainResult:
     """A regression or multi-label head (featcache.train_targets), its card (with ``target``) and model dir."""
     from .train_targets import train_target
 
@@ -249,7 +250,7 @@ def _train_target(cache, head, target, params, preprocess, val_fraction, test_fr
         check_model_dir_target(out)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     res = train_target(cache, head, target, params=params, preprocess=preprocess, val_fraction=val_fraction,
-                       test_fraction=test_fraction)
+                       test_fraction=test_fraction, views=views)
     output = cache.output_name(None)
     card = {"head": head, "head_params": dict(res["best_params"]),  # a grid's choice on val included
             "preprocess": preprocess or get_head_spec(head).preprocess,
@@ -258,6 +259,8 @@ def _train_target(cache, head, target, params, preprocess, val_fraction, test_fr
             "fit_splits": ["train"], "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
                                                 "from_source": cache.splits() is not None,
                                                 "rows": res["target"]["rows"]}}
+    if res["views"][0]:  # the train rows' views, each with its image's target values
+        card["views"] = {"count": res["views"][0], "mode": res["views"][1], "recipe": cache.augment}
     model_dir = save_model_dir(out, res["pipe"], card) if out is not None else None
     names = res["target"]["names"]
     return TrainResult(res["pipe"], head, res["metrics"], res["fit_seconds"], names, names, model_dir, card)

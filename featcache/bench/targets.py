@@ -102,7 +102,7 @@ def _baseline_row(cache, name: str, t, masks: dict) -> dict:
 
 
 def _head_row(cache, name: str, head: str, kind: str, val_fraction: float, test_fraction: float,
-              pixels: tuple | None = None) -> dict:
+              pixels: tuple | None = None, views: str = "auto") -> dict:
     """One head's row; ``pixels`` ``(size, features)``: the same head on raw pixels, a baseline row."""
     from ..train_targets import train_target
 
@@ -110,7 +110,7 @@ def _head_row(cache, name: str, head: str, kind: str, val_fraction: float, test_
     where = {"baseline": pixels is not None, "features": f"pixels {pixels[0]}x{pixels[0]}" if pixels else "cache"}
     try:
         res = train_target(cache, head, name, val_fraction=val_fraction, test_fraction=test_fraction,
-                           features=pixels[1] if pixels else None)
+                           features=pixels[1] if pixels else None, views=views)
     except (FeatcacheError, ValueError) as e:  # one head's failure is its row, not the run's end
         return {"target": name, "kind": kind, "head": head, "status": "failed", **where,
                 "error": str(e).splitlines()[0]}
@@ -120,7 +120,8 @@ def _head_row(cache, name: str, head: str, kind: str, val_fraction: float, test_
             "fit_seconds": res["fit_seconds"], "seconds": time.perf_counter() - t0,
             "rows_test": res["target"]["rows"]["test"], **_metric_cells(kind, m.get("test", {})),
             "pipe": res["pipe"], "test": res["test"], "names": res["target"]["names"],
-            "best_params": res["best_params"], "thresholds": res["thresholds"]}
+            "best_params": res["best_params"], "thresholds": res["thresholds"], "n_train": res["n_train"],
+            **({"features": f"cache + {res['views'][0]} views as {res['views'][1]}"} if res["views"][0] else {})}
 
 
 def _pixels(cache, baseline_heads, size: int, memo: dict):
@@ -146,18 +147,55 @@ def _pixel_heads(kind: str, baseline_heads, served) -> list[str]:
     return [h for h in baseline_heads if h in served] or [PIXEL_HEADS[kind]]
 
 
-def _target_rows(cache, name: str, t, names, vf: float, tf: float, pixel_heads, pixels) -> list[dict]:
+def _target_rows(cache, name: str, t, names, vf: float, tf: float, pixel_heads, pixels, options: dict) -> list[dict]:
     from ..train_targets import target_masks
 
     masks = target_masks(cache, t, vf, tf)
-    own = [_head_row(cache, name, h, t.kind, vf, tf) for h in names]
+    views = options.get("views", "auto")
+    own = [_head_row(cache, name, h, t.kind, vf, tf, views=views) for h in names]
     if pixels is not None:
         own += [_head_row(cache, name, h, t.kind, vf, tf, pixels) for h in pixel_heads]
     own.append(_baseline_row(cache, name, t, masks))
     best = best_target_row(own)
     if best is not None:
         best["best"] = True
+        curve = options.get("learning_curve", (0.1, 0.25, 0.5))
+        best["curve"] = _curve(cache, name, best, vf, tf, views, curve) if curve else []
+        if options.get("leakage", True):
+            best["leakage"] = _leakage(cache, best, masks)
     return own
+
+
+def _curve(cache, name: str, best: dict, vf: float, tf: float, views: str, fractions) -> list[dict]:
+    """The best head, its chosen setting fixed, on each share of the train and val rows; then the whole."""
+    from ..train_targets import train_target
+
+    metric, points = SELECT_METRIC[best["kind"]], []
+    for f in sorted({float(f) for f in fractions if 0 < f < 1}):
+        res = train_target(cache, best["head"], name, params=best.get("best_params") or {}, val_fraction=vf,
+                           test_fraction=tf, views=views, train_fraction=f)
+        m = res["metrics"].get("test", {})
+        points.append({"train_fraction": f, "n_train": res["n_train"], metric: m.get(metric),
+                       f"{metric}_ci": m.get(f"{metric}_ci")})
+    return points + [{"train_fraction": 1.0, "n_train": best.get("n_train"), metric: best.get(metric),
+                      f"{metric}_ci": [best.get(f"{metric}_lo"), best.get(f"{metric}_hi")]}]
+
+
+def _leakage(cache, best: dict, masks: dict) -> dict:
+    """Test rows nearly duplicating a train or val row (cosine >= 0.98 on the features), and the best head's
+    metric without them (the classification report's check, on this target's rows)."""
+    from ..leakage import near_duplicates
+    from .metrics import multilabel_metrics, regression_metrics
+
+    leaks = near_duplicates(cache, masks=masks)
+    keep = ~np.asarray(leaks["leaked"], bool)
+    out = {"n_test": leaks["n_test"], "n_leaked": leaks["n_leaked"], "pairs": leaks["pairs"][:12]}
+    metric = SELECT_METRIC[best["kind"]]
+    if leaks["n_leaked"] and keep.any() and best.get("test") is not None:
+        y, s = (np.asarray(a)[keep] for a in best["test"])
+        m = regression_metrics(y, s) if best["kind"] == "regression" else multilabel_metrics(y, s, best["thresholds"])
+        out[f"{metric}_without"] = m.get(metric)
+    return out
 
 
 def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | None = None,
@@ -205,7 +243,7 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
                                  f"heads that do: {', '.join(served)}")
         pixel_heads = _pixel_heads(t.kind, baseline_heads, served)
         rows += _target_rows(cache, name, t, names, vf, tf, pixel_heads,
-                             _pixels(cache, pixel_heads, pixel_size, memo))
+                             _pixels(cache, pixel_heads, pixel_size, memo), options or {})
     if out is not None:
         write_target_results(rows, Path(out))
     return rows
@@ -315,6 +353,8 @@ def read_target_results(out: Path) -> dict[str, list[dict]]:
 
 def targets_markdown(rows: list[dict]) -> str:
     """One section per target: its rows' test metrics with 95% intervals, the best (by validation) marked."""
+    from ..report_targets import notes
+
     lines = ["# Targets", ""]
     for name in dict.fromkeys(r["target"] for r in rows):
         own = [r for r in rows if r["target"] == name]
@@ -328,5 +368,5 @@ def targets_markdown(rows: list[dict]) -> str:
                 f" ({r['features']}, baseline)" if r.get("features", "").startswith("pixels")
                 else " (baseline)" if r.get("baseline") else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *[f"{n}\n" for n in notes(own)]]
     return "\n".join(lines)
