@@ -427,8 +427,7 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
         reuse: paths of other caches with the same settings; images with the same content take their features.
         classes: keep only these labels. limit: keep a sample of ``limit`` items, stratified by label (and
             split), drawn with ``limit_seed``, in source order; warns when a class loses every image.
-        first: keep the first ``first`` items in source order instead (a class-folder source
-            lists its images class by class).
+        first: keep the first ``first`` items in source order instead (a class-folder source lists them by class).
         limit_seed: the seed of ``limit``'s sample.
         labels: labels of an array ``source``: class indices, or class names (strings; sorted
             into indices unless ``class_names`` is given).
@@ -437,25 +436,20 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
             ``train`` and ``Cache.split``.
         allow_outside: let a CSV manifest name files outside its folder. data_dir: where to look first for
             named datasets. return_summary: return ``(cache, summary)`` instead of the cache alone.
-        targets: targets to attach once the features are in (docs/TARGETS.md): for an array source
-            ``{name: values}``, one value per image in the array's order (numbers: regression; a 2-D array:
-            several outputs, or 0/1 indicators: multi-label; lists of labels: multi-label; text: classes);
-            for any source a table (a CSV path or ``{"id": ids, column: values}``) as ``featcache targets`` takes.
-        engine: ``"local"`` or ``"ray"`` (with ``ray_address``, ``workers``,
-            ``gpus_per_worker``); the cache is the same either way.
-        **options: :class:`~featcache.plan.ExtractOptions` fields (``image_size``,
-            ``pooling``, ``outputs``, ``dtype``, ``compute_dtype``,
-            ``batch_size``, ``shard_size``, ``compression``, ``jit``, ...).
+        targets: attached when the features are in: ``{name: one value per image}`` of an array, or a table with
+            ids, as ``featcache targets`` takes (docs/TARGETS.md).
+        engine: ``"local"`` or ``"ray"`` (with ``ray_address``, ``workers``, ``gpus_per_worker``); the same cache.
+        **options: :class:`~featcache.plan.ExtractOptions` fields (``image_size``, ``pooling``, ``outputs``,
+            ``dtype``, ``compute_dtype``, ``batch_size``, ``shard_size``, ``compression``, ``jit``, ...).
 
     Returns:
-        The opened :class:`~featcache.store.Cache` (rows in source order), or
-        ``(cache, RunSummary)`` with ``return_summary=True``.
+        The opened :class:`~featcache.store.Cache` (rows in source order), or ``(cache, RunSummary)``.
 
     Examples:
         >>> cache = featcache.extract("images/", image_size=96, out="caches/mine")  # doctest: +SKIP
         >>> X, y = cache.features(), cache.labels()                                 # doctest: +SKIP
     """
-    by_image = _target_columns(targets, source)  # a bad table is refused before the CNN runs
+    attach = _attacher(targets, source, labels=labels, class_names=class_names, splits=splits)  # refused first
     plan, runner = prepare(source, backbone, out, weights=weights, layer=layer, classes=classes, limit=limit,
                            first=first, limit_seed=limit_seed, labels=labels, class_names=class_names,
                            splits=splits, allow_outside=allow_outside, data_dir=data_dir, engine=engine,
@@ -463,8 +457,7 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
                            options=_extract_options(options))
     cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait, engine=runner,
                          frozen=frozen, reuse=reuse)
-    if targets is not None:
-        _attach(cache, targets, by_image, source, labels=labels, class_names=class_names, splits=splits)
+    attach(cache)
     return (cache, summary) if return_summary else cache
 
 
@@ -487,6 +480,12 @@ def _target_columns(targets, source) -> dict | None:
         else:
             out[name] = {name: arr.reshape(len(arr), -1)[:, 0].tolist() if arr is not None else list(values)}
     return out
+
+
+def _attacher(targets, source, **arrays):
+    """What attaches extract's ``targets`` to the finished cache, every value checked now (before the CNN)."""
+    by_image = _target_columns(targets, source)
+    return lambda cache: None if targets is None else _attach(cache, targets, by_image, source, **arrays)
 
 
 def _attach(cache, targets, by_image: dict | None, source, **arrays) -> None:
