@@ -154,7 +154,8 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
     card first, and the features are checked to be exactly those it learned on.
 
     Args:
-        model_dir: a directory written by :func:`featcache.train` (or ``bench``'s ``best_model``).
+        model_dir: a directory written by :func:`featcache.train` (or ``bench``'s ``best_model``), or several
+            trained on one cache (a list, or ``a,b``): one backbone run, ``OUTPUT:COLUMN`` columns (rows, frame).
         inputs: image files, a folder, a CSV manifest, a cache directory, or
             a uint8 array of images ``N x H x W [x 1|3]`` (any size: they are
             resized as the head's training images were).
@@ -163,13 +164,11 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
             ``$FEATCACHE_HOME/predictions``); predicting the same images again
             costs nothing.
         progress: show a progress bar.
-        return_as: ``rows`` (a list of dicts), ``labels`` (an array of class
-            names, as scikit-learn's ``predict``), ``proba`` (an ``N x classes``
-            array in ``class_names`` order, as ``predict_proba``) or ``frame``
-            (a pandas DataFrame of the rows; needs pandas). ``labels`` and
-            ``proba`` follow the order of ``inputs`` (a folder: sorted by class
-            folder and file name); an image that could not be read is ``None``
-            / a row of NaN there.
+        return_as: ``rows`` (a list of dicts), ``labels`` (an array of class names, as scikit-learn's
+            ``predict``), ``proba`` (an ``N x classes`` array in ``class_names`` order, as ``predict_proba``) or
+            ``frame`` (a pandas DataFrame of the rows; needs pandas). ``labels`` and ``proba`` follow the order
+            of ``inputs`` (a folder: sorted by class folder and file name); an image that could not be read is
+            ``None`` / a row of NaN there.
 
     Returns:
         By default one dict per image: ``id``, ``label``, ``class`` (the
@@ -188,8 +187,7 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
     """
     check(PREDICT, {"out": out, "cache_dir": cache_dir, "progress": progress, "return_as": return_as})
     pandas, out = _check_predict_arguments(return_as, out, cache_dir)
-    dirs = _model_dirs(model_dir)
-    if len(dirs) > 1:  # several heads on one backbone run: one row or frame row per image, a column per output
+    if len(dirs := _model_dirs(model_dir)) > 1:  # several heads, one backbone run: a column per output
         return _predict_several(dirs, inputs, out, cache_dir, progress, return_as, pandas)
     pipe, card = load_model_dir(model_dir)
     target = source_for(inputs)
