@@ -115,3 +115,12 @@ def test_unsupported_combinations_are_one_line(multi, tmp_path):
         assert not (tmp_path / "x").exists()  # refused before any work
     with pytest.raises(FeatcacheError, match="heads that do"):
         featcache.train(cache, "lda", target="count")
+
+
+def test_few_shot_on_a_classification_target_and_refused_on_a_regression_one(multi, tmp_path):
+    _, cache = multi
+    rows = featcache.bench(cache, ["logreg"], shots=[1, 2], shot_draws=1, target=["group"], out=tmp_path / "s")
+    assert {r["shots"] for r in rows} == {1, 2}
+    assert all(r["n_train"] == r["shots"] * len(cache.target("group").names) for r in rows)  # k a group, 5 groups
+    with pytest.raises(FeatcacheError, match=r"--shots takes one classification target.*count \(regression\)"):
+        featcache.bench(cache, ["logreg"], shots=[1], target=["count"], out=tmp_path / "t")

@@ -80,7 +80,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     given = locals()
     check_options(**{p.name: given[p.name] for p in BENCH if p.name != "heads"})  # heads: _check_heads's
     if shots is not None:  # the few-shot protocol instead of the table: in this process, on the first cache
-        return _bench_shots(caches, heads, shots, shot_draws, seed, out)
+        return _bench_shots(caches, heads, shots, shot_draws, seed, out, target)
     if target is not None:  # regression and multi-label targets: in this process, on the first cache
         return _bench_with_targets(caches, heads, target, out, given)
     labels_target = _labels_target(caches)  # a cache opened with a classification target: its labels
@@ -107,11 +107,19 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     return rows
 
 
-def _bench_shots(caches, heads, shots, draws: int, seed: int, out) -> list[dict]:
-    """:func:`.shots.few_shot` on the first cache with the named heads (the CLI's "every head": its defaults)."""
+def _bench_shots(caches, heads, shots, draws: int, seed: int, out, target=None) -> list[dict]:
+    """:func:`.shots.few_shot` on the first cache with the named heads (the CLI's "every head": its defaults);
+    ``target``: one classification target to read as the labels (k images a class need classes)."""
     from .shots import few_shot
+    from .targets import parse_targets
 
     first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
+    if target is not None:
+        names, first = parse_targets(target), first if isinstance(first, Cache) else open_cache(first)
+        if len(names) != 1 or first.target(names[0]).kind != "classification":
+            raise FeatcacheError(f"--shots takes one classification target (k train images a class), got "
+                                 f"{', '.join(f'{n} ({first.target(n).kind})' for n in names)}")
+        first = first.with_target(names[0])
     named = [h for h in heads if isinstance(h, str)] if heads else None
     named = None if named is not None and set(named) == set(HEADS) else named
     return few_shot(first, shots, heads=named, draws=draws, seed=seed, out=_report_dir(out))
