@@ -212,7 +212,9 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
     (a pipeline re-run after one target's table changed). A classification target other than ``label``
     runs ``classify`` (:func:`featcache.bench`, passed in by its callers: this module is below it) with
     every classification head, ``options`` its other settings and the target as the labels, its full
-    report in ``out/target_NAME/``, its rows summarised here.
+    report in ``out/target_NAME/``, its rows summarised here. For the other kinds ``options`` gives
+    ``views`` (how train rows take their views), ``learning_curve`` (shares for the best head; None: none)
+    and ``leakage`` (the near-duplicate check), as :func:`featcache.bench` names them.
     """
     from ..heads.kinds import heads_for
     from ..splits import TEST_FRACTION, VAL_FRACTION
