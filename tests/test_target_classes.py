@@ -124,3 +124,18 @@ def test_few_shot_on_a_classification_target_and_refused_on_a_regression_one(mul
     assert all(r["n_train"] == r["shots"] * len(cache.target("group").names) for r in rows)  # k a group, 5 groups
     with pytest.raises(FeatcacheError, match=r"--shots takes one classification target.*count \(regression\)"):
         featcache.bench(cache, ["logreg"], shots=[1], target=["count"], out=tmp_path / "t")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_classification_target_benches_on_ray_as_in_threads(multi, tmp_path):
+    """Each head's Ray task reopens the cache with the target as its labels: the same rows as in threads."""
+    pytest.importorskip("ray")
+    _, cache = multi
+    g = cache.with_target("group")
+    kw = dict(baseline_heads=(), learning_curve=None, leakage=False, save_best=False)
+    here = featcache.bench(g, ["logreg", "knn"], out=tmp_path / "threads", **kw)
+    there = featcache.bench(g, ["logreg", "knn"], out=tmp_path / "ray", backend="ray", **kw)
+    assert [(r["head"], r["target"], r["accuracy"]) for r in there] == \
+        [(r["head"], r["target"], r["accuracy"]) for r in here]
+    assert all(r["status"] == "ok" for r in there)
