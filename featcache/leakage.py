@@ -32,7 +32,8 @@ def _unit(X: np.ndarray) -> np.ndarray:
 WORK_BYTES = 256 * 1024 * 1024
 
 
-def near_duplicates(cache: Cache, threshold: float = THRESHOLD, work_bytes: int = WORK_BYTES) -> dict:
+def near_duplicates(cache: Cache, threshold: float = THRESHOLD, work_bytes: int = WORK_BYTES,
+                    masks: dict | None = None) -> dict:
     """Each test row's most similar fitting row (train or val) and the pairs at or above ``threshold``.
 
     Memory stays bounded on any cache: the fitting rows are read from the
@@ -43,6 +44,8 @@ def near_duplicates(cache: Cache, threshold: float = THRESHOLD, work_bytes: int 
         cache: an open cache.
         threshold: cosine similarity from which a pair counts (0.98: near-duplicates; 1.0: exact copies).
         work_bytes: the bound on each block of fitting rows and of similarities (float32).
+        masks: the train, val and test row masks (default: the cache's labelled rows'; a regression or
+            multi-label target passes the rows that have a value).
 
     Returns:
         ``{"threshold", "n_test", "n_leaked", "leaked" (bool per test row, in test-row order),
@@ -56,7 +59,7 @@ def near_duplicates(cache: Cache, threshold: float = THRESHOLD, work_bytes: int 
     """
     if not 0 < threshold <= 1:
         raise FeatcacheError(f"the leakage threshold must be a cosine in (0, 1], got {threshold!r}")
-    masks = split_masks(cache)
+    masks = split_masks(cache) if masks is None else masks
     fit = np.flatnonzero(masks["train"] | masks["val"])
     te = np.flatnonzero(masks["test"])
     width = int(np.prod(cache.output_info()["shape"]))

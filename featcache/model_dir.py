@@ -245,6 +245,13 @@ def _features_problem(feats: dict) -> str | None:
     return None
 
 
+def other_kind(card: dict) -> str | None:
+    """The card's target kind when it is regression or multi-label; None for a classifier (of ``label`` or of
+    another classification target, whose card is a classifier's with a ``target`` record beside)."""
+    t = card.get("target")
+    return t.get("kind") if isinstance(t, dict) and t.get("kind") != "classification" else None
+
+
 def _target_problem(t) -> str | None:
     """What is wrong with a regression or multi-label card's ``target`` record (train --target), or None."""
     if not isinstance(t, dict) or t.get("kind") not in ("regression", "multilabel"):
@@ -267,7 +274,10 @@ def _card_problem(card: dict) -> str | None:
     if card.get("file") != HEAD_FILES[kind]:
         # the head file is named by featcache, inside the directory: a card cannot point anywhere else
         return f"file is {card.get('file')!r}; a {kind} head is always {HEAD_FILES[kind]!r} beside the card"
-    target = "target" in card and card["target"] is not None
+    target = "target" in card and card["target"] is not None and other_kind(card) is not None
+    if card.get("target") is not None and not target and not (
+            isinstance(card["target"].get("name"), str) and isinstance(card["target"].get("names"), list)):
+        return "target must hold its name and the names of its classes"
     for key, kinds in (("sha256", str), ("head", str), ("features", dict),
                        *(() if target else (("classes", list), ("class_names", list)))):
         if not isinstance(card.get(key), kinds):
@@ -319,7 +329,7 @@ def _head_problem(pipe, card: dict) -> str | None:
     """
     import numpy as np
 
-    if card.get("target"):
+    if other_kind(card):
         return _target_head_problem(pipe, card)
     if not hasattr(pipe, "steps") or not hasattr(pipe, "predict_proba"):
         return f"the head is a {type(pipe).__name__}, not a featcache Pipeline with predict_proba"

@@ -20,7 +20,7 @@ from .bench.results import RESULTS
 from .errors import FeatcacheError, is_integer
 from .files import atomic_save, remove_stale_temporaries
 from .linear_export import refusal
-from .model_dir import load_model_dir, read_card
+from .model_dir import load_model_dir, other_kind, read_card
 from .predict import card_backbone
 from .runtimes import check_ir_target, export_ir, retire_ir
 
@@ -77,7 +77,7 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
         >>> featcache.export_info("fm.keras")["class_names"]                    # doctest: +SKIP
     """
     dirs = model_dirs(model_dir)
-    if len(dirs) > 1 or read_card(dirs[0]).get("target"):  # targets, or several tasks on one backbone run
+    if len(dirs) > 1 or other_kind(read_card(dirs[0])):  # targets, or several tasks on one backbone run
         return export_heads(dirs, out, input_size=input_size, format=format)
     model_dir = dirs[0]
     out = _check_export_arguments(model_dir, out, input_size, format)
@@ -239,8 +239,8 @@ def _check_heads_export(dirs: list, cards: list) -> None:
     from .linear_export import target_refusal
 
     for d, card in zip(dirs, cards):
-        t = card.get("target")
-        why = (target_refusal(str(card.get("head")), t["kind"]) if t
+        t = other_kind(card)
+        why = (target_refusal(str(card.get("head")), t) if t
                else None if card.get("kind") == "keras" else refusal(str(card.get("head"))))
         if why:
             raise FeatcacheError(f"{d}: {why}")
@@ -255,7 +255,7 @@ def _output_records(cards: list) -> list[dict]:
     targets = [(c.get("target") or {}).get("name", "label") for c in cards]
     records = []
     for name, card in zip(targets, cards):
-        t = card.get("target") or {"kind": "classification", "names": card["class_names"]}
+        t = card["target"] if other_kind(card) else {"kind": "classification", "names": card["class_names"]}
         out = name if targets.count(name) == 1 else f"{name}_{output_name_safe(card['head'])}"
         records.append({"name": out, "target": name, "kind": t["kind"], "names": list(t["names"]),
                         "head": card["head"], **({"thresholds": t["thresholds"]} if "thresholds" in t else {})})
@@ -269,7 +269,7 @@ def _head_tensor(pipe, card: dict, x, name: str):
     probabilities, under a layer named ``name``."""
     import keras
 
-    if card.get("target"):
+    if other_kind(card):
         from .linear_export import target_outputs
 
         y = target_outputs(pipe, x, card["target"]["kind"], name=f"{name}_head")

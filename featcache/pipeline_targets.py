@@ -83,6 +83,8 @@ def heads_stage(cfg: dict, result: dict) -> None:
     for h, mdir in zip(cfg.get("heads", []), model_dirs(cfg)):
         cache = open_cache(result["caches"][h["cache"]])
         params, sha = h.get("params", {}), target_sha256(cache, h["target"])
+        if cache.target(h["target"]).kind == "classification":  # its card's rows are the target's labels
+            cache = cache.with_target(h["target"])
         card = current_card(mdir, h["head"], cache.key, params, cache.views, rows_key=cache.rows_key)
         name = f"{h['target']}-{h['head']}"
         if card is not None and (card.get("target") or {"sha256": cache.rows_key}).get("sha256") == sha:
@@ -122,6 +124,7 @@ def changed_targets(recorded: dict | None, inputs: dict, files: dict | None) -> 
 
 def rebench(cfg: dict, cache, report: Path, changed: list[str]) -> list[dict]:
     """Bench only the ``changed`` targets into ``report``, keeping the others' rows and figures."""
+    from .bench import bench
     from .bench.targets import bench_targets
 
     b = cfg["bench"]
@@ -129,4 +132,5 @@ def rebench(cfg: dict, cache, report: Path, changed: list[str]) -> list[dict]:
     _say(f"[bold]bench[/] targets changed: {', '.join(changed)}; re-benching only "
          f"{'those' if len(changed) > 1 else 'that one'} (kept: {', '.join(kept) or 'none'})")
     return bench_targets(cache, b["target"], heads=b.get("heads"), out=report, only=changed,
-                         baseline_heads=b.get("baseline_heads", ("logreg",)), pixel_size=b.get("pixel_size", 16))
+                         baseline_heads=b.get("baseline_heads", ("logreg",)), pixel_size=b.get("pixel_size", 16),
+                         classify=bench)

@@ -26,7 +26,7 @@ from .homes import featcache_home
 from .params import Param, check, defaults
 from .plan import ExtractOptions, make_plan
 from .runner import run
-from .model_dir import feature_mismatch, load_model_dir
+from .model_dir import feature_mismatch, load_model_dir, other_kind
 from .sources import ArraySource, CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, is_our_manifest, open_cache
 
@@ -154,7 +154,8 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
     card first, and the features are checked to be exactly those it learned on.
 
     Args:
-        model_dir: a directory written by :func:`featcache.train` (or ``bench``'s ``best_model``).
+        model_dir: a directory written by :func:`featcache.train` (or ``bench``'s ``best_model``), or several
+            trained on one cache (a list, or ``a,b``): one backbone run, ``OUTPUT:COLUMN`` columns (rows, frame).
         inputs: image files, a folder, a CSV manifest, a cache directory, or
             a uint8 array of images ``N x H x W [x 1|3]`` (any size: they are
             resized as the head's training images were).
@@ -163,13 +164,11 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
             ``$FEATCACHE_HOME/predictions``); predicting the same images again
             costs nothing.
         progress: show a progress bar.
-        return_as: ``rows`` (a list of dicts), ``labels`` (an array of class
-            names, as scikit-learn's ``predict``), ``proba`` (an ``N x classes``
-            array in ``class_names`` order, as ``predict_proba``) or ``frame``
-            (a pandas DataFrame of the rows; needs pandas). ``labels`` and
-            ``proba`` follow the order of ``inputs`` (a folder: sorted by class
-            folder and file name); an image that could not be read is ``None``
-            / a row of NaN there.
+        return_as: ``rows`` (a list of dicts), ``labels`` (an array of class names, as scikit-learn's
+            ``predict``), ``proba`` (an ``N x classes`` array in ``class_names`` order, as ``predict_proba``) or
+            ``frame`` (a pandas DataFrame of the rows; needs pandas). ``labels`` and ``proba`` follow the order
+            of ``inputs`` (a folder: sorted by class folder and file name); an image that could not be read is
+            ``None`` / a row of NaN there.
 
     Returns:
         By default one dict per image: ``id``, ``label``, ``class`` (the
@@ -188,10 +187,12 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
     """
     check(PREDICT, {"out": out, "cache_dir": cache_dir, "progress": progress, "return_as": return_as})
     pandas, out = _check_predict_arguments(return_as, out, cache_dir)
+    if len(dirs := _model_dirs(model_dir)) > 1:  # several heads, one backbone run: a column per output
+        return _predict_several(dirs, inputs, out, cache_dir, progress, return_as, pandas)
     pipe, card = load_model_dir(model_dir)
     target = source_for(inputs)
     cache = features_for(card, target, cache_dir=cache_dir, progress=progress)
-    if card.get("target"):  # a regression or multi-label head: values, or label sets with probabilities
+    if other_kind(card):  # a regression or multi-label head: values, or label sets with probabilities
         return _predict_target(pipe, card, cache, target, out, return_as, pandas)
     rows = _classify(pipe, card, cache)
     if out is not None:
@@ -203,6 +204,75 @@ def predict(model_dir, inputs, *, out=_D["out"], cache_dir=_D["cache_dir"], prog
         return pandas.DataFrame([{k: v for k, v in r.items() if k != "probabilities"}
                                  | {f"p_{n}": (r.get("probabilities") or {}).get(n) for n in names} for r in rows])
     return _in_input_order(rows, target, cache, card["class_names"], return_as)
+
+
+def _model_dirs(model_dir) -> list:
+    """One model directory, or several (a list, or ``a,b`` naming no directory of its own)."""
+    if isinstance(model_dir, (list, tuple)):
+        return list(model_dir)
+    if isinstance(model_dir, str) and "," in model_dir and not Path(model_dir).is_dir():
+        return [d.strip() for d in model_dir.split(",")]
+    return [model_dir]
+
+
+def _predict_several(dirs, inputs, out, cache_dir, progress, return_as: str, pandas):
+    """Several heads trained on one cache's features: the backbone runs once, each head predicts; ``rows``: one
+    dict per image with each output's row under its name; ``frame``/``out``: ``OUTPUT:COLUMN`` columns."""
+    loaded = [load_model_dir(d) for d in dirs]
+    cards = [c for _, c in loaded]
+    if len({(c["features"]["cache_key"], c["features"]["output"]) for c in cards}) > 1:
+        raise FeatcacheError(f"several heads predict together when trained on the same cache's features (one "
+                             f"backbone run); {', '.join(map(str, dirs))} come from different ones")
+    if return_as not in ("rows", "frame"):
+        raise FeatcacheError("several heads predict return_as='rows' or 'frame' (a column per output); give one "
+                             "model directory for 'labels' or 'proba'")
+    target = source_for(inputs)
+    cache = features_for(cards[0], target, cache_dir=cache_dir, progress=progress)
+    targets = [(c.get("target") or {}).get("name", "label") for c in cards]
+    names = [t if targets.count(t) == 1 else f"{t}_{c['head']}" for t, c in zip(targets, cards)]
+    if len(set(names)) < len(names):
+        raise FeatcacheError("two of the model directories are the same head of the same target; give each once")
+    per, columns = {}, ["id"]
+    for (pipe, card), name in zip(loaded, names):
+        rows = _target_rows(pipe, card, cache) if other_kind(card) else _classify(pipe, card, cache)
+        per[name] = {r["id"]: r for r in rows}
+        own = _target_columns(card) if other_kind(card) else ["class", "probability",
+                                                             *[f"p_{n}" for n in card["class_names"]]]
+        columns += [f"{name}:{c}" for c in own]
+    ids = list(per[names[0]])
+    rows = [{"id": i, **{n: {k: v for k, v in per[n][i].items() if k != "id"} for n in names}} for i in ids]
+    if return_as == "rows" and out is None:
+        return rows
+    table = [[i, *[v for card, n in zip(cards, names) for v in _cells(per[n][i], card)],
+              next((per[n][i]["error"] for n in names if per[n][i].get("error")), "")] for i in ids]
+    if out is not None:
+        _write_table(out, columns + ["error"], table)
+    return rows if return_as == "rows" else pandas.DataFrame(table, columns=columns + ["error"])
+
+
+def _cells(r: dict, card: dict) -> list:
+    """One head's cells of a row: a target's (:func:`_target_cells`), or a classifier's class, probability, p_*."""
+    if other_kind(card):
+        return _target_cells(r, card)
+    probs = r.get("probabilities") or {}
+    return [r.get("class"), r.get("probability"), *[probs.get(n) for n in card["class_names"]]]
+
+
+def _write_table(out, header: list, table: list) -> None:
+    """Rows of cells to ``out`` (.csv, formula-safe; .json: a list of objects)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
+    if out.suffix.lower() == ".json":
+        data = (json.dumps([dict(zip(header, r)) for r in table], indent=2) + "\n").encode()
+    else:
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        for r in [header, *table]:
+            w.writerow([spreadsheet_safe(v) for v in r])
+        data = text.getvalue().encode("utf-8", "surrogateescape")
+    atomic_write_bytes(out, data)
 
 
 def _target_rows(pipe, card: dict, cache: Cache) -> list[dict]:
@@ -311,6 +381,8 @@ def _classify(pipe, card: dict, cache: Cache) -> list[dict]:
 def _true_classes(cache: Cache, card: dict) -> list[tuple]:
     """Per cached row ``(true_label, true_class)`` from the images' own labels (class folders, a CSV's labels);
     ``(None, None)`` where unlabelled; a class the head does not know has ``true_label`` None."""
+    if card.get("target"):  # a classification target's head: the images' folders name the source's classes
+        return [(None, None)] * len(cache)
     names, classes = card["class_names"], card["classes"]
     by_name = {n: c for n, c in zip(names, classes)}
     by_label = {c: n for n, c in zip(names, classes)}
@@ -414,7 +486,7 @@ def write_predictions(rows: list[dict], out, class_names=(), *, card: dict | Non
         raise FeatcacheError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
     if out.suffix.lower() == ".json":
         data = (json.dumps(rows, indent=2) + "\n").encode()  # ASCII: non-UTF-8 names travel as \udcXX escapes
-    elif card is not None and card.get("target"):
+    elif card is not None and other_kind(card):
         text = io.StringIO(newline="")
         w = csv.writer(text)
         w.writerow([spreadsheet_safe(v) for v in ["id", *_target_columns(card), "error"]])

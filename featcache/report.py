@@ -385,7 +385,7 @@ def _leakage_summary(leakage, best) -> tuple[str, dict | None]:
         from .train import split_masks
 
         try:
-            cache = open_cache(best["cache"])
+            cache = open_cache(best["cache"], target=best.get("target") or None)
             y = cache.labels()[np.flatnonzero(split_masks(cache)["test"])]
             acc = accuracy_with_and_without(y, preds, leakage["leaked"])
         except Exception:  # noqa: BLE001 - the count stands without the accuracies
@@ -425,7 +425,7 @@ def _report_class_names(rows: list[dict]):
     try:
         from .store import open_cache
 
-        return open_cache(rows[0]["cache"]).class_names if rows else None
+        return open_cache(rows[0]["cache"], target=rows[0].get("target") or None).class_names if rows else None
     except Exception:  # noqa: BLE001 - names are decoration
         return None
 

@@ -23,7 +23,8 @@ START, END = "<!-- featcache:targets -->", "<!-- /featcache:targets -->"
 _SECTION = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
 #: the metrics each kind's table shows (the same columns as target_results.csv)
 SHOWN = {"regression": ("r2", "mae", "rmse", "spearman"),
-         "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy")}
+         "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy"),
+         "classification": ("accuracy", "macro_f1")}
 
 
 #: each figure's file name is target_NAME_PLOT.png, in this order
@@ -105,7 +106,7 @@ def target_plots(rows: list[dict]) -> dict[str, dict[str, bytes]]:
 
     out = {}
     for r in rows:
-        if not r.get("best") or r.get("test") is None or not len(r["test"][0]):
+        if not r.get("best") or r.get("test") is None or not len(r["test"][0]) or r["kind"] == "classification":
             continue
         y, pred = r["test"]
         draw = regression_plots if r["kind"] == "regression" else multilabel_plots
@@ -127,6 +128,29 @@ def _table(own: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["head", "features", "status", *SHOWN[kind]], body
 
 
+def notes(own: list[dict]) -> list[str]:
+    """The lines under a target's table: its best head's learning curve and the leakage check, where measured."""
+    best = next((r for r in own if r.get("best")), None)
+    if best is None:
+        return []
+    metric = {"regression": "r2", "multilabel": "map", "classification": "accuracy"}[best["kind"]]
+    lines = []
+    if best.get("curve"):
+        points = ", ".join(f"{p['train_fraction']:.0%} ({p['n_train']:,} rows) {p[metric]:.3f}"
+                           for p in best["curve"] if p.get(metric) is not None)
+        lines.append(f"Learning curve of {best['head']} (test {metric} by share of the train and val rows): {points}.")
+    if best.get("kind") == "classification" and best.get("report"):
+        lines.append(f"Full report of every head: {best['report']}/report.html.")
+    leak = best.get("leakage")
+    if leak:
+        text = (f"Leakage check: {leak['n_leaked']} of {leak['n_test']} test rows nearly duplicate a train or val "
+                "row (cosine >= 0.98 on the features)")
+        if leak.get(f"{metric}_without") is not None:
+            text += f"; {best['head']}'s test {metric} without them: {leak[f'{metric}_without']:.3f}"
+        lines.append(text + ".")
+    return lines
+
+
 def _by_target(rows: list[dict]) -> dict[str, list[dict]]:
     out = {}
     for r in rows:
@@ -141,10 +165,11 @@ def sections(rows: list[dict], figures: dict) -> tuple[str, str]:
         headers, body = _table(own)
         md += [f"## {name} ({own[0]['kind']}), test split", "", "| " + " | ".join(headers) + " |",
                "|---" * len(headers) + "|", *["| " + " | ".join(c.replace("|", "/") for c in b) + " |" for b in body],
-               "", *[f"![{f}]({f})" for f in figures.get(name, {})], ""]
+               "", *[f"{n}\n" for n in notes(own)], *[f"![{f}]({f})" for f in figures.get(name, {})], ""]
         cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in b) + "</tr>" for b in body)
         page += [f"<h2>{html.escape(name)} ({own[0]['kind']}), test split</h2><table><tr>"
-                 + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + f"</tr>{cells}</table><div>"]
+                 + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + f"</tr>{cells}</table>"
+                 + "".join(f"<p>{html.escape(n)}</p>" for n in notes(own)) + "<div>"]
         for f, data in figures.get(name, {}).items():
             page.append(f'<figure><img alt="{html.escape(f)}" src="data:image/png;base64,'
                         f'{base64.b64encode(data).decode()}"><figcaption>{html.escape(f)}</figcaption></figure>')

@@ -405,7 +405,7 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
             limit_seed: int = LIMIT_SEED, labels=None, class_names=None, splits=None, allow_outside: bool = False,
             data_dir=None, return_summary: bool = False, engine: str = "local", ray_address: str | None = None,
             workers: int | None = None, gpus_per_worker: float | None = None, frozen: bool = False, reuse=(),
-            **options) -> store.Cache:
+            targets=None, **options) -> store.Cache:
     """Extract features of ``source`` with a frozen ``backbone`` into the cache at ``out``.
 
     Re-running resumes after any crash; an identical finished run is a no-op; a
@@ -427,8 +427,7 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
         reuse: paths of other caches with the same settings; images with the same content take their features.
         classes: keep only these labels. limit: keep a sample of ``limit`` items, stratified by label (and
             split), drawn with ``limit_seed``, in source order; warns when a class loses every image.
-        first: keep the first ``first`` items in source order instead (a class-folder source
-            lists its images class by class).
+        first: keep the first ``first`` items in source order instead (a class-folder source lists them by class).
         limit_seed: the seed of ``limit``'s sample.
         labels: labels of an array ``source``: class indices, or class names (strings; sorted
             into indices unless ``class_names`` is given).
@@ -437,20 +436,20 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
             ``train`` and ``Cache.split``.
         allow_outside: let a CSV manifest name files outside its folder. data_dir: where to look first for
             named datasets. return_summary: return ``(cache, summary)`` instead of the cache alone.
-        engine: ``"local"`` or ``"ray"`` (with ``ray_address``, ``workers``,
-            ``gpus_per_worker``); the cache is the same either way.
-        **options: :class:`~featcache.plan.ExtractOptions` fields (``image_size``,
-            ``pooling``, ``outputs``, ``dtype``, ``compute_dtype``,
-            ``batch_size``, ``shard_size``, ``compression``, ``jit``, ...).
+        targets: attached when the features are in: ``{name: one value per image}`` of an array, or a table with
+            ids, as ``featcache targets`` takes (docs/TARGETS.md).
+        engine: ``"local"`` or ``"ray"`` (with ``ray_address``, ``workers``, ``gpus_per_worker``); the same cache.
+        **options: :class:`~featcache.plan.ExtractOptions` fields (``image_size``, ``pooling``, ``outputs``,
+            ``dtype``, ``compute_dtype``, ``batch_size``, ``shard_size``, ``compression``, ``jit``, ...).
 
     Returns:
-        The opened :class:`~featcache.store.Cache` (rows in source order), or
-        ``(cache, RunSummary)`` with ``return_summary=True``.
+        The opened :class:`~featcache.store.Cache` (rows in source order), or ``(cache, RunSummary)``.
 
     Examples:
         >>> cache = featcache.extract("images/", image_size=96, out="caches/mine")  # doctest: +SKIP
         >>> X, y = cache.features(), cache.labels()                                 # doctest: +SKIP
     """
+    attach = _attacher(targets, source, labels=labels, class_names=class_names, splits=splits)  # refused first
     plan, runner = prepare(source, backbone, out, weights=weights, layer=layer, classes=classes, limit=limit,
                            first=first, limit_seed=limit_seed, labels=labels, class_names=class_names,
                            splits=splits, allow_outside=allow_outside, data_dir=data_dir, engine=engine,
@@ -458,7 +457,48 @@ def extract(source, backbone: str | Backbone = DEFAULT_BACKBONE, out=None, *, we
                            options=_extract_options(options))
     cache, summary = run(plan, overwrite=overwrite, repair=repair, progress=progress, wait=wait, engine=runner,
                          frozen=frozen, reuse=reuse)
+    attach(cache)
     return (cache, summary) if return_summary else cache
+
+
+def _target_columns(targets, source) -> dict | None:
+    """extract's ``targets`` given per image of an array, as ``{name: columns}`` (None: a table with ids)."""
+    from collections.abc import Mapping
+
+    if targets is None or not isinstance(targets, Mapping) or "id" in targets:
+        return None
+    if not isinstance(source, np.ndarray):
+        raise FeatcacheError("targets={name: values} lines values up with an array's images; for a folder, CSV or "
+                             "dataset give a table with an id column (docs/TARGETS.md)")
+    out = {}
+    for name, values in targets.items():
+        arr = values if isinstance(values, np.ndarray) else None
+        if len(values) != len(source):
+            raise FeatcacheError(f"targets[{name!r}] has {len(values)} values for the array's {len(source)} images")
+        if arr is not None and arr.ndim == 2 and arr.shape[1] > 1:  # several outputs, or 0/1 indicators: one target
+            out[name] = {f"{name}_{j}": arr[:, j].tolist() for j in range(arr.shape[1])}
+        else:
+            out[name] = {name: arr.reshape(len(arr), -1)[:, 0].tolist() if arr is not None else list(values)}
+    return out
+
+
+def _attacher(targets, source, **arrays):
+    """What attaches extract's ``targets`` to the finished cache, every value checked now (before the CNN)."""
+    by_image = _target_columns(targets, source)
+    return lambda cache: None if targets is None else _attach(cache, targets, by_image, source, **arrays)
+
+
+def _attach(cache, targets, by_image: dict | None, source, **arrays) -> None:
+    """Attach extract's ``targets`` to the finished cache (no CNN runs): per image of the array, or a table."""
+    if by_image is None:
+        store.attach_targets(cache, targets)
+        return
+    ids = [it.id for it in open_source(source, **arrays).items]  # the array's ids, in the array's order
+    have = set(cache.ids())
+    keep = [i for i, item in enumerate(ids) if item in have]  # limit, first or classes left some out
+    for name, columns in by_image.items():
+        table = {"id": [ids[i] for i in keep], **{c: [v[i] for i in keep] for c, v in columns.items()}}
+        store.attach_targets(cache, table, name=name if len(columns) > 1 else None)
 
 
 def _extract_options(options: dict) -> ExtractOptions:

@@ -214,7 +214,10 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
                       verbose=verbose, views=views, target=target))
     fit_splits = _check_fit_splits(fit_splits)
     if target not in (None, "label"):
-        return _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out)
+        cache = cache if isinstance(cache, Cache) else open_cache(cache)
+        if cache.target(target).kind != "classification":
+            return _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out, views)
+        cache = cache.with_target(target)  # a classification target: every classifier learns it as the labels
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
     params = dict(params or {})
@@ -238,7 +241,8 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
                      test_fraction=test_fraction)
 
 
-def _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out) -> TrainResult:
+def _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out,
+                  views: str = "auto") -> TrainResult:
     """A regression or multi-label head (featcache.train_targets), its card (with ``target``) and model dir."""
     from .train_targets import train_target
 
@@ -246,15 +250,17 @@ def _train_target(cache, head, target, params, preprocess, val_fraction, test_fr
         check_model_dir_target(out)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     res = train_target(cache, head, target, params=params, preprocess=preprocess, val_fraction=val_fraction,
-                       test_fraction=test_fraction)
+                       test_fraction=test_fraction, views=views)
     output = cache.output_name(None)
-    card = {"head": head, "head_params": dict(params or {}),
+    card = {"head": head, "head_params": dict(res["best_params"]),  # a grid's choice on val included
             "preprocess": preprocess or get_head_spec(head).preprocess,
             "features": features_record(cache, output),
             "target": res["target"], "metrics": res["metrics"], "fit_seconds": round(res["fit_seconds"], 4),
             "fit_splits": ["train"], "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
                                                 "from_source": cache.splits() is not None,
                                                 "rows": res["target"]["rows"]}}
+    if res["views"][0]:  # the train rows' views, each with its image's target values
+        card["views"] = {"count": res["views"][0], "mode": res["views"][1], "recipe": cache.augment}
     model_dir = save_model_dir(out, res["pipe"], card) if out is not None else None
     names = res["target"]["names"]
     return TrainResult(res["pipe"], head, res["metrics"], res["fit_seconds"], names, names, model_dir, card)
@@ -423,7 +429,9 @@ def card_for(cache: Cache, head: str, pipe, *, params: dict, preprocess: str, ou
     its sha256 and the versions when it saves).
     """
     class_names = [cache.class_name(c) for c in pipe.classes_.tolist()]
+    own = getattr(cache, "target_name", "label")
     return {
+        **({"target": _classification_target(cache)} if own != "label" else {}),
         "head": head, "head_params": {k: v for k, v in params.items()}, "preprocess": preprocess,
         "features": features_record(cache, output),
         **custom_fields(head, pipe),
@@ -432,6 +440,14 @@ def card_for(cache: Cache, head: str, pipe, *, params: dict, preprocess: str, ou
         "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
                    "from_source": cache.splits() is not None, "rows": {s: int(m.sum()) for s, m in masks.items()}},
     }
+
+
+def _classification_target(cache) -> dict:
+    """A card's ``target`` for a classification target other than ``label``: its name, classes and sha256."""
+    from .train_targets import target_sha256
+
+    return {"name": cache.target_name, "kind": "classification", "names": cache.class_names,
+            "sha256": target_sha256(cache, cache.target_name)}
 
 
 def features_record(cache, output: str) -> dict:

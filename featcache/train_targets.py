@@ -36,11 +36,15 @@ def target_masks(cache, t, val_fraction: float, test_fraction: float) -> dict:
 
 
 def train_target(cache, head: str, target: str, *, params: dict | None = None, preprocess: str | None = None,
-                 val_fraction: float, test_fraction: float, features: np.ndarray | None = None) -> dict:
+                 val_fraction: float, test_fraction: float, features: np.ndarray | None = None,
+                 views: str = "auto", train_fraction: float = 1.0) -> dict:
     """Fit ``head`` for ``target`` on its train rows with a value: ``{"pipe", "metrics", "target", "test", ...}``.
 
     ``features``: other rows to learn from in the cache's row order (the bench's raw-pixel baseline);
     ``test`` is ``(true, predicted)`` on the test rows (predicted: values, or per-label scores).
+    ``views``: how the train rows' augmented views join them (:mod:`.heads.views`: auto, rows, mean, none); a
+    view has its image's target values. ``train_fraction``: a learning-curve point, a seeded share of the
+    train and val rows (the test split whole).
     """
     from .bench.metrics import choose_thresholds, multilabel_metrics, regression_metrics
 
@@ -50,14 +54,16 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
     kind = t.kind
     get_head_spec(head).factory(kind)  # the one-line refusal of a head of the wrong kind, before any work
     pipe = validate_head(head, preprocess, params or {}, target_kind=kind)
-    masks = target_masks(cache, t, val_fraction, test_fraction)
+    masks = _share(target_masks(cache, t, val_fraction, test_fraction), train_fraction)
     if not masks["train"].any():
         raise FeatcacheError(f"target {target!r} has no value on any train row of {cache.path}")
     X = cache.features() if features is None else features
     X = X.reshape(len(X), -1).astype(np.float32)
     y = t.values
     t0 = time.perf_counter()
-    pipe.fit(X[masks["train"]], y[masks["train"]])
+    fit_x, fit_y, used = _train_rows(cache, X, y, masks["train"], views, head, features is None)
+    pipe, chosen = _fit_on_val(head, preprocess, params or {}, kind, pipe, (fit_x, fit_y),
+                               (X[masks["val"]], y[masks["val"]]))
     fit_seconds = time.perf_counter() - t0
     thresholds = None
     if kind == "multilabel":
@@ -76,7 +82,59 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
                    "rows": {s: int(m.sum()) for s, m in masks.items()}, "sha256": target_sha256(cache, target)}
     if thresholds is not None:
         card_target["thresholds"] = [float(v) for v in thresholds]
-    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test}
+    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test,
+            "best_params": chosen, "thresholds": thresholds, "views": used, "n_train": int(len(fit_x))}
+
+
+def _share(masks: dict, fraction: float, seed: int = 0) -> dict:
+    """A learning-curve point's masks: a seeded ``fraction`` of the train and of the val rows, test whole."""
+    if fraction >= 1.0:
+        return masks
+    rng, out = np.random.default_rng(seed), dict(masks)
+    for split in ("train", "val"):
+        rows = np.flatnonzero(masks[split])
+        out[split] = np.zeros_like(masks[split])
+        out[split][rng.permutation(rows)[:max(1, int(round(fraction * len(rows)))) if len(rows) else 0]] = True
+    return out
+
+
+def _train_rows(cache, X, y, train, views: str, head: str, cached: bool):
+    """``(X, y, (K, mode))`` a head fits: the train rows, with their augmented views as more rows or averaged
+    in (a view learns its own image's target); raw pixels (not ``cached``) have no views."""
+    from .heads.views import expand, resolve_mode
+
+    rows = np.flatnonzero(train)
+    n_views = cache.views if cached else 0
+    mode = resolve_mode(views, get_head_spec(head).views, False, n_views)
+    if mode == "none":
+        return X[rows], y[rows], (0, "none")
+    V = cache.views_of(rows).reshape(n_views, len(rows), -1).astype(np.float32)
+    fit_x, fit_y, _groups = expand(X[rows], y[rows], V, mode)
+    return fit_x, fit_y, (n_views, mode)
+
+
+def _fit_on_val(head: str, preprocess, params: dict, kind: str, pipe, train: tuple, val: tuple):
+    """``(fitted pipe, chosen params)``: the head's grid for this kind (:data:`~.heads.kinds.GRIDS`, less what
+    ``params`` fixes) fitted on ``train`` ``(X, y)``, scored on ``val`` by the kind's metric, the best kept; one
+    fit when there is no grid or no val row."""
+    from sklearn.metrics import r2_score
+
+    from .bench.metrics import mean_average_precision
+    from .heads.kinds import GRIDS
+
+    grid = {k: v for k, v in GRIDS.get(head, {}).get(kind, {}).items() if k not in params}
+    (x_tr, y_tr), (x_va, y_va) = train, val
+    if not grid or not len(x_va):
+        return pipe.fit(x_tr, y_tr), dict(params)
+    (key, values), = grid.items()  # one parameter a grid (C): the path is short
+    best = None
+    for v in values:
+        cand = validate_head(head, preprocess, {**params, key: v}, target_kind=kind).fit(x_tr, y_tr)
+        s = _scores(cand, x_va, kind)
+        score = r2_score(y_va, s) if kind == "regression" else mean_average_precision(y_va, s)
+        if best is None or score > best[0]:  # ties: the smaller C, the stronger regularisation, first
+            best = (score, cand, {**params, key: v})
+    return best[1], best[2]
 
 
 def target_sha256(cache, name: str) -> str:

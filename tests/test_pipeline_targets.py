@@ -91,3 +91,22 @@ def test_pipeline_targets_are_checked_before_any_work(tmp_path):
     with pytest.raises(FeatcacheError, match=r"heads\[1\]\.head: unknown head 'ridgee'"):
         run(path, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_classification_target_head_is_up_to_date_on_a_rerun(tmp_path, fashion_mnist_available, capfd):
+    """[[heads]] for group (a classification target): trained once, then up to date (its card records the
+    target's sha256, which the re-run compares)."""
+    import json
+
+    data = tmp_path / "multi"
+    make_task("multi", data, limit=60, data_dir=fashion_mnist_available)
+    (tmp_path / "pipelines").mkdir()
+    path = tmp_path / "pipelines" / "p.toml"
+    text = PIPE.format(source=data, table=data / "targets.csv").split("[[heads]]")[0]
+    path.write_text(text + '[[heads]]\nhead = "logreg"\ntarget = "group"\n')
+    result = run(path, progress=False)
+    card = json.loads((Path(result["models"]["group-logreg"]) / "card.json").read_text())
+    assert card["target"]["name"] == "group" and card["class_names"] == sorted(set(card["class_names"]))
+    capfd.readouterr()
+    run(path, progress=False)
+    assert "train group-logreg: up to date" in capfd.readouterr().err

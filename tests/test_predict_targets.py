@@ -94,3 +94,23 @@ def test_cli_writes_named_columns(trained, tmp_path):
         assert table[0] == header and len(table) == len(cache) + 1
         assert main(["predict", str(root / model), str(cache.path), "--out", str(out)]) == 0  # ours: replaced
     assert main(["predict", str(root / "m_zoom"), str(cache.path)]) == 0  # the table on the terminal
+
+
+def test_several_heads_predict_in_one_frame_with_a_column_per_output(trained, tmp_path):
+    """A regression head and a multi-label head of one cache: one backbone run, one frame, the single-head
+    predictions side by side (value; labels and each label's probability)."""
+    root, cache, _, _ = trained
+    both = featcache.predict([root / "m_zoom", root / "m_tags"], cache.path, return_as="frame")
+    assert list(both.columns) == ["id", "zoom:predicted_zoom", "tags:predicted_labels",
+                                  *[f"tags:p_k{k}" for k in range(4)], "error"]
+    alone = {m: featcache.predict(root / m, cache.path, return_as="frame").set_index("id") for m in ("m_zoom", "m_tags")}
+    b = both.set_index("id")
+    assert np.allclose(b["zoom:predicted_zoom"], alone["m_zoom"].loc[b.index, "predicted_zoom"])
+    assert list(b["tags:predicted_labels"]) == list(alone["m_tags"].loc[b.index, "predicted_labels"])
+    assert np.allclose(b["tags:p_k2"], alone["m_tags"].loc[b.index, "p_k2"])
+    rows = featcache.predict(f"{root / 'm_zoom'},{root / 'm_tags'}", cache.path, out=tmp_path / "p.csv")
+    assert set(rows[0]) == {"id", "zoom", "tags"} and "value" in rows[0]["zoom"] and "labels" in rows[0]["tags"]
+    with open(tmp_path / "p.csv") as f:
+        assert next(csv.reader(f)) == list(both.columns)
+    with pytest.raises(FeatcacheError, match="return_as='rows' or 'frame'"):
+        featcache.predict([root / "m_zoom", root / "m_tags"], cache.path, return_as="labels")

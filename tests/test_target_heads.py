@@ -113,3 +113,34 @@ def test_train_multilabel_target_chooses_thresholds_on_val(own_cache, head):
     assert t["kind"] == "multilabel" and t["names"] == ["dark", "odd"] and len(t["thresholds"]) == 2
     assert {"map", "micro_f1", "macro_f1", "subset_accuracy"} <= set(res.metrics["test"])
     assert res.metrics["train"]["map"] > 0.5
+
+
+def test_multilabel_logreg_chooses_c_on_val_as_by_hand(own_cache):
+    """logreg's C for a multi-label target is the grid point with the best val mAP, the rest as a plain fit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    from featcache.heads.kinds import GRIDS
+    from featcache.splits import TEST_FRACTION, VAL_FRACTION
+    from featcache.train_targets import target_masks
+
+    labels = own_cache.labels()
+    featcache.attach_targets(own_cache, {"id": own_cache.ids(), "two": [["a", "b"][v % 2] + ("|c" if v else "")
+                                                                         for v in labels]})
+    res = featcache.train(own_cache, head="logreg", target="two")
+    m = target_masks(own_cache, own_cache.target("two"), VAL_FRACTION, TEST_FRACTION)
+    X, y = own_cache.features().astype(np.float32), own_cache.target("two").values
+    scores = {}
+    for C in GRIDS["logreg"]["multilabel"]["C"]:
+        scale = StandardScaler().fit(X[m["train"]])
+        ovr = OneVsRestClassifier(LogisticRegression(C=C, max_iter=2000, tol=1e-3)).fit(
+            scale.transform(X[m["train"]]), y[m["train"]])
+        s = ovr.predict_proba(scale.transform(X[m["val"]]))
+        scores[C] = np.mean([average_precision_score(y[m["val"]][:, j], s[:, j]) for j in range(y.shape[1])
+                             if y[m["val"]][:, j].any()])
+    best = max(scores, key=lambda c: (scores[c], -c))
+    assert res.card["head_params"] == {"C": best}
+    fixed = featcache.train(own_cache, head="logreg", target="two", params={"C": 1.0})  # a fixed C: no grid
+    assert fixed.card["head_params"] == {"C": 1.0}

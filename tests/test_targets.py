@@ -289,3 +289,32 @@ def test_a_kill_before_the_index_moves_keeps_the_old_target_and_the_next_attach_
     featcache.attach_targets(cache, {"id": ids, "h": [3.0] * 150})
     assert os.listdir(cache.path / "targets") == [Path(index(cache)["h"]["file"]).name]
     assert not [p for p in os.listdir(cache.path) if p.startswith(".targets.json.tmp-")]
+
+
+def test_extract_attaches_targets_given_per_image_of_an_array(tmp_path):
+    """extract(images, targets={...}): one value per image in the array's order, each kind inferred as a table's."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(40) % 2
+    bright = images.mean(axis=(1, 2, 3))
+    xy = rng.random((40, 2))
+    tags = [["dark"] if b < bright.mean() else ["light", "odd"] if i % 2 else ["light"] for i, b in enumerate(bright)]
+    cache = featcache.extract(images, labels=labels, out=tmp_path / "c", first=30,
+                              targets={"bright": bright, "pos": xy, "tags": tags,
+                                       "side": ["left" if i < 20 else "right" for i in range(40)]}, **TINY)
+    assert {n: t.kind for n, t in cache.targets().items()} == {
+        "label": "classification", "bright": "regression", "pos": "regression", "side": "classification",
+        "tags": "multilabel"}
+    order = [int(i.rpartition("/")[2]) for i in cache.ids()]  # first=30: the array's first 30 images
+    assert order == list(range(30))
+    assert np.allclose(cache.target("bright").values, bright[:30])
+    assert cache.target("pos").names == ("pos_0", "pos_1") and np.allclose(cache.target("pos").values, xy[:30])
+    t = cache.target("tags")
+    assert t.names == ("dark", "light", "odd")
+    assert [sorted(np.array(t.names)[v.astype(bool)]) for v in t.values] == [sorted(x) for x in tags[:30]]
+    # refused before the CNN runs: a length that is not the array's, or values per image of a folder
+    with pytest.raises(FeatcacheError, match=r"targets\['bright'\] has 3 values for the array's 40 images"):
+        featcache.extract(images, labels=labels, out=tmp_path / "d", targets={"bright": [1.0, 2.0, 3.0]}, **TINY)
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(FeatcacheError, match="table with an id column"):
+        featcache.extract(str(tmp_path), out=tmp_path / "e", targets={"bright": [1.0]}, **TINY)

@@ -66,12 +66,11 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     Every setting is checked before any work.
 
     Args:
-        caches: one cache (a :class:`~featcache.store.Cache` or its directory) or several.
+        caches: one cache (a :class:`~featcache.store.Cache`, opened with ``target=`` to bench that label) or several.
 {settings}
 
     Returns:
-        The rows, one dict per (cache, head): test accuracy, macro-F1,
-        validation accuracy, chosen parameters, fit time, status, ...
+        The rows, one dict per (cache, head): test accuracy, macro-F1, validation accuracy, parameters, status...
 
     Examples:
         >>> rows = featcache.bench("caches/fm", ["logreg", "knn"], out="report")  # doctest: +SKIP
@@ -81,11 +80,12 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     given = locals()
     check_options(**{p.name: given[p.name] for p in BENCH if p.name != "heads"})  # heads: _check_heads's
     if shots is not None:  # the few-shot protocol instead of the table: in this process, on the first cache
-        return _bench_shots(caches, heads, shots, shot_draws, seed, out)
+        return _bench_shots(caches, heads, shots, shot_draws, seed, out, target)
     if target is not None:  # regression and multi-label targets: in this process, on the first cache
         return _bench_with_targets(caches, heads, target, out, given)
+    labels_target = _labels_target(caches)  # a cache opened with a classification target: its labels
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)
-    opened = _open(caches)
+    opened = _open(caches, labels_target)
     draws = {"repeats": repeats, "seed": seed if repeats > 1 else 0}  # one draw: the seed changes nothing
     tasks = _tasks(opened, heads, estimators, params, cv, pixel_size, views, draws)
     tasks += _baseline_tasks(opened, str(caches[0]), heads, baseline_heads, params, cv, pixel_size, draws)
@@ -107,11 +107,19 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     return rows
 
 
-def _bench_shots(caches, heads, shots, draws: int, seed: int, out) -> list[dict]:
-    """:func:`.shots.few_shot` on the first cache with the named heads (the CLI's "every head": its defaults)."""
+def _bench_shots(caches, heads, shots, draws: int, seed: int, out, target=None) -> list[dict]:
+    """:func:`.shots.few_shot` on the first cache with the named heads (the CLI's "every head": its defaults);
+    ``target``: one classification target to read as the labels (k images a class need classes)."""
     from .shots import few_shot
+    from .targets import parse_targets
 
     first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
+    if target is not None:
+        names, first = parse_targets(target), first if isinstance(first, Cache) else open_cache(first)
+        if len(names) != 1 or first.target(names[0]).kind != "classification":
+            raise FeatcacheError(f"--shots takes one classification target (k train images a class), got "
+                                 f"{', '.join(f'{n} ({first.target(n).kind})' for n in names)}")
+        first = first.with_target(names[0])
     named = [h for h in heads if isinstance(h, str)] if heads else None
     named = None if named is not None and set(named) == set(HEADS) else named
     return few_shot(first, shots, heads=named, draws=draws, seed=seed, out=_report_dir(out))
@@ -119,28 +127,38 @@ def _bench_shots(caches, heads, shots, draws: int, seed: int, out) -> list[dict]
 
 def _bench_with_targets(caches, heads, target, out, kw: dict) -> list[dict]:
     """The other targets' rows (:func:`.targets.bench_targets`), then ``label``'s usual bench if it was asked for."""
-    from .targets import bench_targets, parse_targets
+    from .targets import bench_targets, check_target_bench, parse_targets
 
     names = parse_targets(target)
     first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
     named = [h for h in heads if isinstance(h, str)] if heads else None
     if named is not None and set(named) == set(HEADS):  # the CLI's "every head": each kind's defaults instead
         named = None
+    keep = {k: v for k, v in kw.items() if k in {p.name for p in BENCH} and k not in ("target", "heads")}
+    check_target_bench(first, names, heads, keep)  # every refusal before any work, label's bench included
     rows = []
     if "label" in names:  # first: its report directory check sees the directory as the user left it
-        keep = {k: v for k, v in kw.items() if k in {p.name for p in BENCH} and k != "target"}
         rows = bench(caches, heads, **keep)
     return rows + bench_targets(first, [n for n in names if n != "label"] or "label", heads=named,
                                 out=_report_dir(out), baseline_heads=kw["baseline_heads"],
-                                pixel_size=kw["pixel_size"])
+                                pixel_size=kw["pixel_size"], options={**keep, "heads": heads}, classify=bench)
 
 
 if bench.__doc__:  # the settings' help, declared once in .options (absent under python -OO)
     bench.__doc__ = bench.__doc__.replace("{settings}", docs(BENCH))
 
 
-def _open(caches) -> dict:
-    opened = {str(c): open_cache(c) for c in caches}
+def _labels_target(caches) -> str | None:
+    """The classification target the given caches were opened with as their labels (None: ``label``)."""
+    given = [caches] if isinstance(caches, Cache) else list(caches) if not isinstance(caches, (str, os.PathLike)) else []
+    names = {c.target_name for c in given if isinstance(c, Cache)}
+    if len(names) > 1:
+        raise FeatcacheError(f"the caches were opened with different targets as labels ({', '.join(sorted(names))})")
+    return next(iter(names - {"label"}), None)
+
+
+def _open(caches, target: str | None = None) -> dict:
+    opened = {str(c): open_cache(c, target=target) for c in caches}
     for cache in opened.values():  # before any work: a one-class cache would fail every head
         train_classes(cache, split_masks(cache))
     return opened
@@ -202,7 +220,7 @@ def _tasks(opened: dict, heads, estimators, params, cv, pixel_size, views, draws
                                 "rows" if spec is None else spec.views, keras, cache.views)
             tasks.append(Task(path, cache.key, h, dict(params.get(h, {})), cv, False, pixel_size,
                               estimator=estimators.get(h), views=cache.views if mode != "none" else 0,
-                              views_mode=mode, spec=spec, rows_key=cache.rows_key, **draws))
+                              views_mode=mode, spec=spec, rows_key=cache.rows_key, target=_own(cache), **draws))
     return tasks
 
 
@@ -214,8 +232,13 @@ def _baseline_tasks(opened: dict, first_path: str, heads, baseline_heads, params
                       "cannot read again", FeatcacheWarning, stacklevel=3)
         return []
     return [Task(first_path, first.key, h, dict(params.get(h, {})), cv, True, pixel_size, spec=get_head_spec(h),
-                 rows_key=first.rows_key, **draws)
+                 rows_key=first.rows_key, target=_own(first), **draws)
             for h in baseline_heads or () if h in heads]
+
+
+def _own(cache) -> str:
+    """A task's ``target``: the classification target the cache reads as labels, "" for ``label``."""
+    return "" if cache.target_name == "label" else cache.target_name
 
 
 class _Run:
@@ -357,8 +380,9 @@ def _save_best(best: dict, best_dir: Path, own, fitted: Path | None, cv=None, pi
     fit_splits = best.get("fit_splits") or (["train"] if keras else ["train", "val"])  # rows before it was kept
     views = (best.get("views") or 0, best.get("views_mode") or "none")
     path = fitted / f"{best['settings']}.joblib" if fitted else None
+    cache = open_cache(best["cache"], target=best.get("target") or None)
     if path is not None and path.is_file():
-        save_fitted(best["cache"], name, joblib.load(path), out=best_dir, params=params, fit_splits=fit_splits,
+        save_fitted(cache, name, joblib.load(path), out=best_dir, params=params, fit_splits=fit_splits,
                     views=views, fit_seconds=best.get("fit_seconds") or 0.0)
         return
     card = current_card(best_dir, name, best["cache_key"], params, *views, rows_key=best.get("rows_key") or None)
@@ -374,7 +398,7 @@ def _save_best(best: dict, best_dir: Path, own, fitted: Path | None, cv=None, pi
             if result.get("status") != "ok" or not os.path.isfile(task.model_path):
                 raise FeatcacheError(f"cannot save the best head {best['head']} to {best_dir}: fitting it again "
                                      f"{result.get('status')}: {result.get('error') or 'its fit could not be saved'}")
-            save_fitted(best["cache"], name, joblib.load(task.model_path), out=best_dir, params=result["best_params"],
+            save_fitted(cache, name, joblib.load(task.model_path), out=best_dir, params=result["best_params"],
                         fit_splits=result["fit_splits"], views=views, fit_seconds=result["fit_seconds"])
 
 
@@ -382,7 +406,8 @@ def _row_task(row: dict, own, cv, pixel_size: int) -> Task:
     """The task that made a feature ``row`` (its settings), to run it again."""
     return Task(row["cache"], row["cache_key"], row["head"], dict(row.get("params") or {}), cv, False, pixel_size,
                 estimator=own, views=row.get("views") or 0, views_mode=row.get("views_mode") or "none",
-                spec=HEADS.get(row["head"]) if own is None else None, rows_key=row.get("rows_key") or "")
+                spec=HEADS.get(row["head"]) if own is None else None, rows_key=row.get("rows_key") or "",
+                target=row.get("target") or "")
 
 
 def _n_features(cache) -> int:
@@ -406,11 +431,12 @@ def _learning_curve(best, fractions, path: Path, timeout, n_jobs, cv, pixel_size
     tasks = [Task(best["cache"], best["cache_key"], best["head"], params, cv, False, pixel_size=pixel_size,
                   train_fraction=float(f), cores=_cores_per_head(n_jobs, len(fractions), "threading"),
                   estimator=estimator, views=best.get("views") or 0, views_mode=best.get("views_mode") or "none",
-                  spec=HEADS.get(best["head"]) if estimator is None else None, rows_key=best.get("rows_key") or "")
+                  spec=HEADS.get(best["head"]) if estimator is None else None, rows_key=best.get("rows_key") or "",
+                  target=best.get("target") or "")
              for f in sorted(set(fractions)) if 0 < f < 1]
     rows = {t.settings: done[t.settings] for t in tasks if t.settings in done}
     todo = [t for t in tasks if t.settings not in rows]
-    cache = open_cache(best["cache"]) if todo else None
+    cache = open_cache(best["cache"], target=best.get("target") or None) if todo else None
     for task, result in _run_tasks(todo, timeout, n_jobs, "threading"):
         row = {**_row(task, cache, result), "train_fraction": task.train_fraction}
         with contextlib.suppress(OSError):  # a lost point costs a re-run, not the report

@@ -146,7 +146,7 @@ def load_rows(task: Task, spec: HeadSpec, split: tuple | None = None) -> Rows:
     """The task's features and splits, with its learning-curve share, row cap and views applied; ``split``:
     a repeat's (train, val) rows instead of the cache's."""
     progress("loading the features")
-    cache = open_cache(task.cache)
+    cache = open_cache(task.cache, target=task.target or None)
     X = pixel_features(cache, task.pixel_size) if task.baseline else cache.features().reshape(len(cache), -1)
     X = np.asarray(X, np.float32)
     y = cache.labels()

@@ -30,6 +30,7 @@ def _row(task: Task, cache, result: dict) -> dict:
                      else f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"
                      + (f" + {task.views} views" if task.views else "")),  # the report shows the K a row used
         "head": task.head, "baseline": task.baseline, "params": task.params, "settings": task.settings,
+        **({"target": task.target} if task.target else {}),  # a classification target other than label
         "views": task.views, "views_mode": task.views_mode,
         **({"augment": cache.augment} if task.views else {}),
         **({"estimator": repr(task.estimator)} if task.estimator is not None else {}),  # what custom:X was

@@ -76,7 +76,7 @@ def mark_ties(rows: list[dict]) -> dict | None:
 
 
 #: the validation metric that picks a target's best head, by kind (higher is better)
-SELECT_METRIC = {"regression": "r2", "multilabel": "map"}
+SELECT_METRIC = {"regression": "r2", "multilabel": "map", "classification": "accuracy"}
 
 
 def best_target_row(rows: list[dict]) -> dict | None:

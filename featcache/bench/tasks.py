@@ -39,6 +39,8 @@ class Task:
     #: split draws (1: the cache's own split only) and the seed of the re-draws (:mod:`.repeats`)
     repeats: int = 1
     seed: int = 0
+    #: the classification target read as the labels ("": the source's own ``label``; docs/TARGETS.md)
+    target: str = ""
 
     @property
     def settings(self) -> str:
@@ -52,6 +54,8 @@ class Task:
             body["train_fraction"] = self.train_fraction
         if self.repeats > 1:  # absent at 1, so the rows of earlier reports keep their hashes
             body["repeats"] = [self.repeats, self.seed]
+        if self.target:  # absent for label, likewise; its values are in rows_key, its name is here
+            body["target"] = self.target
         if self.views:  # absent without views, likewise; K is not in the cache key, so it is here
             body["views"] = [self.views, self.views_mode]
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]

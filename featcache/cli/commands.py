@@ -216,7 +216,7 @@ def cmd_train(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines are progress, not the result
         res = train(args.cache, head, params=params, **_flags(args, TRAIN, "head", "out"), out=out,
                     verbose=0 if args.quiet else 2)
-    if "target" in res.card:  # a regression or multi-label target: its kind's metrics
+    if res.card.get("target", {}).get("kind", "classification") != "classification":  # its kind's metrics
         stdout.print(target_table(res, args.cache))
         stdout.print(f"model saved to {res.model_dir}")
         return 0
@@ -248,6 +248,11 @@ def cmd_predict(args) -> int:
     rows = predict(args.model, args.images, **_flags(args, PREDICT), progress=not args.quiet)
     if args.out:
         stdout.print(f"{len(rows)} predictions written to {args.out}")
+    elif rows and "class" not in rows[0]:  # several heads (a,b): each output's prediction as text
+        outputs = [k for k in rows[0] if k != "id"]
+        stdout.print(table("predictions", ["id", *outputs], [[r["id"], *[r[o].get("class") or r[o].get("error", "-")
+                                                                          for o in outputs]] for r in rows]))
+        return 0
     else:
         stdout.print(table("predictions", ["id", "class", "probability"],
                            [[r["id"], r["class"] if r["class"] is not None else f"skipped: {r['error']}",

@@ -69,6 +69,11 @@ BUILDS = {
 }
 
 
+#: head -> {kind: {param: values}} chosen on the val split by the kind's metric (train_targets.py); measured on
+#: Lite0 mosaics (docs/PERFORMANCE.md): C=1 overfits 1,280 standardised features, C=0.01 to 0.1 wins on val
+GRIDS = {"logreg": {"multilabel": {"C": (0.01, 0.1, 1.0)}}}
+
+
 def add_kinds() -> None:
     """Give each built-in head in :data:`BUILDS` its other kinds (re-registering its spec)."""
     for name, builds in BUILDS.items():

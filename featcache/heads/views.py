@@ -52,7 +52,8 @@ def expand(X: np.ndarray, y: np.ndarray, V: np.ndarray, mode: str) -> tuple[np.n
     n = len(X)
     if mode == "rows":
         flat = V.reshape((V.shape[0] * n,) + X.shape[1:]).astype(X.dtype, copy=False)
-        return np.concatenate([X, flat]), np.tile(y, 1 + len(V)), np.tile(np.arange(n), 1 + len(V))
+        reps = (1 + len(V),) + (1,) * (np.ndim(y) - 1)  # a multi-output or multi-label y: whole rows repeated
+        return np.concatenate([X, flat]), np.tile(y, reps), np.tile(np.arange(n), 1 + len(V))
     if mode == "mean":
         mean = (X.astype(np.float32) + V.astype(np.float32).sum(0)) / (1 + len(V))
         return mean.astype(X.dtype, copy=False), y, np.arange(n)

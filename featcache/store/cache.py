@@ -39,6 +39,9 @@ class Cache(AugmentedViews):
         allow_partial: open an unfinished cache (its finished shards only).
         max_load_bytes: make :meth:`features` refuse to load more than this
             into memory; stream with :meth:`iter_batches` instead.
+        target: a classification target attached to the cache (``featcache targets``) to read as the
+            labels: :meth:`labels`, :attr:`class_names`, the splits' labelled rows and :attr:`rows_key` are
+            then that target's, so every classification head, bench, train and predict learns it.
 
     Examples:
         >>> cache = featcache.open_cache("caches/fm")          # doctest: +SKIP
@@ -47,9 +50,12 @@ class Cache(AugmentedViews):
         ...     batch = cache.read_shard(shard)
     """
 
-    def __init__(self, path: str | os.PathLike, *, allow_partial: bool = False, max_load_bytes: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, allow_partial: bool = False, max_load_bytes: int | None = None,
+                 target: str | None = None):
         self.path = Path(path)
         self.max_load_bytes = max_load_bytes
+        self._target = None if target in (None, "label") else str(target)
+        self._target_names: list[str] | None = None
         manifest = read_manifest(self.path)
         if manifest is None:
             raise CacheError(f"{self.path} is not a featcache cache (no {MANIFEST}); create one with `featcache extract`")
@@ -105,7 +111,20 @@ class Cache(AugmentedViews):
 
     @property
     def class_names(self) -> list[str]:
+        if self._target is not None:
+            self._columns()
+            return list(self._target_names)
+        return self.source_class_names
+
+    @property
+    def source_class_names(self) -> list[str]:
+        """The source's own class names (the ``label`` target's), whichever target the cache was opened with."""
         return list(self.manifest["dataset"].get("class_names", []))
+
+    @property
+    def target_name(self) -> str:
+        """The classification target read as the labels: ``label`` (the source's own) unless opened with another."""
+        return self._target or "label"
 
     def class_name(self, label: int) -> str:
         """The name of ``label``, or the label itself as text when the source gave no name for it."""
@@ -235,7 +254,8 @@ class Cache(AugmentedViews):
         """All rows of one shard: features of ``output``, labels, ids and split names."""
         name = self.output_name(output)
         with self._open(shard) as f:
-            return FeatureBatch(f["features"][name][:], f["labels"][:].astype(np.int64),
+            labels = f["labels"][:].astype(np.int64) if self._target is None else self.labels()[slice(*shard.rows)]
+            return FeatureBatch(f["features"][name][:], labels,
                                 decode_strings(f["ids"][:]),
                                 decode_strings(f["split"][:]) if self.has_splits else None)
 
@@ -287,10 +307,26 @@ class Cache(AugmentedViews):
                 "ids": ids,
                 "split": splits if has_splits else None,
             }
+            self._row_columns["source_labels"] = self._row_columns["labels"]
+            if self._target is not None:  # after the ids are known: the target is aligned to them
+                t = read_target(self, self._target)
+                if t.kind != "classification":
+                    raise CacheError(f"target {self._target!r} of {self.path} is {t.kind}; only a classification "
+                                     "target can be read as the labels (train or bench it with --target)")
+                self._target_names = [str(n) for n in t.names]
+                self._row_columns["labels"] = t.values.astype(np.int64)
         return self._row_columns
 
     def labels(self) -> np.ndarray:
         return self._columns()["labels"].copy()
+
+    def source_labels(self) -> np.ndarray:
+        """The source's own labels (the ``label`` target), whichever target the cache was opened with."""
+        return self._columns()["source_labels"].copy()
+
+    def with_target(self, target: str | None) -> "Cache":
+        """This cache opened again with ``target`` (a classification target's name, or ``label``) as its labels."""
+        return Cache(self.path, allow_partial=not self.complete, max_load_bytes=self.max_load_bytes, target=target)
 
     def ids(self) -> list[str]:
         return list(self._columns()["ids"])
@@ -528,10 +564,12 @@ def split_masks(cache: "Cache", *, val_fraction: float = VAL_FRACTION,
     return cache.split_masks(val_fraction=val_fraction, test_fraction=test_fraction)
 
 
-def open_cache(path: str | os.PathLike, *, allow_partial: bool = False, max_load_bytes: int | None = None) -> Cache:
+def open_cache(path: str | os.PathLike, *, allow_partial: bool = False, max_load_bytes: int | None = None,
+               target: str | None = None) -> Cache:
     """Open a cache directory written by :func:`featcache.extract`.
 
     ``max_load_bytes`` makes :meth:`Cache.features` refuse to load more than
-    that into memory (a guard for caches larger than RAM).
+    that into memory (a guard for caches larger than RAM). ``target``: a
+    classification target to read as the labels (see :class:`Cache`).
     """
-    return Cache(path, allow_partial=allow_partial, max_load_bytes=max_load_bytes)
+    return Cache(path, allow_partial=allow_partial, max_load_bytes=max_load_bytes, target=target)

@@ -267,8 +267,12 @@ def _remove_unlisted(directory: Path, records: dict) -> None:
 
 def label_target(cache) -> Target:
     """The source's own label as a classification target (``-1``: unlabelled, no value)."""
-    labels = cache.labels()
-    return Target(LABEL, "classification", tuple(cache.class_names), labels, labels >= 0)
+    if getattr(cache, "target_name", LABEL) != LABEL:  # opened with another target as its labels
+        labels = cache.source_labels()
+        names = cache.source_class_names
+    else:
+        labels, names = cache.labels(), cache.class_names
+    return Target(LABEL, "classification", tuple(names), labels, labels >= 0)
 
 
 def read_target(cache, name: str = LABEL) -> Target:
