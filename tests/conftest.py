@@ -20,6 +20,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The small extraction every stage-one test uses: random-but-seeded MobileNetV2 at 32 px.
 TINY = dict(backbone="mobilenet_v2", weights="none", image_size=32, batch_size=32)
+# The head of the tiny pipelines the pipeline tests write ({source} to fill): TINY's backbone as one extract.
+TINY_PIPE = """
+[pipeline]
+name = "t"
+[data]
+source = "{source}"
+[[extract]]
+name = "a"
+backbone = "mobilenet_v2"
+weights = "none"
+image_size = 32
+"""
 TINY_ARGS = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "--batch-size", "32"]
 
 

@@ -18,7 +18,7 @@ import pytest
 import featcache
 from featcache.runtimes import openvino_installed
 
-from conftest import TINY, kill_at, run_here
+from conftest import TINY, TINY_PIPE, kill_at, run_here
 
 
 def _images(n=24, seed=0):
@@ -46,18 +46,9 @@ def _pipeline(tmp_path, source, out, extra=""):
     d = tmp_path / "pipelines"
     d.mkdir(exist_ok=True)
     path = d / "p.toml"
-    path.write_text(f"""
-[pipeline]
-name = "t"
-out = "{out}"
-[data]
-source = "{source}"
-[[extract]]
-name = "a"
-backbone = "mobilenet_v2"
-weights = "none"
-image_size = 32
-[train]
+    # out belongs to the [pipeline] table, so it goes in right under its name
+    head = TINY_PIPE.format(source=source).replace('name = "t"\n', f'name = "t"\nout = "{out}"\n', 1)
+    path.write_text(head + f"""[train]
 heads = ["keras_linear"]
 export = "keras_linear"
 [bench]

@@ -4,7 +4,6 @@ docs/RELIABILITY.md ("What featcache will never delete") maps each guarantee to 
 """
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path

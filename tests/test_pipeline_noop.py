@@ -9,19 +9,9 @@ import pytest
 
 from featcache.pipeline import run
 
-from conftest import REPO, run_featcache
+from conftest import REPO, TINY_PIPE, run_featcache
 
-PIPE = """
-[pipeline]
-name = "t"
-[data]
-source = "{source}"
-[[extract]]
-name = "a"
-backbone = "mobilenet_v2"
-weights = "none"
-image_size = 32
-[bench]
+PIPE = TINY_PIPE + """[bench]
 heads = {heads}
 baseline_heads = []
 n_jobs = 1

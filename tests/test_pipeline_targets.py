@@ -10,20 +10,12 @@ import pytest
 from featcache.errors import FeatcacheError
 from featcache.pipeline import run
 
+from conftest import TINY_PIPE
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.make_tasks import make_task  # noqa: E402
 
-PIPE = """
-[pipeline]
-name = "t"
-[data]
-source = "{source}"
-[[extract]]
-name = "a"
-backbone = "mobilenet_v2"
-weights = "none"
-image_size = 32
-[[targets]]
+PIPE = TINY_PIPE + """[[targets]]
 file = "{table}"
 [[heads]]
 head = "ridge"

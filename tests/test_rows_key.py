@@ -12,19 +12,9 @@ import featcache
 from featcache import ArraySource
 from featcache.pipeline import run
 
-from conftest import TINY
+from conftest import TINY, TINY_PIPE
 
-PIPE = """
-[pipeline]
-name = "t"
-[data]
-source = "{source}"
-[[extract]]
-name = "a"
-backbone = "mobilenet_v2"
-weights = "none"
-image_size = 32
-[train]
+PIPE = TINY_PIPE + """[train]
 heads = ["logreg"]
 [bench]
 heads = ["logreg"]
