@@ -157,9 +157,11 @@ def test_report_html_renders_in_headless_chromium(planted):
     if browser is None:
         pytest.skip("no chromium on PATH: the html is checked by the parser test instead")
     _, _, _, out = planted
-    dom = subprocess.run([browser, "--headless", "--disable-gpu", "--dump-dom", (out / "report.html").as_uri()],
-                         capture_output=True, text=True, timeout=60).stdout
-    assert dom.count("<circle") > 0 and "data-thumb" in dom
+    # CI runs as root, where chromium refuses to start without --no-sandbox and prints an empty DOM.
+    run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (out / "report.html").as_uri()], capture_output=True, text=True, timeout=60)
+    dom = run.stdout
+    assert dom.count("<circle") > 0 and "data-thumb" in dom, run.stderr[-2000:]
 
 
 def test_folds_keep_an_images_views_together(tmp_path, fashion_mnist_available):
