@@ -150,6 +150,18 @@ def test_every_map_point_carries_its_thumbnail_and_id_with_no_network(planted):
     assert "PCA" in (out / "report.html").read_text()
 
 
+def test_a_map_over_map_rows_draws_every_flagged_row_and_a_sample(planted, tmp_path):
+    cache, _, _, _ = planted
+    report = featcache.inspect(cache, out=tmp_path / "r", map_rows=60)
+    p = _Points()
+    p.feed((tmp_path / "r" / "report.html").read_text())
+    flagged = {r["id"] for r in _rows(tmp_path / "r")}
+    drawn = {pt["data-id"] for pt in p.points}
+    assert report["map_rows"] == len(p.points) == 60 < len(cache)
+    assert 0 < len(flagged) < 60 and flagged <= drawn
+    assert "a sample of 60 of the" in (tmp_path / "r" / "report.html").read_text()
+
+
 def test_report_html_renders_in_headless_chromium(planted):
     import shutil as sh
     import subprocess

@@ -19,7 +19,7 @@ from ..params import Param, check, defaults
 from ..store import Cache, open_cache
 from .duplicates import duplicate_groups, unit_rows
 from .labels import FILTERS, class_overlap, label_issues, out_of_fold
-from .map import embed
+from .map import embed, sample_rows
 from .outliers import METHODS, outlier_scores
 from .report import render_html, write_tables, write_thumbnails
 from .thumbs import thumbnails
@@ -41,6 +41,8 @@ INSPECT: tuple[Param, ...] = (
     Param("folds", 5, "cross-validation folds of the out-of-fold probabilities", int, minimum=2),
     Param("output", None, "which stored output (default: the first)"),
     Param("map", True, "draw the 2-D map (UMAP; PCA under a few hundred rows)", bool),
+    Param("map_rows", 20_000, "most rows the map draws (beyond: every flagged row and a seeded sample of the rest; "
+          "UMAP and one thumbnail a point grow with it)", int, minimum=3),
     Param("seed", 0, "seed of the folds and the map", int),
 )
 _D = defaults(INSPECT)
@@ -125,7 +127,7 @@ def _sections(cache, labels, splits, lab, groups, out_rows, out_score, k, method
 def inspect(cache: Cache | str, *, out=_D["out"], threshold: float = _D["threshold"], k: int = _D["k"],
             outlier_share: float = _D["outlier_share"], outlier_method: str = _D["outlier_method"],
             label_filter: str = _D["label_filter"], folds: int = _D["folds"], output: str | None = _D["output"],
-            map: bool = _D["map"], seed: int = _D["seed"]) -> dict:
+            map: bool = _D["map"], map_rows: int = _D["map_rows"], seed: int = _D["seed"]) -> dict:
     """One report over the whole cache: label errors, duplicates, outliers, class overlap and a 2-D map.
 
     Returns a summary dict (``counts``, ``label_checks``, ``files`` ...); the
@@ -134,7 +136,7 @@ def inspect(cache: Cache | str, *, out=_D["out"], threshold: float = _D["thresho
     """
     check(INSPECT, {"out": out, "threshold": threshold, "k": k, "outlier_share": outlier_share,
                     "outlier_method": outlier_method, "label_filter": label_filter, "folds": folds, "output": output,
-                    "map": map, "seed": seed})
+                    "map": map, "map_rows": map_rows, "seed": seed})
     start = time.perf_counter()
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     out = _prepare_out(out)
@@ -145,9 +147,10 @@ def inspect(cache: Cache | str, *, out=_D["out"], threshold: float = _D["thresho
     groups = duplicate_groups(U, cache.digests() if cache.has_digests else None, labels, splits, threshold)
     scores = outlier_scores(U, k, outlier_method)
     out_rows = np.argsort(-scores, kind="stable")[:max(1, int(round(outlier_share * n)))] if n else np.zeros(0, int)
-    xy, method = embed(U, seed) if map else (None, "")
     recs, issue_of = _records(cache, labels, lab, groups, out_rows, scores[out_rows])
-    shown = {int(r) for r in np.arange(n)} if map else {int(r) for r in issue_of}
+    drawn = sample_rows(n, issue_of, map_rows, seed) if map else np.zeros(0, np.int64)
+    xy, method = embed(U[drawn], seed) if map else (None, "")
+    shown = {int(r) for r in drawn} | {int(r) for r in issue_of}
     thumbs = thumbnails(cache, sorted(shown))
     write_thumbnails(out, thumbs, sorted(issue_of))
     files = write_tables(out, recs)
@@ -159,8 +162,9 @@ def inspect(cache: Cache | str, *, out=_D["out"], threshold: float = _D["thresho
                f"{len(out_rows):,} outliers", "seconds": 0.0, "out": str(out), "files": files + ["report.html"],
                "sections": _sections(cache, labels, splits, lab, groups, out_rows, scores[out_rows], k,
                                      outlier_method, threshold)}
-    render_html(out, summary, cache.ids(), labels, thumbs, xy, method, issue_of)
+    render_html(out, summary, cache.ids(), labels, thumbs, xy, method, issue_of, drawn)
     summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["map_rows"] = len(drawn)
     summary["outlier_scores"] = scores
     summary["label_rows"] = [] if lab is None else [int(r) for r in lab["rows"]]
     summary["oof_accuracy"] = None if lab is None else round(lab["oof_accuracy"], 4)
