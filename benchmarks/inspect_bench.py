@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -71,6 +72,42 @@ def plant(root: Path, n: int, flip: float, seed: int) -> dict:
     return truth
 
 
+def label_study(cache, truth: dict, seed: int) -> dict:
+    """Every cleanlab filter on inspect's own out-of-fold probabilities, the same probabilities on the true labels
+    (what the features' own confusion flags with no noise at all), and precision off the confused class pairs."""
+    from cleanlab.filter import find_label_issues
+
+    from featcache.datasets import load_fashion_mnist
+    from featcache.inspect.labels import FILTERS, class_overlap, out_of_fold
+
+    ids, labels = cache.ids(), cache.labels()
+    rows = np.flatnonzero(labels >= 0)
+    present = np.unique(labels[rows])
+    y = np.searchsorted(present, labels[rows])
+    fm = np.array([ids[r].rsplit("/", 1)[-1].startswith("fm") for r in rows])  # the planted photos have no truth
+    true_all = load_fashion_mnist("train")[1]
+    name_to_y = {cache.class_name(int(c)): i for i, c in enumerate(present)}
+    t = y.copy()
+    t[fm] = [name_to_y[f"c{true_all[int(ids[r].rsplit('fm', 1)[1][:5])]}"] for r in rows[fm]]
+    noisy = np.array([ids[r] in truth["flipped"] for r in rows])
+    probs = out_of_fold(cache, rows, y, seed=seed)
+    confused = {(p["a"], p["b"]) for p in class_overlap(probs, y)} | {(p["b"], p["a"]) for p in class_overlap(probs, y)}
+    out = {}
+    for fb in FILTERS:
+        flag = find_label_issues(y, probs, filter_by=fb)
+        tp = int((flag & noisy).sum())
+        off = flag & np.array([(a, b) not in confused for a, b in zip(y, probs.argmax(1))])
+        out[fb] = {"flagged": int(flag.sum()), "precision": round(tp / max(1, flag.sum()), 3),
+                   "recall": round(tp / max(1, noisy.sum()), 3),
+                   # flags whose given and suggested class are not a pair the features confuse (class_overlap)
+                   "off_confused_pairs": int(off.sum()),
+                   "precision_off_confused_pairs": round(int((off & noisy).sum()) / max(1, off.sum()), 3)}
+    clean = out_of_fold(cache, rows[fm], t[fm], seed=seed)  # no flips at all: every flag is a false one
+    out["noise_free_flagged"] = {fb: int(find_label_issues(t[fm], clean, filter_by=fb).sum()) for fb in FILTERS[:2]}
+    out["noise_free_rows"] = int(fm.sum())
+    return out
+
+
 def main() -> None:
     import featcache
     from featcache.inspect.duplicates import unit_rows
@@ -83,6 +120,7 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--work", type=Path, default=Path("/tmp/insp-bench"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-study", action="store_true", help="skip the label study (two more out-of-fold fits)")
     ap.add_argument("--reuse", action="store_true", help="keep an earlier run's images and cache (extract is a no-op)")
     a = ap.parse_args()
     if not a.reuse:
@@ -112,6 +150,7 @@ def main() -> None:
     dl = datalab_score(unit_rows(cache.read_rows(np.arange(len(cache))).features), 10)
     t4 = time.perf_counter()
     dl_top = {ids[r] for r in np.argsort(-dl)[:top]}
+    study = {} if a.no_study else label_study(cache, truth, a.seed)
     print(json.dumps({
         "rows": len(ids), "flipped": len(truth["flipped"]), "flagged": len(flagged),
         "label_precision": round(len(hit) / max(1, len(flagged)), 3),
@@ -124,7 +163,8 @@ def main() -> None:
         "outlier_recall_top1pct": {"knn": f"{len(knn_top & truth['outliers'])}/{len(truth['outliers'])}",
                                    "datalab": f"{len(dl_top & truth['outliers'])}/{len(truth['outliers'])}"},
         "map": rep["map"], "extract_s": round(t1 - t0, 1), "inspect_s": round(t2 - t1, 1),
-        "datalab_s": round(t4 - t3, 1), "counts": rep["counts"]}))
+        "datalab_s": round(t4 - t3, 1), "counts": rep["counts"], "label_study": study,
+        "load_after": [round(x, 2) for x in os.getloadavg()]}))
 
 
 if __name__ == "__main__":

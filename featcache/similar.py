@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FeatcacheError, FeatcacheWarning
+from .files import pause_point
 from .params import Param, check, defaults
 from .store import Cache, cache_width, index_path, open_cache, proven_index, record_path, write_index
 
@@ -252,6 +253,8 @@ def build_index(cache: Cache, output: str) -> Path:
     for batch in cache.iter_batches(BLOCK_ROWS, output):
         block = _flat(batch.features).astype(np.float32)
         index.add(np.arange(start, start + len(block), dtype=np.uint64), block)
+        if not start:
+            pause_point("similar-index-adding")  # the kill tests: a graph half built, only in memory
         start += len(block)
     return write_index(cache, output, ANN_SETTINGS, lambda tmp: index.save(str(tmp)))
 

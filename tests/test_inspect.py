@@ -2,6 +2,7 @@
 
 import csv
 import html.parser
+import os
 import shutil
 
 import numpy as np
@@ -149,6 +150,18 @@ def test_every_map_point_carries_its_thumbnail_and_id_with_no_network(planted):
     assert "PCA" in (out / "report.html").read_text()
 
 
+def test_a_map_over_map_rows_draws_every_flagged_row_and_a_sample(planted, tmp_path):
+    cache, _, _, _ = planted
+    report = featcache.inspect(cache, out=tmp_path / "r", map_rows=60)
+    p = _Points()
+    p.feed((tmp_path / "r" / "report.html").read_text())
+    flagged = {r["id"] for r in _rows(tmp_path / "r")}
+    drawn = {pt["data-id"] for pt in p.points}
+    assert report["map_rows"] == len(p.points) == 60 < len(cache)
+    assert 0 < len(flagged) < 60 and flagged <= drawn
+    assert "a sample of 60 of the" in (tmp_path / "r" / "report.html").read_text()
+
+
 def test_report_html_renders_in_headless_chromium(planted):
     import shutil as sh
     import subprocess
@@ -156,12 +169,13 @@ def test_report_html_renders_in_headless_chromium(planted):
     browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if sh.which(b)), None)
     if browser is None:
         pytest.skip("no chromium on PATH: the html is checked by the parser test instead")
-    _, _, _, out = planted
-    # CI runs as root, where chromium refuses to start without --no-sandbox and prints an empty DOM.
-    run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+    cache, _, _, out = planted
+    sandbox = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses to start as root with its sandbox
+    run = subprocess.run([browser, "--headless", "--disable-gpu", *sandbox, "--dump-dom",
                           (out / "report.html").as_uri()], capture_output=True, text=True, timeout=60)
     dom = run.stdout
-    assert dom.count("<circle") > 0 and "data-thumb" in dom, run.stderr[-2000:]
+    assert dom.count("<circle") == len(cache), (dom[:300], run.stderr[-2000:])
+    assert dom.count('data-thumb="data:image/png;base64,') == len(cache)
 
 
 def test_folds_keep_an_images_views_together(tmp_path, fashion_mnist_available):

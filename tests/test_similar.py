@@ -135,3 +135,16 @@ def test_a_build_killed_before_its_record_is_not_trusted(folder, tmp_path):
         got = featcache.similar(cache, cache.ids()[0], k=1, index="ann")
     assert got[0]["neighbours"][0]["id"] == cache.ids()[0]
     assert index_path(cache).with_name("record.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_build_killed_while_adding_rows_leaves_nothing_and_restarts(folder, tmp_path):
+    root = tmp_path / "images"
+    shutil.copytree(folder, root)
+    cache = featcache.extract(root, out=tmp_path / "cache", **TINY)
+    kill_at("similar-index-adding", tmp_path / "marker", "similar", cache.path, cache.ids()[0], "--index", "ann")
+    left = list(index_path(cache).parent.iterdir()) if index_path(cache).parent.exists() else []
+    assert left == []  # a graph half built lives in memory only: no file, no temporary, no record
+    got = featcache.similar(cache, cache.ids()[:5], k=3, index="ann")
+    assert _rows(got) == _rows(featcache.similar(cache, cache.ids()[:5], k=3, index="exact"))
+    assert index_path(cache).with_name("record.json").is_file()

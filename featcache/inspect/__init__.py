@@ -18,8 +18,8 @@ from ..errors import FeatcacheError
 from ..params import Param, check, defaults
 from ..store import Cache, open_cache
 from .duplicates import duplicate_groups, unit_rows
-from .labels import class_overlap, label_issues, out_of_fold
-from .map import embed
+from .labels import FILTERS, class_overlap, label_issues, out_of_fold
+from .map import embed, sample_rows
 from .outliers import METHODS, outlier_scores
 from .report import render_html, write_tables, write_thumbnails
 from .thumbs import thumbnails
@@ -36,9 +36,13 @@ INSPECT: tuple[Param, ...] = (
           maximum=1, bounds="(]"),
     Param("outlier_method", "knn", "outlier score: knn (mean cosine distance to the k nearest) or datalab "
           "(cleanlab's)", choices=METHODS),
+    Param("label_filter", FILTERS[0], "cleanlab's filter of likely label errors (find_label_issues filter_by)",
+          choices=FILTERS),
     Param("folds", 5, "cross-validation folds of the out-of-fold probabilities", int, minimum=2),
     Param("output", None, "which stored output (default: the first)"),
     Param("map", True, "draw the 2-D map (UMAP; PCA under a few hundred rows)", bool),
+    Param("map_rows", 20_000, "most rows the map draws (beyond: every flagged row and a seeded sample of the rest; "
+          "UMAP and one thumbnail a point grow with it)", int, minimum=3),
     Param("seed", 0, "seed of the folds and the map", int),
 )
 _D = defaults(INSPECT)
@@ -54,7 +58,7 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def _label_findings(cache, labels, folds, seed, output):
+def _label_findings(cache, labels, folds, seed, output, label_filter=FILTERS[0]):
     """Flagged label errors and overlapping class pairs over the labelled rows, or None when there are none."""
     rows = np.flatnonzero(labels >= 0)
     present = np.unique(labels[rows])
@@ -62,7 +66,7 @@ def _label_findings(cache, labels, folds, seed, output):
         return None
     y = np.searchsorted(present, labels[rows])  # 0..C-1 for cleanlab
     probs = out_of_fold(cache, rows, y, folds=folds, seed=seed, output=output)
-    found = label_issues(probs, y)
+    found = label_issues(probs, y, label_filter)
     overlap = [dict(p, a=int(present[p["a"]]), b=int(present[p["b"]])) for p in class_overlap(probs, y)]
     accuracy = float((probs.argmax(1) == y).mean())
     return {"rows": rows[found["index"]], "score": found["score"], "suggested": present[found["suggested"]],
@@ -122,8 +126,8 @@ def _sections(cache, labels, splits, lab, groups, out_rows, out_score, k, method
 
 def inspect(cache: Cache | str, *, out=_D["out"], threshold: float = _D["threshold"], k: int = _D["k"],
             outlier_share: float = _D["outlier_share"], outlier_method: str = _D["outlier_method"],
-            folds: int = _D["folds"], output: str | None = _D["output"], map: bool = _D["map"],
-            seed: int = _D["seed"]) -> dict:
+            label_filter: str = _D["label_filter"], folds: int = _D["folds"], output: str | None = _D["output"],
+            map: bool = _D["map"], map_rows: int = _D["map_rows"], seed: int = _D["seed"]) -> dict:
     """One report over the whole cache: label errors, duplicates, outliers, class overlap and a 2-D map.
 
     Returns a summary dict (``counts``, ``label_checks``, ``files`` ...); the
@@ -131,20 +135,22 @@ def inspect(cache: Cache | str, *, out=_D["out"], threshold: float = _D["thresho
     without labels gets duplicates and outliers only.
     """
     check(INSPECT, {"out": out, "threshold": threshold, "k": k, "outlier_share": outlier_share,
-                    "outlier_method": outlier_method, "folds": folds, "output": output, "map": map, "seed": seed})
+                    "outlier_method": outlier_method, "label_filter": label_filter, "folds": folds, "output": output,
+                    "map": map, "map_rows": map_rows, "seed": seed})
     start = time.perf_counter()
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     out = _prepare_out(out)
     labels, n = cache.labels(), len(cache)
     splits = cache.splits() or ["-"] * n
     U = unit_rows(cache.read_rows(np.arange(n), output).features)
-    lab = _label_findings(cache, labels, folds, seed, output)
+    lab = _label_findings(cache, labels, folds, seed, output, label_filter)
     groups = duplicate_groups(U, cache.digests() if cache.has_digests else None, labels, splits, threshold)
     scores = outlier_scores(U, k, outlier_method)
     out_rows = np.argsort(-scores, kind="stable")[:max(1, int(round(outlier_share * n)))] if n else np.zeros(0, int)
-    xy, method = embed(U, seed) if map else (None, "")
     recs, issue_of = _records(cache, labels, lab, groups, out_rows, scores[out_rows])
-    shown = {int(r) for r in np.arange(n)} if map else {int(r) for r in issue_of}
+    drawn = sample_rows(n, issue_of, map_rows, seed) if map else np.zeros(0, np.int64)
+    xy, method = embed(U[drawn], seed) if map else (None, "")
+    shown = {int(r) for r in drawn} | {int(r) for r in issue_of}
     thumbs = thumbnails(cache, sorted(shown))
     write_thumbnails(out, thumbs, sorted(issue_of))
     files = write_tables(out, recs)
@@ -156,8 +162,9 @@ def inspect(cache: Cache | str, *, out=_D["out"], threshold: float = _D["thresho
                f"{len(out_rows):,} outliers", "seconds": 0.0, "out": str(out), "files": files + ["report.html"],
                "sections": _sections(cache, labels, splits, lab, groups, out_rows, scores[out_rows], k,
                                      outlier_method, threshold)}
-    render_html(out, summary, cache.ids(), labels, thumbs, xy, method, issue_of)
+    render_html(out, summary, cache.ids(), labels, thumbs, xy, method, issue_of, drawn)
     summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["map_rows"] = len(drawn)
     summary["outlier_scores"] = scores
     summary["label_rows"] = [] if lab is None else [int(r) for r in lab["rows"]]
     summary["oof_accuracy"] = None if lab is None else round(lab["oof_accuracy"], 4)

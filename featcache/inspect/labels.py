@@ -8,6 +8,9 @@ from ..errors import FeatcacheError
 
 #: said whenever an optional package of featcache inspect is missing
 INSTALL = "pip install 'featcache[inspect]'"
+#: cleanlab's ``find_label_issues(filter_by=...)`` choices; the first is inspect's default (docs/PERFORMANCE.md:
+#: on 10,000 Fashion-MNIST rows with 5% flips it doubled the precision of prune_by_noise_rate at the same recall)
+FILTERS = ("low_self_confidence", "prune_by_noise_rate", "both", "confident_learning", "low_normalized_margin")
 
 
 def _features(cache, rows, output) -> np.ndarray:
@@ -48,13 +51,18 @@ def out_of_fold(cache, rows: np.ndarray, labels: np.ndarray, *, folds: int = 5, 
     return probs
 
 
-def label_issues(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """cleanlab's confident learning on ``probs``: flagged positions ranked worst first, with scores and suggestions."""
+def label_issues(probs: np.ndarray, labels: np.ndarray, filter_by: str = FILTERS[0]) -> dict:
+    """cleanlab's confident learning on ``probs``: flagged positions ranked worst first, with scores and suggestions.
+
+    ``low_self_confidence`` flags the rows of lowest probability of their given label, as many as
+    confident learning estimates are mislabelled; ``prune_by_noise_rate`` (cleanlab's default) also flags
+    every row the head confidently puts in another class, which on classes the features confuse is most of them.
+    """
     try:
         from cleanlab.filter import find_label_issues
     except ImportError:
         raise FeatcacheError(f"finding label errors needs cleanlab: {INSTALL}") from None
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    ranked = find_label_issues(labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence")
     score = 1.0 - probs[np.arange(len(labels)), labels]  # 1 - the probability of the given label
     return {"index": np.asarray(ranked, np.int64), "score": score[ranked], "suggested": probs[ranked].argmax(1)}
 

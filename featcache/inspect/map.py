@@ -11,6 +11,16 @@ from .labels import INSTALL
 UMAP_MIN_ROWS = 300
 
 
+def sample_rows(n: int, flagged, limit: int, seed: int = 0) -> np.ndarray:
+    """The rows the map draws: all of them up to ``limit``; beyond, every flagged row and a seeded sample of the rest."""
+    if n <= limit:
+        return np.arange(n)
+    first = np.asarray(sorted(flagged), np.int64)[:limit]
+    rest = np.setdiff1d(np.arange(n), first)
+    pick = np.random.default_rng(seed).choice(rest, limit - len(first), replace=False)
+    return np.sort(np.concatenate([first, pick]))
+
+
 def embed(U: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     """2-D coordinates of the unit rows ``U`` and the method's name ("umap" or "pca")."""
     if len(U) < UMAP_MIN_ROWS:

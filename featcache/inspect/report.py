@@ -67,14 +67,14 @@ def _table(head: list[str], body: list[list[str]]) -> str:
                                              for row in body) + "</table>"
 
 
-def _map_svg(xy: np.ndarray, ids, labels, issue_of: dict[int, str], thumbs, size: int = 640) -> str:
+def _map_svg(xy: np.ndarray, rows, ids, labels, issue_of: dict[int, str], thumbs, size: int = 640) -> str:
     if not len(xy):
         return "<p>no rows to map</p>"
     lo, hi = xy.min(0), xy.max(0)
     span = np.where(hi - lo > 0, hi - lo, 1)
     p = 10 + (xy - lo) / span * (size - 20)
     dots = []
-    for r, (x, y) in enumerate(p):
+    for r, (x, y) in zip(rows.tolist(), p):
         cl = _PALETTE[labels[r] % len(_PALETTE)] if labels[r] >= 0 else "#7f7f7f"
         issue = issue_of.get(r, "")
         ci = _ISSUE_COLOUR.get(issue, "#d62728")
@@ -99,7 +99,8 @@ function colour(by){document.querySelectorAll('#map circle').forEach(c=>c.setAtt
 </script>"""
 
 
-def render_html(out: Path, s: dict, ids, labels, thumbs, xy, map_method: str, issue_of: dict[int, str]) -> None:
+def render_html(out: Path, s: dict, ids, labels, thumbs, xy, map_method: str, issue_of: dict[int, str],
+                drawn) -> None:
     """report.html: every finding with ids and thumbnails, and the interactive map; no network."""
     parts = [f"<h1>featcache inspect: {html.escape(s['cache'])}</h1><p>{len(ids):,} rows, every split. "
              f"{html.escape(s['summary'])}</p>"]
@@ -115,10 +116,12 @@ def render_html(out: Path, s: dict, ids, labels, thumbs, xy, map_method: str, is
             parts.append(_table(["images"] + section["head"], body))
     if xy is not None:
         note = ("PCA (fewer than a few hundred rows: too few for UMAP)" if map_method == "pca" else "UMAP (cosine)")
+        if len(drawn) < len(ids):
+            note += f" of a sample of {len(drawn):,} of the {len(ids):,} rows (every flagged row, then at random)"
         parts.append(f"<h2>Map</h2><p>{note}; hover a point for its image and id. Colour by "
                      "<button onclick=\"colour('label')\">label</button> "
                      "<button onclick=\"colour('issue')\">issue</button></p>")
-        parts.append(_map_svg(xy, ids, labels, issue_of, thumbs) + _JS)
+        parts.append(_map_svg(xy, drawn, ids, labels, issue_of, thumbs) + _JS)
     style = ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid "
              "#ccc;padding:3px 6px;font-size:13px;vertical-align:top}img{image-rendering:pixelated;width:48px}"
              ".id{font-size:11px;color:#555}</style>")
