@@ -13,6 +13,7 @@ import pytest
 from featcache import params as P
 from featcache import pipeline
 from featcache.bench import BENCH, bench
+from featcache.compare import COMPARE, compare
 from featcache.cli import build_parser, main
 from featcache.errors import FeatcacheError
 from featcache.finetune import FINETUNE, finetune
@@ -24,12 +25,12 @@ from featcache.train import TRAIN, train
 #: command: (its declaration, its function, its pipeline table or None)
 ENTRY = {"bench": (BENCH, bench, "bench"), "train": (TRAIN, train, "train"),
          "finetune": (FINETUNE, finetune, "finetune"), "predict": (PREDICT, predict, None),
-         "pretrain": (PRETRAIN, pretrain, "pretrain")}
+         "pretrain": (PRETRAIN, pretrain, "pretrain"), "compare": (COMPARE, compare, None)}
 #: keywords of the function that are not settings (where the output goes, given by hand)
 UNDECLARED = {"pretrain": {"out"}}
 #: flags written by hand in cli/arguments.py: positional-like things, --param, --quiet, and the source's flags
 HAND_FLAGS = {"bench": {"--heads", "--all", "--param", "--quiet"}, "train": {"--param", "--quiet"},
-              "finetune": {"--quiet"}, "predict": {"--quiet"},
+              "finetune": {"--quiet"}, "predict": {"--quiet"}, "compare": {"--quiet"},
               "pretrain": {"--out", "--classes", "--limit", "--first", "--limit-seed", "--data-dir", "--allow-outside"}}
 #: keys of a pipeline table that name pipeline things ([[extract]] names, files under its out)
 PIPELINE_ONLY = {"bench": {"caches"}, "train": {"heads", "cache", "params", "export"}, "finetune": {"cache"},
@@ -44,6 +45,7 @@ OLD_FLAGS = {
                  "--random-state", "--learning-rate", "--use-views", "--out", "--quiet"},
     "predict": {"--out", "--cache-dir", "--quiet"},
     "pretrain": {"--arch", "--epochs", "--out", "--classes", "--limit", "--first", "--limit-seed", "--data-dir"},
+    "compare": {"--backbones"},
 }
 OLD_KEYS = {
     "pretrain": {"source", "classes", "limit", "first", "limit_seed", "arch", "epochs", "batch_size", "learning_rate",
@@ -175,7 +177,7 @@ def _cli_text(p, bad):
 
 
 CLI_CASES = [c for c in _cases(lambda p: p.cli and p.type is not bool) if _cli_text(*c.values[1:]) is not None]
-POSITIONAL = {"bench": ["nowhere"], "train": ["nowhere"], "finetune": ["nowhere"], "predict": ["nowhere", "img.png"],
+POSITIONAL = {"bench": ["nowhere"], "compare": ["nowhere"], "train": ["nowhere"], "finetune": ["nowhere"], "predict": ["nowhere", "img.png"],
               "pretrain": ["nowhere", "--out", "m.keras"]}
 
 

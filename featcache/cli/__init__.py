@@ -10,11 +10,11 @@ from rich.text import Text
 from .. import __version__, quiet
 from ..console import console
 from ..errors import FeatcacheError, FeatcacheWarning
-from .arguments import (EXAMPLES, HelpFormatter, bench_arguments, cache_dir_arguments, compact_arguments,
+from .arguments import (EXAMPLES, HelpFormatter, bench_arguments, cache_dir_arguments, compact_arguments, compare_arguments,
                         export_arguments, export_features_arguments, extract_arguments, finetune_arguments,
                         inspect_arguments, no_arguments, predict_arguments, pretrain_arguments, run_arguments,
                         similar_arguments, targets_arguments, train_arguments)
-from .commands import (TRUST, cmd_backbones, cmd_bench, cmd_compact, cmd_export, cmd_export_features, cmd_extract,
+from .commands import (TRUST, cmd_backbones, cmd_bench, cmd_compact, cmd_compare, cmd_export, cmd_export_features, cmd_extract,
                        cmd_finetune, cmd_heads, cmd_info, cmd_inspect, cmd_predict, cmd_pretrain, cmd_run, cmd_similar,
                        cmd_targets, cmd_train, cmd_verify)
 
@@ -75,6 +75,9 @@ COMMANDS = [
     ("similar", {"help": "find the rows nearest by cosine to images, row ids or vectors (exact, or an approximate "
                  "index built once beside the cache)"}, similar_arguments, cmd_similar),
     ("bench", {"help": "benchmark heads on one or more caches, with a report"}, bench_arguments, cmd_bench),
+    ("compare", {"help": "which backbone: extract a sample with each candidate, bench fast heads with repeats, "
+                 "recommend one with paired evidence, LogME and the cost of extracting everything"},
+     compare_arguments, cmd_compare),
     ("inspect", {"help": "find likely label errors, duplicates, outliers and overlapping classes in a cache, with a "
                  "2-D map (pip install 'featcache[inspect]')"}, inspect_arguments, cmd_inspect),
     ("run", {"help": "run a pipeline file: whatever is stale, and nothing else"}, run_arguments, cmd_run),

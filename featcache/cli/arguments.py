@@ -6,6 +6,7 @@ import argparse
 import inspect
 
 from ..bench import BENCH
+from ..compare import COMPARE
 from ..engines import ENGINES
 from ..finetune import FINETUNE
 from ..inspect import INSPECT
@@ -88,6 +89,9 @@ EXAMPLES = {
     "bench": ["featcache bench caches/mine --heads logreg,lda,keras_linear --out report",
               "featcache bench caches/a caches/b --out report   # compare backbones",
               "featcache bench caches/mine --heads logreg,sklearn.svm:SVC --param sklearn.svm:SVC:C=2"],
+    "compare": ["featcache compare images/ --backbones efficientnet_lite0,mobilenet_v2_torchvision,my.keras",
+                "featcache compare fashion_mnist:train --backbones efficientnet_lite0,efficientnet_lite0:block10_add "
+                "--image-size 96"],
     "inspect": ["featcache inspect caches/mine --out inspect   # label errors, duplicates, outliers, a map"],
     "run": ["featcache run pipelines/quickstart.toml"],
     "pretrain": ["featcache pretrain fashion_mnist:train --classes 0,1,2,3,4 --epochs 3 --out source.keras"],
@@ -179,6 +183,12 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", metavar="HEAD:KEY=VALUE", help="fix a head parameter, repeatable")
     add_flags(p, BENCH)  # declared once, in featcache/bench/options.py
     p.add_argument("--quiet", action="store_true")
+
+
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="a folder, a CSV manifest, or a dataset name such as fashion_mnist:train")
+    add_flags(p, COMPARE)  # declared once, in featcache/compare.py
+    p.add_argument("--quiet", action="store_true", help="no progress bars or live table")
 
 
 def inspect_arguments(p: argparse.ArgumentParser) -> None:

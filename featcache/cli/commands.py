@@ -14,6 +14,7 @@ from rich.text import Text
 from ..augment import parse_recipe
 from ..backbones import list_specs
 from ..bench import BENCH, bench
+from ..compare import COMPARE, compare, recommendation, table_body
 from ..console import console, human_bytes, key_value_table, stdout, table
 from ..errors import FeatcacheError
 from ..feature_export import export_features
@@ -319,6 +320,16 @@ def cmd_bench(args) -> int:
     stdout.print(table("benchmark", ["features", "head", "status", "test acc. [95% CI]", "macro-F1 [95% CI]",
                                      "vs. best", "fit s", "note"], body))
     stdout.print(f"report: {os.path.join(args.out, 'report.html')}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    result = compare(args.source, **_flags(args, COMPARE), progress=not args.quiet)
+    cols, body = table_body(result)
+    stdout.print(table("which backbone", cols, body))
+    stdout.print(Text(f"recommendation: {recommendation(result)}"), soft_wrap=True)
+    stdout.print(f"report: {os.path.join(str(result.out), 'compare.md')} (the bench's: "
+                 f"{os.path.join(str(result.out), 'bench', 'report.html')})")
     return 0
 
 
