@@ -59,9 +59,13 @@ class KeyMismatchError(CacheError):
         self.differences = differences
         lines = [f"{directory} holds a cache made with different settings:"]
         for name, (old, new) in differences.items():
-            lines.append(f"  {name}: cache has {old!r}, this run asks for {new!r}")
+            lines.append(f"  {name}: cache has {_shown(old)}, this run asks for {_shown(new)}")
         lines.append("Use another --out directory, or pass --overwrite to replace it.")
         super().__init__("\n".join(lines))
+
+
+def _shown(value) -> str:
+    return "the default" if value is None else repr(value)  # a setting at its default is absent from the key
 
 
 class LockedError(CacheError):

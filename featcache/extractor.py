@@ -52,8 +52,22 @@ class Extractor:
         self.model.compile(jit_compile=jit)
         identity = {k: v for k, v in plan.params.items() if k not in ("dtype", "shard_size", "compression")}
         identity["input_size"] = list(input_size)
-        self.run, self.note = make_runtime(opts.runtime, self.model, self.names, self.batch_size, identity=identity)
+        self.run, self.note = make_runtime(opts.runtime, self.model, self.names, self.batch_size, identity=identity,
+                                           calibrate=self._calibration_images)
         self.runtime = self.run.name
+        self.precision = getattr(self.run, "precision", "f32")
+
+    def _calibration_images(self) -> np.ndarray:
+        """The int8 calibration sample (:func:`featcache.precision.calibration_rows`), decoded as extraction does."""
+        from .precision import calibration_rows
+
+        plan, src = self.plan, self.plan.source
+        items = [src.items[r] for r in calibration_rows(len(src)).tolist()]
+        with ThreadPoolExecutor(default_decode_threads("openvino"), thread_name_prefix="featcache-decode") as pool:
+            batch = src.read(items, plan.image_size, pool, background=parse_background(plan.options.background))
+        if not len(batch.items):
+            raise store.CacheError("no image of the int8 calibration sample could be decoded")
+        return batch.images
 
     def view(self, images: np.ndarray, ids: Sequence[str], view: int) -> dict[str, np.ndarray]:
         """Features of augmented view ``view`` of ``images`` (whose item ids are ``ids``).

@@ -22,7 +22,7 @@ from .files import atomic_save, remove_stale_temporaries
 from .linear_export import refusal
 from .model_dir import load_model_dir, other_kind, read_card
 from .predict import card_backbone
-from .runtimes import check_ir_target, export_ir, retire_ir
+from .ir_export import check_ir_target, export_ir, retire_ir
 
 #: the entry of an exported .keras file (a zip) that names its classes and how it was made
 EXPORT_INFO = "featcache.json"

@@ -26,6 +26,7 @@ from .decode import DEFAULT_BACKGROUND, background_hex, parse_background
 from .augment import DEFAULT_RECIPE, MAX_VIEWS, parse_recipe
 from .errors import BackboneError, FeatcacheError, is_integer
 from .params import Param, check
+from .precision import PRECISIONS, calibration_record, check_supported
 from .runtimes import RUNTIMES
 from .sources import Source
 from .splits import assign_splits
@@ -57,6 +58,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shard_size", None, "source items per shard (default: from the dataset size, about 32 shards of 64 "
             "to 1024 items; a cache keeps the size it was made with)", int, minimum=1),
     Setting("compression", "none", "shard compression", choices=("none", "lzf", "gzip")),
+    Setting("precision", "f32", "inference precision of the openvino runtime: f32, bf16 (CPUs with AVX512-BF16 or "
+            "AMX), int8 (NNCF post-training quantization, calibrated on a seeded sample of 300 of the source's "
+            "images); featcache backbones lists what this CPU runs; part of the cache key", choices=PRECISIONS),
     Setting("runtime", "auto", "what runs the CNN: auto (openvino on a CPU when installed, else keras), keras, "
             "openvino; not part of the cache key", choices=RUNTIMES),
     Setting("jit", "auto", "jit compilation of the extractor", choices=("auto", "true", "false"), bools=True),
@@ -98,6 +102,7 @@ class ExtractOptions:
     batch_size: int = _default("batch_size")
     shard_size: int = _default("shard_size")
     compression: str | None = _default("compression")
+    precision: str = _default("precision")
     runtime: str = _default("runtime")
     jit: bool | str = _default("jit")
     decode_threads: int | None = _default("decode_threads")
@@ -128,6 +133,10 @@ class ExtractOptions:
             raise FeatcacheError(f"views must be an integer from 0 to {MAX_VIEWS}, got {self.views!r}")
         parse_recipe(self.augment)  # a bad recipe is refused even before views are asked for
         parse_background(self.background)
+        if self.precision != "f32" and self.compute_dtype != "float32":
+            raise FeatcacheError(f"--precision {self.precision} and --compute-dtype {self.compute_dtype} are two "
+                                 "reduced precisions: choose one (--precision for openvino, --compute-dtype for keras)")
+        check_supported(self.precision, self.runtime)
 
 
 @dataclass
@@ -288,6 +297,10 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
         params["augment"] = recipe
     if background_hex(options.background) != background_hex(DEFAULT_BACKGROUND):  # absent for the default, likewise
         params["background"] = background_hex(options.background)
+    if options.precision != "f32":  # absent for f32, likewise; int8's graph is its calibration sample's
+        params["precision"] = options.precision
+        if options.precision == "int8":
+            params["calibration"] = calibration_record(source.items)
     fingerprint = source.fingerprint()
     params["shard_size"] = resolve_shard_size(options.shard_size, len(source), out, params, fingerprint)
     options = dataclasses.replace(options, shard_size=params["shard_size"])

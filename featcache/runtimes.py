@@ -15,7 +15,8 @@ the one definition of the extractor; a runtime only decides what executes it:
 The runtime is not part of the cache key: both give the same features (cosine
 >= 0.9999 per row on real photos, tests/test_runtimes.py), so a cache may be
 resumed with another runtime. A runtime that is missing or fails to compile a
-graph is reported in one line and extraction goes on with Keras.
+graph is reported in one line and extraction goes on with Keras (at f32; a
+reduced ``--precision`` fails in one line instead: Keras computes f32).
 
 The OpenVINO IR of each graph is cached under ``$FEATCACHE_HOME/openvino``,
 keyed by the sha256 of everything that shapes the graph (the extraction
@@ -25,7 +26,8 @@ so a second run converts nothing. It is a derived cache entry
 checked before each use, and a damaged entry is converted again with one line
 saying so. The record also keeps the Keras graph's output on a fixed probe
 batch; every freshly compiled graph runs the probe first and is used only
-when it agrees (relative L2 difference per row <= 1e-2 in float32), else the
+when it agrees (relative L2 difference per row <= 1e-2 in f32, looser at
+bf16 and int8: :mod:`featcache.precision`), else the
 IR is converted again once and then Keras runs, with one line: features
 that disagree with Keras are never written. OpenVINO's own compiled-blob
 cache (CACHE_DIR) is not used: its blobs cannot be checked, and compiling
@@ -44,8 +46,10 @@ from pathlib import Path
 import numpy as np
 
 from . import derived
-from .files import atomic_write_bytes, fsync_dir, fsync_file, pause_point, remove_stale_temporaries, sha256_path
+from .errors import FeatcacheError
+from .files import fsync_dir
 from .homes import featcache_home
+from .precision import PROBE_TOLERANCE, compile_hint, quantize
 
 #: the choices of ``--runtime`` (``auto`` picks one of the others)
 RUNTIMES = ("auto", "keras", "openvino")
@@ -54,8 +58,9 @@ RUNTIMES = ("auto", "keras", "openvino")
 IR_FILES = ("model.xml", "model.bin", "identity.json")
 #: the probe batch: this many seeded uint8 images at the graph's input size
 PROBE_IMAGES, PROBE_SEED = 2, 20261204
-#: the largest relative L2 difference of a probe row allowed in float32 (cosine >= 0.99995), and in float16/bfloat16
-PROBE_TOLERANCE, PROBE_TOLERANCE_LOW = 1e-2, 1e-1
+#: the largest relative L2 difference of a probe row under Keras' float16/bfloat16 mixed precision (each --precision
+#: has its own: precision.PROBE_TOLERANCE)
+PROBE_TOLERANCE_LOW = 1e-1
 
 
 def openvino_installed() -> bool:
@@ -164,25 +169,27 @@ class OpenVINORuntime:
     name = "openvino"
 
     def __init__(self, model, names, batch_size: int, *, identity: dict, threads: int | None = None,
-                 cache: bool = True):
+                 cache: bool = True, calibrate=None):
         import openvino as ov
 
         self.names, self.batch_size = list(names), int(batch_size)
+        self.precision = identity.get("precision", "f32")
         core = ov.Core()  # no CACHE_DIR: its blobs are OpenVINO's, unchecked, and save ~0.1 s a run
         home = featcache_home() / "openvino" if cache else None
         config = {"PERFORMANCE_HINT": "THROUGHPUT"}
         low_precision = identity.get("compute_dtype", "float32") != "float32"
-        if not low_precision:  # never bf16 behind our back (AMX, AVX512-BF16)
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        if not low_precision:  # never bf16 behind our back (AMX, AVX512-BF16): only when asked for
+            config["INFERENCE_PRECISION_HINT"] = compile_hint(self.precision)
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        tolerance = PROBE_TOLERANCE_LOW if low_precision else PROBE_TOLERANCE[self.precision]
         images = probe_images(model)
         for attempt in (1, 2):
-            ov_model, entry, expected = _ir(core, model, self.names, identity, home)
+            ov_model, entry, expected = _ir(core, model, self.names, identity, home, calibrate)
             self.ir_path = entry.folder / "model.xml" if entry else None
             self._compile(ov, core, ov_model, model, config)
             error = probe_error(self(images), expected)
-            if error <= (PROBE_TOLERANCE_LOW if low_precision else PROBE_TOLERANCE):
+            if error <= tolerance:
                 return
             if attempt == 2:
                 if entry is not None:
@@ -252,8 +259,8 @@ def ir_key(identity: dict) -> str:
     """
     import keras
 
-    record = {"graph": identity, "backend": keras.backend.backend(),
-              **{p: _version(p) for p in ("keras", "openvino", "tensorflow", "jax")}}
+    packages = ("keras", "openvino", "tensorflow", "jax") + (("nncf",) if identity.get("precision") == "int8" else ())
+    record = {"graph": identity, "backend": keras.backend.backend(), **{p: _version(p) for p in packages}}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -264,11 +271,26 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _ir(core, model, names, identity: dict, home: Path | None):
+def _graph(model, path: Path | None, identity: dict, calibrate):
+    """The OpenVINO graph of ``model`` (int8: quantized on ``calibrate()``'s images), saved at ``path`` when given."""
+    if identity.get("precision") != "int8":
+        return export_graph(model, path)
+    import openvino as ov
+
+    quantized = quantize(export_graph(model, None), calibrate())
+    if path is None:
+        return quantized
+    ov.save_model(quantized, str(path), compress_to_fp16=False)
+    return path
+
+
+def _ir(core, model, names, identity: dict, home: Path | None, calibrate=None):
     """``(OpenVINO model, its checked cache entry or None, Keras' probe outputs)``: from the IR cache when
     its files match their record, else exported by Keras (and cached with a new record)."""
+    if identity.get("precision") == "bf16":  # the f32 graph, compiled otherwise: one cached IR for both
+        identity = {k: v for k, v in identity.items() if k != "precision"}
     if home is None:
-        return _export(model, None), None, keras_probe(model, names)
+        return _graph(model, None, identity, calibrate), None, keras_probe(model, names)
     name = f"{identity.get('backbone', 'graph')}-{ir_key(identity)[:16]}"
     entry = derived.Entry(home / name, IR_FILES, what="the cached OpenVINO IR")
     record, reason = entry.check()
@@ -283,21 +305,21 @@ def _ir(core, model, names, identity: dict, home: Path | None):
         if reason:
             entry.discard(reason)
         if entry.folder.is_dir() and any(entry.folder.iterdir()):  # files not ours: leave them, work in memory
-            return _export(model, None), None, expected
+            return _graph(model, None, identity, calibrate), None, expected
         home.mkdir(parents=True, exist_ok=True)
-        _write_entry(model, identity, entry, expected)
+        _write_entry(model, identity, entry, expected, calibrate)
     except OSError:  # a read-only home: convert in memory, every run
-        return _export(model, None), None, expected
+        return _graph(model, None, identity, calibrate), None, expected
     return core.read_model(str(entry.folder / "model.xml")), entry, expected
 
 
-def _write_entry(model, identity: dict, entry, expected: dict) -> None:
+def _write_entry(model, identity: dict, entry, expected: dict, calibrate=None) -> None:
     """Export the IR into a staging folder, record its sha256s and probe outputs, and rename it in place."""
     staged = entry.folder.with_name(f".{entry.folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)  # only ever this process's own staging name
     staged.mkdir(parents=True)
     try:
-        _export(model, staged / "model.xml")
+        _graph(model, staged / "model.xml", identity, calibrate)
         (staged / "identity.json").write_text(json.dumps(identity, sort_keys=True, default=str, indent=1))
         derived.Entry(staged, IR_FILES).seal({"probe": {n: v.tolist() for n, v in expected.items()}})
         fsync_dir(staged)
@@ -341,7 +363,7 @@ def probe_error(got: dict, expected: dict) -> float:
     return worst
 
 
-def _export(model, path: Path | None):
+def export_graph(model, path: Path | None):
     """Keras' own OpenVINO export of ``model``; in memory when ``path`` is None."""
     import tempfile
 
@@ -355,7 +377,8 @@ def _export(model, path: Path | None):
         return ov.Core().read_model(os.path.join(tmp, "model.xml"))
 
 
-def make_runtime(runtime: str, model, names, batch_size: int, *, identity: dict, threads: int | None = None):
+def make_runtime(runtime: str, model, names, batch_size: int, *, identity: dict, threads: int | None = None,
+                 calibrate=None):
     """The runtime that will run ``model``, and a one-line note when it is not the one asked for.
 
     Args:
@@ -365,15 +388,35 @@ def make_runtime(runtime: str, model, names, batch_size: int, *, identity: dict,
         batch_size: images per model call.
         identity: what shapes the graph (names the cached IR).
         threads: OpenVINO inference threads (None: all cores).
+        calibrate: ``() -> uint8 images``, the int8 calibration sample (decoded only when a graph is quantized).
 
     Returns:
         ``(runtime, note)``: a callable ``uint8 batch -> {name: float32}`` with a
-        ``name``, and None or the line that says why Keras runs instead.
+        ``name``, and None or the line that says why Keras runs instead. A
+        reduced ``precision`` in ``identity`` never falls back: Keras would
+        write f32 features under its key, so any failure is a FeatcacheError.
 
     Examples:
         >>> rt, note = make_runtime("keras", model, names, 64, identity={})  # doctest: +SKIP
     """
     chosen = choose(runtime)
+    precision = identity.get("precision", "f32")
+    if precision != "f32":
+        if chosen != "openvino" or not openvino_installed():
+            raise FeatcacheError(f"--precision {precision} runs on OpenVINO, and this run would use keras "
+                                 "(a GPU, or OpenVINO missing); use --precision f32")
+        try:
+            return OpenVINORuntime(model, names, batch_size, identity=identity, threads=threads,
+                                   calibrate=calibrate), None
+        except ProbeMismatch as exc:
+            raise FeatcacheError(f"--precision {precision}: openvino does not give this graph's features ({exc}); "
+                                 "use --precision f32") from None
+        except FeatcacheError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to convert, quantize or compile
+            reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:200]
+            raise FeatcacheError(f"--precision {precision}: openvino could not build this graph ({reason}); "
+                                 "use --precision f32") from None
     if chosen == "openvino":
         if not openvino_installed():
             return KerasRuntime(model, names, batch_size), (
@@ -388,168 +431,3 @@ def make_runtime(runtime: str, model, names, batch_size: int, *, identity: dict,
             return KerasRuntime(model, names, batch_size), (
                 f"runtime openvino could not compile this graph ({reason}); extracting with keras")
     return KerasRuntime(model, names, batch_size), None
-
-
-def check_ir_target(keras_file) -> None:
-    """Refuse, before anything is written, IR files beside ``keras_file`` that featcache did not write.
-
-    Ours: an ``.xml`` naming a ``featcache_`` network; a ``.bin`` beside such
-    an ``.xml``, or alone with the sha256 our sidecar records (a kill fell
-    between the renames); the sidecar itself when it is our JSON record. A set
-    of ours that does not match is not trusted, only replaced.
-    """
-    from .errors import FeatcacheError
-
-    xml, binary, sidecar = ir_paths(keras_file)
-    record = _read_ir_record(sidecar)
-    for path in (xml, binary, sidecar):
-        if not os.path.lexists(path):
-            continue
-        if path == xml:
-            ours = _is_our_ir(xml)
-        elif path == binary:
-            ours = xml.is_file() and _is_our_ir(xml) or record is not None and _sha256(binary) == record["bin_sha256"]
-        else:
-            ours = record is not None
-        if path.is_symlink() or not path.is_file() or not ours:
-            raise FeatcacheError(f"{path} exists and is not an IR featcache exported; move it away first")
-    if not openvino_installed():
-        raise FeatcacheError("export --format openvino needs OpenVINO: pip install 'featcache[openvino]'")
-
-
-def export_ir(keras_file, model=None) -> Path:
-    """Write an OpenVINO IR (``NAME.xml`` + ``NAME.bin``) beside a ``.keras`` model featcache exported.
-
-    For deployment with nothing but OpenVINO: the same graph (images in,
-    class probabilities out), converted by Keras' own OpenVINO export, weights
-    kept in float32. Compile it with ``{"INFERENCE_PRECISION_HINT": "f32"}``:
-    on a CPU with AMX or AVX512-BF16, OpenVINO's default computes in bfloat16,
-    which moved a probability from 0.96 to 0.0 in this project's test (the IR
-    cannot carry the hint). Existing IR files are replaced only when featcache wrote them.
-
-    Args:
-        keras_file: a ``.keras`` file written by ``featcache export``; the IR
-            takes its name.
-        model: the Keras model to convert (default: the one in ``keras_file``).
-            ``featcache.export`` passes one of a fixed input size, since
-            OpenVINO converts no antialiased resize.
-
-    Returns:
-        The path of the ``.xml`` file.
-
-    Examples:
-        >>> export_ir("tour/model.keras")  # doctest: +SKIP
-        PosixPath('tour/model.xml')
-    """
-    from .errors import FeatcacheError
-
-    keras_file = Path(keras_file)
-    xml, binary, _sidecar = ir_paths(keras_file)
-    check_ir_target(keras_file)
-    import keras
-    import openvino as ov
-
-    if model is None:
-        model = keras.models.load_model(keras_file, compile=False)
-    if not str(model.name).startswith("featcache_"):
-        raise FeatcacheError(f"{keras_file} is not a model featcache exported")
-    ov_model = _export(model, None)
-    ov_model.set_friendly_name(model.name)
-    for path in (xml, binary, ir_paths(keras_file)[2]):
-        remove_stale_temporaries(path, (".xml", ".bin"))  # what killed exports to this name left behind
-    staged = keras_file.with_name(f".{keras_file.stem}.tmp-{os.getpid()}.xml")
-    try:
-        ov.save_model(ov_model, str(staged), compress_to_fp16=False)
-        _commit_ir(keras_file, staged)
-    finally:
-        staged.unlink(missing_ok=True)
-        staged.with_suffix(".bin").unlink(missing_ok=True)
-    return xml
-
-
-def _is_our_ir(xml: Path) -> bool:
-    try:
-        with open(xml, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return b'<net name="featcache_' in head
-
-
-# --------------------------------------------------------------------------- the IR as one unit beside its .keras
-
-#: the ``format`` of the sidecar that ties an IR pair to its ``.keras`` model
-IR_RECORD_FORMAT = "featcache-openvino-ir/1"
-
-
-def ir_paths(keras_file) -> tuple[Path, Path, Path]:
-    """``(NAME.xml, NAME.bin, NAME.openvino.json)`` beside ``NAME.keras``: the IR pair and its sidecar."""
-    keras_file = Path(keras_file)
-    return (keras_file.with_suffix(".xml"), keras_file.with_suffix(".bin"),
-            keras_file.with_name(keras_file.stem + ".openvino.json"))
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        return sha256_path(path)
-    except OSError:
-        return None
-
-
-def _read_ir_record(sidecar: Path) -> dict | None:
-    """The sidecar featcache wrote beside an IR (the sha256 of the .keras, .xml and .bin), or None."""
-    if sidecar.is_symlink() or not sidecar.is_file():
-        return None
-    try:
-        record = json.loads(sidecar.read_bytes())
-    except (OSError, ValueError):
-        return None
-    keys = ("keras_sha256", "xml_sha256", "bin_sha256")
-    if not isinstance(record, dict) or record.get("format") != IR_RECORD_FORMAT or \
-            not all(isinstance(record.get(k), str) for k in keys):
-        return None
-    return record
-
-
-def ir_matches(keras_file) -> bool:
-    """Whether the IR beside ``keras_file`` is the one featcache made from it: every sha256 its sidecar records.
-
-    Examples:
-        >>> ir_matches("tour/model.keras")  # doctest: +SKIP
-        True
-    """
-    xml, binary, sidecar = ir_paths(keras_file)
-    record = _read_ir_record(sidecar)
-    return record is not None and _sha256(Path(keras_file)) == record["keras_sha256"] \
-        and _sha256(xml) == record["xml_sha256"] and _sha256(binary) == record["bin_sha256"]
-
-
-def retire_ir(keras_file) -> None:
-    """Remove featcache's IR beside ``keras_file`` (``.xml`` first: no loadable pair is left), as the .keras
-    is about to change; anything not provably ours is refused untouched."""
-    check_ir_target(keras_file)
-    xml, binary, _sidecar = ir_paths(keras_file)
-    xml.unlink(missing_ok=True)
-    fsync_dir(xml.parent)
-    binary.unlink(missing_ok=True)
-
-
-def _commit_ir(keras_file: Path, staged_xml: Path) -> None:
-    """Put a staged IR pair beside ``keras_file`` so that no reader can load a mismatched pair.
-
-    The old pair goes first (its ``.xml`` before its ``.bin``), then the
-    sidecar with the new sha256s, the ``.bin``, and the ``.xml`` last: a
-    kill leaves the old pair, no ``.xml``, or the new pair.
-    """
-    xml, binary, sidecar = ir_paths(keras_file)
-    staged_bin = staged_xml.with_suffix(".bin")
-    fsync_file(staged_xml)
-    fsync_file(staged_bin)
-    record = {"format": IR_RECORD_FORMAT, "keras": keras_file.name, "keras_sha256": _sha256(keras_file),
-              "xml_sha256": _sha256(staged_xml), "bin_sha256": _sha256(staged_bin)}
-    retire_ir(keras_file)
-    atomic_write_bytes(sidecar, (json.dumps(record, indent=1) + "\n").encode())
-    os.replace(staged_bin, binary)
-    pause_point(f"before-rename:{xml.name}")
-    os.replace(staged_xml, xml)
-    fsync_dir(xml.parent)

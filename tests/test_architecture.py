@@ -9,9 +9,9 @@ LEAVES = {"featcache.errors", "featcache.params", "featcache.files", "featcache.
           "featcache.splits", "featcache.console", "featcache.ray_cluster", "featcache.derived", "featcache.quiet"}
 # Stage one, by module name prefix: sources to runner.
 STAGE_ONE = ("featcache.decode", "featcache.datasets", "featcache.sources", "featcache.backbones", "featcache.augment",
-             "featcache.plan", "featcache.runtimes", "featcache.extractor", "featcache.engines", "featcache.runner")
+             "featcache.plan", "featcache.precision", "featcache.runtimes", "featcache.extractor", "featcache.engines", "featcache.runner")
 # The stage-two modules that also drive stage one (docs/ARCHITECTURE.md names each and why).
-ABOVE_BOTH = {"featcache.predict", "featcache.model_export", "featcache.bench", "featcache.compare", "featcache.bench.pixels", "featcache.finetune",
+ABOVE_BOTH = {"featcache.predict", "featcache.model_export", "featcache.ir_export", "featcache.bench", "featcache.compare", "featcache.bench.pixels", "featcache.finetune",
               "featcache.leakage", "featcache.pretrain", "featcache.inspect.thumbs"}
 TOP = {"featcache", "featcache.__main__", "featcache.cli", "featcache.cli.arguments", "featcache.cli.commands",
        "featcache.pipeline"}

@@ -174,9 +174,9 @@ def _anchors(text: str) -> set[str]:
 def test_the_install_line_and_extras_table_are_pyprojects():
     extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     text = README.read_text()
-    table = set(re.findall(r"^\| `([a-z]+)` \|", text.split("| extra | adds |", 1)[1].split("\n\n", 1)[0], re.M))
+    table = set(re.findall(r"^\| `([a-z0-9]+)` \|", text.split("| extra | adds |", 1)[1].split("\n\n", 1)[0], re.M))
     assert table == extras
-    install = re.search(r"pip install -e '\.\[([a-z,]+)\]'", text).group(1)
+    install = re.search(r"pip install -e '\.\[([a-z0-9,]+)\]'", text).group(1)
     assert set(install.split(",")) <= extras
 
 

@@ -187,7 +187,7 @@ def test_an_export_killed_between_the_ir_renames_never_leaves_a_pair_that_predic
     import keras
     import openvino as ov
 
-    from featcache.runtimes import ir_matches
+    from featcache.ir_export import ir_matches
 
     x = _images()
     a = _keras_model(tmp_path, "a", np.arange(24) % 2)

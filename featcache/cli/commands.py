@@ -23,6 +23,7 @@ from ..inspect import INSPECT, inspect
 from ..heads import HEADS, list_heads, parse_value
 from ..model_export import export
 from ..plan import SETTINGS, ExtractOptions
+from ..precision import PRECISIONS, unsupported
 from ..predict import PREDICT, describe_score, predict, score_predictions
 from ..pretrain import PRETRAIN, pretrain
 from ..similar import SIMILAR, render, similar
@@ -57,7 +58,8 @@ def cmd_extract(args) -> int:
     src = plan.source
     console.print(f"[bold]featcache extract[/] {src.describe()} ({len(src):,} images) -> {out}\n"
                   f"  backbone {plan.backbone.name} · weights {plan.params['weights'].get('kind')} · "
-                  f"{plan.image_size[0]}x{plan.image_size[1]} · pooling {opts.pooling} · key {plan.key[:12]}"
+                  f"{plan.image_size[0]}x{plan.image_size[1]} · pooling {opts.pooling} · precision {opts.precision} · "
+                  f"key {plan.key[:12]}"
                   + (f"\n  {plan.views} augmented views of each train image ({cache_recipe(opts.augment)})"
                      if plan.views else ""))
     cache, s = run(plan, overwrite=args.overwrite, repair=args.repair, progress=not args.quiet, wait=args.wait,
@@ -69,6 +71,8 @@ def cmd_extract(args) -> int:
     rows = [("cache", str(s.out)), ("key", s.key[:16]), ("rows", f"{s.rows:,}"), ("skipped", f"{s.skipped:,}"),
             ("shards", f"{s.computed_shards} computed, {s.reused_shards} reused"),
             *([("views", f"{cache.views} per train image ({cache.augment})")] if cache.views else []),
+            ("runtime", f"{(cache.timings or {}).get('runtime') or '-'} · precision "
+                        f"{plan.params.get('precision', 'f32')}"),
             ("seconds", f"{s.seconds:.2f}"),
             ("images/s", f"{s.images_per_s:,.1f}" if s.images_per_s else "-"),
             ("bytes written", human_bytes(s.bytes_written))]
@@ -87,6 +91,14 @@ def cmd_export_features(args) -> int:
     return 0
 
 
+def _precision_text(params: dict) -> str:
+    cal = params.get("calibration")
+    text = str(params.get("precision", "f32"))
+    if isinstance(cal, dict):  # a forged manifest's record is shown as text, never formatted as numbers
+        text += f" (calibrated on {cal.get('images')} images, seed {cal.get('seed')}, sha256 {str(cal.get('digest'))[:12]})"
+    return text
+
+
 def cmd_info(args) -> int:
     cache = open_cache(args.dir, allow_partial=True)
     p = cache.params
@@ -100,7 +112,7 @@ def cmd_info(args) -> int:
         ("layer", p.get("layer") or "-"), ("image size", "x".join(map(str, p["image_size"]))),
         ("preprocess", p["preprocess"]), ("pooling", p["pooling"]),
         ("outputs", ", ".join(f"{k} {v['shape']} {v['dtype']}" for k, v in outputs.items()) or "-"),
-        ("compute dtype", p["compute_dtype"]), ("shard size", p["shard_size"]),
+        ("compute dtype", p["compute_dtype"]), ("precision", _precision_text(p)), ("shard size", p["shard_size"]),
         ("source", cache.source), ("items", f"{cache.n_items:,}"), ("rows", f"{len(cache):,}"),
         ("skipped", f"{len(cache.skipped):,}"), ("size on disk", human_bytes(cache.disk_bytes())),
     ]
@@ -383,6 +395,10 @@ def cmd_backbones(args) -> int:
     stdout.print(table("backbones (ImageNet weights)", ["name", "size", "dims", "preprocess", "needs download", "from"],
                        rows))
     stdout.print("Any .keras model file is a backbone too: --backbone model.keras --layer NAME")
+    why = {p: unsupported(p) for p in PRECISIONS}
+    stdout.print("--precision on this CPU: " + ", ".join(p for p, r in why.items() if r is None), highlight=False)
+    for reason in filter(None, why.values()):
+        stdout.print(f"  {reason}", highlight=False)
     return 0
 
 
