@@ -57,12 +57,13 @@ class Extractor:
         self.runtime = self.run.name
         self.precision = getattr(self.run, "precision", "f32")
 
-    def _calibration_images(self) -> np.ndarray:
-        """The int8 calibration sample (:func:`featcache.precision.calibration_rows`), decoded as extraction does."""
+    def _calibration_images(self, limit: int | None = None) -> np.ndarray:
+        """The int8 calibration sample (:func:`featcache.precision.calibration_rows`; its first ``limit``),
+        decoded as extraction does."""
         from .precision import calibration_rows
 
         plan, src = self.plan, self.plan.source
-        items = [src.items[r] for r in calibration_rows(len(src)).tolist()]
+        items = [src.items[r] for r in calibration_rows(len(src)).tolist()[:limit]]
         with ThreadPoolExecutor(default_decode_threads("openvino"), thread_name_prefix="featcache-decode") as pool:
             batch = src.read(items, plan.image_size, pool, background=parse_background(plan.options.background))
         if not len(batch.items):

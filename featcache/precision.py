@@ -33,8 +33,10 @@ PRECISIONS = ("f32", "bf16", "int8")
 #: images in the int8 calibration sample (all of them in a smaller source), and the seed that draws them
 CALIBRATION_IMAGES, CALIBRATION_SEED = 300, 0
 #: the largest relative L2 difference of a probe row from the Keras graph's float32 output, per precision:
-#: f32 is the same arithmetic (cosine >= 0.99995); bf16 keeps 8 mantissa bits, int8 8 bits of range
-PROBE_TOLERANCE = {"f32": 1e-2, "bf16": 1e-1, "int8": 0.35}
+#: f32 is the same arithmetic (cosine >= 0.99995); bf16 is probed on seeded noise, far from real images (Lite0 at
+#: 160 px: 0.101 on it, 0.066 at worst on real photos), int8 on two of its calibration images (noise lies outside
+#: the ranges it was calibrated on: 0.71 for Lite0 at 96 px; on its own images 0.43); either catches a broken graph (~1)
+PROBE_TOLERANCE = {"f32": 1e-2, "bf16": 0.2, "int8": 0.6}
 #: what each precision needs from OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU
 NEEDS = {"f32": "FP32", "bf16": "BF16", "int8": "INT8"}
 NNCF_INSTALL = "pip install 'featcache[int8]'"
@@ -139,9 +141,19 @@ def quantize(ov_model, images: np.ndarray):
 
     NNCF's defaults (the performance preset: symmetric weights and
     activations, min-max ranges, fast bias correction) are deterministic:
-    the same images give the same graph, byte for byte.
+    the same images give the same weights, byte for byte, and the same topology.
     """
+    import contextlib
+    import io
+    import logging
+
     import nncf
 
     data = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
-    return nncf.quantize(ov_model, data, subset_size=len(images))
+    logger, level = logging.getLogger("nncf"), logging.getLogger("nncf").level
+    logger.setLevel(logging.WARNING)
+    try:  # NNCF's progress bars go to rich's console, on stdout: featcache's stdout is its tables
+        with contextlib.redirect_stdout(io.StringIO()):
+            return nncf.quantize(ov_model, data, subset_size=len(images))
+    finally:
+        logger.setLevel(level)

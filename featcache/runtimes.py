@@ -183,9 +183,10 @@ class OpenVINORuntime:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         tolerance = PROBE_TOLERANCE_LOW if low_precision else PROBE_TOLERANCE[self.precision]
-        images = probe_images(model)
+        # int8 is calibrated on real images, and seeded noise lies outside its ranges: its probe is two of them
+        images = calibrate(PROBE_IMAGES) if self.precision == "int8" else probe_images(model)
         for attempt in (1, 2):
-            ov_model, entry, expected = _ir(core, model, self.names, identity, home, calibrate)
+            ov_model, entry, expected = _ir(core, model, self.names, identity, home, calibrate, images)
             self.ir_path = entry.folder / "model.xml" if entry else None
             self._compile(ov, core, ov_model, model, config)
             error = probe_error(self(images), expected)
@@ -284,13 +285,13 @@ def _graph(model, path: Path | None, identity: dict, calibrate):
     return path
 
 
-def _ir(core, model, names, identity: dict, home: Path | None, calibrate=None):
+def _ir(core, model, names, identity: dict, home: Path | None, calibrate=None, probe=None):
     """``(OpenVINO model, its checked cache entry or None, Keras' probe outputs)``: from the IR cache when
     its files match their record, else exported by Keras (and cached with a new record)."""
     if identity.get("precision") == "bf16":  # the f32 graph, compiled otherwise: one cached IR for both
         identity = {k: v for k, v in identity.items() if k != "precision"}
     if home is None:
-        return _graph(model, None, identity, calibrate), None, keras_probe(model, names)
+        return _graph(model, None, identity, calibrate), None, keras_probe(model, names, probe)
     name = f"{identity.get('backbone', 'graph')}-{ir_key(identity)[:16]}"
     entry = derived.Entry(home / name, IR_FILES, what="the cached OpenVINO IR")
     record, reason = entry.check()
@@ -300,7 +301,7 @@ def _ir(core, model, names, identity: dict, home: Path | None, calibrate=None):
             return core.read_model(str(entry.folder / "model.xml")), entry, expected
         except Exception as exc:  # noqa: BLE001 - a record without the probe, an IR OpenVINO refuses
             reason = f"it cannot be used ({exc.__class__.__name__})"
-    expected = keras_probe(model, names)
+    expected = keras_probe(model, names, probe)
     try:
         if reason:
             entry.discard(reason)
@@ -339,11 +340,11 @@ def probe_images(model) -> np.ndarray:
     return np.random.default_rng(PROBE_SEED).integers(0, 256, shape, dtype=np.uint8)
 
 
-def keras_probe(model, names) -> dict[str, np.ndarray]:
-    """The Keras graph's outputs on the probe batch, run eagerly (no new trace for its shape)."""
+def keras_probe(model, names, images=None) -> dict[str, np.ndarray]:
+    """The Keras graph's outputs on the probe batch (default: :func:`probe_images`), run eagerly."""
     import keras
 
-    out = model(probe_images(model), training=False)
+    out = model(probe_images(model) if images is None else images, training=False)
     return {n: np.asarray(keras.ops.convert_to_numpy(out[n]), np.float32) for n in names}
 
 

@@ -96,7 +96,7 @@ def test_int8_makes_a_complete_cache_whose_key_records_its_calibration(folder, f
 @needs_openvino
 @needs_int8
 @pytest.mark.slow
-def test_int8_calibration_is_deterministic_same_sample_same_graph(folder, tmp_path):
+def test_int8_calibration_is_deterministic_same_sample_same_graph(folder, tmp_path, capsys):
     digests = []
     for run in ("a", "b"):
         cache = _extract(folder, tmp_path / run, tmp_path / f"home_{run}", precision="int8")
@@ -105,6 +105,7 @@ def test_int8_calibration_is_deterministic_same_sample_same_graph(folder, tmp_pa
         topology = re.sub(r'_[0-9]+(["/])', r"\1", (ir / "model.xml").read_text())
         digests.append((cache.key, sha256_path(ir / "model.bin"), hashlib.sha256(topology.encode()).hexdigest()))
     assert digests[0] == digests[1]
+    assert "Statistics collection" not in capsys.readouterr().out  # NNCF's progress bars stay off our stdout
     items = open_source(folder).items
     assert precision.calibration_record(items, size=10) == precision.calibration_record(items, size=10)
     assert precision.calibration_record(items, size=10, seed=1) != precision.calibration_record(items, size=10)
