@@ -67,11 +67,6 @@ def make_quarter_photos(root: Path, n: int, seed: int = 0) -> Path:
     return root
 
 
-def _cosines(a, b):
-    a, b = a.astype(np.float64).reshape(len(a), -1), b.astype(np.float64).reshape(len(b), -1)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-
-
 def _weights(name: str) -> str:
     return "none" if name in ("resnet50", "mobilenet_v2") else "imagenet"
 
@@ -100,7 +95,7 @@ def _forward(cache_plan, images, repeats: int) -> float:
 
 
 def fig_speed(cfg, work: Path, precisions) -> list[dict]:
-    from run import make_photo_folder
+    from run import _cosines, make_photo_folder
 
     from featcache.plan import ExtractOptions, make_plan
 
@@ -161,7 +156,8 @@ def fig_accuracy(cfg, work: Path, precisions) -> list[dict]:
 
 
 def environment() -> dict:
-    import platform
+    """run.py's environment (CPU model, versions), plus the CPU's vector flags and what OpenVINO says it runs."""
+    from run import environment as base
 
     flags = []
     try:
@@ -172,8 +168,7 @@ def environment() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "flags": flags,
-            "openvino_capabilities": sorted(precision.cpu_capabilities()), "precisions": precision.supported(),
+    return {**base(), "flags": flags, "openvino_capabilities": sorted(precision.cpu_capabilities()), "precisions": precision.supported(),
             "load_before": os.getloadavg()[0]}
 
 

@@ -55,7 +55,6 @@ class Extractor:
         self.run, self.note = make_runtime(opts.runtime, self.model, self.names, self.batch_size, identity=identity,
                                            calibrate=self._calibration_images)
         self.runtime = self.run.name
-        self.precision = getattr(self.run, "precision", "f32")
 
     def _calibration_images(self, limit: int | None = None) -> np.ndarray:
         """The int8 calibration sample (:func:`featcache.precision.calibration_rows`; its first ``limit``),

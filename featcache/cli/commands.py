@@ -23,7 +23,7 @@ from ..inspect import INSPECT, inspect
 from ..heads import HEADS, list_heads, parse_value
 from ..model_export import export
 from ..plan import SETTINGS, ExtractOptions
-from ..precision import PRECISIONS, unsupported
+from .. import precision
 from ..predict import PREDICT, describe_score, predict, score_predictions
 from ..pretrain import PRETRAIN, pretrain
 from ..similar import SIMILAR, render, similar
@@ -395,7 +395,8 @@ def cmd_backbones(args) -> int:
     stdout.print(table("backbones (ImageNet weights)", ["name", "size", "dims", "preprocess", "needs download", "from"],
                        rows))
     stdout.print("Any .keras model file is a backbone too: --backbone model.keras --layer NAME")
-    why = {p: unsupported(p) for p in PRECISIONS}
+    caps = precision.cpu_capabilities()  # one OpenVINO query for the three answers
+    why = {p: precision.unsupported(p, caps) for p in precision.PRECISIONS}
     stdout.print("--precision on this CPU: " + ", ".join(p for p, r in why.items() if r is None), highlight=False)
     for reason in filter(None, why.values()):
         stdout.print(f"  {reason}", highlight=False)
