@@ -56,6 +56,8 @@ class Param:
     pipeline: bool = True
     #: the flag when it is not ``--`` + the name with dashes (``--use-views`` for ``views``)
     spelling: str | None = None
+    #: the value of the flag given alone (argparse's ``nargs="?"``): ``--mlflow`` as well as ``--mlflow URI``
+    const: object = None
 
     @property
     def flag(self) -> str:
@@ -97,6 +99,8 @@ def add_flags(parser, params) -> None:
             kw["type"] = _csv(item)
         else:
             kw.update(type=item, choices=p.choices)
+        if p.const is not None:
+            kw.update(nargs="?", const=p.const)
         parser.add_argument(p.flag, **kw)
 
 

@@ -51,7 +51,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
           progress: bool = _D["progress"], save_best: bool = _D["save_best"], ray_address: str | None = None,
           learning_curve=_D["learning_curve"], leakage: bool = _D["leakage"], views: str = _D["views"],
           target=_D["target"], repeats: int = _D["repeats"], seed: int = _D["seed"], shots=_D["shots"],
-          shot_draws: int = _D["shot_draws"]) -> list[dict]:
+          shot_draws: int = _D["shot_draws"], mlflow=_D["mlflow"]) -> list[dict]:
     """Run ``heads`` on each cache with an honest protocol; write the report into ``out``; return the rows.
 
     Hyper-parameters are chosen on the validation split (or ``cv`` folds
@@ -79,6 +79,8 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     """
     given = locals()
     check_options(**{p.name: given[p.name] for p in BENCH if p.name != "heads"})  # heads: _check_heads's
+    if mlflow not in (None, False):
+        _check_tracking(shots, target)
     if shots is not None:  # the few-shot protocol instead of the table: in this process, on the first cache
         return _bench_shots(caches, heads, shots, shot_draws, seed, out, target)
     if target is not None:  # regression and multi-label targets: in this process, on the first cache
@@ -104,7 +106,29 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
         if run.fitted:
             _remove_fitted(run.fitted, None)
     _write_report(out, rows, best, best_dir, curve, opened if leakage else None)
+    if mlflow not in (None, False):
+        _track(mlflow, given, heads, rows, out, opened)
     return rows
+
+
+def _check_tracking(shots, target) -> None:
+    """Refuse, before any work, what ``mlflow=`` cannot log, and a missing MLflow (one line naming the extra)."""
+    from .tracking import import_mlflow  # MLflow is slow to import: only when asked for
+
+    if shots is not None or target is not None:
+        raise FeatcacheError("bench --mlflow logs the table of heads; it does not take --shots or --target")
+    import_mlflow()
+
+
+def _track(mlflow, given: dict, heads: list, rows: list, out: Path, opened: dict) -> None:
+    """The bench as MLflow runs: its settings (the heads by name), each row, the report and best_model/."""
+    from .tracking import log_bench
+
+    skip = {"heads", "progress", "ray_address", "mlflow", "shots", "shot_draws", "target"}
+    settings = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in given.items()
+                if k in {p.name for p in BENCH} - skip}
+    settings.update(heads=list(heads), caches=list(opened))
+    log_bench(mlflow, settings, rows, out, {c: cache.outputs[0] for c, cache in opened.items()})
 
 
 def _bench_shots(caches, heads, shots, draws: int, seed: int, out, target=None) -> list[dict]:

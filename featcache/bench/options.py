@@ -55,6 +55,9 @@ BENCH: tuple[Param, ...] = (
           "(Keras heads draw one view an epoch either way) or none", choices=VIEW_MODES, spelling="--use-views"),
     Param("target", None, "targets to bench on the first cache, e.g. age,tags,label (default: label only); "
           "regression and multi-label rows go to target_results.csv and targets.md", many=True, nullable=True),
+    Param("mlflow", None, "log the bench to MLflow: a parent run (settings; report and best_model/ as artifacts) "
+          "and a nested run a row (params, metrics with their intervals); bare: a ./mlruns file store, else a "
+          "tracking URI (needs featcache[mlflow])", bools=True, nullable=True, const=True),
 )
 
 
