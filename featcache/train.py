@@ -181,6 +181,8 @@ TRAIN: tuple[Param, ...] = (
           "featcache heads), rows, mean, draw (Keras heads) or none (the plain view only); val and test rows are "
           "always the plain view", choices=head_views.MODES,
           spelling="--use-views", pipeline=False),
+    Param("tensorboard", None, "log a Keras head's epochs (train and val loss) to this TensorBoard log directory "
+          "(needs featcache[tensorboard])", Path, pipeline=False),
 )
 _D = defaults(TRAIN)
 
@@ -189,7 +191,7 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
           output: str | None = None, stream: bool = _D["stream"], val_fraction: float = _D["val_fraction"],
           test_fraction: float = _D["test_fraction"], stream_epochs: int = _D["stream_epochs"],
           fit_splits=_D["fit_splits"], verbose: int = _D["verbose"], views: str = _D["views"],
-          target: str | None = None):
+          target: str | None = None, tensorboard=None):
     """Fit ``head`` on the train split of ``cache`` and measure it on every split.
 
     Args:
@@ -211,11 +213,14 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
     """
     check(TRAIN, dict(params=params, preprocess=preprocess, out=out, output=output, stream=stream,
                       val_fraction=val_fraction, test_fraction=test_fraction, stream_epochs=stream_epochs,
-                      verbose=verbose, views=views, target=target))
+                      verbose=verbose, views=views, target=target, tensorboard=tensorboard))
     fit_splits = _check_fit_splits(fit_splits)
     if target not in (None, "label"):
         cache = cache if isinstance(cache, Cache) else open_cache(cache)
         if cache.target(target).kind != "classification":
+            if tensorboard is not None:
+                raise FeatcacheError("--tensorboard logs a classification Keras head's epochs, not a "
+                                     f"{cache.target(target).kind} target's head")
             return _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out, views)
         cache = cache.with_target(target)  # a classification target: every classifier learns it as the labels
     if out is not None:
@@ -224,6 +229,8 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
     head, pipe, streams, default_preprocess, head_mode = _head_pipeline(head, preprocess, params)
     if verbose and is_keras(pipe) and "verbose" not in params:
         pipe.set_params(clf__verbose=int(verbose))
+    if tensorboard is not None:
+        _log_epochs(head, pipe, tensorboard)
     _check_keras(head, pipe, fit_splits, out, preprocess)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     output = cache.output_name(output)
@@ -315,6 +322,21 @@ def _head_pipeline(head, preprocess, params: dict):
 
     head, pipe = user_head(head, preprocess_steps(preprocess or "none"), params)
     return head, pipe, hasattr(pipe.steps[-1][1], "partial_fit"), "none", "rows"
+
+
+def _log_epochs(head: str, pipe, log_dir) -> None:
+    """Add a TensorBoard callback to a Keras head; a head without epochs (scikit-learn's) is a one-line error."""
+    if not is_keras(pipe):
+        raise FeatcacheError(f"--tensorboard: only Keras heads have epochs to log; {head!r} is a scikit-learn head")
+    try:
+        import tensorboard  # noqa: F401  tf.summary's writers live in this package, not in TensorFlow
+    except ImportError:
+        raise FeatcacheError("train --tensorboard needs TensorBoard: pip install 'featcache[tensorboard]'") from None
+    import keras
+
+    clf = pipe.steps[-1][1]
+    board = keras.callbacks.TensorBoard(log_dir=os.fspath(log_dir), write_graph=False)  # no graph: a hand loop
+    pipe.set_params(clf__callbacks=[*(clf.callbacks or ()), board])
 
 
 def _check_keras(head: str, pipe, fit_splits, out, preprocess) -> None:
