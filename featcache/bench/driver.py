@@ -79,12 +79,9 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     """
     given = locals()
     check_options(**{p.name: given[p.name] for p in BENCH if p.name != "heads"})  # heads: _check_heads's
-    if mlflow not in (None, False):
-        _check_tracking(shots, target)
-    if shots is not None:  # the few-shot protocol instead of the table: in this process, on the first cache
-        return _bench_shots(caches, heads, shots, shot_draws, seed, out, target)
-    if target is not None:  # regression and multi-label targets: in this process, on the first cache
-        return _bench_with_targets(caches, heads, target, out, given)
+    if shots is not None or target is not None:  # few-shot, or regression and multi-label targets: in this process
+        return (_bench_shots(caches, heads, shots, shot_draws, seed, out, target) if shots is not None
+                else _bench_with_targets(caches, heads, target, out, given))
     labels_target = _labels_target(caches)  # a cache opened with a classification target: its labels
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)
     opened = _open(caches, labels_target)
@@ -106,22 +103,15 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
         if run.fitted:
             _remove_fitted(run.fitted, None)
     _write_report(out, rows, best, best_dir, curve, opened if leakage else None)
-    if mlflow not in (None, False):
-        _track(mlflow, given, heads, rows, out, opened)
+    _track(mlflow, given, heads, rows, out, opened)
     return rows
 
 
-def _check_tracking(shots, target) -> None:
-    """Refuse, before any work, what ``mlflow=`` cannot log, and a missing MLflow (one line naming the extra)."""
-    from .tracking import import_mlflow  # MLflow is slow to import: only when asked for
-
-    if shots is not None or target is not None:
-        raise FeatcacheError("bench --mlflow logs the table of heads; it does not take --shots or --target")
-    import_mlflow()
-
-
 def _track(mlflow, given: dict, heads: list, rows: list, out: Path, opened: dict) -> None:
-    """The bench as MLflow runs: its settings (the heads by name), each row, the report and best_model/."""
+    """The bench as MLflow runs (when ``mlflow`` asks): its settings (the heads by name), each row, the report and
+    best_model/."""
+    if mlflow in (None, False):
+        return
     from .tracking import log_bench
 
     skip = {"heads", "progress", "ray_address", "mlflow", "shots", "shot_draws", "target"}
