@@ -264,6 +264,32 @@ def _curve_figure(plt, points: list) -> bytes:
     return _fig_png(fig)
 
 
+def shots_figure(rows: list[dict]) -> bytes:
+    """bench --shots' plot: test accuracy against k shots a class (log2 axis), a line per head and backbone
+    with its ±sd band over the draws, as PNG bytes."""
+    import matplotlib  # heavy: only when the few-shot files are written
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for features, head in dict.fromkeys((r["features"], r["head"]) for r in rows):
+        line = sorted((r for r in rows if r["features"] == features and r["head"] == head), key=lambda r: r["shots"])
+        ks, acc = [r["shots"] for r in line], np.array([100 * r["accuracy"] for r in line])
+        sd = np.array([100 * r["accuracy_sd"] for r in line])
+        (drawn,) = ax.plot(ks, acc, "o-", label=f"{head} on {features}")
+        ax.fill_between(ks, acc - sd, acc + sd, alpha=0.2, color=drawn.get_color())
+    ks = sorted({r["shots"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("train images a class (k)")
+    ax.set_ylabel("test accuracy (%), mean ± sd over the draws")
+    ax.set_title("Few-shot: accuracy against k")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _fig_png(fig)
+
+
 def _leakage_figure(plt, thumbs, leakage: dict) -> bytes:
     """Test rows beside their nearest training rows."""
     n = len(thumbs)

@@ -48,3 +48,20 @@ def test_too_many_shots_and_keras_heads_are_refused(small_cache, tmp_path):
         featcache.bench(small_cache, ["logreg"], shots=[1, 500], out=tmp_path / "a")
     with pytest.raises(FeatcacheError, match="keras_mlp is a Keras head"):
         featcache.bench(small_cache, ["keras_mlp"], shots=[1], out=tmp_path / "b")
+
+
+def test_every_cache_is_a_backbone_with_its_line_in_the_plot(small_cache, tmp_path):
+    rng = np.random.default_rng(0)  # small_cache's images, through another backbone
+    images = rng.integers(0, 256, (150, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(150) % 3
+    images[labels == 1] //= 2
+    images[labels == 2] //= 4
+    other = featcache.extract(images, labels=labels, out=tmp_path / "v3", backbone="mobilenet_v3_small",
+                              weights="none", image_size=32, batch_size=32)
+    rows = featcache.bench([small_cache, other], ["logreg"], shots=[1, 2], shot_draws=2, out=tmp_path / "r")
+    assert [(r["backbone"], r["shots"]) for r in rows] == [("mobilenet_v2", 1), ("mobilenet_v2", 2),
+                                                           ("mobilenet_v3_small", 1), ("mobilenet_v3_small", 2)]
+    png = (tmp_path / "r" / "shots.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
+    md = (tmp_path / "r" / "shots.md").read_text()
+    assert "(shots.png)" in md and "| mobilenet_v3_small 32px" in md and "| mobilenet_v2 32px" in md

@@ -122,21 +122,35 @@ def _track(mlflow, given: dict, heads: list, rows: list, out: Path, opened: dict
 
 
 def _bench_shots(caches, heads, shots, draws: int, seed: int, out, target=None) -> list[dict]:
-    """:func:`.shots.few_shot` on the first cache with the named heads (the CLI's "every head": its defaults);
-    ``target``: one classification target to read as the labels (k images a class need classes)."""
-    from .shots import few_shot
-    from .targets import parse_targets
+    """:func:`.shots.few_shot` on every cache (one backbone each) with the named heads (the CLI's "every head":
+    its defaults), written together; ``target``: one classification target to read as the labels (k images a
+    class need classes)."""
+    from .shots import few_shot, write_shots
 
-    first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
-    if target is not None:
-        names, first = parse_targets(target), first if isinstance(first, Cache) else open_cache(first)
-        if len(names) != 1 or first.target(names[0]).kind != "classification":
-            raise FeatcacheError(f"--shots takes one classification target (k train images a class), got "
-                                 f"{', '.join(f'{n} ({first.target(n).kind})' for n in names)}")
-        first = first.with_target(names[0])
+    opened = [_shot_cache(c, target) for c in ([caches] if isinstance(caches, (str, os.PathLike, Cache))
+                                               else list(caches))]
+    if not opened:
+        raise FeatcacheError("bench needs at least one cache directory")
     named = [h for h in heads if isinstance(h, str)] if heads else None
     named = None if named is not None and set(named) == set(HEADS) else named
-    return few_shot(first, shots, heads=named, draws=draws, seed=seed, out=_report_dir(out))
+    out = _report_dir(out)
+    rows = [r for c in opened for r in few_shot(c, shots, heads=named, draws=draws, seed=seed)]
+    write_shots(out, rows, opened)
+    return rows
+
+
+def _shot_cache(cache, target):
+    """A cache for --shots, reading ``target`` (one classification target) as its labels when given."""
+    from .targets import parse_targets
+
+    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    if target is None:
+        return cache
+    names = parse_targets(target)
+    if len(names) != 1 or cache.target(names[0]).kind != "classification":
+        raise FeatcacheError(f"--shots takes one classification target (k train images a class), got "
+                             f"{', '.join(f'{n} ({cache.target(n).kind})' for n in names)}")
+    return cache.with_target(names[0])
 
 
 def _bench_with_targets(caches, heads, target, out, kw: dict) -> list[dict]:

@@ -28,7 +28,7 @@ from ..store import Cache, open_cache, split_masks
 SHOT_HEADS = ("logreg", "knn_cosine")
 #: validation images a class at most (CoOp: min(k, 4))
 VAL_SHOTS = 4
-SHOTS_JSON, SHOTS_CSV, SHOTS_MD = "shots.json", "shots.csv", "shots.md"
+SHOTS_JSON, SHOTS_CSV, SHOTS_MD, SHOTS_PNG = "shots.json", "shots.csv", "shots.md", "shots.png"
 
 
 def draw_shots(y: np.ndarray, tr: np.ndarray, va: np.ndarray, k: int, seed: int, draw: int):
@@ -92,7 +92,8 @@ def few_shot(cache, shots, *, heads=None, draws: int = 5, seed: int = 0, out=Non
         out: a directory for shots.json/csv/md (None: not written).
 
     Returns:
-        One row per (head, k): ``accuracy`` (the mean), ``accuracy_sd``, ``accuracies`` (per draw), the sizes.
+        One row per (head, k): ``accuracy`` (the mean), ``accuracy_sd``, ``accuracies`` (per draw), the sizes,
+        and the cache's ``backbone`` and ``features`` as bench's rows name them.
     """
     from threadpoolctl import threadpool_limits
 
@@ -107,6 +108,9 @@ def few_shot(cache, shots, *, heads=None, draws: int = 5, seed: int = 0, out=Non
     for h in heads:
         _head_spec(h, 1)  # a Keras or unknown head: refused before any work
     classes = np.unique(y[y >= 0])
+    p = cache.params
+    who = {"cache": str(cache.path), "backbone": p["backbone"],
+           "features": f"{p['backbone']} {p['image_size'][0]}px {cache.outputs[0]}"}  # as bench's rows say it
     rows = []
     with threadpool_limits(2):
         for head in heads:
@@ -118,32 +122,39 @@ def few_shot(cache, shots, *, heads=None, draws: int = 5, seed: int = 0, out=Non
                     accs.append(_score(cache, head, X, y, t, v, te, classes))
                     sizes = (len(t), len(v))
                 a = np.asarray(accs)
-                rows.append({"head": head, "shots": k, "draws": draws, "seed": seed, "accuracy": float(a.mean()),
+                rows.append({**who, "head": head, "shots": k, "draws": draws, "seed": seed, "accuracy": float(a.mean()),
                              "accuracy_sd": float(a.std(ddof=1)) if draws > 1 else 0.0,
                              "accuracies": [float(v) for v in a], "n_train": sizes[0], "n_val": sizes[1],
                              "n_test": int(len(te)), "seconds": time.perf_counter() - t0})
     if out is not None:
-        write_shots(Path(out), rows, cache)
+        write_shots(Path(out), rows, [cache])
     return rows
 
 
-def write_shots(out: Path, rows: list[dict], cache) -> None:
-    """shots.json, shots.csv and shots.md (a mean ± sd table per head and k) in ``out``."""
+def write_shots(out: Path, rows: list[dict], caches) -> None:
+    """shots.json, shots.csv, shots.png (accuracy against k, a line per head and backbone) and shots.md (a mean ±
+    sd table per backbone, head and k, linking the plot) in ``out``."""
+    from ..report import md_text, shots_figure  # matplotlib: only when the files are written
+
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / SHOTS_JSON, (json.dumps(rows, indent=2) + "\n").encode())
-    cols = ["head", "shots", "draws", "seed", "accuracy", "accuracy_sd", "n_train", "n_val", "n_test", "seconds"]
+    atomic_write_bytes(out / SHOTS_PNG, shots_figure(rows))
+    cols = ["backbone", "features", "head", "shots", "draws", "seed", "accuracy", "accuracy_sd", "n_train", "n_val",
+            "n_test", "seconds"]
     table = io.StringIO(newline="")
     w = csv.DictWriter(table, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(out / SHOTS_CSV, table.getvalue().encode())
     shots = sorted({r["shots"] for r in rows})
-    md = [f"# Few-shot: {cache.path.name}", "", f"Test accuracy (mean ± sd over {rows[0]['draws']} draws, "
+    md = [f"# Few-shot: {', '.join(c.path.name for c in caches)}", "",
+          f"Test accuracy (mean ± sd over {rows[0]['draws']} draws, "
           f"seed {rows[0]['seed']}) with k train images a class, min(k, {VAL_SHOTS}) val images a class to "
           f"choose the setting, the whole test split ({rows[0]['n_test']:,} rows) every draw.", "",
-          "| head | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]
-    for head in dict.fromkeys(r["head"] for r in rows):
-        by_k = {r["shots"]: r for r in rows if r["head"] == head}
-        md.append(f"| {head} | " + " | ".join(f"{100 * by_k[k]['accuracy']:.1f} ± {100 * by_k[k]['accuracy_sd']:.1f}"
-                                            for k in shots) + " |")
+          f"![Test accuracy against k shots a class, a line per head and backbone]({SHOTS_PNG})", "",
+          "| features | head | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---" * (len(shots) + 2) + "|"]
+    for features, head in dict.fromkeys((r["features"], r["head"]) for r in rows):
+        by_k = {r["shots"]: r for r in rows if r["head"] == head and r["features"] == features}
+        md.append(f"| {md_text(features)} | {head} | " + " | ".join(
+            f"{100 * by_k[k]['accuracy']:.1f} ± {100 * by_k[k]['accuracy_sd']:.1f}" for k in shots) + " |")
     atomic_write_bytes(out / SHOTS_MD, ("\n".join(md) + "\n").encode())
