@@ -211,7 +211,8 @@ def knn_cosine_layers(clf, x, name: str):
 
 
 #: the regression and multi-label heads that become Keras layers (a target's card, train --target)
-TARGET_EXPORTABLE = {"regression": ("ridge", "sgd"), "multilabel": ("logreg",)}
+TARGET_EXPORTABLE = {"regression": ("ridge", "sgd", "keras_linear", "keras_mlp"),
+                     "multilabel": ("logreg", "keras_linear", "keras_mlp")}  # Keras heads: their own model
 
 
 def target_refusal(head: str, kind: str) -> str | None:

@@ -113,9 +113,9 @@ def save_model_dir(path, pipeline, card: dict) -> Path:
             fname = KERAS_FILE
             head.model_.save(staged / fname)
             card["kind"] = "keras"
-            card["keras_head"] = {"params": head.get_params(), "classes": head.classes_.tolist(),
-                                  "n_features_in": int(head.n_features_in_), "n_iter": int(head.n_iter_),
-                                  "steps": [name for name, _ in pipeline.steps[:-1]]}
+            card["keras_head"] = {"params": head.get_params(), "n_features_in": int(head.n_features_in_),
+                                  "n_iter": int(head.n_iter_), "steps": [name for name, _ in pipeline.steps[:-1]],
+                                  **_keras_fitted(head)}
         else:
             fname = SKLEARN_FILE
             joblib.dump(pipeline, staged / fname)
@@ -377,6 +377,20 @@ def _preview(values: list) -> str:
     return ", ".join(map(str, values[:3])) + (", ..." if len(values) > 3 else "")
 
 
+def _keras_fitted(head) -> dict:
+    """A Keras head's fitted facts beyond its model: classes (or labels), and a regression head's class and
+    target scaler (its model already ends in the un-standardising; the card says what it is)."""
+    import numpy as np
+
+    out = {"classes": np.asarray(head.classes_).tolist()} if hasattr(head, "classes_") else {}
+    if type(head).__name__ != "KerasHeadClassifier":
+        out["estimator"] = type(head).__name__
+    if hasattr(head, "y_mean_"):
+        out["target_scaler"] = {"mean": np.asarray(head.y_mean_).tolist(), "scale": np.asarray(head.y_scale_).tolist(),
+                                "one_output": bool(head._one_output)}
+    return out
+
+
 def load_model_dir(path):
     """Return ``(pipeline, card)``; refuses a head file whose sha256 differs from the card's."""
     import joblib
@@ -396,15 +410,24 @@ def load_model_dir(path):
     import numpy as np
     from sklearn.pipeline import Pipeline
 
-    from .heads.keras_head import KerasHeadClassifier
+    from .heads.keras_targets import ESTIMATORS
 
     info = card["keras_head"]
     params = dict(info["params"])
     if isinstance(params.get("hidden"), list):
         params["hidden"] = tuple(params["hidden"])
-    head = KerasHeadClassifier(**params)
+    estimator = ESTIMATORS.get(info.get("estimator", "KerasHeadClassifier"))
+    if estimator is None:
+        raise FeatcacheError(f"{head_file}: its card names Keras head {info.get('estimator')!r}, which featcache "
+                             "does not know")
+    head = estimator(**params)
     head.model_ = keras.saving.load_model(head_file, compile=False, safe_mode=True)
-    head.classes_ = np.asarray(info["classes"])
+    if "classes" in info:
+        head.classes_ = np.asarray(info["classes"])
+    scaler = info.get("target_scaler")
+    if isinstance(scaler, dict) and all(isinstance(scaler.get(k), list) for k in ("mean", "scale")):
+        head.y_mean_, head.y_scale_ = np.asarray(scaler["mean"]), np.asarray(scaler["scale"])
+        head.n_outputs_, head._one_output = len(head.y_mean_), bool(scaler.get("one_output", True))
     head.n_features_in_ = int(info["n_features_in"])
     head.n_iter_ = int(info["n_iter"])
     return _checked(Pipeline([("clf", head)]), card, head_file)

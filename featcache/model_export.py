@@ -240,8 +240,8 @@ def _check_heads_export(dirs: list, cards: list) -> None:
 
     for d, card in zip(dirs, cards):
         t = other_kind(card)
-        why = (target_refusal(str(card.get("head")), t) if t
-               else None if card.get("kind") == "keras" else refusal(str(card.get("head"))))
+        why = (None if card.get("kind") == "keras"  # every Keras head's model is Keras layers, of any kind
+               else target_refusal(str(card.get("head")), t) if t else refusal(str(card.get("head"))))
         if why:
             raise FeatcacheError(f"{d}: {why}")
     keys = {c["features"]["cache_key"] for c in cards}
@@ -269,12 +269,13 @@ def _head_tensor(pipe, card: dict, x, name: str):
     probabilities, under a layer named ``name``."""
     import keras
 
-    if other_kind(card):
+    if card.get("kind") == "keras":  # a regression head's model ends in its targets' un-standardising
+        model = pipe.steps[-1][1].model_  # renamed: two Keras heads in one model must not share a name
+        y = keras.Model(model.inputs, model.outputs[0], name=f"{name}_head")(x)
+    elif other_kind(card):
         from .linear_export import target_outputs
 
         y = target_outputs(pipe, x, card["target"]["kind"], name=f"{name}_head")
-    elif card.get("kind") == "keras":
-        y = pipe.steps[-1][1].model_(x)
     else:
         from .linear_export import probabilities
 

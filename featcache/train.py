@@ -140,10 +140,12 @@ def custom_fields(head: str, pipe) -> dict:
     """What a card says of a user's own estimator: its repr, and whether its probabilities are one-hot."""
     if not head.startswith("custom:"):
         return {}
-    from .heads.custom import OneHotProba
+    from .heads.custom import IndicatorProba, OneHotProba
 
     clf = pipe.steps[-1][1]
-    one_hot = isinstance(clf, OneHotProba)
+    one_hot = isinstance(clf, (OneHotProba, IndicatorProba))
+    if not hasattr(clf, "predict_proba"):  # a regressor: its values are what it predicts
+        return {"estimator": repr(clf)}
     return {"estimator": repr(clf.estimator if one_hot else clf),
             "probabilities": "one-hot from predict (the estimator has no predict_proba)" if one_hot else "predict_proba"}
 
@@ -226,7 +228,8 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
     params = dict(params or {})
-    head, pipe, streams, default_preprocess, head_mode = _head_pipeline(head, preprocess, params)
+    head, pipe, streams, default_preprocess, head_mode = _head_pipeline(head, preprocess, params,
+                                                                        getattr(cache, "target_name", target))
     if verbose and is_keras(pipe) and "verbose" not in params:
         pipe.set_params(clf__verbose=int(verbose))
     if tensorboard is not None:
@@ -259,8 +262,10 @@ def _train_target(cache, head, target, params, preprocess, val_fraction, test_fr
     res = train_target(cache, head, target, params=params, preprocess=preprocess, val_fraction=val_fraction,
                        test_fraction=test_fraction, views=views)
     output = cache.output_name(None)
+    head = res["head"]  # custom:ClassName for your own estimator
     card = {"head": head, "head_params": dict(res["best_params"]),  # a grid's choice on val included
-            "preprocess": preprocess or get_head_spec(head).preprocess,
+            "preprocess": preprocess or (get_head_spec(head).preprocess if not head.startswith("custom:") else "none"),
+            **custom_fields(head, res["pipe"]),
             "features": features_record(cache, output),
             "target": res["target"], "metrics": res["metrics"], "fit_seconds": round(res["fit_seconds"], 4),
             "fit_splits": ["train"], "splits": {"val_fraction": val_fraction, "test_fraction": test_fraction,
@@ -310,7 +315,7 @@ def _views_mode(views: str, head: str, head_mode, pipe, cache: Cache, stream: bo
     return mode
 
 
-def _head_pipeline(head, preprocess, params: dict):
+def _head_pipeline(head, preprocess, params: dict, target: str | None = None):
     """``(name, pipeline, streams, default preprocess, views mode)`` of a named head or a user's estimator, every
     parameter checked before any work."""
     if isinstance(head, str):
@@ -320,7 +325,7 @@ def _head_pipeline(head, preprocess, params: dict):
     from .heads import preprocess_steps
     from .heads.custom import user_head  # scikit-learn is slow to import: only for your own estimator
 
-    head, pipe = user_head(head, preprocess_steps(preprocess or "none"), params)
+    head, pipe = user_head(head, preprocess_steps(preprocess or "none"), params, target=target or "label")
     return head, pipe, hasattr(pipe.steps[-1][1], "partial_fit"), "none", "rows"
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from .errors import FeatcacheError
-from .heads import get_head_spec, proba_and_labels, validate_head
+from .heads import get_head_spec, is_keras, validate_head
 
 
 def _scores(pipe, X, kind: str) -> np.ndarray:
@@ -21,7 +21,10 @@ def _scores(pipe, X, kind: str) -> np.ndarray:
         return np.asarray(pipe.predict(X), dtype=np.float64)
     proba = pipe.predict_proba(X)
     if isinstance(proba, list):  # KNeighbors on an indicator matrix: one (rows, 2) array per label
-        return np.stack([p[:, -1] for p in proba], axis=1)
+        classes = getattr(pipe.steps[-1][1] if hasattr(pipe, "steps") else pipe, "classes_", None)
+        # a label train never saw positive has the one class 0: its probability of 1 is 0
+        return np.stack([p[:, -1] if classes is None or np.ravel(c)[-1] == 1 else np.zeros(len(p))
+                         for p, c in zip(proba, classes if classes is not None else proba)], axis=1)
     return np.asarray(proba, dtype=np.float64)
 
 
@@ -48,12 +51,9 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
     """
     from .bench.metrics import choose_thresholds, multilabel_metrics, regression_metrics
 
-    if not isinstance(head, str):
-        raise FeatcacheError("train --target takes a named head for now (featcache heads lists them)")
     t = cache.target(target)
     kind = t.kind
-    get_head_spec(head).factory(kind)  # the one-line refusal of a head of the wrong kind, before any work
-    pipe = validate_head(head, preprocess, params or {}, target_kind=kind)
+    head, pipe, head_views = _head_for(head, preprocess, params, kind, target)
     masks = _share(target_masks(cache, t, val_fraction, test_fraction), train_fraction)
     if not masks["train"].any():
         raise FeatcacheError(f"target {target!r} has no value on any train row of {cache.path}")
@@ -61,8 +61,9 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
     X = X.reshape(len(X), -1).astype(np.float32)
     y = t.values
     t0 = time.perf_counter()
-    fit_x, fit_y, used = _train_rows(cache, X, y, masks["train"], views, head, features is None)
-    pipe, chosen = _fit_on_val(head, preprocess, params or {}, kind, pipe, (fit_x, fit_y),
+    fit_x, fit_y, used, draw = _train_rows(cache, X, y, masks["train"], views, head_views, is_keras(pipe),
+                                           features is None)
+    pipe, chosen = _fit_on_val(head, preprocess, params or {}, kind, pipe, (fit_x, fit_y, draw),
                                (X[masks["val"]], y[masks["val"]]))
     fit_seconds = time.perf_counter() - t0
     thresholds = None
@@ -82,7 +83,7 @@ def train_target(cache, head: str, target: str, *, params: dict | None = None, p
                    "rows": {s: int(m.sum()) for s, m in masks.items()}, "sha256": target_sha256(cache, target)}
     if thresholds is not None:
         card_target["thresholds"] = [float(v) for v in thresholds]
-    return {"pipe": pipe, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test,
+    return {"pipe": pipe, "head": head, "metrics": results, "fit_seconds": fit_seconds, "target": card_target, "test": test,
             "best_params": chosen, "thresholds": thresholds, "views": used, "n_train": int(len(fit_x))}
 
 
@@ -98,19 +99,54 @@ def _share(masks: dict, fraction: float, seed: int = 0) -> dict:
     return out
 
 
-def _train_rows(cache, X, y, train, views: str, head: str, cached: bool):
-    """``(X, y, (K, mode))`` a head fits: the train rows, with their augmented views as more rows or averaged
-    in (a view learns its own image's target); raw pixels (not ``cached``) have no views."""
+def _head_for(head, preprocess, params, kind: str, target: str):
+    """``(name, unfitted pipeline, views mode)`` of a named head or a user's own estimator for a ``kind`` target;
+    a head of the wrong kind is a one-line refusal, before any work."""
+    if isinstance(head, str):
+        spec = get_head_spec(head)
+        spec.factory(kind)
+        return head, validate_head(head, preprocess, params or {}, target_kind=kind), spec.views
+    from .heads import preprocess_steps
+    from .heads.custom import user_head
+
+    name, pipe = user_head(head, preprocess_steps(preprocess or "none"), params, kind=kind, target=target)
+    return name, pipe, "rows"
+
+
+def _train_rows(cache, X, y, train, views: str, head_mode: str, keras: bool, cached: bool):
+    """``(X, y, (K, mode), draw)`` a head fits: the train rows, with their augmented views as more rows or
+    averaged in (a view learns its own image's target), or ``draw`` (a Keras head's views, ``(K, rows, d)``,
+    one drawn per image per epoch; else None); raw pixels (not ``cached``) have no views."""
     from .heads.views import expand, resolve_mode
 
     rows = np.flatnonzero(train)
     n_views = cache.views if cached else 0
-    mode = resolve_mode(views, get_head_spec(head).views, False, n_views)
+    mode = resolve_mode(views, head_mode, keras, n_views)
     if mode == "none":
-        return X[rows], y[rows], (0, "none")
+        return X[rows], y[rows], (0, "none"), None
     V = cache.views_of(rows).reshape(n_views, len(rows), -1).astype(np.float32)
+    if mode == "draw":
+        return X[rows], y[rows], (n_views, mode), V
     fit_x, fit_y, _groups = expand(X[rows], y[rows], V, mode)
-    return fit_x, fit_y, (n_views, mode)
+    return fit_x, fit_y, (n_views, mode), None
+
+
+def _fit(pipe, train: tuple, val: tuple, head: str):
+    """Fit ``pipe`` on ``train`` ``(X, y, draw)``: a Keras head early-stops on ``val`` ``(X, y)`` (as
+    :func:`featcache.heads.fitting.fit_head` wires it) and draws its views; scikit-learn's ValueError (a user's
+    classifier that cannot fit an indicator matrix) is a one-line error."""
+    x_tr, y_tr, draw = train
+    fit_params = {}
+    if is_keras(pipe):
+        fit_params["clf__validation_data"] = val if len(val[0]) else None
+        if draw is not None:
+            fit_params["clf__views"] = draw
+    try:
+        return pipe.fit(x_tr, y_tr, **fit_params)
+    except ValueError as exc:
+        lines = str(exc).strip().splitlines()
+        raise FeatcacheError(f"head {head} cannot be trained on this target: "
+                             f"{lines[0] if lines else type(exc).__name__}") from None
 
 
 def _fit_on_val(head: str, preprocess, params: dict, kind: str, pipe, train: tuple, val: tuple):
@@ -123,13 +159,13 @@ def _fit_on_val(head: str, preprocess, params: dict, kind: str, pipe, train: tup
     from .heads.kinds import GRIDS
 
     grid = {k: v for k, v in GRIDS.get(head, {}).get(kind, {}).items() if k not in params}
-    (x_tr, y_tr), (x_va, y_va) = train, val
+    x_va, y_va = val
     if not grid or not len(x_va):
-        return pipe.fit(x_tr, y_tr), dict(params)
+        return _fit(pipe, train, val, head), dict(params)
     (key, values), = grid.items()  # one parameter a grid (C): the path is short
     best = None
     for v in values:
-        cand = validate_head(head, preprocess, {**params, key: v}, target_kind=kind).fit(x_tr, y_tr)
+        cand = _fit(validate_head(head, preprocess, {**params, key: v}, target_kind=kind), train, val, head)
         s = _scores(cand, x_va, kind)
         score = r2_score(y_va, s) if kind == "regression" else mean_average_precision(y_va, s)
         if best is None or score > best[0]:  # ties: the smaller C, the stronger regularisation, first

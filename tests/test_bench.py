@@ -235,7 +235,7 @@ def test_a_bad_estimator_head_is_one_line_naming_it_before_any_work(two_class_ca
         def __init__(self, C=1.0):
             super().__init__(C=C * 2)  # get_params then disagrees with what was given: clone refuses
 
-    for bad, says in [(LinearRegression(), "LinearRegression is not a classifier"), (SVC, "not the class SVC"),
+    for bad, says in [(LinearRegression(), "LinearRegression is a regressor"), (SVC, "not the class SVC"),
                       (object(), "got object"), (Unclonable(), "custom:Unclonable")]:
         with pytest.raises(featcache.FeatcacheError, match=says) as err:
             featcache.bench(two_class_cache, ["logreg", bad], out=tmp_path / "r", baseline_heads=())

@@ -99,3 +99,23 @@ def test_export_refusals(heads, tmp_path):
 
     assert main(["export", f"{root / 'm_zoom'},{root / 'm_tags'}", str(tmp_path / "cli.keras")]) == 0
     assert [o["name"] for o in featcache.export_info(tmp_path / "cli.keras")["outputs"]] == ["zoom", "tags"]
+
+
+def test_keras_target_heads_export_and_load_with_keras_alone(heads, tmp_path):
+    """keras_linear for regression (its un-standardising inside) and multi-label, alone and as one model."""
+    root, cache, canvases, _ = heads
+    res = {t: featcache.train(cache, head="keras_linear", target=t, out=tmp_path / f"k_{t}") for t in ("zoom", "tags")}
+    one = featcache.export(tmp_path / "k_zoom", tmp_path / "zoom.keras")
+    multi = featcache.export([tmp_path / "k_zoom", tmp_path / "k_tags"], tmp_path / "multi.keras")
+    info = featcache.export_info(multi)
+    assert [(o["name"], o["kind"]) for o in info["outputs"]] == [("zoom", "regression"), ("tags", "multilabel")]
+    np.save(tmp_path / "images.npy", canvases)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(tmp_path / "images.npy"), str(one), str(multi)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = {t: _cached(res[t], cache) for t in ("zoom", "tags")}
+    np.testing.assert_allclose(np.reshape(got[str(one)], (-1, 1)), want["zoom"], rtol=1e-3, atol=1e-3)
+    for t in ("zoom", "tags"):
+        np.testing.assert_allclose(np.reshape(got[str(multi)][t], want[t].shape), want[t], rtol=1e-3, atol=1e-3)

@@ -101,6 +101,9 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ model
 
+    #: the output layer's activation and name (the regression and multi-label heads change them: keras_targets.py)
+    _activation, _output_name = "softmax", "probabilities"
+
     def _build(self, n_features, n_classes, mean, var):
         import keras
         from keras import layers
@@ -108,7 +111,7 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         inputs = keras.Input((n_features,), name="features")
         x = inputs
         if self.standardize:
-            x = layers.Normalization(mean=mean, variance=np.maximum(var, 1e-12), name="standardize")(x)
+            x = layers.Normalization(mean=mean, variance=self._variance(var), name="standardize")(x)
         seed = int(self.random_state)
         init = keras.initializers.GlorotUniform
         for i, units in enumerate(self._hidden_sizes()):
@@ -119,9 +122,14 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             x = layers.ReLU(name=f"relu_{i}")(x)
             if self.dropout:
                 x = layers.Dropout(float(self.dropout), seed=seed + 101 * i + 1, name=f"dropout_{i}")(x)
-        outputs = layers.Dense(n_classes, activation="softmax", kernel_initializer=init(seed=seed + 7),
-                               name="probabilities")(x)
+        outputs = layers.Dense(n_classes, activation=self._activation, kernel_initializer=init(seed=seed + 7),
+                               name=self._output_name)(x)
         return keras.Model(inputs, outputs, name="featcache_head")
+
+    @staticmethod
+    def _variance(var):
+        """The standardisation's variance: a feature constant on train is divided by ~0 (softmax bounds it)."""
+        return np.maximum(var, 1e-12)
 
     def _validate_params(self):
         """The declared constraints, then what they cannot say: every hidden size a positive integer."""
@@ -143,9 +151,10 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
                                         f"a sequence of them. Got {hidden!r} instead.")
         return tuple(int(h) for h in sizes)
 
-    def _class_weights(self, y_enc, n_classes):
-        if self.class_weight is None:
+    def _class_weights(self, y_enc):
+        if getattr(self, "class_weight", None) is None:
             return None
+        n_classes = len(self.classes_)
         if self.class_weight == "balanced":
             present = np.unique(y_enc)
             w = compute_class_weight("balanced", classes=present, y=y_enc)
@@ -169,9 +178,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         """
         import keras
 
-        model = self._build(n_features, len(self.classes_), mean, var)
-        model.compile(optimizer=keras.optimizers.Adam(float(self.learning_rate)),
-                      loss="sparse_categorical_crossentropy")
+        model = self._build(n_features, self._n_outputs(), mean, var)
+        model.compile(optimizer=keras.optimizers.Adam(float(self.learning_rate)), loss=self._keras_loss())
         sw, val = self._loss_weights(y_enc, sample_weight, val)
         history = {"loss": []} if val is None else {"loss": [], "val_loss": []}
         best, best_weights, wait = np.inf, None, 0
@@ -203,14 +211,14 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         callbacks.on_train_end({k: v[-1] for k, v in history.items() if v})
         if best_weights is not None:
             model.set_weights(best_weights)
-        self.model_ = model
+        self.model_ = self._final_model(model)
         self.history_ = history
         self.n_iter_ = len(history["loss"])
         return self
 
     def _loss_weights(self, y_enc, sample_weight, val):
         """Each training row's loss weight (class weight times ``sample_weight``), and ``val`` class-weighted too."""
-        cw = self._class_weights(y_enc, len(self.classes_))
+        cw = self._class_weights(y_enc)
         sw = None if cw is None else np.array([cw[int(c)] for c in y_enc], np.float32)
         if sample_weight is not None:
             sw = np.asarray(sample_weight, np.float32) * (1.0 if sw is None else sw)
@@ -230,6 +238,29 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
             total += loss * len(yb)
             callbacks.on_train_batch_end(step, {"loss": loss})
         return total / max(len(order), 1)
+
+    def _n_outputs(self) -> int:
+        return len(self.classes_)
+
+    def _keras_loss(self):
+        """What ``train_on_batch`` minimises; :meth:`_loss` is the same loss on the validation rows."""
+        return "sparse_categorical_crossentropy"
+
+    def _final_model(self, model):
+        """The model kept as ``model_`` once trained (a regression head appends its targets' un-standardising)."""
+        return model
+
+    def _fit_targets(self, X, y):
+        """``(X, y_enc)``: the training rows checked, ``y`` encoded as the loss reads it; sets ``classes_``."""
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=1)
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        return X, y_enc.astype(np.int64)
+
+    def _val_targets(self, yv):
+        """``(rows kept, their y encoded)`` of the validation rows: a class train never saw is left out."""
+        known = np.isin(yv, self.classes_)
+        return known, np.searchsorted(self.classes_, yv[known]).astype(np.int64)
 
     def _batch_size(self, n_rows: int) -> int:
         if self.batch_size == "auto":
@@ -260,11 +291,8 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         K views, drawn with ``random_state`` and the epoch.
         """
         self._validate_params()
-        X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=1)
-        check_classification_targets(y)
+        X, y_enc = self._fit_targets(X, y)
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float32)
-        self.classes_, y_enc = np.unique(y, return_inverse=True)
-        y_enc = y_enc.astype(np.int64)
         X = np.ascontiguousarray(X, dtype=np.float32)
         if views is not None:
             views = np.asarray(views)
@@ -274,11 +302,9 @@ class KerasHeadClassifier(ClassifierMixin, BaseEstimator):
         val = None
         if validation_data is not None:
             Xv = validate_data(self, validation_data[0], dtype=np.float32, reset=False)
-            yv = np.asarray(validation_data[1])
-            known = np.isin(yv, self.classes_)
+            known, yv_enc = self._val_targets(np.asarray(validation_data[1]))
             if known.any():
-                val = (np.ascontiguousarray(Xv[known]), np.searchsorted(self.classes_, yv[known]).astype(np.int64),
-                       None)
+                val = (np.ascontiguousarray(Xv[known]), yv_enc, None)
         elif self.validation_fraction and len(X) >= 20:
             rng = np.random.default_rng(int(self.random_state))
             perm = rng.permutation(len(X))

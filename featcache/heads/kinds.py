@@ -8,6 +8,7 @@ place a head is built for a target kind.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from .spec import HEADS, register_head
 
@@ -57,6 +58,33 @@ def _knn_multilabel():
     return KNeighborsClassifier(n_neighbors=10, weights="distance")
 
 
+def _knn_cosine_reg():
+    from .knn_cosine import CosineKNNRegressor
+    return CosineKNNRegressor(n_neighbors=20, temperature=0.07)
+
+
+def _knn_cosine_multilabel():
+    from .knn_cosine import CosineKNNMultiLabel
+    return CosineKNNMultiLabel(n_neighbors=20, temperature=0.07)
+
+
+def _keras_reg(**kw):
+    from .keras_targets import KerasHeadRegressor
+    return KerasHeadRegressor(**kw)
+
+
+def _keras_multilabel(**kw):
+    from .keras_targets import KerasHeadMultiLabel
+    return KerasHeadMultiLabel(**kw)
+
+
+def _keras_builds(name: str) -> dict:
+    """A Keras head's regression and multi-label builds: its classification network's settings, another output."""
+    kw = {k: v for k, v in HEADS[name].make.keywords.items() if k != "class_weight"}
+    # partials of module-level functions pickle, so a head's process can be handed the spec
+    return {"regression": functools.partial(_keras_reg, **kw), "multilabel": functools.partial(_keras_multilabel, **kw)}
+
+
 #: head name -> {kind: factory}
 BUILDS = {
     "ridge": {"regression": _ridge_reg},
@@ -66,17 +94,22 @@ BUILDS = {
     "hist_gb": {"regression": _hist_gb_reg},
     "mlp": {"regression": _mlp_reg},
     "logreg": {"multilabel": _logreg_ovr},
+    "knn_cosine": {"regression": _knn_cosine_reg, "multilabel": _knn_cosine_multilabel},
 }
+#: the Keras heads that serve regression (MSE, or loss="huber") and multi-label (sigmoid, binary cross-entropy)
+KERAS_KINDS = ("keras_linear", "keras_mlp")
 
 
 #: head -> {kind: {param: values}} chosen on the val split by the kind's metric (train_targets.py); measured on
 #: Lite0 mosaics (docs/PERFORMANCE.md): C=1 overfits 1,280 standardised features, C=0.01 to 0.1 wins on val
-GRIDS = {"logreg": {"multilabel": {"C": (0.01, 0.1, 1.0)}}}
+GRIDS = {"logreg": {"multilabel": {"C": (0.01, 0.1, 1.0)}},
+         # DINOv2's k grid, less 200: a few thousand train rows rarely have 200 neighbours worth a vote
+         "knn_cosine": {"regression": {"n_neighbors": (10, 20, 100)}, "multilabel": {"n_neighbors": (10, 20, 100)}}}
 
 
 def add_kinds() -> None:
     """Give each built-in head in :data:`BUILDS` its other kinds (re-registering its spec)."""
-    for name, builds in BUILDS.items():
+    for name, builds in [*BUILDS.items(), *((n, _keras_builds(n)) for n in KERAS_KINDS)]:
         spec = HEADS[name]
         prefixes = {"multilabel": "clf__estimator__"} if name == "logreg" else None  # inside one-vs-rest
         register_head(dataclasses.replace(spec, kinds=("classification", *builds), builds=dict(builds),

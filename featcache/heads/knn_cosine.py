@@ -13,7 +13,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import normalize  # L2 rows; an all-zero row stays zero (similarity 0)
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
@@ -73,20 +73,9 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         Returns:
             Probabilities, shape (m, n_classes), in the order of ``classes_``.
         """
-        check_is_fitted(self)
-        X = normalize(validate_data(self, X, reset=False, dtype=[np.float64, np.float32]))
-        train = self._train.astype(X.dtype, copy=False)
-        k = min(self.n_neighbors, len(train))
-        n_classes = len(self.classes_)
-        out = np.zeros((len(X), n_classes))
-        for a in range(0, len(X), self.batch_size):
-            sim = X[a:a + self.batch_size] @ train.T
-            top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.broadcast_to(
-                np.arange(sim.shape[1]), sim.shape)
-            s = np.take_along_axis(sim, top, axis=1).astype(np.float64)
-            w = np.exp((s - s.max(1, keepdims=True)) / self.temperature)  # the max cancels in the shares
-            votes = out[a:a + len(s)]
-            np.add.at(votes, (np.arange(len(s))[:, None], self._codes[top]), w)
+        out = np.zeros((len(X), len(self.classes_)))
+        for rows, top, w in _neighbours(self, X):
+            np.add.at(out[rows], (np.arange(len(top))[:, None], self._codes[top]), w)
         return out / out.sum(1, keepdims=True)
 
     def predict(self, X):
@@ -100,3 +89,88 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         """
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+def _neighbours(est, X):
+    """``(rows, top, weights)`` per query block: the indices of the ``n_neighbors`` training rows most similar to
+    ``X[rows]`` and their votes ``exp((sim - max) / T)`` (the max cancels in every weighted share)."""
+    check_is_fitted(est)
+    X = normalize(validate_data(est, X, reset=False, dtype=[np.float64, np.float32]))
+    train = est._train.astype(X.dtype, copy=False)
+    k = min(est.n_neighbors, len(train))
+    for a in range(0, len(X), est.batch_size):
+        sim = X[a:a + est.batch_size] @ train.T
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.broadcast_to(
+            np.arange(sim.shape[1]), sim.shape)
+        s = np.take_along_axis(sim, top, axis=1).astype(np.float64)
+        yield slice(a, a + len(s)), top, np.exp((s - s.max(1, keepdims=True)) / est.temperature)
+
+
+def _weighted_mean(est, X) -> np.ndarray:
+    """Each query's weighted mean of its neighbours' training targets, shape (m, outputs)."""
+    out = np.zeros((len(X), est._y.shape[1]))
+    for rows, top, w in _neighbours(est, X):
+        out[rows] = np.einsum("qk,qkj->qj", w, est._y[top]) / w.sum(1, keepdims=True)
+    return out
+
+
+class CosineKNNRegressor(RegressorMixin, BaseEstimator):
+    """DINOv2's weighted cosine k-NN for numeric targets: the neighbours' values averaged with the votes' weights.
+
+    Args: as :class:`CosineKNNClassifier`. ``y`` may be 1-D or (n, outputs); ``predict`` has its shape.
+
+    Examples:
+        >>> X = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> CosineKNNRegressor(n_neighbors=2).fit(X, [1.0, 1.0, 5.0, 5.0]).predict([[0.0, 2.0]]).round(3).tolist()
+        [5.0]
+    """
+
+    _parameter_constraints: dict = dict(CosineKNNClassifier._parameter_constraints)
+
+    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024):
+        self.n_neighbors = n_neighbors
+        self.temperature = temperature
+        self.batch_size = batch_size
+
+    def fit(self, X, y):
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
+        y = np.asarray(y, np.float64)
+        self._one_output = y.ndim == 1
+        self._y, self._train = y.reshape(len(y), -1), normalize(X)
+        return self
+
+    def predict(self, X):
+        out = _weighted_mean(self, X)
+        return out[:, 0] if self._one_output else out
+
+
+class CosineKNNMultiLabel(ClassifierMixin, BaseEstimator):
+    """DINOv2's weighted cosine k-NN for a 0/1 indicator matrix: each label's probability is its weighted
+    frequency among the neighbours (``predict_proba`` (m, labels); ``predict`` thresholds it at 0.5).
+
+    Args: as :class:`CosineKNNClassifier`.
+    """
+
+    _parameter_constraints: dict = dict(CosineKNNClassifier._parameter_constraints)
+
+    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024):
+        self.n_neighbors = n_neighbors
+        self.temperature = temperature
+        self.batch_size = batch_size
+
+    def fit(self, X, y):
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True)
+        y = np.asarray(y)
+        if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+            raise ValueError(f"CosineKNNMultiLabel fits a 0/1 indicator matrix (rows, labels), got shape {y.shape}")
+        self.classes_ = np.arange(y.shape[1])
+        self._y, self._train = y.astype(np.float64), normalize(X)
+        return self
+
+    def predict_proba(self, X):
+        return _weighted_mean(self, X)
+
+    def predict(self, X):
+        return (self.predict_proba(X) >= 0.5).astype(np.int64)
