@@ -126,6 +126,21 @@ def _turbo_decode(im: Image.Image, data: bytes | None) -> Image.Image | None:
     return Image.fromarray(arr) if arr.shape[:2] == (im.size[1], im.size[0]) else None
 
 
+def _load(im: Image.Image, size: tuple[int, int], data: bytes | None) -> Image.Image:
+    """``im`` decoded (drafted when twice ``size`` (width, height), turned by its EXIF), by simplejpeg when it can
+    (``data`` given), else by Pillow."""
+    width, height = size
+    draft = im.format == "JPEG" and im.size[0] >= 2 * width and im.size[1] >= 2 * height
+    turbo = None if draft else _turbo_decode(im, data)
+    if turbo is not None:
+        return turbo
+    if draft:  # decode at a reduced DCT scale that still covers the target
+        im.draft("RGB", (width, height))
+    im.load()
+    ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing turns
+    return im
+
+
 def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  background: tuple[int, int, int] = (255, 255, 255), report: list | None = None,
                  data: bytes | None = None, fast_jpeg: bool = True) -> np.ndarray:
@@ -158,15 +173,7 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: 
                     raise DecodeError(
                         f"decompression bomb: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}"
                     )
-                draft = im.format == "JPEG" and w >= 2 * width and h >= 2 * height
-                turbo = None if draft or not fast_jpeg else _turbo_decode(im, data)
-                if turbo is not None:
-                    im = turbo
-                else:
-                    if draft:  # decode at a reduced DCT scale that still covers the target
-                        im.draft("RGB", (width, height))
-                    im.load()
-                    ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing turns
+                im = _load(im, (width, height), data if fast_jpeg else None)
                 im, had_alpha = composite(im, background)
                 im = _to_rgb(im)
                 if im.size != (width, height):
