@@ -151,6 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/featcache-decode-profile"))
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", default="decode,pipeline")
+    ap.add_argument("--precisions", help="comma-separated (default: every one this CPU runs)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     env = environment()
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
         result["decode_threads_img_s"] = {t: decode_threads_rate(files, t) for t in (1, 2)}
         print(json.dumps(result["decode_cpu_ms"]), json.dumps(result["decode_threads_img_s"]), flush=True)
     if "pipeline" in args.only:
-        result["pipeline"] = part_pipeline(folder, args.work, env["precisions"], args.rounds)
+        result["pipeline"] = part_pipeline(folder, args.work, args.precisions.split(",") if args.precisions
+                                           else env["precisions"], args.rounds)
     result["env"]["load_after"] = os.getloadavg()[0]
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
