@@ -49,7 +49,7 @@ def test_any_scikit_learn_classifier_trains_saves_and_predicts(tmp_path):
         featcache.train(cache, head=NearestCentroid(), params={"metric": "nope"})
     with pytest.raises(FeatcacheError, match="not the class SVC; write SVC()"):
         featcache.train(cache, head=SVC)
-    with pytest.raises(FeatcacheError, match="not a classifier"):
+    with pytest.raises(FeatcacheError, match="is a regressor, but target .label. is classification"):
         from sklearn.linear_model import LinearRegression
         featcache.train(cache, head=LinearRegression())
 

@@ -73,8 +73,9 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         Returns:
             Probabilities, shape (m, n_classes), in the order of ``classes_``.
         """
-        out = np.zeros((len(X), len(self.classes_)))
-        for rows, top, w in _neighbours(self, X):
+        n, blocks = _neighbours(self, X)  # checked before any work: a NotFittedError, any array-like
+        out = np.zeros((n, len(self.classes_)))
+        for rows, top, w in blocks:
             np.add.at(out[rows], (np.arange(len(top))[:, None], self._codes[top]), w)
         return out / out.sum(1, keepdims=True)
 
@@ -92,10 +93,14 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
 
 
 def _neighbours(est, X):
-    """``(rows, top, weights)`` per query block: the indices of the ``n_neighbors`` training rows most similar to
+    """``(rows, blocks)``: X checked now, then ``(rows, top, weights)`` per query block: the indices of the ``n_neighbors`` training rows most similar to
     ``X[rows]`` and their votes ``exp((sim - max) / T)`` (the max cancels in every weighted share)."""
     check_is_fitted(est)
     X = normalize(validate_data(est, X, reset=False, dtype=[np.float64, np.float32]))
+    return len(X), _blocks(est, X)
+
+
+def _blocks(est, X):
     train = est._train.astype(X.dtype, copy=False)
     k = min(est.n_neighbors, len(train))
     for a in range(0, len(X), est.batch_size):
@@ -108,8 +113,9 @@ def _neighbours(est, X):
 
 def _weighted_mean(est, X) -> np.ndarray:
     """Each query's weighted mean of its neighbours' training targets, shape (m, outputs)."""
-    out = np.zeros((len(X), est._y.shape[1]))
-    for rows, top, w in _neighbours(est, X):
+    n, blocks = _neighbours(est, X)
+    out = np.zeros((n, est._y.shape[1]))
+    for rows, top, w in blocks:
         out[rows] = np.einsum("qk,qkj->qj", w, est._y[top]) / w.sum(1, keepdims=True)
     return out
 
