@@ -53,7 +53,8 @@ def build(work: Path, n_train: int) -> tuple[Path, Path, dict]:
     t2 = time.perf_counter()
     path = featcache.export(work / "logreg", work / "logreg.keras")
     t3 = time.perf_counter()
-    info = {"backbone": featcache.DEFAULT_BACKBONE, "cache_rows": len(cache), "features": int(cache.features().shape[1]),
+    info = {"backbone": featcache.DEFAULT_BACKBONE, "cache_rows": len(cache),
+            "features": int(cache.features().shape[1]),
             "logreg_test_accuracy_on_cache": result.metrics["test"]["accuracy"],
             "extract_seconds": round(t1 - t0, 2), "train_seconds": round(t2 - t1, 2),
             "export_seconds": round(t3 - t2, 2)}
@@ -92,7 +93,8 @@ def measure(model_dir: Path, path: Path, images: np.ndarray, labels: np.ndarray,
         if r == 0:
             diff = np.abs(ref - got)
             agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
-            acc = {"cached": float(np.mean(ref.argmax(1) == labels)), "exported": float(np.mean(got.argmax(1) == labels))}
+            acc = {"cached": float(np.mean(ref.argmax(1) == labels)),
+                   "exported": float(np.mean(got.argmax(1) == labels))}
     n = len(images)
     return {"images": n, "rounds": rounds, "max_abs_proba_diff": float(diff.max()),
             "mean_abs_proba_diff": float(diff.mean()), "argmax_agreement": agree, "test_accuracy": acc,
