@@ -183,8 +183,8 @@ TRAIN: tuple[Param, ...] = (
           "featcache heads), rows, mean, draw (Keras heads) or none (the plain view only); val and test rows are "
           "always the plain view", choices=head_views.MODES,
           spelling="--use-views", pipeline=False),
-    Param("tensorboard", None, "log a Keras head's epochs (train and val loss) to this TensorBoard log directory "
-          "(needs featcache[tensorboard])", Path, pipeline=False),
+    Param("tensorboard", None, "log a Keras head's epochs (train and val loss and accuracy) to this TensorBoard "
+          "log directory (needs featcache[tensorboard])", Path, pipeline=False),
 )
 _D = defaults(TRAIN)
 
@@ -219,11 +219,9 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
     fit_splits = _check_fit_splits(fit_splits)
     if target not in (None, "label"):
         cache = cache if isinstance(cache, Cache) else open_cache(cache)
-        if cache.target(target).kind != "classification":
-            if tensorboard is not None:
-                raise FeatcacheError("--tensorboard logs a classification Keras head's epochs, not a "
-                                     f"{cache.target(target).kind} target's head")
-            return _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out, views)
+        if cache.target(target).kind != "classification":  # a Keras head's epochs: their loss (no accuracy)
+            return _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out, views,
+                                 tensorboard)
         cache = cache.with_target(target)  # a classification target: every classifier learns it as the labels
     if out is not None:
         check_model_dir_target(out)  # before any work: never train for minutes, then refuse to save
@@ -232,8 +230,7 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
                                                                         getattr(cache, "target_name", target))
     if verbose and is_keras(pipe) and "verbose" not in params:
         pipe.set_params(clf__verbose=int(verbose))
-    if tensorboard is not None:
-        _log_epochs(head, pipe, tensorboard)
+    _log_epochs(head, pipe, tensorboard)
     _check_keras(head, pipe, fit_splits, out, preprocess)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     output = cache.output_name(output)
@@ -242,6 +239,7 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
     labels = cache.labels()
     masks = split_masks(cache, val_fraction=val_fraction, test_fraction=test_fraction)
     classes = train_classes(cache, masks)
+    _score_epochs(pipe, cache, output, labels, masks, tensorboard)
     fit_mask = masks["train"] | masks["val"] if "val" in fit_splits else masks["train"]
     X, fit_seconds = _fit(head, pipe, streams, cache, masks, fit_mask, labels, classes, output,
                           stream=stream, stream_epochs=stream_epochs, n_views=n_views, mode=mode)
@@ -252,7 +250,7 @@ def train(cache, head=_D["head"], *, params: dict | None = None, preprocess: str
 
 
 def _train_target(cache, head, target, params, preprocess, val_fraction, test_fraction, out,
-                  views: str = "auto") -> TrainResult:
+                  views: str = "auto", tensorboard=None) -> TrainResult:
     """A regression or multi-label head (featcache.train_targets), its card (with ``target``) and model dir."""
     from .train_targets import train_target
 
@@ -260,7 +258,8 @@ def _train_target(cache, head, target, params, preprocess, val_fraction, test_fr
         check_model_dir_target(out)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     res = train_target(cache, head, target, params=params, preprocess=preprocess, val_fraction=val_fraction,
-                       test_fraction=test_fraction, views=views)
+                       test_fraction=test_fraction, views=views,
+                       prepare=lambda name, pipe: _log_epochs(name, pipe, tensorboard))
     output = cache.output_name(None)
     head = res["head"]  # custom:ClassName for your own estimator
     card = {"head": head, "head_params": dict(res["best_params"]),  # a grid's choice on val included
@@ -330,7 +329,10 @@ def _head_pipeline(head, preprocess, params: dict, target: str | None = None):
 
 
 def _log_epochs(head: str, pipe, log_dir) -> None:
-    """Add a TensorBoard callback to a Keras head; a head without epochs (scikit-learn's) is a one-line error."""
+    """Add a TensorBoard callback to a Keras head (``log_dir`` None: none); a head without epochs (scikit-learn's)
+    is a one-line error."""
+    if log_dir is None:
+        return
     if not is_keras(pipe):
         raise FeatcacheError(f"--tensorboard: only Keras heads have epochs to log; {head!r} is a scikit-learn head")
     try:
@@ -342,6 +344,40 @@ def _log_epochs(head: str, pipe, log_dir) -> None:
     clf = pipe.steps[-1][1]
     board = keras.callbacks.TensorBoard(log_dir=os.fspath(log_dir), write_graph=False)  # no graph: a hand loop
     pipe.set_params(clf__callbacks=[*(clf.callbacks or ()), board])
+
+
+def _score_epochs(pipe, cache: Cache, output: str, labels, masks: dict, log_dir) -> None:
+    """Add each epoch's accuracy on the plain train and val rows to the logs the TensorBoard callback writes
+    (``epoch_accuracy`` in train/ and validation/, beside ``epoch_loss``, as Keras' own ``fit`` names it);
+    ``log_dir`` None: nothing."""
+    if log_dir is None:
+        return
+    import keras
+
+    clf = pipe.steps[-1][1]
+    before = pipe[:-1] if len(pipe.steps) > 1 else None  # fitted before the Keras head is
+    splits = {key: rows[labels[rows] >= 0] for key, rows in
+              (("accuracy", np.flatnonzero(masks["train"])), ("val_accuracy", np.flatnonzero(masks["val"])))}
+
+    class EpochAccuracy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            for key, rows in splits.items():
+                if len(rows) and logs is not None:  # the same dict the board is given next
+                    logs[key] = _accuracy(self.model, clf.classes_, before, cache, output, rows, labels[rows])
+
+    pipe.set_params(clf__callbacks=[EpochAccuracy(), *(clf.callbacks or ())])  # before the board: it writes these
+
+
+def _accuracy(model, classes, before, cache: Cache, output: str, rows, y, chunk: int = 8192) -> float:
+    """The share of ``rows`` whose argmax class is ``y``, read from the cache a chunk at a time (a streamed fit
+    never holds them all)."""
+    hits = 0
+    for a in range(0, len(rows), chunk):
+        X = cache.read_rows(rows[a:a + chunk], output).features
+        X = X.reshape(len(X), -1).astype(np.float32)
+        p = np.asarray(model.predict_on_batch(X if before is None else before.transform(X)))
+        hits += int(np.sum(classes[p.argmax(1)] == y[a:a + chunk]))
+    return hits / len(rows)
 
 
 def _check_keras(head: str, pipe, fit_splits, out, preprocess) -> None:

@@ -40,20 +40,23 @@ def target_masks(cache, t, val_fraction: float, test_fraction: float) -> dict:
 
 def train_target(cache, head: str, target: str, *, params: dict | None = None, preprocess: str | None = None,
                  val_fraction: float, test_fraction: float, features: np.ndarray | None = None,
-                 views: str = "auto", train_fraction: float = 1.0) -> dict:
+                 views: str = "auto", train_fraction: float = 1.0, prepare=None) -> dict:
     """Fit ``head`` for ``target`` on its train rows with a value: ``{"pipe", "metrics", "target", "test", ...}``.
 
     ``features``: other rows to learn from in the cache's row order (the bench's raw-pixel baseline);
     ``test`` is ``(true, predicted)`` on the test rows (predicted: values, or per-label scores).
     ``views``: how the train rows' augmented views join them (:mod:`.heads.views`: auto, rows, mean, none); a
     view has its image's target values. ``train_fraction``: a learning-curve point, a seeded share of the
-    train and val rows (the test split whole).
+    train and val rows (the test split whole). ``prepare(head, pipe)``: called on the head before it fits
+    (``train --tensorboard`` adds its callback there).
     """
     from .bench.metrics import choose_thresholds, multilabel_metrics, regression_metrics
 
     t = cache.target(target)
     kind = t.kind
     head, pipe, head_views = _head_for(head, preprocess, params, kind, target)
+    if prepare is not None:
+        prepare(head, pipe)
     masks = _share(target_masks(cache, t, val_fraction, test_fraction), train_fraction)
     if not masks["train"].any():
         raise FeatcacheError(f"target {target!r} has no value on any train row of {cache.path}")
