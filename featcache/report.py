@@ -141,14 +141,30 @@ def _fig_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plots(rows: list[dict], class_names: list[str] | None, curve: list[dict] | None = None,
-          leakage: dict | None = None, thumbs=None) -> dict[str, bytes]:
-    """The report's figures as PNG bytes by file name (matplotlib, Agg), one function each."""
-    import matplotlib  # heavy: only when a report is rendered
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files, never a window)."""
+    import matplotlib  # heavy: only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
+    """The labels, grid and legend every line and scatter plot here has, then the PNG bytes."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _fig_png(fig)
+
+
+def plots(rows: list[dict], class_names: list[str] | None, curve: list[dict] | None = None,
+          leakage: dict | None = None, thumbs=None) -> dict[str, bytes]:
+    """The report's figures as PNG bytes by file name (matplotlib, Agg), one function each."""
+    plt = _pyplot()
     ok = [r for r in rows if r.get("status") == "ok"]
     out = {}
     if not ok:
@@ -191,12 +207,8 @@ def _time_figure(plt, ok: list, groups: list) -> bytes:
                         xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("selection + final fit time (s, log scale); each line starts at the final fit alone")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy against the time to select and fit, every head")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _fig_png(fig)
+    return _finish(fig, ax, "selection + final fit time (s, log scale); each line starts at the final fit alone",
+                   "test accuracy (%)", "Accuracy against the time to select and fit, every head")
 
 
 def _confusion_figure(plt, best: dict, class_names) -> bytes:
@@ -256,23 +268,14 @@ def _curve_figure(plt, points: list) -> bytes:
     ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}%\n({p['n_train']:,})" for x, p in zip(xs, points)])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("share of the train and val rows (rows fitted on)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Learning curve of the best head: {points[-1]['head']} on {points[-1]['features']}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _fig_png(fig)
+    return _finish(fig, ax, "share of the train and val rows (rows fitted on)", "test accuracy (%)",
+                   f"Learning curve of the best head: {points[-1]['head']} on {points[-1]['features']}")
 
 
 def shots_figure(rows: list[dict]) -> bytes:
     """bench --shots' plot: test accuracy against k shots a class (log2 axis), a line per head and backbone
     with its ±sd band over the draws, as PNG bytes."""
-    import matplotlib  # heavy: only when the few-shot files are written
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4.2))
     for features, head in dict.fromkeys((r["features"], r["head"]) for r in rows):
         line = sorted((r for r in rows if r["features"] == features and r["head"] == head), key=lambda r: r["shots"])
         ks, acc = [r["shots"] for r in line], np.array([100 * r["accuracy"] for r in line])
@@ -282,12 +285,8 @@ def shots_figure(rows: list[dict]) -> bytes:
     ks = sorted({r["shots"] for r in rows})
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("train images a class (k)")
-    ax.set_ylabel("test accuracy (%), mean ± sd over the draws")
-    ax.set_title("Few-shot: accuracy against k")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _fig_png(fig)
+    return _finish(fig, ax, "train images a class (k)", "test accuracy (%), mean ± sd over the draws",
+                   "Few-shot: accuracy against k")
 
 
 def _leakage_figure(plt, thumbs, leakage: dict) -> bytes:
@@ -519,6 +518,23 @@ def _figure(images: dict, name: str, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
+#: the style of every report page
+_STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+          "font-size:13px}\ntd,th{border:1px solid #ccc;padding:3px 6px;text-align:left}tr.failed{background:#fdd}"
+          "tr.timed-out{background:#ffd}\nfigure{display:inline-block;margin:1em}img{max-width:560px}")
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+            f"<style>{_STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
+def shots_page(title: str, intro: str, headers: list[str], body: list[list], png: bytes, alt: str) -> str:
+    """bench --shots' report.html: the intro, the plot (embedded) and the table of means ± sd."""
+    return _page(title, f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>\n"
+                        f"{_figure({'plot': png}, 'plot', alt)}\n{_html_table(headers, body)}\n")
+
+
 def _html_report(rows, best, best_dir, classes, curve, leak_text, images) -> str:
     """report.html: what report.md says, with the figures embedded."""
     def img(name, alt):
@@ -537,18 +553,13 @@ def _html_report(rows, best, best_dir, classes, curve, leak_text, images) -> str
         extra += f"<h2>Leakage check</h2><p>{html.escape(leak_text)}</p>" + img(
             "leakage_pairs.png", "Near-duplicate pairs: test row above, its nearest train/val row below")
     best_line = f"<p>Best head saved to <code>{html.escape(str(best_dir))}</code>.</p>" if best_dir else ""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>featcache benchmark</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}tr.failed{{background:#fdd}}tr.timed-out{{background:#ffd}}
-figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><body>
-<h1>featcache benchmark</h1><p>{html.escape(PROTOCOL)}</p>
+    return _page("featcache benchmark", f"""<h1>featcache benchmark</h1><p>{html.escape(PROTOCOL)}</p>
 <p>{_counts_line(rows)}</p>{best_line}
 <div>{img('accuracy_vs_fit_time.png', 'Accuracy against the time to select and fit, every head')}
 {img('confusion_best.png', 'Confusion matrix of the best head (test split)')}
 {img('accuracy_per_backbone.png', 'Accuracy per backbone and head')}</div>
 {main}
-{extra}</body></html>
-"""
+{extra}""")
 
 
 def write_report(out: Path, rows: list[dict], best_dir: Path | None = None, curve: list[dict] | None = None,

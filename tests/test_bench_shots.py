@@ -41,6 +41,8 @@ def test_few_shot_rows_and_files(small_cache, tmp_path):
     assert [r["accuracies"] for r in again] == [r["accuracies"] for r in rows]  # the same seed, the same rows
     assert json.loads((tmp_path / "r" / "shots.json").read_text())[0]["shots"] == 1
     assert "| logreg |" in (tmp_path / "r" / "shots.md").read_text()
+    page = (tmp_path / "r" / "report.html").read_text()  # the plot embedded, the table beside it
+    assert "data:image/png;base64," in page and "<td>knn_cosine</td>" in page and "<th>4-shot</th>" in page
 
 
 def test_too_many_shots_and_keras_heads_are_refused(small_cache, tmp_path):

@@ -132,13 +132,15 @@ def few_shot(cache, shots, *, heads=None, draws: int = 5, seed: int = 0, out=Non
 
 
 def write_shots(out: Path, rows: list[dict], caches) -> None:
-    """shots.json, shots.csv, shots.png (accuracy against k, a line per head and backbone) and shots.md (a mean ±
-    sd table per backbone, head and k, linking the plot) in ``out``."""
-    from ..report import md_text, shots_figure  # matplotlib: only when the files are written
+    """shots.json, shots.csv, shots.png (accuracy against k, a line per head and backbone), shots.md (a mean ±
+    sd table per backbone, head and k, linking the plot) and report.html (the same, the plot embedded) in
+    ``out``."""
+    from ..report import md_text, shots_figure, shots_page  # matplotlib: only when the files are written
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / SHOTS_JSON, (json.dumps(rows, indent=2) + "\n").encode())
-    atomic_write_bytes(out / SHOTS_PNG, shots_figure(rows))
+    png = shots_figure(rows)
+    atomic_write_bytes(out / SHOTS_PNG, png)
     cols = ["backbone", "features", "head", "shots", "draws", "seed", "accuracy", "accuracy_sd", "n_train", "n_val",
             "n_test", "seconds"]
     table = io.StringIO(newline="")
@@ -147,14 +149,18 @@ def write_shots(out: Path, rows: list[dict], caches) -> None:
     w.writerows(rows)
     atomic_write_bytes(out / SHOTS_CSV, table.getvalue().encode())
     shots = sorted({r["shots"] for r in rows})
-    md = [f"# Few-shot: {', '.join(c.path.name for c in caches)}", "",
-          f"Test accuracy (mean ± sd over {rows[0]['draws']} draws, "
-          f"seed {rows[0]['seed']}) with k train images a class, min(k, {VAL_SHOTS}) val images a class to "
-          f"choose the setting, the whole test split ({rows[0]['n_test']:,} rows) every draw.", "",
-          f"![Test accuracy against k shots a class, a line per head and backbone]({SHOTS_PNG})", "",
-          "| features | head | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---" * (len(shots) + 2) + "|"]
+    title = f"Few-shot: {', '.join(c.path.name for c in caches)}"
+    intro = (f"Test accuracy (mean ± sd over {rows[0]['draws']} draws, seed {rows[0]['seed']}) with k train images "
+             f"a class, min(k, {VAL_SHOTS}) val images a class to choose the setting, the whole test split "
+             f"({rows[0]['n_test']:,} rows) every draw.")
+    alt = "Test accuracy against k shots a class, a line per head and backbone"
+    headers = ["features", "head", *(f"{k}-shot" for k in shots)]
+    body = []
     for features, head in dict.fromkeys((r["features"], r["head"]) for r in rows):
         by_k = {r["shots"]: r for r in rows if r["head"] == head and r["features"] == features}
-        md.append(f"| {md_text(features)} | {head} | " + " | ".join(
-            f"{100 * by_k[k]['accuracy']:.1f} ± {100 * by_k[k]['accuracy_sd']:.1f}" for k in shots) + " |")
+        body.append([features, head, *(f"{100 * by_k[k]['accuracy']:.1f} ± {100 * by_k[k]['accuracy_sd']:.1f}"
+                                       for k in shots)])
+    md = [f"# {title}", "", intro, "", f"![{alt}]({SHOTS_PNG})", "", "| " + " | ".join(headers) + " |",
+          "|---" * len(headers) + "|", *("| " + " | ".join(md_text(c) for c in cells) + " |" for cells in body)]
     atomic_write_bytes(out / SHOTS_MD, ("\n".join(md) + "\n").encode())
+    atomic_write_bytes(out / "report.html", shots_page(title, intro, headers, body, png, alt).encode())
