@@ -80,8 +80,7 @@ def bench(caches, heads=None, *, params: dict | None = None, cv: int | None = _D
     given = locals()
     check_options(**{p.name: given[p.name] for p in BENCH if p.name != "heads"})  # heads: _check_heads's
     if shots is not None or target is not None:  # few-shot, or regression and multi-label targets: in this process
-        return (_bench_shots(caches, heads, shots, shot_draws, seed, out, target) if shots is not None
-                else _bench_with_targets(caches, heads, target, out, given))
+        return _bench_other(given)
     labels_target = _labels_target(caches)  # a cache opened with a classification target: its labels
     caches, heads, estimators, params = _check_heads(caches, heads, params, baseline_heads)
     opened = _open(caches, labels_target)
@@ -114,11 +113,43 @@ def _track(mlflow, given: dict, heads: list, rows: list, out: Path, opened: dict
         return
     from .tracking import log_bench
 
-    skip = {"heads", "progress", "ray_address", "mlflow", "shots", "shot_draws", "target"}
+    layers = {c: cache.outputs[0] for c, cache in opened.items()}
+    log_bench(mlflow, _tracked_settings(given, heads, list(opened)), rows, out, layers)
+
+
+def _bench_other(given: dict) -> list[dict]:
+    """A ``--shots`` or ``--target`` bench of :func:`bench`'s arguments ``given``, logged (when ``mlflow`` asks) as
+    one parent run: the benches a target bench runs inside log nothing."""
+    caches, heads, out, shots, target = (given[k] for k in ("caches", "heads", "out", "shots", "target"))
+    rows = (_bench_shots(caches, heads, shots, given["shot_draws"], given["seed"], out, target) if shots is not None
+            else _bench_with_targets(caches, heads, target, out, {**given, "mlflow": None}))
+    _track_other(given["mlflow"], given, heads, caches, rows, Path(out))
+    return rows
+
+
+def _track_other(mlflow, given: dict, heads, caches, rows: list, out: Path) -> None:
+    """A ``--shots`` or ``--target`` bench as MLflow runs (when ``mlflow`` asks): a child run a row."""
+    if mlflow in (None, False):
+        return
+    from .tracking import log_shots, log_targets
+
+    opened = [caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches)
+    opened = [c if isinstance(c, Cache) else open_cache(c) for c in opened]
+    if given["shots"] is not None:
+        heads = list(dict.fromkeys(r["head"] for r in rows))  # the heads that ran (none named: the defaults)
+        log_shots(mlflow, _tracked_settings(given, heads, opened), rows, out)
+    else:
+        layers = {str(c.path): c.outputs[0] for c in opened}  # keyed as the rows name their cache
+        log_targets(mlflow, _tracked_settings(given, heads, opened), rows, out, layers)
+
+
+def _tracked_settings(given: dict, heads, caches: list) -> dict:
+    """The bench's settings as MLflow params: paths as text, the heads by name, the caches."""
     settings = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in given.items()
-                if k in {p.name for p in BENCH} - skip}
-    settings.update(heads=list(heads), caches=list(opened))
-    log_bench(mlflow, settings, rows, out, {c: cache.outputs[0] for c, cache in opened.items()})
+                if k in {p.name for p in BENCH} - {"heads", "progress", "ray_address", "mlflow"}}
+    settings.update(heads=[h if isinstance(h, str) else type(h).__name__ for h in heads or ()],
+                    caches=[str(getattr(c, "path", c)) for c in caches])
+    return settings
 
 
 def _bench_shots(caches, heads, shots, draws: int, seed: int, out, target=None) -> list[dict]:
