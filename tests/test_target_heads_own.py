@@ -168,7 +168,7 @@ def test_bench_refuses_your_estimator_of_the_wrong_kind_naming_the_kind(cache, t
     from sklearn.linear_model import Ridge
     from sklearn.svm import SVR
 
-    cases = [([SVR()], "tags", "head SVR is a regressor, but target 'tags' is multilabel: it needs a classifier"),
+    cases = [([SVR()], ["tags"], "head SVR is a regressor, but target 'tags' is multilabel: it needs a classifier"),
              ([Ridge()], ["shade", "label"], "none of the heads ['Ridge'] serve classification target 'label'")]
     for heads, target, says in cases:
         with pytest.raises(FeatcacheError) as err:
