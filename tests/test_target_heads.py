@@ -84,7 +84,7 @@ def test_linear_svm_regression_is_linear_svr_with_c_on_val_as_by_hand(own_cache)
                                                          dual=False, max_iter=2000, tol=1e-4)).fit(
         X[m["train"]], y[m["train"]]) for C in GRIDS["linear_svm"]["regression"]["C"]}
     best = max(fits, key=lambda c: (r2_score(y[m["val"]], fits[c].predict(X[m["val"]])), -c))
-    assert res.card["head_params"] == {"C": best} and "LinearSVR" in res.card["estimator"]
+    assert res.card["head_params"] == {"C": best} and isinstance(res.estimator.steps[-1][1], LinearSVR)
     np.testing.assert_allclose(res.estimator.predict(X), fits[best].predict(X), rtol=1e-5, atol=1e-6)
 
 
