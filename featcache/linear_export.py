@@ -193,7 +193,7 @@ def knn_cosine_layers(clf, x, name: str):
     import keras
     from keras import ops
 
-    train = np.asarray(clf._train, np.float32)
+    train = np.asarray(clf.X_train_, np.float32)
     if train.nbytes > KNN_EXPORT_BYTES:
         raise FeatcacheError(f"knn_cosine keeps {len(train)} training rows ({train.nbytes / 2**20:.0f} MiB): too many "
                              f"to carry in a model (at most {KNN_EXPORT_BYTES // 2**20} MiB); export logreg instead")
@@ -205,7 +205,7 @@ def knn_cosine_layers(clf, x, name: str):
     w = ops.exp((s - ops.max(s, axis=-1, keepdims=True)) / clf.temperature)
     onehot = keras.layers.Embedding(len(train), n_classes, name=f"{name}_classes", dtype="float32")
     votes = onehot(top)
-    onehot.set_weights([np.eye(n_classes, dtype=np.float32)[clf._codes]])
+    onehot.set_weights([np.eye(n_classes, dtype=np.float32)[clf.y_train_]])
     votes = ops.sum(votes * ops.expand_dims(w, -1), axis=1)
     return votes / ops.sum(votes, axis=-1, keepdims=True)
 

@@ -64,6 +64,30 @@ def test_multilabel_logreg_is_one_vs_rest(small_cache):
     np.testing.assert_allclose(ours.predict_proba(X), hand.predict_proba(X), rtol=1e-6, atol=1e-8)
 
 
+def test_linear_svm_regression_is_linear_svr_with_c_on_val_as_by_hand(own_cache):
+    """linear_svm on a regression target: standard scaling, scikit-learn's LinearSVR, C the best val R²."""
+    from sklearn.metrics import r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVR
+
+    from featcache.heads.kinds import GRIDS
+    from featcache.splits import TEST_FRACTION, VAL_FRACTION
+    from featcache.train_targets import target_masks
+
+    X = own_cache.features().astype(np.float32)
+    featcache.attach_targets(own_cache, {"id": own_cache.ids(), "bright": [float(v) for v in X.mean(1)]})
+    res = featcache.train(own_cache, head="linear_svm", target="bright")
+    m = target_masks(own_cache, own_cache.target("bright"), VAL_FRACTION, TEST_FRACTION)
+    y = own_cache.target("bright").values
+    fits = {C: make_pipeline(StandardScaler(), LinearSVR(C=C, epsilon=0.0, loss="squared_epsilon_insensitive",
+                                                         dual=False, max_iter=2000, tol=1e-4)).fit(
+        X[m["train"]], y[m["train"]]) for C in GRIDS["linear_svm"]["regression"]["C"]}
+    best = max(fits, key=lambda c: (r2_score(y[m["val"]], fits[c].predict(X[m["val"]])), -c))
+    assert res.card["head_params"] == {"C": best} and isinstance(res.estimator.steps[-1][1], LinearSVR)
+    np.testing.assert_allclose(res.estimator.predict(X), fits[best].predict(X), rtol=1e-5, atol=1e-6)
+
+
 def test_wrong_kind_names_heads_that_fit():
     with pytest.raises(FeatcacheError) as err:
         make_head("lda", target_kind="regression")

@@ -143,3 +143,35 @@ def test_a_head_of_the_wrong_kind_is_one_line(cache):
     with pytest.raises(FeatcacheError, match="cannot be trained on this target: ") as err:  # no indicator matrix
         featcache.train(cache, head=LogisticRegression(), target="tags")
     assert "\n" not in str(err.value)
+
+
+def test_bench_takes_your_own_regressor_and_multilabel_classifier(cache, tmp_path):
+    """bench --target in Python runs your estimators on the targets they suit, as train fits them."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.multiclass import OneVsRestClassifier
+
+    ovr = OneVsRestClassifier(LogisticRegression(max_iter=500))
+    rows = featcache.bench(cache, ["ridge", RidgeCV(), RidgeCV(alphas=(1.0, 10.0)), ovr], target=["shade", "tags"],
+                           baseline_heads=(), learning_curve=(0.5,), leakage=False, out=tmp_path / "r")
+    heads = {t: [r["head"] for r in rows if r["target"] == t] for t in ("shade", "tags")}
+    assert heads == {"shade": ["ridge", "custom:RidgeCV", "custom:RidgeCV#2", "train_mean"],
+                     "tags": ["custom:OneVsRestClassifier", "label_frequency"]}
+    own = next(r for r in rows if r["head"] == "custom:RidgeCV")
+    assert own["status"] == "ok" and own["r2"] == pytest.approx(
+        featcache.train(cache, head=RidgeCV(), target="shade").metrics["test"]["r2"])
+    best = next(r for r in rows if r["target"] == "tags" and r.get("best"))
+    assert best["head"] == "custom:OneVsRestClassifier" and len(best["curve"]) == 2  # refit at 50%, then 100%
+    assert "custom:RidgeCV#2" in (tmp_path / "r" / "target_results.csv").read_text()
+
+
+def test_bench_refuses_your_estimator_of_the_wrong_kind_naming_the_kind(cache, tmp_path):
+    from sklearn.linear_model import Ridge
+    from sklearn.svm import SVR
+
+    cases = [([SVR()], ["tags"], "head SVR is a regressor, but target 'tags' is multilabel: it needs a classifier"),
+             ([Ridge()], ["shade", "label"], "none of the heads ['Ridge'] serve classification target 'label'")]
+    for heads, target, says in cases:
+        with pytest.raises(FeatcacheError) as err:
+            featcache.bench(cache, heads, target=target, baseline_heads=(), out=tmp_path / "r")
+        assert says in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "r").exists()  # refused before any work

@@ -186,18 +186,18 @@ def _shot_cache(cache, target):
 
 def _bench_with_targets(caches, heads, target, out, kw: dict) -> list[dict]:
     """The other targets' rows (:func:`.targets.bench_targets`), then ``label``'s usual bench if it was asked for."""
-    from .targets import bench_targets, check_target_bench, parse_targets
+    from .targets import bench_targets, check_target_bench, classification_heads, parse_targets
 
     names = parse_targets(target)
     first = ([caches] if isinstance(caches, (str, os.PathLike, Cache)) else list(caches))[0]
-    named = [h for h in heads if isinstance(h, str)] if heads else None
-    if named is not None and set(named) == set(HEADS):  # the CLI's "every head": each kind's defaults instead
-        named = None
+    named = list(heads) if heads else None  # names and your own estimators, each run on the kinds it serves
+    if named is not None and {h for h in named if isinstance(h, str)} == set(HEADS):  # the CLI's "every head"
+        named = [h for h in named if not isinstance(h, str)] or None  # each kind's defaults instead
     keep = {k: v for k, v in kw.items() if k in {p.name for p in BENCH} and k not in ("target", "heads")}
     check_target_bench(first, names, heads, keep)  # every refusal before any work, label's bench included
     rows = []
     if "label" in names:  # first: its report directory check sees the directory as the user left it
-        rows = bench(caches, heads, **keep)
+        rows = bench(caches, classification_heads(heads, "label"), **keep)
     return rows + bench_targets(first, [n for n in names if n != "label"] or "label", heads=named,
                                 out=_report_dir(out), baseline_heads=kw["baseline_heads"],
                                 pixel_size=kw["pixel_size"], options={**keep, "heads": heads}, classify=bench)

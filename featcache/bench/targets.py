@@ -67,12 +67,30 @@ def check_target_bench(cache, names, heads, options: dict) -> None:
             raise FeatcacheError(f"bench --{key.replace('_', '-')} {value} does not apply to {' and '.join(other)} "
                                  f"targets ({', '.join(n for n, k in kinds.items() if k != 'classification')}): {why}")
     every = not heads or {h for h in heads if isinstance(h, str)} == set(HEADS)  # the CLI's "every head"
-    for h in [] if every else list(heads):
-        serves = {"classification"} if not isinstance(h, str) else set(get_head_spec(h).kinds)
+    for h in [h for h in heads or () if not isinstance(h, str)]:  # your own: refused as train refuses it
+        from ..heads.custom import user_head
+
+        name, kind = next(((n, k) for n, k in kinds.items() if estimator_serves(h, k)), next(iter(kinds.items())))
+        user_head(h, [], kind=kind, target=name)  # wrong kind (naming the target's), a class, a bad parameter
+    for n in [n for n, k in kinds.items() if k == "classification"]:
+        classification_heads(heads, n)  # your regressors alone: nothing to run on a classification target
+    for h in [] if every else [h for h in heads if isinstance(h, str)]:
+        serves = set(get_head_spec(h).kinds)
         if not serves & set(kinds.values()):
-            shown = h if isinstance(h, str) else type(h).__name__
-            raise FeatcacheError(f"head {shown} serves {', '.join(sorted(serves))} targets, none of those benched "
+            raise FeatcacheError(f"head {h} serves {', '.join(sorted(serves))} targets, none of those benched "
                                  f"({', '.join(f'{n}: {k}' for n, k in kinds.items())})")
+
+
+def estimator_serves(estimator, kind: str) -> bool:
+    """Whether a user's estimator object can learn a ``kind`` target (a regressor, or a classifier)."""
+    from ..heads.custom import NEEDS
+
+    return bool(NEEDS[kind][0](estimator))
+
+
+def kind_heads(heads, kind: str, served) -> list:
+    """The heads of ``heads`` that serve ``kind``: the named ones among ``served``, and your own that suit it."""
+    return [h for h in heads if (h in served if isinstance(h, str) else estimator_serves(h, kind))]
 
 
 def _metric_cells(kind: str, m: dict) -> dict:
@@ -108,14 +126,16 @@ def _head_row(cache, name: str, head: str, kind: str, val_fraction: float, test_
 
     t0 = time.perf_counter()
     where = {"baseline": pixels is not None, "features": f"pixels {pixels[0]}x{pixels[0]}" if pixels else "cache"}
+    head, shown = (head, head) if isinstance(head, str) else head  # your own: (estimator, custom:Name)
+    own = {} if isinstance(head, str) else {"estimator": head}  # what the learning curve fits again
     try:
         res = train_target(cache, head, name, val_fraction=val_fraction, test_fraction=test_fraction,
                            features=pixels[1] if pixels else None, views=views)
     except (FeatcacheError, ValueError) as e:  # one head's failure is its row, not the run's end
-        return {"target": name, "kind": kind, "head": head, "status": "failed", **where,
+        return {"target": name, "kind": kind, "head": shown, "status": "failed", **where,
                 "error": str(e).splitlines()[0]}
     m = res["metrics"]
-    return {"target": name, "kind": kind, "head": head, "status": "ok", **where,
+    return {"target": name, "kind": kind, "head": shown, "status": "ok", **where, **own,
             f"val_{SELECT_METRIC[kind]}": m.get("val", {}).get(SELECT_METRIC[kind]),
             "fit_seconds": res["fit_seconds"], "seconds": time.perf_counter() - t0,
             "rows_test": res["target"]["rows"]["test"], **_metric_cells(kind, m.get("test", {})),
@@ -152,7 +172,7 @@ def _target_rows(cache, name: str, t, names, vf: float, tf: float, pixel_heads, 
 
     masks = target_masks(cache, t, vf, tf)
     views = options.get("views", "auto")
-    own = [_head_row(cache, name, h, t.kind, vf, tf, views=views) for h in names]
+    own = [_head_row(cache, name, h, t.kind, vf, tf, views=views) for h in _shown(names)]
     if pixels is not None:
         own += [_head_row(cache, name, h, t.kind, vf, tf, pixels) for h in pixel_heads]
     own.append(_baseline_row(cache, name, t, masks))
@@ -166,13 +186,34 @@ def _target_rows(cache, name: str, t, names, vf: float, tf: float, pixel_heads, 
     return own
 
 
+def _shown(heads) -> list:
+    """Each head as ``_head_row`` takes it: a name, or your own estimator as ``(estimator, "custom:Name")``
+    (``#2`` ... when two share a class, as :func:`featcache.bench` names them)."""
+    from ..heads.custom import head_name
+
+    out, seen = [], set()
+    for h in heads:
+        if isinstance(h, str):
+            out.append(h)
+            continue
+        base = shown = head_name(h)
+        n = 1
+        while shown in seen:
+            n += 1
+            shown = f"{base}#{n}"
+        seen.add(shown)
+        out.append((h, shown))
+    return out
+
+
 def _curve(cache, name: str, best: dict, vf: float, tf: float, views: str, fractions) -> list[dict]:
     """The best head, its chosen setting fixed, on each share of the train and val rows; then the whole."""
     from ..train_targets import train_target
 
     metric, points = SELECT_METRIC[best["kind"]], []
     for f in sorted({float(f) for f in fractions if 0 < f < 1}):
-        res = train_target(cache, best["head"], name, params=best.get("best_params") or {}, val_fraction=vf,
+        res = train_target(cache, best.get("estimator", best["head"]), name, params=best.get("best_params") or {},
+                           val_fraction=vf,
                            test_fraction=tf, views=views, train_fraction=f)
         m = res["metrics"].get("test", {})
         points.append({"train_fraction": f, "n_train": res["n_train"], metric: m.get(metric),
@@ -203,7 +244,8 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
                   only=None, options: dict | None = None, classify=None) -> list[dict]:
     """Run each non-classification target's heads and baselines on ``cache``; return (and write) the rows.
 
-    ``heads``: names to run where they serve a target's kind (default :data:`DEFAULT_TARGET_HEADS`).
+    ``heads``: names to run where they serve a target's kind (default :data:`DEFAULT_TARGET_HEADS`), and your own
+    scikit-learn estimators, each on the targets it suits (a regressor: regression; a classifier: the others).
     ``baseline_heads``: run on the cache's raw pixels (``pixel_size`` square) as baseline rows: those
     that serve the kind, else the kind's :data:`PIXEL_HEADS` head (empty: no pixel baseline).
     Each target's best row (on validation) gets ``best: True``. With ``out``, rows go to
@@ -239,16 +281,37 @@ def bench_targets(cache, target, *, heads=None, out=None, val_fraction: float | 
                                             options or {})
             continue
         served = heads_for(t.kind)
-        names = [h for h in heads if h in served] if heads else list(DEFAULT_TARGET_HEADS[t.kind])
+        names = kind_heads(heads, t.kind, served) if heads else list(DEFAULT_TARGET_HEADS[t.kind])
         if not names:
-            raise FeatcacheError(f"none of the heads {list(heads)} serve {t.kind} target {name!r}; "
-                                 f"heads that do: {', '.join(served)}")
+            raise FeatcacheError(f"none of the heads {[_name(h) for h in heads]} serve {t.kind} target {name!r}; "
+                                 f"heads that do: {', '.join(served)}, or your own {_needs(t.kind)}")
         pixel_heads = _pixel_heads(t.kind, baseline_heads, served)
         rows += _target_rows(cache, name, t, names, vf, tf, pixel_heads,
                              _pixels(cache, pixel_heads, pixel_size, memo), options or {})
     if out is not None:
         write_target_results(rows, Path(out))
     return rows
+
+
+def classification_heads(heads, target: str):
+    """The heads of ``heads`` a classification target runs (every named head, your classifiers); None: defaults."""
+    if not heads:
+        return heads
+    fit = [h for h in heads if isinstance(h, str) or estimator_serves(h, "classification")]
+    if not fit:
+        raise FeatcacheError(f"none of the heads {[_name(h) for h in heads]} serve classification target "
+                             f"{target!r}; name a head (featcache heads) or give a classifier")
+    return fit
+
+
+def _name(head) -> str:
+    return head if isinstance(head, str) else type(head).__name__
+
+
+def _needs(kind: str) -> str:
+    from ..heads.custom import NEEDS
+
+    return NEEDS[kind][1]
 
 
 def classification_rows(bench, cache, name: str, heads, out, baseline_heads, pixel_size: int,
@@ -264,7 +327,7 @@ def classification_rows(bench, cache, name: str, heads, out, baseline_heads, pix
     sub = Path(out) / CLASSIFICATION_REPORT.format(name) if out is not None else Path(tempfile.mkdtemp())
     labelled = cache.with_target(name)
     options = dict(options)
-    heads = options.pop("heads", heads)  # featcache.bench's own head list (your estimators too), else the named
+    heads = classification_heads(options.pop("heads", heads), name)  # bench's own list (your classifiers too)
     options.update(out=sub, baseline_heads=baseline_heads, pixel_size=pixel_size)
     table = bench(labelled, heads, **options)
     best = best_row(table)

@@ -19,7 +19,26 @@ from sklearn.utils.validation import check_is_fitted
 from ..errors import FeatcacheError
 
 
-class OneHotProba(ClassifierMixin, BaseEstimator):
+class _ProbaFromPredict(ClassifierMixin, BaseEstimator):
+    """Wrap a classifier that has no ``predict_proba``: fit a clone, predict with it; subclasses say what its
+    ``classes_`` are and how ``predict`` becomes probabilities."""
+
+    def __init__(self, estimator=None):
+        self.estimator = estimator
+
+    def fit(self, X, y, **fit_params):
+        self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
+        self.classes_ = self._classes(y)
+        if hasattr(self.estimator_, "n_features_in_"):
+            self.n_features_in_ = self.estimator_.n_features_in_
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.predict(X)
+
+
+class OneHotProba(_ProbaFromPredict):
     """Wrap a classifier that has no ``predict_proba``: its probabilities are the one-hot of ``predict``.
 
     Args:
@@ -32,45 +51,23 @@ class OneHotProba(ClassifierMixin, BaseEstimator):
         [[0.0, 1.0]]
     """
 
-    def __init__(self, estimator=None):
-        self.estimator = estimator
-
-    def fit(self, X, y, **fit_params):
-        self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
-        self.classes_ = np.asarray(self.estimator_.classes_)
-        if hasattr(self.estimator_, "n_features_in_"):
-            self.n_features_in_ = self.estimator_.n_features_in_
-        return self
-
-    def predict(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict(X)
+    def _classes(self, y):
+        return np.asarray(self.estimator_.classes_)
 
     def predict_proba(self, X):
         pred = self.predict(X)
         return (pred[:, None] == self.classes_[None, :]).astype(np.float64)
 
 
-class IndicatorProba(ClassifierMixin, BaseEstimator):
+class IndicatorProba(_ProbaFromPredict):
     """Wrap a multi-label classifier that has no ``predict_proba``: each label's score is its 0/1 ``predict``.
 
     Args:
         estimator: the scikit-learn classifier to wrap (fitted by ``fit``, a clone) on an indicator matrix.
     """
 
-    def __init__(self, estimator=None):
-        self.estimator = estimator
-
-    def fit(self, X, y, **fit_params):
-        self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
-        self.classes_ = np.arange(np.shape(y)[1])
-        if hasattr(self.estimator_, "n_features_in_"):
-            self.n_features_in_ = self.estimator_.n_features_in_
-        return self
-
-    def predict(self, X):
-        check_is_fitted(self, "estimator_")
-        return self.estimator_.predict(X)
+    def _classes(self, y):
+        return np.arange(np.shape(y)[1])
 
     def predict_proba(self, X):
         return np.asarray(self.predict(X), dtype=np.float64)

@@ -26,6 +26,12 @@ def _sgd_reg():
     return SGDRegressor(alpha=1e-4, average=True, max_iter=20, tol=1e-3, random_state=0)
 
 
+def _linear_svr():
+    from sklearn.svm import LinearSVR
+    # the squared epsilon-insensitive loss solved in the primal: liblinear's fast path with more rows than features
+    return LinearSVR(C=1.0, epsilon=0.0, loss="squared_epsilon_insensitive", dual=False, max_iter=2000, tol=1e-4)
+
+
 def _knn_reg():
     from sklearn.neighbors import KNeighborsRegressor
     return KNeighborsRegressor(n_neighbors=10, weights="distance")
@@ -89,6 +95,7 @@ def _keras_builds(name: str) -> dict:
 BUILDS = {
     "ridge": {"regression": _ridge_reg},
     "sgd": {"regression": _sgd_reg},
+    "linear_svm": {"regression": _linear_svr},  # LinearSVR: the regression SVM under the classifier's name
     "knn": {"regression": _knn_reg, "multilabel": _knn_multilabel},
     "random_forest": {"regression": _forest_reg},
     "hist_gb": {"regression": _hist_gb_reg},
@@ -103,6 +110,7 @@ KERAS_KINDS = ("keras_linear", "keras_mlp")
 #: head -> {kind: {param: values}} chosen on the val split by the kind's metric (train_targets.py); measured on
 #: Lite0 mosaics (docs/PERFORMANCE.md): C=1 overfits 1,280 standardised features, C=0.01 to 0.1 wins on val
 GRIDS = {"logreg": {"multilabel": {"C": (0.01, 0.1, 1.0)}},
+         "linear_svm": {"regression": {"C": (0.01, 0.1, 1.0)}},  # LinearSVR's C, as logreg's, on val R²
          # DINOv2's k grid, less 200: a few thousand train rows rarely have 200 neighbours worth a vote
          "knn_cosine": {"regression": {"n_neighbors": (10, 20, 100)}, "multilabel": {"n_neighbors": (10, 20, 100)}}}
 

@@ -20,7 +20,30 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 
-class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
+class _CosineKNN(BaseEstimator):
+    """The parameters every cosine k-NN here shares; fitted, ``X_train_`` holds the L2-normalised training rows
+    and ``y_train_`` their targets (class codes into ``classes_``, values, or 0/1 label rows)."""
+
+    _parameter_constraints: dict = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024):
+        self.n_neighbors = n_neighbors
+        self.temperature = temperature
+        self.batch_size = batch_size
+
+    def __setstate__(self, state):
+        # a model directory saved before the fitted attributes were named X_train_ and y_train_ still loads
+        for old, new in (("_train", "X_train_"), ("_y", "y_train_"), ("_codes", "y_train_")):
+            if old in state:
+                state[new] = state.pop(old)
+        super().__setstate__(state)
+
+
+class CosineKNNClassifier(ClassifierMixin, _CosineKNN):
     """Weighted k-NN on cosine similarity, votes weighted by ``exp(similarity / temperature)``.
 
     Args:
@@ -36,17 +59,6 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         [0, 1]
     """
 
-    _parameter_constraints: dict = {
-        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
-        "temperature": [Interval(Real, 0, None, closed="neither")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-    }
-
-    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024):
-        self.n_neighbors = n_neighbors
-        self.temperature = temperature
-        self.batch_size = batch_size
-
     def fit(self, X, y):
         """Keep the L2-normalised training rows and their labels.
 
@@ -60,8 +72,8 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
-        self.classes_, self._codes = np.unique(y, return_inverse=True)
-        self._train = normalize(X)
+        self.classes_, self.y_train_ = np.unique(y, return_inverse=True)
+        self.X_train_ = normalize(X)
         return self
 
     def predict_proba(self, X):
@@ -76,7 +88,7 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         n, blocks = _neighbours(self, X)  # checked before any work: a NotFittedError, any array-like
         out = np.zeros((n, len(self.classes_)))
         for rows, top, w in blocks:
-            np.add.at(out[rows], (np.arange(len(top))[:, None], self._codes[top]), w)
+            np.add.at(out[rows], (np.arange(len(top))[:, None], self.y_train_[top]), w)
         return out / out.sum(1, keepdims=True)
 
     def predict(self, X):
@@ -101,7 +113,7 @@ def _neighbours(est, X):
 
 
 def _blocks(est, X):
-    train = est._train.astype(X.dtype, copy=False)
+    train = est.X_train_.astype(X.dtype, copy=False)
     k = min(est.n_neighbors, len(train))
     for a in range(0, len(X), est.batch_size):
         sim = X[a:a + est.batch_size] @ train.T
@@ -114,13 +126,13 @@ def _blocks(est, X):
 def _weighted_mean(est, X) -> np.ndarray:
     """Each query's weighted mean of its neighbours' training targets, shape (m, outputs)."""
     n, blocks = _neighbours(est, X)
-    out = np.zeros((n, est._y.shape[1]))
+    out = np.zeros((n, est.y_train_.shape[1]))
     for rows, top, w in blocks:
-        out[rows] = np.einsum("qk,qkj->qj", w, est._y[top]) / w.sum(1, keepdims=True)
+        out[rows] = np.einsum("qk,qkj->qj", w, est.y_train_[top]) / w.sum(1, keepdims=True)
     return out
 
 
-class CosineKNNRegressor(RegressorMixin, BaseEstimator):
+class CosineKNNRegressor(RegressorMixin, _CosineKNN):
     """DINOv2's weighted cosine k-NN for numeric targets: the neighbours' values averaged with the votes' weights.
 
     Args: as :class:`CosineKNNClassifier`. ``y`` may be 1-D or (n, outputs); ``predict`` has its shape.
@@ -131,19 +143,12 @@ class CosineKNNRegressor(RegressorMixin, BaseEstimator):
         [5.0]
     """
 
-    _parameter_constraints: dict = dict(CosineKNNClassifier._parameter_constraints)
-
-    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024):
-        self.n_neighbors = n_neighbors
-        self.temperature = temperature
-        self.batch_size = batch_size
-
     def fit(self, X, y):
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
         y = np.asarray(y, np.float64)
         self._one_output = y.ndim == 1
-        self._y, self._train = y.reshape(len(y), -1), normalize(X)
+        self.y_train_, self.X_train_ = y.reshape(len(y), -1), normalize(X)
         return self
 
     def predict(self, X):
@@ -151,19 +156,12 @@ class CosineKNNRegressor(RegressorMixin, BaseEstimator):
         return out[:, 0] if self._one_output else out
 
 
-class CosineKNNMultiLabel(ClassifierMixin, BaseEstimator):
+class CosineKNNMultiLabel(ClassifierMixin, _CosineKNN):
     """DINOv2's weighted cosine k-NN for a 0/1 indicator matrix: each label's probability is its weighted
     frequency among the neighbours (``predict_proba`` (m, labels); ``predict`` thresholds it at 0.5).
 
     Args: as :class:`CosineKNNClassifier`.
     """
-
-    _parameter_constraints: dict = dict(CosineKNNClassifier._parameter_constraints)
-
-    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, batch_size: int = 1024):
-        self.n_neighbors = n_neighbors
-        self.temperature = temperature
-        self.batch_size = batch_size
 
     def fit(self, X, y):
         self._validate_params()
@@ -172,7 +170,7 @@ class CosineKNNMultiLabel(ClassifierMixin, BaseEstimator):
         if y.ndim != 2 or not np.isin(y, (0, 1)).all():
             raise ValueError(f"CosineKNNMultiLabel fits a 0/1 indicator matrix (rows, labels), got shape {y.shape}")
         self.classes_ = np.arange(y.shape[1])
-        self._y, self._train = y.astype(np.float64), normalize(X)
+        self.y_train_, self.X_train_ = y.astype(np.float64), normalize(X)
         return self
 
     def predict_proba(self, X):
