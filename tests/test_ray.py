@@ -156,14 +156,15 @@ def test_without_ray_the_ray_engine_says_how_to_install_it(tmp_path):
     run_featcache("extract", *ARGS, "--limit", "64", "--out", tmp_path / "local", env=env)
 
 
-def test_the_readme_ray_command_runs_as_written(tmp_path, fashion_mnist_available):
+def test_the_readme_ray_command_runs_as_written(tmp_path, shared_ray, fashion_mnist_available):
     from conftest import REPO
 
     text = (REPO / "README.md").read_text().split("## When one machine is not enough", 1)[1]
     command = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1).strip()
     words = command.split()
     assert words[0] == "featcache" and "--engine" in words and "\n" not in command
-    proc = run_featcache(*words[1:], "--quiet", cwd=tmp_path, timeout=600)
+    # in-process on the module's Ray instance: a fresh one is what the killed-worker test starts
+    proc = run_here(*words[1:], "--quiet", cwd=tmp_path)
     assert "extraction summary" in proc.stdout
     cache = featcache.open_cache(tmp_path / "caches" / "fm-ray")
     assert len(cache) == 512 and cache.manifest["timings"]["engine"] == "ray"

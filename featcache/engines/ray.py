@@ -19,6 +19,7 @@ can resume the other's run.
 from __future__ import annotations
 
 from collections import Counter, deque
+from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import FeatcacheError
@@ -91,7 +92,8 @@ class RayEngine:
 
         actor_cls = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                                max_restarts=0)(ShardWorker)
-        plan_ref = ray.put(plan)
+        # workers write where the driver means: a relative --out would land in each worker's own cwd
+        plan_ref = ray.put(plan.at(Path(plan.out).resolve()))
         n_workers = self._n_workers(ray, len(todo))
         idle = [actor_cls.remote(plan_ref) for _ in range(n_workers)]
         pending = deque(todo)
