@@ -281,11 +281,15 @@ def assert_same_cache(a, b):
         np.testing.assert_array_equal(ca.views_of(np.arange(len(ca))), cb.views_of(np.arange(len(cb))))
 
 
-# The files that take longest under `-n 2 --dist loadfile` (.ci/run's --durations), longest first: xdist hands
+# The files that take longest under `-n 2 --dist loadfile` (--durations=0 summed per file), longest first: xdist hands
 # files to workers in collection order, so these start first and the short ones fill in behind them.
-LONGEST_FIRST = ["test_pipelines.py", "test_benchmarks.py", "test_ray.py", "test_views.py", "test_bench.py",
-                 "test_readme.py", "test_output_trust.py", "test_bench_protocol.py", "test_derived_caches.py",
-                 "test_bench_honesty.py", "test_reliability.py", "test_runtimes.py", "test_cli_fuzz.py"]
+LONGEST_FIRST = ["test_ray.py", "test_pipelines.py", "test_bench.py", "test_views.py", "test_reliability.py",
+                 "test_runtimes.py", "test_heads.py", "test_grow.py", "test_benchmarks.py", "test_derived_caches.py",
+                 "test_backends.py", "test_bench_protocol.py", "test_target_classes.py", "test_linear_export.py",
+                 "test_rows_key.py", "test_ownership.py", "test_cli_fuzz.py", "test_train.py",
+                 "test_export_targets.py", "test_precision.py", "test_output_trust.py", "keras_apps_test.py",
+                 "test_export_and_arrays.py", "test_bench_honesty.py", "test_readme.py", "test_data_api.py",
+                 "test_pretrain.py", "test_pipeline_noop.py", "test_extract.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,7 @@ import pytest
 
 import featcache
 
-from conftest import TINY_ARGS, run_featcache
+from conftest import TINY_ARGS, run_featcache, run_here
 
 
 @pytest.mark.jax
@@ -16,7 +16,7 @@ def test_jax_backend_gives_the_same_features_as_tensorflow(tmp_path, fashion_mni
     if importlib.util.find_spec("jax") is None:
         pytest.fail("jax must be installed in the test environment (pip install -e .[test])")
     args = ["extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "200", "--shard-size", "128", "--quiet"]
-    run_featcache(*args, "--out", tmp_path / "tf", env={"KERAS_BACKEND": "tensorflow"})
+    run_here(*args, "--out", tmp_path / "tf")  # this process runs TensorFlow (conftest): only JAX needs a fresh one
     run_featcache(*args, "--out", tmp_path / "jax", env={"KERAS_BACKEND": "jax"})
     tf_cache, jax_cache = featcache.open_cache(tmp_path / "tf"), featcache.open_cache(tmp_path / "jax")
     assert tf_cache.manifest["versions"]["backend"] == "tensorflow"

@@ -1,4 +1,4 @@
-"""Fuzz the command line: over a thousand generated argument combinations, good and hostile, in-process.
+"""Fuzz the command line: about nine hundred generated argument combinations, good and hostile, in-process.
 
 Every one must end with exit code 0 or 2 (``verify`` may also say 1: problems
 found), never an uncaught exception. The values come from pools of good and
@@ -9,7 +9,8 @@ TensorFlow is imported once and a valid extraction takes a fraction of a
 second (a tiny 16x16 conv model saved once as the backbone).
 
 FEATCACHE_FUZZ_RANDOM=1 draws new examples on each run instead of the fixed,
-reproducible ones.
+reproducible ones; FEATCACHE_FUZZ_SCALE=5 runs five times as many (the suite's
+counts repeat the same fixed examples on every run, so they are kept small).
 """
 
 import importlib
@@ -33,7 +34,14 @@ FUZZ = settings(deadline=None, database=None, derandomize=not os.environ.get("FE
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
-pytestmark = pytest.mark.slow  # over a thousand in-process CLI runs
+SCALE = float(os.environ.get("FEATCACHE_FUZZ_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return max(1, round(n * SCALE))
+
+
+pytestmark = pytest.mark.slow  # about nine hundred in-process CLI runs
 
 FLAG = object()  # a flag that takes no value
 _count = itertools.count()
@@ -156,7 +164,7 @@ def paths(w, *extra):
 # --------------------------------------------------------------------------- extract
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=examples(120))
 @given(data=st.data())
 def test_fuzz_extract(world, data):
     w = world
@@ -204,7 +212,7 @@ def test_fuzz_extract(world, data):
 # --------------------------------------------------------------------------- train
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=examples(150))
 @given(data=st.data())
 def test_fuzz_train(world, data):
     w = world
@@ -243,7 +251,7 @@ def _folder(path):
     return path
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=examples(100))
 @given(data=st.data())
 def test_fuzz_predict(world, data):
     w = world
@@ -262,7 +270,7 @@ def test_fuzz_predict(world, data):
     run(["predict", model, *images] + draw_flags(data, flags, 3))
 
 
-@settings(FUZZ, max_examples=80)
+@settings(FUZZ, max_examples=examples(60))
 @given(data=st.data())
 def test_fuzz_export(world, data):
     w = world
@@ -275,7 +283,7 @@ def test_fuzz_export(world, data):
 # --------------------------------------------------------------------------- info, verify
 
 
-@settings(FUZZ, max_examples=80)
+@settings(FUZZ, max_examples=examples(80))
 @given(data=st.data())
 def test_fuzz_info_and_verify(world, data):
     w = world
@@ -297,7 +305,7 @@ BENCH_BAD = [("--n-jobs", "0"), ("--n-jobs", "abc"), ("--n-jobs", ""), ("--timeo
              ("--cv", "2147483648x")]
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=examples(150))
 @given(data=st.data())
 def test_fuzz_bench_refuses_every_bad_value_before_any_work(world, data):
     """Every example has at least one bad value, so none spawns a head process (that would fail the test)."""
@@ -376,7 +384,7 @@ def _dump(doc, path):
         sys.setrecursionlimit(limit)
 
 
-@settings(FUZZ, max_examples=250)
+@settings(FUZZ, max_examples=examples(150))
 @given(data=st.data())
 def test_fuzz_forged_manifests_are_one_line_errors(world, data):
     """A manifest edited anywhere, to any hostile value, is read by every reader as exit 0, 1 or 2."""
@@ -392,7 +400,7 @@ def test_fuzz_forged_manifests_are_one_line_errors(world, data):
     run(argv, allowed=(0, 1, 2) if command == "verify" else (0, 2))
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=examples(100))
 @given(data=st.data())
 def test_fuzz_forged_cards_are_one_line_errors(world, data):
     """A model card edited anywhere is exit 0 or 2 for predict and export."""

@@ -17,7 +17,7 @@ import featcache
 from featcache.decode import decode_image
 from featcache.errors import FeatcacheError
 
-from conftest import TINY, run_featcache
+from conftest import TINY, run_here
 
 
 def _array_cache(tmp_path, n=60):
@@ -110,7 +110,7 @@ def test_the_exported_model_takes_any_size_grey_and_float_images_and_names_its_c
             Image.fromarray(photo[y:y + 200, x:x + 200]).save(folder / cls / f"{i}.png")
     cache = featcache.extract(folder, out=tmp_path / "cache", **{**TINY, "image_size": 96})
     featcache.train(cache, "keras_linear", out=tmp_path / "m")
-    run_featcache("export", tmp_path / "m", tmp_path / "any.keras")
+    run_here("export", tmp_path / "m", tmp_path / "any.keras")
     info = featcache.export_info(tmp_path / "any.keras")
     assert info["class_names"] == ["china", "flower"] and info["input_size"] is None
     files = sorted(folder.rglob("*.png"))[::3]

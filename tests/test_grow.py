@@ -19,7 +19,7 @@ import featcache
 from featcache import ArraySource, store
 from featcache.errors import CacheError, KeyMismatchError
 
-from conftest import TINY, TINY_ARGS, kill_at, run_featcache
+from conftest import TINY, TINY_ARGS, kill_at, run_here
 
 
 def _arrays(n, seed=0):
@@ -71,14 +71,14 @@ def test_grow_shrink_change_move_and_relabel_match_a_fresh_cache(tmp_path):
 def test_a_folder_grows_from_the_cli_and_frozen_refuses(photo_folder, copy_folder, tmp_path):
     root = copy_folder(photo_folder)
     out = tmp_path / "c"
-    run_featcache("extract", root, *TINY_ARGS, "--out", out)
+    run_here("extract", root, *TINY_ARGS, "--out", out)
     (root / "train" / "flower" / "flower_00.jpg").rename(root / "train" / "china" / "was_flower.jpg")
     shutil.copy(root / "test" / "china" / "china_01.png", root / "train" / "china" / "copy.png")
     Image.fromarray(np.full((50, 60, 3), 7, np.uint8)).save(root / "train" / "flower" / "new.png")
     (root / "test" / "flower" / "flower_03.png").unlink()
-    frozen = run_featcache("extract", root, *TINY_ARGS, "--out", out, "--frozen", check=False)
+    frozen = run_here("extract", root, *TINY_ARGS, "--out", out, "--frozen", check=False)
     assert frozen.returncode == 2 and "dataset" in frozen.stderr
-    proc = run_featcache("extract", root, *TINY_ARGS, "--out", out)
+    proc = run_here("extract", root, *TINY_ARGS, "--out", out)
     assert "grew" in proc.stdout and "1 new, 24 reused, 1 removed, 1 relabelled (1 moved or renamed)" in proc.stdout
     fresh = featcache.extract(root, out=tmp_path / "fresh", **TINY)
     _same_rows(featcache.open_cache(out), fresh)
@@ -178,7 +178,7 @@ def test_a_grow_killed_at_each_step_resumes_to_the_fresh_cache(tmp_path):
     for p in moved:
         p.rename(parked / f"{p.parent.name}-{p.name}")
     out = tmp_path / "c"
-    run_featcache("extract", folder, *TINY_ARGS, "--out", out)
+    run_here("extract", folder, *TINY_ARGS, "--out", out)
     for p in parked.iterdir():
         cls, name = p.name.split("-", 1)
         p.rename(folder / cls / name)
@@ -186,10 +186,10 @@ def test_a_grow_killed_at_each_step_resumes_to_the_fresh_cache(tmp_path):
         kill_at(point, tmp_path / f"{point}.marker", "extract", folder, *TINY_ARGS, "--out", out)
         cache = featcache.open_cache(out)  # whatever the moment, a complete cache reads
         assert cache.verify() == []
-    proc = run_featcache("extract", folder, *TINY_ARGS, "--out", out)
+    proc = run_here("extract", folder, *TINY_ARGS, "--out", out)
     assert "nothing to do" in proc.stdout  # the kill after the commit left a grown cache
-    files = run_featcache("compact", out).stdout  # the kill after the commit left the old shard and the staging
-    assert "removed 2 file(s)" in files and "nothing to remove" in run_featcache("compact", out).stdout
+    files = run_here("compact", out).stdout  # the kill after the commit left the old shard and the staging
+    assert "removed 2 file(s)" in files and "nothing to remove" in run_here("compact", out).stdout
     _same_rows(featcache.open_cache(out), featcache.extract(folder, out=tmp_path / "fresh", **TINY))
 
 
@@ -221,7 +221,7 @@ def test_compaction_killed_at_every_step_finishes_and_keeps_the_rows(tmp_path):
         np.testing.assert_array_equal(featcache.open_cache(out).features(), want)
         assert kills < 40
     assert kills == 11  # 10 old shards and the staging cache, one kill each
-    assert "nothing to remove" in run_featcache("compact", out).stdout
+    assert "nothing to remove" in run_here("compact", out).stdout
 
 
 def test_compact_removes_only_what_is_ours(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from featcache.pipeline import run
 
-from conftest import REPO, TINY_PIPE, run_featcache
+from conftest import REPO, TINY_PIPE, run_here
 
 PIPE = TINY_PIPE + """[bench]
 heads = {heads}
@@ -73,7 +73,7 @@ def test_a_foreign_file_where_the_bench_stamp_goes_is_refused_before_any_work(tm
     out.mkdir(parents=True)
     mine = b'{"format": "featcache-pipeline-bench/1", "note": "the user\'s own file"}\n'
     (out / "report.bench.json").write_bytes(mine)
-    proc = run_featcache("run", path, check=False)
+    proc = run_here("run", path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "report.bench.json" in proc.stderr.replace("\n", "") and "did not write it" in proc.stderr
     assert (out / "report.bench.json").read_bytes() == mine

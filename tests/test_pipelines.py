@@ -113,6 +113,9 @@ def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mn
     assert "first = 12000\n" in text and "first = 2500\n" in text
     # fewer images than the shipped file (the suite's time): the comparison's order holds at this size too
     text = text.replace("first = 12000\n", "first = 5000\n").replace("first = 2500\n", "first = 1200\n")
+    assert 'heads = ["logreg", "keras_mlp"]\n' in text and 'baseline_heads = ["logreg", "keras_mlp"]\n' in text
+    # the linear probe only: keras_mlp on the source CNN's 6,272-wide map took 65 of the run's 117 s
+    text = text.replace('heads = ["logreg", "keras_mlp"]\n', 'heads = ["logreg"]\n')
     path = _write(tmp_path, text.replace("timeout = 300\n", "timeout = 300\nlearning_curve = []\nleakage = false\n"),
                   "source_to_target.toml")
     run_here("run", path, "--quiet", timeout=900)
@@ -121,8 +124,8 @@ def test_source_to_target_produces_the_three_way_comparison(tmp_path, fashion_mn
     acc = {(r["backbone"], r["head"]): r["accuracy"] for r in rows if r["status"] == "ok"}
     for key in [("source_cnn.keras", "logreg"), ("efficientnet_lite0", "logreg"), ("raw pixels", "logreg")]:
         assert key in acc, acc
-    for head in ("logreg", "keras_mlp"):  # the promise: source pre-training beats raw pixels on the target
-        assert acc[("source_cnn.keras", head)] > acc[("raw pixels", head)], acc
+    # the promise: source pre-training beats raw pixels on the target (94.1% against 92.3% at this size)
+    assert acc[("source_cnn.keras", "logreg")] > acc[("raw pixels", "logreg")], acc
     sidecar = json.loads((out / "source_cnn.keras.json").read_text())
     assert sidecar["classes"] == [0, 1, 2, 3, 4] and sidecar["val_accuracy"] > 0.8  # learned the source domain
     again = run_here("run", path, "--quiet", timeout=600)

@@ -9,7 +9,7 @@ from PIL import Image
 import featcache
 from featcache.predict import score_predictions
 
-from conftest import class_sorted_images, run_featcache
+from conftest import class_sorted_images, run_here
 
 
 def _labelled_folder(root):
@@ -29,7 +29,7 @@ def test_predict_on_a_labelled_folder_reports_the_accuracy_counted_by_hand(sorte
     featcache.train(sorted_cache, "logreg", out=tmp_path / "m")
     images = _labelled_folder(tmp_path / "images")
     out = tmp_path / "preds.csv"
-    proc = run_featcache("predict", tmp_path / "m", images, "--out", out, "--cache-dir", tmp_path / "pc", "--quiet")
+    proc = run_here("predict", tmp_path / "m", images, "--out", out, "--cache-dir", tmp_path / "pc", "--quiet")
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:7] == ["id", "predicted_label", "predicted_class", "probability", "error", "true_label",

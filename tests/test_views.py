@@ -12,7 +12,7 @@ from featcache import store
 from featcache.augment import DEFAULT_RECIPE, augment_images, parse_recipe
 from featcache.errors import FeatcacheError
 
-from conftest import (TINY, TINY_ARGS, assert_same_cache, kill_at, kill_when, reference_cache, run_featcache,
+from conftest import (TINY, TINY_ARGS, assert_same_cache, kill_at, kill_when, reference_cache, run_here,
                       start_featcache)
 
 N = 72
@@ -146,16 +146,16 @@ def test_the_recipe_is_part_of_the_key_and_the_default_keeps_older_keys(viewed, 
 
 def test_views_from_the_command_line_and_a_bad_recipe_is_one_line(tmp_path, fashion_mnist_available):
     out = tmp_path / "cli"
-    proc = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "60", "--views", "2",
+    proc = run_here("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "60", "--views", "2",
                          "--augment", "flip,crop=0.7", "--out", out)
     assert "2 augmented views of each train image (flip,crop=0.7,seed=0)" in proc.stderr  # progress: stderr
     assert "augmented views" in proc.stderr.split("bytes per image")[1]  # the projected size counts them
     assert "2 per train image" in proc.stdout
     cache = featcache.open_cache(out)
     assert cache.views == 2 and cache.augment == "flip,crop=0.7,seed=0"
-    info = run_featcache("info", out)
+    info = run_here("info", out)
     assert "flip,crop=0.7,seed=0" in info.stdout
-    bad = run_featcache("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "60", "--views", "2",
+    bad = run_here("extract", "fashion_mnist:test", *TINY_ARGS, "--limit", "60", "--views", "2",
                         "--augment", "flip,zoom=2", "--out", tmp_path / "bad", check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "zoom" in bad.stderr
     assert not (tmp_path / "bad").exists()
@@ -178,7 +178,7 @@ def test_a_kill_during_view_extraction_resumes_to_the_same_cache(tmp_path_factor
     kill_when(proc, first_view_shard_written, timeout=300, poll=0.02)
     partial = store.read_manifest(out)
     assert partial is not None and not partial["complete"] and partial["views"] == 2
-    run_featcache("extract", *KILL_ARGS, "--out", out)
+    run_here("extract", *KILL_ARGS, "--out", out)
     assert_same_cache(reference, out)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
@@ -187,7 +187,7 @@ def test_a_cache_gaining_views_stays_readable_with_the_views_it_had_even_when_ki
                                                                                       fashion_mnist_available):
     args = ["fashion_mnist:test", *TINY_ARGS, "--limit", "120", "--shard-size", "64", "--quiet"]
     out = tmp_path / "grow"
-    run_featcache("extract", *args, "--views", "1", "--out", out)
+    run_here("extract", *args, "--views", "1", "--out", out)
     before = featcache.open_cache(out)
     tr = before.split_rows("train")
     first_view = before.views_of(tr)
@@ -196,7 +196,7 @@ def test_a_cache_gaining_views_stays_readable_with_the_views_it_had_even_when_ki
     assert during.complete and during.views == 1 and during.verify() == []
     np.testing.assert_array_equal(during.views_of(tr), first_view)
     assert store.read_manifest(out)["views_target"] == 3
-    run_featcache("extract", *args, "--views", "3", "--out", out)
+    run_here("extract", *args, "--views", "3", "--out", out)
     after = featcache.open_cache(out)
     assert after.views == 3 and after.verify() == [] and "views_target" not in after.manifest
     np.testing.assert_array_equal(after.views_of(tr)[:1], first_view)
@@ -325,14 +325,14 @@ heads = ["logreg"]
 """
     path = tmp_path / "v.toml"
     path.write_text(text)
-    first = run_featcache("run", path, "--quiet", cwd=tmp_path)
+    first = run_here("run", path, "--quiet", cwd=tmp_path)
     assert "6 shards computed" in first.stderr  # 3 plain + 3 of the view
     card = json.loads((tmp_path / "out" / "models" / "a-logreg" / "card.json").read_text())
     assert card["views"] == {"count": 1, "mode": "rows", "recipe": "flip,crop=0.7,seed=3"}
-    same = run_featcache("run", path, "--quiet", cwd=tmp_path)
+    same = run_here("run", path, "--quiet", cwd=tmp_path)
     assert "nothing extracted" in same.stderr and "logreg: up to date" in same.stderr
     path.write_text(text.replace("views = 1", "views = 2"))
-    more = run_featcache("run", path, "--quiet", cwd=tmp_path)
+    more = run_here("run", path, "--quiet", cwd=tmp_path)
     assert "3 shards computed" in more.stderr and "logreg: up to date" not in more.stderr
     card = json.loads((tmp_path / "out" / "models" / "a-logreg" / "card.json").read_text())
     assert card["views"]["count"] == 2
