@@ -22,10 +22,10 @@ demo: env
 
 # Two workers: much of the suite waits on subprocesses and imports, not on the CPU.
 test: env
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: env
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 clean:
 	rm -rf out caches .pytest_cache

@@ -282,8 +282,7 @@ def assert_same_cache(a, b):
 
 
 # The files that take longest under `-n 2 --dist loadfile` (--durations=0 summed per file), longest first: xdist hands
-# files to workers in collection order (with --no-loadscope-reorder: by default xdist 3.8 starts the files with
-# the most tests first, which left test_ray and test_benchmarks for the end), so these start first.
+# files to workers in collection order, so these start first and the short ones fill in behind them.
 LONGEST_FIRST = ["test_ray.py", "test_pipelines.py", "test_bench.py", "test_views.py", "test_reliability.py",
                  "test_runtimes.py", "test_heads.py", "test_grow.py", "test_benchmarks.py", "test_derived_caches.py",
                  "test_backends.py", "test_bench_protocol.py", "test_target_classes.py", "test_linear_export.py",
