@@ -57,14 +57,20 @@ class Extractor:
         self.runtime = self.run.name
 
     def _calibration_images(self, limit: int | None = None) -> np.ndarray:
-        """The int8 calibration sample (:func:`featcache.precision.calibration_rows`; its first ``limit``),
-        decoded as extraction does."""
-        from .precision import calibration_rows
-
-        plan, src = self.plan, self.plan.source
-        items = [src.items[r] for r in calibration_rows(len(src)).tolist()[:limit]]
+        """The int8 calibration sample (the plan's ``calibration_ids``; its first ``limit``), decoded as
+        extraction does."""
+        plan = self.plan
+        src = plan.calibration_source or plan.source
+        by_id = {it.id: it for it in src.items}
+        ids = plan.calibration_ids[:limit]
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise store.CacheError(f"the int8 graph was calibrated on {len(missing):,} image(s) no longer in the "
+                                   f"source (such as {missing[0]!r}); pass --overwrite to calibrate on today's "
+                                   "images and extract every image again")
         with ThreadPoolExecutor(default_decode_threads("openvino"), thread_name_prefix="featcache-decode") as pool:
-            batch = src.read(items, plan.image_size, pool, background=parse_background(plan.options.background))
+            batch = src.read([by_id[i] for i in ids], plan.image_size, pool,
+                             background=parse_background(plan.options.background))
         if not len(batch.items):
             raise store.CacheError("no image of the int8 calibration sample could be decoded")
         return batch.images

@@ -36,6 +36,22 @@ def feature_params(cache_params: dict) -> dict:
     return {k: cache_params.get(k) for k in FEATURE_PARAMS}
 
 
+def precision_drift(card: dict, cache_params: dict | None, what: str) -> str | None:
+    """Why the features ``what`` computes differ from the reduced-precision ones the head learnt on, or None.
+
+    The precision is not a feature parameter: an f32 graph computes features
+    close to a bf16 or int8 one's (a per-row cosine of 0.98 or more on photos,
+    docs/PERFORMANCE.md), so a head still applies, with that drift said.
+    """
+    feats = card["features"]
+    learnt, have = feats.get("precision", "f32"), (cache_params or {}).get("precision", "f32")
+    if learnt == have and feats.get("calibration") == (cache_params or {}).get("calibration"):
+        return None
+    got = f"{have} ones" if learnt != have else "int8 ones from another calibration"
+    return (f"this head learnt on {learnt} features and {what} {got}, which differ from them by a per-row cosine "
+            "of 0.98 or more on photos: train on a cache of the precision you deploy at to remove that drift")
+
+
 def feature_mismatch(card: dict, cache_params: dict) -> dict:
     want = card["features"]["params"]
     have = feature_params(cache_params)

@@ -26,7 +26,7 @@ from .decode import DEFAULT_BACKGROUND, background_hex, parse_background
 from .augment import DEFAULT_RECIPE, MAX_VIEWS, parse_recipe
 from .errors import BackboneError, FeatcacheError, is_integer
 from .params import Param, check
-from .precision import PRECISIONS, calibration_record, check_supported
+from .precision import PRECISIONS, calibration_sample, check_supported, record_of
 from .runtimes import RUNTIMES
 from .sources import Source
 from .splits import assign_splits
@@ -156,6 +156,9 @@ class Plan:
     backbone_ref: dict = field(default_factory=dict)
     #: which items get augmented views (default: the labelled train items); a grow's staging run names its own
     view_items: np.ndarray | None = None
+    #: int8: the ids of the images its graph is calibrated on, and the source that holds them (None: ``source``)
+    calibration_ids: tuple[str, ...] | None = None
+    calibration_source: Source | None = None
     #: shards of the plain view (every item); shards ``n_base * v`` to ``n_base * (v + 1) - 1`` hold view ``v``
     n_base: int = field(init=False)
     n_shards: int = field(init=False)
@@ -171,6 +174,13 @@ class Plan:
     def with_views(self, views: int) -> "Plan":
         """The same plan with ``views`` augmented views (the cache key does not change)."""
         return dataclasses.replace(self, options=dataclasses.replace(self.options, views=int(views)))
+
+    def with_calibration(self, ids: tuple[str, ...], source: Source | None = None) -> "Plan":
+        """The same int8 plan with its graph calibrated on the images ``ids`` (of ``source``, default this
+        plan's): a grow keeps the graph its cache was made with, and so its key."""
+        params = {**self.params, "calibration": record_of(ids)}
+        return dataclasses.replace(self, params=params, key=store.cache_key(params, self.fingerprint),
+                                   calibration_ids=tuple(ids), calibration_source=source)
 
     def view_of(self, index: int) -> int:
         """The view shard ``index`` holds: 0 for the plain view, 1 ... K for the augmented ones."""
@@ -256,7 +266,12 @@ def resolve_shard_size(asked: int | None, n_items: int, out, params: dict, finge
 
 
 def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *, weights="imagenet",
-              layer: str | None = None) -> Plan:
+              layer: str | None = None, calibration: tuple[tuple[str, ...], Source] | None = None) -> Plan:
+    """The plan of extracting ``source`` with ``backbone`` into ``out``.
+
+    ``calibration`` (int8): ``(ids, source)``, the images an existing graph was calibrated on, which a
+    grow keeps (else a seeded sample of ``source``, :func:`~featcache.precision.calibration_sample`).
+    """
     options.check()
     ref = {"backbone": os.fspath(backbone) if not isinstance(backbone, Backbone) else backbone.name,
            "weights": None if weights is None else os.fspath(weights), "layer": layer}
@@ -297,12 +312,17 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
         params["augment"] = recipe
     if background_hex(options.background) != background_hex(DEFAULT_BACKGROUND):  # absent for the default, likewise
         params["background"] = background_hex(options.background)
+    cal_ids = cal_source = None
     if options.precision != "f32":  # absent for f32, likewise; int8's graph is its calibration sample's
         params["precision"] = options.precision
         if options.precision == "int8":
-            params["calibration"] = calibration_record(source.items)
+            if calibration is None:
+                params["calibration"], cal_ids = calibration_sample(source.items)
+            else:
+                (cal_ids, cal_source), params["calibration"] = calibration, record_of(calibration[0])
     fingerprint = source.fingerprint()
     params["shard_size"] = resolve_shard_size(options.shard_size, len(source), out, params, fingerprint)
     options = dataclasses.replace(options, shard_size=params["shard_size"])
     return Plan(source, backbone, options, None if out is None else Path(out), image_size, input_size, params,
-                fingerprint, store.cache_key(params, fingerprint), ref)
+                fingerprint, store.cache_key(params, fingerprint), ref, calibration_ids=cal_ids,
+                calibration_source=cal_source)

@@ -131,9 +131,20 @@ def calibration_record(items, size: int = CALIBRATION_IMAGES, seed: int = CALIBR
     (also in the key, and covering every image's content) it pins the very
     images the graph was calibrated on.
     """
-    rows = calibration_rows(len(items), size, seed)
-    digest = hashlib.sha256(json.dumps([items[r].id for r in rows.tolist()]).encode()).hexdigest()
-    return {"images": len(rows), "seed": int(seed), "digest": digest}
+    return calibration_sample(items, size, seed)[0]
+
+
+def calibration_sample(items, size: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED
+                       ) -> tuple[dict, tuple[str, ...]]:
+    """``(record, ids)``: :func:`calibration_record` and the ids of the images it names, in order."""
+    ids = tuple(items[r].id for r in calibration_rows(len(items), size, seed).tolist())
+    return record_of(ids, seed), ids
+
+
+def record_of(ids, seed: int = CALIBRATION_SEED) -> dict:
+    """The key's record of a calibration sample of these item ``ids`` drawn with ``seed``."""
+    digest = hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
+    return {"images": len(ids), "seed": int(seed), "digest": digest}
 
 
 def quantize(ov_model, images: np.ndarray):

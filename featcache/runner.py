@@ -132,6 +132,7 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
     """
     out = plan.out
     old = store.read_manifest(out)
+    plan = _keep_calibration(plan, old)
     if not (store.growable(old, plan.params, plan.fingerprint) or (old is None and reuse)):
         return None
     recipe = parse_recipe(plan.options.augment).text
@@ -148,6 +149,8 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
     src = plan.source
     with ThreadPoolExecutor(8, thread_name_prefix="featcache-digest") as pool:
         digests = src.digests(src.items, pool)
+    if plan.calibration_ids and own:
+        _check_calibration(plan, own[0], dict(zip((it.id for it in src.items), digests)))
     m = store.match(src.items, digests, donors, list(src.class_names), own=bool(own))
     by_id = {it.id: d for it, d in zip(src.items, digests)}
     viewed = [it for it, keep in zip(src.items, plan.view_mask) if keep] if plan.views else []
@@ -173,6 +176,30 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
                          time.perf_counter() - t_start, timings.get("images_per_s") or 0.0,
                          cache.disk_bytes(), False, notes, counts)
     return cache, summary
+
+
+def _keep_calibration(plan: Plan, old: dict | None) -> Plan:
+    """An int8 ``plan`` growing the cache ``old`` keeps the graph ``old`` was made with: the images it was
+    calibrated on, not a new sample of the grown source (whose features would not match the old ones)."""
+    if not plan.calibration_ids or not store.recalibrated(old, plan.params, plan.fingerprint):
+        return plan
+    ids = store.open_cache(plan.out).calibration_ids
+    if ids is None:
+        raise CacheError(f"{plan.out} is an int8 cache made before featcache recorded the images its graph was "
+                         "calibrated on, so it cannot grow: run this command once with --overwrite (every image "
+                         "is extracted again)")
+    return plan.with_calibration(ids)
+
+
+def _check_calibration(plan: Plan, cache: store.Cache, digests: dict) -> None:
+    """Refuse to grow an int8 cache whose calibration images are gone or changed: its graph could not be rebuilt."""
+    held = dict(zip(cache.ids(), cache.digests()))
+    lost = [i for i in plan.calibration_ids if i in held and digests.get(i) != held[i]]
+    if lost:
+        raise CacheError(f"{plan.out}: its int8 graph was calibrated on {len(plan.calibration_ids):,} images, "
+                         f"{len(lost):,} of which are gone or changed (such as {lost[0]!r}), so the cache cannot "
+                         "grow with the same graph: pass --overwrite to calibrate on today's images and extract "
+                         "every image again")
 
 
 def _alpha(plan: Plan, sources: list, rows: dict) -> dict[str, bool]:
@@ -233,7 +260,8 @@ def _stage(plan: Plan, new_ids: set, need_views: set, progress: bool, engine) ->
     staging = plan.out / store.staging_name(plan.key)
     items = [it for it in plan.source.items if it.id in new_ids or it.id in need_views]
     options = dataclasses.replace(plan.options, shard_size=None, views=plan.views if need_views else 0)
-    sub = make_plan(PickedSource(plan.source, items), plan.backbone, staging, options)
+    calibration = (plan.calibration_ids, plan.calibration_source or plan.source) if plan.calibration_ids else None
+    sub = make_plan(PickedSource(plan.source, items), plan.backbone, staging, options, calibration=calibration)
     sub = dataclasses.replace(sub, view_items=np.array([it.id in need_views for it in items], bool))
     try:
         held = store.read_manifest(staging) if staging.is_dir() else None
@@ -293,7 +321,8 @@ def _begin(plan: Plan, done: dict, old: dict | None, recipe: str):
                dataset={"source": src.describe(), "n_items": len(src), "class_names": list(src.class_names),
                         "has_splits": src.has_splits, "reopen": src.address},
                n_shards=plan.n_shards, shards=list(done.values()), old=old,
-               save=bool(done) or old is not None, views=plan.views, augment=recipe)  # a run that has written no shard claims nothing
+               save=bool(done) or old is not None, views=plan.views, augment=recipe,
+               calibration=plan.calibration_ids)  # a run that has written no shard claims nothing
     return sink
 
 

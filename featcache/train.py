@@ -520,4 +520,6 @@ def features_record(cache, output: str) -> dict:
             "cache_path": os.fspath(cache.path), "output": output,
             "shape": info["shape"], "n_features": int(np.prod(info["shape"])),
             "params": feature_params(cache.params), "input_size": cache.params.get("input_size"),
-            "dtype": cache.params.get("dtype"), "backbone_ref": cache.backbone_ref}
+            "dtype": cache.params.get("dtype"), "backbone_ref": cache.backbone_ref,
+            "precision": cache.params.get("precision", "f32"),
+            **({"calibration": cache.params["calibration"]} if cache.params.get("calibration") else {})}

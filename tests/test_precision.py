@@ -15,7 +15,7 @@ from PIL import Image
 
 import featcache
 from featcache import precision
-from featcache.errors import FeatcacheError, KeyMismatchError
+from featcache.errors import FeatcacheError, FeatcacheWarning, KeyMismatchError
 from featcache.files import sha256_path
 from featcache.runtimes import openvino_installed
 from featcache.sources import open_source
@@ -92,6 +92,14 @@ def test_int8_makes_a_complete_cache_whose_key_records_its_calibration(folder, f
     assert cos.min() >= 0.8 and not np.array_equal(int8.features(), f32.features()), cos.min()
     (ir,) = [p for p in (home / "openvino").iterdir() if "int8" in (p / "identity.json").read_text()]
     assert (ir / "record.json").is_file()  # a derived cache entry, sealed like the f32 IR
+    model = featcache.train(int8, "logreg", out=tmp_path / "m").model_dir
+    with pytest.warns(FeatcacheWarning, match="learnt on int8 features and predict computes f32 ones"):
+        featcache.predict(model, folder / "a" / "0.png", cache_dir=tmp_path / "p")
+    import warnings
+
+    with warnings.catch_warnings():  # the head's own features: no drift to tell
+        warnings.simplefilter("error", FeatcacheWarning)
+        assert len(featcache.predict(model, int8.path)) == 48
 
 
 @needs_openvino
@@ -157,3 +165,36 @@ def test_info_and_extract_say_the_precision_and_runtime(folder, f32, tmp_path, h
     proc = run_here("extract", folder, *TINY_ARGS, "--shard-size", "16", "--dtype", "float32", "--runtime", "openvino",
                     "--out", tmp_path / "c", env={"FEATCACHE_HOME": str(home)})
     assert "precision f32" in proc.stdout + proc.stderr and "openvino · precision f32" in proc.stdout
+
+
+@needs_openvino
+@needs_int8
+@pytest.mark.slow
+def test_a_grown_int8_cache_keeps_the_graph_it_was_calibrated_on(folder, tmp_path):
+    import shutil
+
+    src = tmp_path / "images"
+    shutil.copytree(folder, src)
+    first = {h: _extract(src, tmp_path / h / "c", tmp_path / h, precision="int8") for h in ("kept", "lost")}
+    assert len(first["kept"].calibration_ids) == 48 and first["kept"].key == first["lost"].key
+    before = dict(zip(first["kept"].ids(), first["kept"].features()))  # the grow replaces these shards
+    for i in range(6):  # new images: a fresh sample of all 54 would be another graph, and another key
+        Image.open(folder / "a" / f"{i}.png").transpose(Image.Transpose.ROTATE_90).save(src / "a" / f"new{i}.png")
+    shutil.rmtree(tmp_path / "lost" / "openvino")  # this one's graph is rebuilt from its calibration images, by id
+    grown = {h: _extract(src, tmp_path / h / "c", tmp_path / h, precision="int8") for h in ("kept", "lost")}
+    for cache in grown.values():
+        assert len(cache) == 54 and cache.verify() == [] and cache.generation == 1
+        assert cache.params["calibration"] == first["kept"].params["calibration"]
+        assert cache.calibration_ids == first["kept"].calibration_ids
+        rows = dict(zip(cache.ids(), cache.features()))
+        assert all(np.array_equal(rows[i], f) for i, f in before.items())  # reused, bit for bit
+    assert grown["kept"].key == grown["lost"].key
+    assert np.array_equal(grown["kept"].features(), grown["lost"].features())  # the same graph both ways
+    (src / first["kept"].calibration_ids[3]).unlink()
+    proc = run_here("extract", src, *TINY_ARGS, "--shard-size", "16", "--dtype", "float32", "--quiet",
+                    "--precision", "int8", "--out", tmp_path / "kept" / "c", check=False,
+                    env={"FEATCACHE_HOME": str(tmp_path / "kept")})
+    error = proc.stderr.strip().splitlines()[-1]  # after the run's header
+    assert proc.returncode == 2 and error.startswith("error: ") and "calibrated on 48 images, 1 of which" in error
+    after = featcache.open_cache(tmp_path / "kept" / "c")
+    assert after.verify() == [] and len(after) == 54 and after.key == grown["kept"].key

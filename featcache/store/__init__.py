@@ -30,7 +30,8 @@ from .manifest import (MAX_ITEMS, MAX_OUTPUT_DIMS, MAX_ROW_VALUES, MAX_SHARD_SIZ
 from .ownership import (clear_cache_files, foreign_entries, is_our_manifest, is_temporary, remove_stale,
                         remove_temporaries, shard_key, staging_name)
 from .index_file import INDEX_DIR, cache_width, index_path, proven_index, record_path, write_index
-from .grow import Match, alpha_rows, compact, donor_problem, growable, match, view_rows, write_generation
+from .grow import (Match, alpha_rows, compact, donor_problem, growable, match, recalibrated, view_rows,
+                   write_generation)
 from .proof import ShardSpec, open_shard
 from .resume import claim, existing_shards, refresh_class_names, up_to_date
 from .rows import FeatureBatch, ShardInfo
@@ -49,7 +50,7 @@ __all__ = [
     "read_manifest", "write_manifest",
     "clear_cache_files", "foreign_entries", "is_our_manifest", "is_temporary", "remove_stale", "remove_temporaries",
     "shard_key", "staging_name", "INDEX_DIR", "cache_width", "index_path", "proven_index", "record_path",
-    "write_index", "Match", "alpha_rows", "compact", "donor_problem", "growable", "match", "view_rows", "write_generation",
+    "write_index", "Match", "alpha_rows", "compact", "donor_problem", "growable", "match", "recalibrated", "view_rows", "write_generation",
     "ShardSpec", "open_shard", "claim", "existing_shards", "refresh_class_names", "up_to_date",
     "FeatureBatch", "ShardInfo", "ShardData", "inspect_shard", "shard_problems", "write_shard", "CacheSink",
     "bytes_per_image", "view_problems", "write_view",

@@ -192,6 +192,15 @@ class Cache(AugmentedViews):
         return int(self.manifest.get("generation", 0))
 
     @property
+    def calibration_ids(self) -> tuple[str, ...] | None:
+        """int8: the ids of the images its graph was calibrated on; None for another precision, or a cache made
+        before they were recorded. The key's calibration record is their digest: a plan made with them checks it."""
+        ids = self.manifest.get("calibration_images")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return None
+        return tuple(ids)
+
+    @property
     def has_digests(self) -> bool:
         """Whether every row records its image's content digest (caches made before digests do not: they cannot grow)."""
         return all(r.get("digests") for r in self._all_shards)

@@ -34,6 +34,15 @@ def growable(old: dict | None, params: dict, fingerprint: str) -> bool:
     return bool(diffs) and set(diffs) <= GROWABLE
 
 
+def recalibrated(old: dict | None, params: dict, fingerprint: str) -> bool:
+    """Whether ``old`` is a complete int8 cache that differs from this plan in its images and so in the
+    calibration sample drawn from them: a grow that keeps ``old``'s graph (and calibration) is possible."""
+    if not old or not old.get("complete") or not old.get("params", {}).get("calibration"):
+        return False
+    diffs = {k.split(".")[0] for k in key_differences(old, params, fingerprint)}
+    return "calibration" in diffs and diffs <= GROWABLE | {"calibration"}
+
+
 def donor_problem(cache: Cache, params: dict) -> str | None:
     """Why ``cache``'s features cannot stand in for this plan's, or None."""
     diffs = set(key_differences(cache.manifest, params, cache.manifest["dataset"].get("fingerprint"))) - GROWABLE

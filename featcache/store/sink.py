@@ -89,7 +89,8 @@ class CacheSink:
 
     # -- the driver
     def begin(self, *, params: dict, fingerprint: str, dataset: dict, backbone_ref: dict, n_shards: int,
-              shards: list[dict], old: dict | None, save: bool, views: int = 0, augment: str | None = None) -> dict:
+              shards: list[dict], old: dict | None, save: bool, views: int = 0, augment: str | None = None,
+              calibration: tuple[str, ...] | None = None) -> dict:
         """Start (or resume) the manifest with the shards already on disk; ``save`` writes it now.
 
         ``views`` augmented views per train image (made with the recipe
@@ -97,7 +98,8 @@ class CacheSink:
         the key, so a later run may add more. A complete cache gaining views
         stays complete, and readable with the views it had, until
         :meth:`finish` records the new ones (``views_target`` says how many
-        are on their way).
+        are on their way). ``calibration``: the ids of the images an int8
+        graph was calibrated on, which a grow needs to keep that graph.
         """
         finished = {r["index"] for r in (old or {}).get("shards", []) if r["index"] < (old or {}).get("n_shards", 0)}
         same = old is not None and old["key"] == self.key
@@ -128,6 +130,7 @@ class CacheSink:
             "n_shards": n_shards,
             "views": int(views),
             **({"augment": augment} if views else {}),
+            **({"calibration_images": list(calibration)} if calibration else {}),
             "shards": sorted(shards, key=lambda s: s["index"]),
             "created": (old or {}).get("created") or _now(),
         }
