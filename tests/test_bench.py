@@ -165,6 +165,36 @@ def test_each_kind_of_head_is_selected_and_fitted_by_its_protocol(two_class_cach
     assert rows["lda"]["fit_splits"] == ["train"] and rows["lda"]["select_seconds"] == 0.0
 
 
+def test_a_sweeps_head_process_takes_task_after_task_and_one_out_of_time_is_replaced(two_class_cache):
+    import dataclasses
+
+    from featcache.bench import Task, run_task
+    from featcache.bench.process import REUSE_PROCESSES, HeadPool
+
+    if not REUSE_PROCESSES:
+        pytest.skip("head processes take one task each where a task's peak memory cannot be reset (not Linux)")
+    nb = Task(str(two_class_cache.path), two_class_cache.key, "gaussian_nb", {}, None, False,
+              rows_key=two_class_cache.rows_key)
+    lda = dataclasses.replace(nb, head="lda")
+    slow = dataclasses.replace(nb, head="random_forest", params={"n_estimators": 20_000})
+    pool = HeadPool()
+    try:
+        first, second = pool.run(nb, None), pool.run(lda, None)
+        (head,) = pool._idle
+        assert len(pool._all) == 1  # one process took both tasks
+        timed = pool.run(slow, 1.0)
+        assert timed["status"] == "timed out" and not pool._idle  # killed, never handed another task
+        after = pool.run(nb, None)
+    finally:
+        pool.close()
+    assert head.proc.returncode is not None and not any(h.alive for h in pool._all)
+    for got, task in ((first, nb), (second, lda), (after, nb)):  # a row is the same as from a fresh process
+        fresh = run_task(task, None)
+        assert got["status"] == fresh["status"] == "ok", (got.get("error"), fresh.get("error"))
+        assert got["accuracy"] == fresh["accuracy"] and got["test_predictions"] == fresh["test_predictions"]
+        assert got["peak_memory_mb"] is not None
+
+
 def test_each_head_gets_its_share_of_the_cores():
     from featcache.bench import _cores_per_head
 

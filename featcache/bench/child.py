@@ -1,4 +1,4 @@
-"""The head's own process: one task in, its row's result out, with its own peak memory.
+"""The head's own process: tasks in, one after another, each row's result out, with its own peak memory.
 
 It runs ``python -c`` (never the parent's ``__main__``) and imports this
 module by its path, :data:`featcache.bench.process.CHILD_CODE`.
@@ -6,11 +6,15 @@ module by its path, :data:`featcache.bench.process.CHILD_CODE`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import pickle
 import resource
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -67,28 +71,52 @@ def _child(task: Task) -> dict:
     return result
 
 
-def _child_main(result_path: str) -> None:
-    """The head process's entry point: a pickled Task on stdin, a pickled result into ``result_path``.
+def _child_main() -> None:
+    """The head process's entry point: ``(result_path, Task)`` pickles on stdin, one after another; each
+    result pickled into its ``result_path``, then a line on the parent's pipe. stdin's end ends the process.
 
     It runs ``python -c`` (never the parent's ``__main__``), so a script that
     calls :func:`bench` without an ``if __name__ == "__main__":`` guard works.
-    Once the task is read, a thread waits for stdin's end: if the parent dies,
-    the head does too.
+    A head that prints writes to /dev/null, never into the pipe; and a thread
+    watches the parent: if it dies, the head does too.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    task = pickle.load(sys.stdin.buffer)
-    _progress_file.PROGRESS_FILE = result_path + ".progress"
+    pipe = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    parent = os.getppid()
 
     def orphaned():
-        sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe or died
+        while os.getppid() == parent:
+            time.sleep(0.5)
         os._exit(3)
 
     threading.Thread(target=orphaned, daemon=True).start()
-    result = _child(task)
-    tmp = result_path + ".part"
-    with open(tmp, "wb") as f:
-        pickle.dump(result, f)
-    os.replace(tmp, result_path)
+    while True:
+        try:
+            result_path, task = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            break
+        _progress_file.PROGRESS_FILE = result_path + ".progress"
+        result = _child(task)
+        tmp = result_path + ".part"
+        with open(tmp, "wb") as f:
+            pickle.dump(result, f)
+        os.replace(tmp, result_path)
+        _release_memory()
+        sys.stderr.flush()
+        os.write(pipe, b"\n")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip interpreter teardown (Keras/TF can hang or crash there)
+
+
+def _release_memory() -> None:
+    """Give back what the task freed, so the next row's peak memory is its own: Keras' graph state, Python's
+    garbage, and glibc's free pages (``malloc_trim``)."""
+    if "keras" in sys.modules:
+        with contextlib.suppress(Exception):
+            sys.modules["keras"].backend.clear_session()
+    gc.collect()
+    with contextlib.suppress(Exception):  # glibc only
+        ctypes.CDLL(None).malloc_trim(0)

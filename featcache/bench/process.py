@@ -1,13 +1,16 @@
-"""Running heads: each task in a fresh Python process with a time budget, n_jobs at a time (joblib, or Ray)."""
+"""Running heads in Python processes of their own, with a time budget, n_jobs at a time (joblib, or Ray); in a
+sweep each process takes one task after another, and one that overruns or dies is replaced."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import pickle
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,48 +23,82 @@ BACKENDS = ("threading", "ray")
 #: how much of a failed head process's stderr its row keeps (the end, where the error is)
 STDERR_TAIL = 2000
 #: the head process's program: its entry point imported by module path (never the caller's ``__main__``)
-CHILD_CODE = "import sys; sys.path.pop(0); from featcache.bench.child import _child_main; _child_main(sys.argv[1])"
+CHILD_CODE = "import sys; sys.path.pop(0); from featcache.bench.child import _child_main; _child_main()"
+#: whether a head process may take another task: only where each task's peak memory can be its own (Linux's
+#: clear_refs resets the peak; elsewhere the process-lifetime peak would hide a row's)
+REUSE_PROCESSES = os.path.exists("/proc/self/clear_refs")
+#: how long a head process may take to exit once its stdin is closed, before it is killed
+CLOSE_SECONDS = 10
 
 
 def run_task(task: Task, timeout: float | None) -> dict:
-    """Run one task in a fresh Python process; kill it past ``timeout`` seconds.
+    """Run one task in a fresh Python process; kill it past ``timeout`` seconds."""
+    head = HeadProcess()
+    try:
+        return head.run(task, timeout)
+    finally:
+        head.close()
 
-    The process runs ``python -c`` with featcache's own entry point rather
-    than multiprocessing's spawn, which re-runs the caller's ``__main__``
-    script (and so fails in a script or notebook without a
-    ``if __name__ == "__main__":`` guard). A process that dies without a
-    result leaves the end of its stderr in the row.
-    """
+
+def _child_env() -> dict:
     root = str(Path(__file__).resolve().parents[2])  # the child imports this very featcache
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with tempfile.TemporaryDirectory(prefix="featcache-head-") as tmp:
-        result_path = os.path.join(tmp, "result.pkl")
+    return env
+
+
+class HeadProcess:
+    """A head's process, which runs tasks one after another: a sweep pays Python's and scikit-learn's imports
+    (about 3 s a row) once per process, not once per row.
+
+    The process runs ``python -c`` with featcache's own entry point rather
+    than multiprocessing's spawn, which re-runs the caller's ``__main__``
+    script (and so fails in a script or notebook without a
+    ``if __name__ == "__main__":`` guard). A task past its ``timeout`` has
+    its process killed; a process that dies without a result leaves the end
+    of its stderr in the row. Either way the process is gone (:attr:`alive`
+    is False) and the pool starts a fresh one for the next task.
+    """
+
+    def __init__(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="featcache-head-")
+        self._err = open(os.path.join(self._tmp.name, "stderr"), "w+b")
+        self._n = 0
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._err, env=_child_env())
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._read_done, daemon=True, name="featcache-head-reader").start()
+
+    def _read_done(self) -> None:
+        for line in self.proc.stdout:  # a line per finished task; the pipe ends with the process
+            self._done.put(line)
+        self._done.put(b"")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None and not self.proc.stdin.closed
+
+    def run(self, task: Task, timeout: float | None) -> dict:
+        """The task's result; the process is killed past ``timeout`` seconds (None: no limit)."""
+        self._n += 1
+        result_path = os.path.join(self._tmp.name, f"result{self._n}.pkl")
+        err_from = self._err.seek(0, os.SEEK_END)
         t0 = time.perf_counter()
-        with open(os.path.join(tmp, "stderr"), "w+b") as err:
-            proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE, result_path], stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=err, env=env)
-            timed_out = False
+        timed_out = died = False
+        try:
+            pickle.dump((result_path, task), self.proc.stdin)
+            self.proc.stdin.flush()
+        except OSError:  # died before or at start: its stderr says why
+            died = True
+        if not died:
             try:
-                try:
-                    pickle.dump(task, proc.stdin)
-                    proc.stdin.flush()
-                except BrokenPipeError:
-                    pass  # died at start: its stderr says why
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-            wall = time.perf_counter() - t0
-            err.seek(0)
-            stderr = err.read().decode("utf-8", "replace").strip()
+                died = not self._done.get(timeout=timeout)
+            except queue.Empty:
+                timed_out = True
+        if timed_out or died:
+            self._end(kill=True)
+        wall = time.perf_counter() - t0
         result = None
         if not timed_out and os.path.isfile(result_path):
             with open(result_path, "rb") as f:
@@ -69,20 +106,83 @@ def run_task(task: Task, timeout: float | None) -> dict:
         progress = None
         with contextlib.suppress(OSError):
             progress = Path(result_path + ".progress").read_text("utf-8").strip() or None
-    if result is None:
+        for leftover in (result_path, result_path + ".progress"):
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+        if result is None:
+            result = self._lost(timed_out, timeout, progress, err_from)
+        result["wall_seconds"] = wall
+        result["budget_seconds"] = timeout
+        return result
+
+    def _lost(self, timed_out: bool, timeout: float | None, progress: str | None, err_from: int) -> dict:
+        """The row of a task that left no result: out of time, or its process died (the end of its stderr)."""
         if timed_out:
-            result = {"status": "timed out", "error": f"no result within the {timeout:g} s budget"
-                                                      + (f"; it had got as far as: {progress}" if progress else ""),
-                      "progress": progress}
-        else:
-            last = stderr.splitlines()[-1] if stderr else ""
-            result = {"status": "failed", "error": f"the head's process died (exit code {proc.returncode})"
-                                                   + (f": {last}" if last else "")}
-            if stderr:
-                result["stderr"] = stderr[-STDERR_TAIL:]
-    result["wall_seconds"] = wall
-    result["budget_seconds"] = timeout
-    return result
+            return {"status": "timed out", "error": f"no result within the {timeout:g} s budget"
+                                                    + (f"; it had got as far as: {progress}" if progress else ""),
+                    "progress": progress}
+        self._err.seek(err_from)
+        stderr = self._err.read().decode("utf-8", "replace").strip()
+        last = stderr.splitlines()[-1] if stderr else ""
+        result = {"status": "failed", "error": f"the head's process died (exit code {self.proc.returncode})"
+                                               + (f": {last}" if last else "")}
+        if stderr:
+            result["stderr"] = stderr[-STDERR_TAIL:]
+        return result
+
+    def _end(self, kill: bool) -> None:
+        """Stop the process: its stdin closed, so it exits between tasks; killed at once with ``kill``, or when
+        it has not gone within :data:`CLOSE_SECONDS`."""
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        if kill or not _exited(self.proc, CLOSE_SECONDS):
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self, kill: bool = False) -> None:
+        """End the process and remove its files."""
+        self._end(kill)
+        self._err.close()
+        self._tmp.cleanup()
+
+
+def _exited(proc, seconds: float) -> bool:
+    try:
+        proc.wait(seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+class HeadPool:
+    """The head processes of one sweep: an idle one takes the next task; one killed or dead is replaced."""
+
+    def __init__(self):
+        self._idle: list[HeadProcess] = []
+        self._all: list[HeadProcess] = []
+        self._lock = threading.Lock()
+
+    def run(self, task: Task, timeout: float | None) -> dict:
+        with self._lock:
+            head = self._idle.pop() if self._idle else None
+        if head is None:
+            head = HeadProcess()
+            with self._lock:
+                self._all.append(head)
+        result = head.run(task, timeout)
+        if not REUSE_PROCESSES:
+            head.close()
+        with self._lock:
+            if head.alive:
+                self._idle.append(head)
+        return result
+
+    def close(self) -> None:
+        """End every process: the idle ones between tasks, those still running (a sweep stopped early) at once."""
+        with self._lock:
+            heads, idle, self._all, self._idle = self._all, set(map(id, self._idle)), [], []
+        for head in heads:
+            head.close(kill=id(head) not in idle)
 
 
 @contextlib.contextmanager
@@ -109,13 +209,18 @@ def _run_tasks(todo: list, timeout: float | None, n_jobs: int, backend: str):
     joblib's Ray backend cannot yield results one by one, so there the tasks
     go in waves as wide as the parallelism and rows are saved after each wave.
     """
+    if backend != "ray":
+        pool = HeadPool()
+        try:
+            yield from Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")(
+                delayed(lambda t: (t, pool.run(t, timeout)))(t) for t in todo)
+        finally:
+            pool.close()
+        return
+
     def job(t):
         return t, run_task(t, timeout)
 
-    if backend != "ray":
-        yield from Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")(
-            delayed(job)(t) for t in todo)
-        return
     import ray  # heavy: only for the ray backend
 
     width = n_jobs if n_jobs > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
