@@ -265,6 +265,21 @@ def resolve_shard_size(asked: int | None, n_items: int, out, params: dict, finge
     return auto_shard_size(n_items)
 
 
+def _add_precision(params: dict, precision: str, source, calibration) -> tuple:
+    """Record ``precision`` in ``params`` (absent for f32, as the defaults are) and, for int8, the calibration
+    sample its graph is made from; returns that sample's ``(ids, source)`` (``(None, None)`` for f32 and bf16)."""
+    if precision == "f32":
+        return None, None
+    params["precision"] = precision
+    if precision != "int8":
+        return None, None
+    if calibration is None:
+        params["calibration"], ids = calibration_sample(source.items)
+        return ids, None
+    params["calibration"] = record_of(calibration[0])
+    return tuple(calibration[0]), calibration[1]
+
+
 def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *, weights="imagenet",
               layer: str | None = None, calibration: tuple[tuple[str, ...], Source] | None = None) -> Plan:
     """The plan of extracting ``source`` with ``backbone`` into ``out``.
@@ -312,14 +327,7 @@ def make_plan(source, backbone: str | Backbone, out, options: ExtractOptions, *,
         params["augment"] = recipe
     if background_hex(options.background) != background_hex(DEFAULT_BACKGROUND):  # absent for the default, likewise
         params["background"] = background_hex(options.background)
-    cal_ids = cal_source = None
-    if options.precision != "f32":  # absent for f32, likewise; int8's graph is its calibration sample's
-        params["precision"] = options.precision
-        if options.precision == "int8":
-            if calibration is None:
-                params["calibration"], cal_ids = calibration_sample(source.items)
-            else:
-                (cal_ids, cal_source), params["calibration"] = calibration, record_of(calibration[0])
+    cal_ids, cal_source = _add_precision(params, options.precision, source, calibration)
     fingerprint = source.fingerprint()
     params["shard_size"] = resolve_shard_size(options.shard_size, len(source), out, params, fingerprint)
     options = dataclasses.replace(options, shard_size=params["shard_size"])
