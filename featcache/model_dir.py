@@ -41,11 +41,12 @@ def precision_drift(card: dict, cache_params: dict | None, what: str) -> str | N
 
     The precision is not a feature parameter: an f32 graph computes features
     close to a bf16 or int8 one's (a per-row cosine of 0.98 or more on photos,
-    docs/PERFORMANCE.md), so a head still applies, with that drift said.
+    docs/PERFORMANCE.md), so a head still applies, with that drift said. A card
+    from before the precision was recorded says nothing of it: no warning.
     """
     feats = card["features"]
-    learnt, have = feats.get("precision", "f32"), (cache_params or {}).get("precision", "f32")
-    if learnt == have and feats.get("calibration") == (cache_params or {}).get("calibration"):
+    learnt, have = feats.get("precision"), (cache_params or {}).get("precision", "f32")
+    if learnt is None or learnt == have and feats.get("calibration") == (cache_params or {}).get("calibration"):
         return None
     got = f"{have} ones" if learnt != have else "int8 ones from another calibration"
     return (f"this head learnt on {learnt} features and {what} {got}, which differ from them by a per-row cosine "

@@ -89,8 +89,8 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
         return _run_read_only(plan, t_start, exc)
     try:
         store.remove_temporaries(out)
-        reuse = [reuse] if isinstance(reuse, (str, Path)) else list(reuse or ())
-        grown = None if overwrite or frozen else _grow(plan, [Path(r) for r in reuse], progress, engine, t_start)
+        plan = plan if overwrite else _keep_calibration(plan, _manifest_or_none(out))  # int8 keeps its graph
+        grown = None if overwrite or frozen else _grow(plan, reuse, progress, engine, t_start)
         if grown is not None:
             return grown
         plan, old, recipe, notes = _claim(plan, overwrite)
@@ -122,7 +122,7 @@ def run(plan: Plan, *, overwrite: bool = False, repair: bool = False, progress: 
     return cache, summary
 
 
-def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float):
+def _grow(plan: Plan, reuse, progress: bool, engine, t_start: float):
     """Grow the cache at ``plan.out`` to ``plan``'s images, or None when this run is not a grow.
 
     A grow is a complete cache whose images changed (or a new one given ``reuse``): images whose content a
@@ -132,7 +132,7 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
     """
     out = plan.out
     old = store.read_manifest(out)
-    plan = _keep_calibration(plan, old)
+    reuse = [Path(r) for r in ([reuse] if isinstance(reuse, (str, Path)) else list(reuse or ()))]
     if not (store.growable(old, plan.params, plan.fingerprint) or (old is None and reuse)):
         return None
     recipe = parse_recipe(plan.options.augment).text
@@ -178,9 +178,18 @@ def _grow(plan: Plan, reuse: list[Path], progress: bool, engine, t_start: float)
     return cache, summary
 
 
+def _manifest_or_none(out: Path) -> dict | None:
+    """The manifest at ``out``, or None where there is none or it cannot be read (the claim then says why)."""
+    try:
+        return store.read_manifest(out)
+    except CacheError:
+        return None
+
+
 def _keep_calibration(plan: Plan, old: dict | None) -> Plan:
-    """An int8 ``plan`` growing the cache ``old`` keeps the graph ``old`` was made with: the images it was
-    calibrated on, not a new sample of the grown source (whose features would not match the old ones)."""
+    """An int8 ``plan`` over the cache ``old`` keeps the graph ``old`` was made with, grown or not: the images
+    it was calibrated on, not a new sample of the source (whose features would not match the old ones).
+    ``--overwrite`` calibrates afresh."""
     if not plan.calibration_ids or not store.recalibrated(old, plan.params, plan.fingerprint):
         return plan
     ids = store.open_cache(plan.out).calibration_ids

@@ -180,14 +180,15 @@ def test_a_sweeps_head_process_takes_task_after_task_and_one_out_of_time_is_repl
     pool = HeadPool()
     try:
         first, second = pool.run(nb, None), pool.run(lda, None)
-        (head,) = pool._idle
-        assert len(pool._all) == 1  # one process took both tasks
+        (head,) = pool._idle  # one process took both tasks
         timed = pool.run(slow, 1.0)
-        assert timed["status"] == "timed out" and not pool._idle  # killed, never handed another task
+        assert timed["status"] == "timed out" and not pool._idle and not head.alive  # killed, and not handed on
         after = pool.run(nb, None)
+        (fresh_head,) = pool._idle
+        assert fresh_head is not head
     finally:
         pool.close()
-    assert head.proc.returncode is not None and not any(h.alive for h in pool._all)
+    assert head.proc.returncode is not None and fresh_head.proc.returncode is not None
     for got, task in ((first, nb), (second, lda), (after, nb)):  # a row is the same as from a fresh process
         fresh = run_task(task, None)
         assert got["status"] == fresh["status"] == "ok", (got.get("error"), fresh.get("error"))

@@ -190,6 +190,9 @@ def test_a_grown_int8_cache_keeps_the_graph_it_was_calibrated_on(folder, tmp_pat
         assert all(np.array_equal(rows[i], f) for i, f in before.items())  # reused, bit for bit
     assert grown["kept"].key == grown["lost"].key
     assert np.array_equal(grown["kept"].features(), grown["lost"].features())  # the same graph both ways
+    again = run_here("extract", src, *TINY_ARGS, "--shard-size", "16", "--dtype", "float32", "--precision", "int8",
+                     "--out", tmp_path / "kept" / "c", env={"FEATCACHE_HOME": str(tmp_path / "kept")})
+    assert "nothing to do" in again.stdout  # a rerun, where a fresh sample of 54 images would be another key
     (src / first["kept"].calibration_ids[3]).unlink()
     proc = run_here("extract", src, *TINY_ARGS, "--shard-size", "16", "--dtype", "float32", "--quiet",
                     "--precision", "int8", "--out", tmp_path / "kept" / "c", check=False,

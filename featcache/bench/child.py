@@ -71,19 +71,17 @@ def _child(task: Task) -> dict:
     return result
 
 
-def _child_main() -> None:
+def _child_main(pipe: int) -> None:
     """The head process's entry point: ``(result_path, Task)`` pickles on stdin, one after another; each
     result pickled into its ``result_path``, then a line on the parent's pipe. stdin's end ends the process.
 
     It runs ``python -c`` (never the parent's ``__main__``), so a script that
     calls :func:`bench` without an ``if __name__ == "__main__":`` guard works.
-    A head that prints writes to /dev/null, never into the pipe; and a thread
-    watches the parent: if it dies, the head does too.
+    ``pipe`` is the parent's end of stdout (:data:`~featcache.bench.process.CHILD_CODE` points stdout at
+    /dev/null, so a head that prints never writes into it); "ready" goes there once the imports are done. A
+    thread watches the parent: if it dies, the head does too.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    pipe = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
     parent = os.getppid()
 
     def orphaned():
@@ -92,6 +90,7 @@ def _child_main() -> None:
         os._exit(3)
 
     threading.Thread(target=orphaned, daemon=True).start()
+    os.write(pipe, b"ready\n")
     while True:
         try:
             result_path, task = pickle.load(sys.stdin.buffer)

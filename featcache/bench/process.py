@@ -23,10 +23,13 @@ BACKENDS = ("threading", "ray")
 #: how much of a failed head process's stderr its row keeps (the end, where the error is)
 STDERR_TAIL = 2000
 #: the head process's program: its entry point imported by module path (never the caller's ``__main__``)
-CHILD_CODE = "import sys; sys.path.pop(0); from featcache.bench.child import _child_main; _child_main()"
+#: stdout is kept as the pipe to the parent and pointed at /dev/null first, so nothing printed, even while
+#: importing, can read as a finished task
+CHILD_CODE = ("import os, sys; sys.path.pop(0); pipe = os.dup(1); os.dup2(os.open(os.devnull, os.O_WRONLY), 1); "
+              "from featcache.bench.child import _child_main; _child_main(pipe)")
 #: whether a head process may take another task: only where each task's peak memory can be its own (Linux's
 #: clear_refs resets the peak; elsewhere the process-lifetime peak would hide a row's)
-REUSE_PROCESSES = os.path.exists("/proc/self/clear_refs")
+REUSE_PROCESSES = os.access("/proc/self/clear_refs", os.W_OK)
 #: how long a head process may take to exit once its stdin is closed, before it is killed
 CLOSE_SECONDS = 10
 
@@ -68,10 +71,12 @@ class HeadProcess:
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._err, env=_child_env())
         self._done: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._read_done, daemon=True, name="featcache-head-reader").start()
+        self._ready = False  # the child says so once its imports are done: they count in no row's time
+        self._reader = threading.Thread(target=self._read_done, daemon=True, name="featcache-head-reader")
+        self._reader.start()
 
     def _read_done(self) -> None:
-        for line in self.proc.stdout:  # a line per finished task; the pipe ends with the process
+        for line in self.proc.stdout:  # "ready", then a line per finished task; the pipe ends with the process
             self._done.put(line)
         self._done.put(b"")
 
@@ -83,19 +88,11 @@ class HeadProcess:
         """The task's result; the process is killed past ``timeout`` seconds (None: no limit)."""
         self._n += 1
         result_path = os.path.join(self._tmp.name, f"result{self._n}.pkl")
-        err_from = self._err.seek(0, os.SEEK_END)
+        err_from = self._err.seek(0, os.SEEK_END) if self._ready else 0  # a first task's: the start-up's too
+        timed_out, died = self._wait_ready(timeout)  # the imports: under the same budget, outside the row's time
         t0 = time.perf_counter()
-        timed_out = died = False
-        try:
-            pickle.dump((result_path, task), self.proc.stdin)
-            self.proc.stdin.flush()
-        except OSError:  # died before or at start: its stderr says why
-            died = True
-        if not died:
-            try:
-                died = not self._done.get(timeout=timeout)
-            except queue.Empty:
-                timed_out = True
+        if not (timed_out or died):
+            timed_out, died = self._send(result_path, task, timeout)
         if timed_out or died:
             self._end(kill=True)
         wall = time.perf_counter() - t0
@@ -114,6 +111,28 @@ class HeadProcess:
         result["wall_seconds"] = wall
         result["budget_seconds"] = timeout
         return result
+
+    def _wait_ready(self, timeout: float | None) -> tuple[bool, bool]:
+        """``(timed out, died)`` waiting for the child's "ready" (at once once it has said it)."""
+        if self._ready:
+            return False, False
+        try:
+            self._ready = self._done.get(timeout=timeout) == b"ready\n"
+        except queue.Empty:
+            return True, False
+        return False, not self._ready
+
+    def _send(self, result_path: str, task: Task, timeout: float | None) -> tuple[bool, bool]:
+        """``(timed out, died)``: hand ``task`` over and wait for its line."""
+        try:
+            pickle.dump((result_path, task), self.proc.stdin)
+            self.proc.stdin.flush()
+        except OSError:  # died: its stderr says why
+            return False, True
+        try:
+            return False, not self._done.get(timeout=timeout)
+        except queue.Empty:
+            return True, False
 
     def _lost(self, timed_out: bool, timeout: float | None, progress: str | None, err_from: int) -> dict:
         """The row of a task that left no result: out of time, or its process died (the end of its stderr)."""
@@ -142,6 +161,9 @@ class HeadProcess:
     def close(self, kill: bool = False) -> None:
         """End the process and remove its files."""
         self._end(kill)
+        self._reader.join(CLOSE_SECONDS)  # at the pipe's end, which the process's exit brings
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
         self._err.close()
         self._tmp.cleanup()
 
@@ -159,30 +181,44 @@ class HeadPool:
 
     def __init__(self):
         self._idle: list[HeadProcess] = []
-        self._all: list[HeadProcess] = []
+        self._busy: list[HeadProcess] = []
+        self._closed = False
         self._lock = threading.Lock()
 
     def run(self, task: Task, timeout: float | None) -> dict:
         with self._lock:
+            while self._idle and not self._idle[-1].alive:  # died while idle (the OOM killer): never given a task
+                self._idle.pop().close(kill=True)
             head = self._idle.pop() if self._idle else None
-        if head is None:
-            head = HeadProcess()
-            with self._lock:
-                self._all.append(head)
-        result = head.run(task, timeout)
-        if not REUSE_PROCESSES:
-            head.close()
+        head = head or HeadProcess()
         with self._lock:
-            if head.alive:
+            stopped = self._closed
+            if not stopped:
+                self._busy.append(head)
+        if stopped:  # the sweep ended while this task was being handed out
+            head.close(kill=True)
+            return {"status": "failed", "error": "the sweep stopped before this head ran", "wall_seconds": 0.0,
+                    "budget_seconds": timeout}
+        result = head.run(task, timeout)
+        with self._lock:
+            self._busy.remove(head)
+            keep = REUSE_PROCESSES and head.alive and not self._closed
+            if keep:
                 self._idle.append(head)
+        if not keep:
+            head.close(kill=True)
         return result
 
     def close(self) -> None:
-        """End every process: the idle ones between tasks, those still running (a sweep stopped early) at once."""
+        """End every process: the idle ones between tasks, those still running (a sweep stopped early) at once;
+        a running one's files go when its task's thread returns."""
         with self._lock:
-            heads, idle, self._all, self._idle = self._all, set(map(id, self._idle)), [], []
-        for head in heads:
-            head.close(kill=id(head) not in idle)
+            self._closed = True
+            idle, busy, self._idle = self._idle, list(self._busy), []
+        for head in idle:
+            head.close()
+        for head in busy:
+            head._end(kill=True)
 
 
 @contextlib.contextmanager
