@@ -13,10 +13,11 @@ import json
 import math
 import os
 import shutil
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import FeatcacheError, is_integer
+from .errors import FeatcacheError, FeatcacheWarning, is_integer
 from .files import atomic_write_bytes, commit_directory, fsync_file, remove_stale_siblings, sha256_path, temporary_name
 from .versions import HEAD_PACKAGES, versions
 
@@ -51,6 +52,13 @@ def precision_drift(card: dict, cache_params: dict | None, what: str) -> str | N
     got = f"{have} ones" if learnt != have else "int8 ones from another calibration"
     return (f"this head learnt on {learnt} features and {what} {got}, which differ from them by a per-row cosine "
             "of 0.98 or more on photos: train on a cache of the precision you deploy at to remove that drift")
+
+
+def warn_precision_drift(card: dict, cache_params: dict | None, what: str, stacklevel: int) -> None:
+    """:func:`precision_drift` as a :class:`FeatcacheWarning` (one line in the CLI), when there is one."""
+    drift = precision_drift(card, cache_params, what)
+    if drift:
+        warnings.warn(drift, FeatcacheWarning, stacklevel=stacklevel + 1)
 
 
 def feature_mismatch(card: dict, cache_params: dict) -> dict:

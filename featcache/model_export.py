@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 import zipfile
 from pathlib import Path
 
 from .backbones import resolve
 from .bench.results import RESULTS
-from .errors import FeatcacheError, FeatcacheWarning, is_integer
+from .errors import FeatcacheError, is_integer
 from .files import atomic_save, remove_stale_temporaries
 from .linear_export import refusal
-from .model_dir import load_model_dir, other_kind, precision_drift, read_card
+from .model_dir import load_model_dir, other_kind, read_card, warn_precision_drift
 from .predict import card_backbone
 from .ir_export import check_ir_target, export_ir, retire_ir
 
@@ -83,7 +82,7 @@ def export(model_dir, out, *, input_size: tuple[int, int] | None = None, format:
     model_dir = dirs[0]
     out = _check_export_arguments(model_dir, out, input_size, format)
     pipe, card = load_model_dir(model_dir)
-    _warn_drift(card)
+    warn_precision_drift(card, None, "the exported model computes", stacklevel=2)
     backbone = _current_backbone(card)
     model = _end_to_end(backbone, card, pipe, tuple(input_size) if input_size else (None, None))
     _save_with_info(model, out, _export_record(card, input_size), openvino=format == "openvino")
@@ -124,12 +123,6 @@ def _check_export_arguments(model_dir, out, input_size, format) -> Path:
     if why:
         raise FeatcacheError(f"{model_dir}: {why}")
     return out
-
-
-def _warn_drift(card: dict) -> None:
-    drift = precision_drift(card, None, "the exported model computes")
-    if drift:
-        warnings.warn(drift, FeatcacheWarning, stacklevel=3)
 
 
 def _current_backbone(card: dict):
@@ -229,7 +222,7 @@ def export_heads(dirs: list, out, *, input_size: tuple[int, int] | None = None, 
     _check_heads_export(dirs, cards)
     pipes = [load_model_dir(d)[0] for d in dirs]
     for card in cards:
-        _warn_drift(card)
+        warn_precision_drift(card, None, "the exported model computes", stacklevel=2)
     import keras  # heavy: only an export builds a graph
 
     images, x = _features_graph(_current_backbone(cards[0]), cards[0], tuple(input_size) if input_size else (None, None))

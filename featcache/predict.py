@@ -15,19 +15,18 @@ import json
 import os
 import re
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatcacheError, FeatcacheWarning
+from .errors import FeatcacheError
 from .files import atomic_write_bytes, remove_stale_temporaries, spreadsheet_safe
 from .heads import proba_and_labels
 from .homes import featcache_home
 from .params import Param, check, defaults
 from .plan import ExtractOptions, make_plan
 from .runner import run
-from .model_dir import feature_mismatch, load_model_dir, other_kind, precision_drift
+from .model_dir import feature_mismatch, load_model_dir, other_kind, warn_precision_drift
 from .sources import ArraySource, CsvSource, FileListSource, FolderSource, Source
 from .store import MANIFEST, Cache, is_our_manifest, open_cache
 
@@ -77,12 +76,6 @@ CSV_HEADER = "id,predicted_label,predicted_class,probability,error,true_label,tr
 OLD_CSV_HEADER = "id,label,class,probability,error"
 
 
-def _warn_drift(card: dict, params: dict, what: str) -> None:
-    drift = precision_drift(card, params, what)
-    if drift:
-        warnings.warn(drift, FeatcacheWarning, stacklevel=4)
-
-
 def source_for(inputs) -> Source | Cache:
     """Files, a folder, a CSV manifest, an existing cache directory, or uint8 images ``N x H x W [x 1|3]``."""
     if isinstance(inputs, (Source, Cache)):
@@ -106,7 +99,7 @@ def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) 
     target = source_for(inputs)
     if isinstance(target, Cache):
         _mismatch_error(card, target.params, str(target.path))
-        _warn_drift(card, target.params, f"the cache {target.path} holds")
+        warn_precision_drift(card, target.params, f"the cache {target.path} holds", stacklevel=3)
         return target
     feats = card["features"]
     params = feats["params"]
@@ -124,7 +117,7 @@ def features_for(card: dict, inputs, *, cache_dir=None, progress: bool = False) 
     backbone, weights, layer = card_backbone(card)
     plan = make_plan(target, backbone, None, opts, weights=weights, layer=layer)
     _mismatch_error(card, plan.params, "the backbone as it is now (did its weights file change?)")
-    _warn_drift(card, plan.params, "predict computes")
+    warn_precision_drift(card, plan.params, "predict computes", stacklevel=3)
     cache, _summary = run(plan.at(base / plan.key[:24]), progress=progress)  # one cache per set of images
     if not cache_dir:
         os.utime(cache.path)  # used now: pruning removes the least recently used first
